@@ -1,0 +1,161 @@
+"""Exact hallucination metrics on the synthetic world: the scene graph is the ground truth.
+
+CHAIR counts shape mentions in free-form descriptions; POPE asks yes/no about present and absent shapes
+in three splits (negatives uniform, by frequency, by co-occurrence with what is present); colour and
+count questions check attributes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from vlalign.evaluate.pope import parse_yes_no, pope_metrics
+from vlalign.world.scene import COLORS, SHAPES, Scene, SceneConfig, scenes
+from vlalign.world.text import NUMBERS, SINGULARS, existence_question, split_words
+
+EVAL_SCENES = SceneConfig()
+DESCRIBE = "describe the image in detail."
+POPE_SPLITS = ("random", "popular", "adversarial")
+_NEGATORS = {"no", "not", "without"}
+
+
+def mentioned_shapes(text: str) -> list[str]:
+    """Every shape mention in `text`, singularised, skipping negated ones ("there is no star")."""
+    words = split_words(text)
+    out = []
+    for i, w in enumerate(words):
+        shape = w if w in SHAPES else SINGULARS.get(w)
+        if shape and not _NEGATORS & set(words[max(0, i - 3):i]):
+            out.append(shape)
+    return out
+
+
+def chair_metrics(scene_list: Sequence[Scene], answers: Sequence[str]) -> dict[str, float]:
+    """CHAIR_s (answers with any hallucinated shape), CHAIR_i per mention and per distinct shape,
+    object recall (share of present shapes mentioned, pooled) and mean words per answer."""
+    if len(scene_list) != len(answers):
+        raise ValueError(f"{len(scene_list)} scenes but {len(answers)} answers")
+    mentions = hallucinated = uniq = uniq_hal = covered = present_total = hal_answers = words = 0
+    for scene, answer in zip(scene_list, answers, strict=True):
+        found = mentioned_shapes(answer)
+        present = scene.shapes
+        bad = [s for s in found if s not in present]
+        mentions += len(found)
+        hallucinated += len(bad)
+        uniq += len(set(found))
+        uniq_hal += len(set(bad))
+        hal_answers += bool(bad)
+        covered += len(present & set(found))
+        present_total += len(present)
+        words += len([w for w in split_words(answer) if w[0].isalnum()])
+    n = max(len(answers), 1)
+    return {
+        "chair_s": hal_answers / n,
+        "chair_i": hallucinated / mentions if mentions else 0.0,
+        "chair_i_unique": uniq_hal / uniq if uniq else 0.0,
+        "object_recall": covered / present_total if present_total else 0.0,
+        "mean_words": words / n,
+    }
+
+
+@lru_cache(maxsize=4)
+def cooccurrence(n: int = 5000, config: SceneConfig = SceneConfig()) -> tuple[dict, dict]:
+    """Shape frequencies and pair co-occurrence counts over `n` training scenes."""
+    freq: Counter = Counter()
+    pairs: Counter = Counter()
+    for scene in scenes("train", n, config):
+        shapes = sorted(scene.shapes)
+        freq.update(shapes)
+        pairs.update((a, b) for a in shapes for b in shapes if a != b)
+    return dict(freq), dict(pairs)
+
+
+@dataclass(frozen=True)
+class YesNoItem:
+    scene: Scene
+    question: str
+    label: bool
+    shape: str
+
+
+def pope_items(scene_list: Sequence[Scene], split: str, per_scene: int = 3, seed: int = 0) -> list[YesNoItem]:
+    """POPE's sampling: up to `per_scene` present shapes as positives and as many absent ones as
+    negatives: uniformly (random), the most frequent in training (popular), or the ones that co-occur
+    most with the present shapes (adversarial)."""
+    if split not in POPE_SPLITS:
+        raise ValueError(f"unknown POPE split {split!r}; choose one of {POPE_SPLITS}")
+    freq, pairs = cooccurrence()
+    rng = np.random.default_rng(seed)
+    items = []
+    for scene in scene_list:
+        present = sorted(scene.shapes)
+        absent = [s for s in SHAPES if s not in scene.shapes]
+        k = min(per_scene, len(present), len(absent))
+        pos = [present[i] for i in rng.permutation(len(present))[:k]]
+        if split == "random":
+            neg = [absent[i] for i in rng.permutation(len(absent))[:k]]
+        elif split == "popular":
+            neg = sorted(absent, key=lambda s: -freq.get(s, 0))[:k]
+        else:
+            neg = sorted(absent, key=lambda s: -sum(pairs.get((p, s), 0) for p in present))[:k]
+        items += [YesNoItem(scene, existence_question(s), True, s) for s in pos]
+        items += [YesNoItem(scene, existence_question(s), False, s) for s in neg]
+    return items
+
+
+def attribute_items(scene_list: Sequence[Scene]) -> tuple[list, list]:
+    """Colour questions about shapes that appear once, and total-count questions: (scene, question, truth)."""
+    color, count = [], []
+    for scene in scene_list:
+        for obj in scene.objects:
+            if scene.count(obj.shape) == 1:
+                color.append((scene, f"what color is the {obj.shape}?", obj.color))
+                break
+        count.append((scene, "how many objects are there?", NUMBERS[len(scene.objects)]))
+    return color, count
+
+
+def attribute_correct(answer: str, truth: str, vocabulary: Sequence[str]) -> bool:
+    """Right when the answer names the true value and no other value of the same kind."""
+    named = {w for w in split_words(answer) if w in vocabulary}
+    return named == {truth}
+
+
+def evaluate_world(model, processor, n_scenes: int = 500, batch_size: int = 64,
+                   config: SceneConfig = EVAL_SCENES, start: int = 0, with_answers: bool = False) -> dict:
+    """Greedy answers of `model` on `n_scenes` held-out scenes, scored exactly against the scene graph."""
+    from vlalign.models.generate import Decoding, generate
+    from vlalign.world.render import render
+
+    image_size = processor.image_processor.crop_size["height"]
+    held_out = list(scenes("eval", n_scenes, config, start=start))
+    images = {s.seed: render(s, image_size) for s in held_out}
+    answers = generate(model, processor, [images[s.seed] for s in held_out], [DESCRIBE] * len(held_out),
+                       Decoding(max_new_tokens=96), batch_size=batch_size)
+    metrics: dict = chair_metrics(held_out, answers)
+
+    short = Decoding(max_new_tokens=8)
+    for split in POPE_SPLITS:
+        items = pope_items(held_out, split)
+        replies = generate(model, processor, [images[i.scene.seed] for i in items], [i.question for i in items],
+                           short, batch_size=batch_size * 2)
+        m = pope_metrics([parse_yes_no(r) for r in replies], [i.label for i in items])
+        metrics.update({f"pope_{split}_{k}": v for k, v in m.items()})
+    for key in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
+        metrics[f"pope_{key}"] = float(np.mean([metrics[f"pope_{s}_{key}"] for s in POPE_SPLITS]))
+
+    color, count = attribute_items(held_out)
+    for name, items, vocab in (("color", color, COLORS), ("count", count, NUMBERS)):
+        replies = generate(model, processor, [images[s.seed] for s, _, _ in items], [q for _, q, _ in items],
+                           short, batch_size=batch_size * 2)
+        correct = [attribute_correct(r, t, vocab) for r, (_, _, t) in zip(replies, items, strict=True)]
+        metrics[f"{name}_accuracy"] = float(np.mean(correct)) if correct else 0.0
+    metrics["n_scenes"] = n_scenes
+    if with_answers:
+        metrics["answers"] = [{"scene": s.to_dict(), "answer": a} for s, a in zip(held_out, answers, strict=True)]
+    return metrics

@@ -1,0 +1,99 @@
+"""Score text under a VLM: per-sequence log-probs of a response, and P(yes) of a yes/no question."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from vlalign.models.batching import IGNORE, encode, model_inputs, to_device
+
+
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """log_softmax(logits).gather(-1, index), one row at a time so a 150k vocabulary fits in memory."""
+    rows = []
+    for row_logits, row_index in zip(logits, index, strict=True):
+        row = row_logits.float()
+        rows.append(row.gather(-1, row_index.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(row, dim=-1))
+    return torch.stack(rows)
+
+
+def token_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of each labelled token and the mask of labelled tokens, both shaped (B, L-1)."""
+    logits = model(**model_inputs(batch)).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE
+    logps = selective_log_softmax(logits, labels.clamp(min=0))
+    return logps * mask, mask
+
+
+def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of response-token log-probs per row, and the number of response tokens per row."""
+    logps, mask = token_logps(model, batch)
+    return logps.sum(-1), mask.sum(-1)
+
+
+@dataclass
+class ResponseScore:
+    sum_logp: float
+    mean_logp: float
+    n_tokens: int
+
+
+def _device_dtype(model) -> tuple[torch.device, torch.dtype]:
+    p = next(model.parameters())
+    return p.device, p.dtype
+
+
+@torch.no_grad()
+def score_responses(model, processor, images: Sequence[Image.Image], instructions: Sequence[str],
+                    responses: Sequence[str], batch_size: int = 16) -> list[ResponseScore]:
+    """Sum and mean log-prob of each response given its image and instruction."""
+    device, dtype = _device_dtype(model)
+    out: list[ResponseScore] = []
+    for s in range(0, len(responses), batch_size):
+        batch = encode(processor, images[s:s + batch_size], instructions[s:s + batch_size],
+                       responses[s:s + batch_size])
+        total, count = sequence_logps(model, to_device(batch, device, dtype))
+        for t, c in zip(total.tolist(), count.tolist(), strict=True):
+            out.append(ResponseScore(t, t / max(c, 1), int(c)))
+    return out
+
+
+def answer_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
+    """First-token ids of each word as an answer may begin with it (with and without a leading space)."""
+    ids: set[int] = set()
+    for w in words:
+        for variant in (w, " " + w):
+            enc = tokenizer(variant, add_special_tokens=False)["input_ids"]
+            if enc and enc[0] != tokenizer.unk_token_id:
+                ids.add(enc[0])
+    if not ids:
+        raise ValueError(f"none of {list(words)} is a token of this tokenizer")
+    return sorted(ids)
+
+
+YES_WORDS = ("yes", "Yes")
+NO_WORDS = ("no", "No")
+
+
+@torch.no_grad()
+def yes_probability(model, processor, images: Sequence[Image.Image], questions: Sequence[str],
+                    batch_size: int = 32) -> list[float]:
+    """P(yes) / (P(yes) + P(no)) for each question, from the next-token distribution of one forward
+    pass (no generation). "Yes" and "yes" count together, as RLAIF-V's labeler does."""
+    device, dtype = _device_dtype(model)
+    yes = torch.tensor(answer_token_ids(processor.tokenizer, YES_WORDS), device=device)
+    no = torch.tensor(answer_token_ids(processor.tokenizer, NO_WORDS), device=device)
+    out: list[float] = []
+    for s in range(0, len(questions), batch_size):
+        batch = to_device(encode(processor, images[s:s + batch_size], questions[s:s + batch_size]),
+                          device, dtype)
+        logits = model(**model_inputs(batch)).logits
+        last = batch["attention_mask"].sum(-1) - 1
+        probs = logits[torch.arange(len(last), device=device), last].float().softmax(-1)
+        p_yes, p_no = probs[:, yes].sum(-1), probs[:, no].sum(-1)
+        out.extend((p_yes / (p_yes + p_no).clamp(min=1e-12)).tolist())
+    return out
