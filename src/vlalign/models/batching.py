@@ -100,11 +100,11 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device | str,
               dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Move a batch; floating image tensors take the model's dtype."""
+    """Move a batch; image tensors (pixel_*) take the model's dtype, other floats keep theirs."""
     out = {}
     for k, v in batch.items():
         v = v.to(device)
-        if dtype is not None and v.is_floating_point():
+        if dtype is not None and v.is_floating_point() and "pixel" in k:
             v = v.to(dtype)
         out[k] = v
     return out

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
+from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
+from vlalign.models.batching import to_device
 from vlalign.progress import progress
 
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict[str, float]]]
@@ -46,6 +48,9 @@ def train(model: torch.nn.Module, batches: Iterable[dict], loss_fn: LossFn, conf
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, math.ceil(config.warmup_ratio * config.steps), config.steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if isinstance(batches, DataLoader):
+        batches = accelerator.prepare(batches)
+    dtype = next(model.parameters()).dtype
     model.train()
     history: list[dict[str, float]] = []
     running: dict[str, float] = {}
@@ -53,7 +58,7 @@ def train(model: torch.nn.Module, batches: Iterable[dict], loss_fn: LossFn, conf
     with progress(description, total=config.steps, disable=not accelerator.is_main_process) as bar:
         for step in range(1, config.steps + 1):
             for _ in range(config.grad_accum):
-                batch = next(stream)
+                batch = to_device(next(stream), accelerator.device, dtype)
                 with accelerator.accumulate(model):
                     loss, metrics = loss_fn(model, batch)
                     accelerator.backward(loss)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
-    CLIPImageProcessor,
+    CLIPImageProcessorPil,
     CLIPVisionConfig,
     LlamaConfig,
     LlavaConfig,
@@ -21,14 +21,16 @@ from transformers import (
 
 from vlalign.world.text import vocabulary
 
+BACKGROUND_MEAN, BACKGROUND_STD = 0.93, 0.25
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
-# LLaVA-1.5's conversation format, without the system prompt.
+# LLaVA-1.5's conversation format, without the system prompt. No space before "<image>": the word-level
+# tokenizer would turn it into an unknown "▁" piece.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}USER: "
-    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% if message['role'] == 'user' %}USER:"
+    "{% if message['content'] is string %} {{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<image> {% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% if part['type'] == 'image' %}<image>{% elif part['type'] == 'text' %} {{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %} "
     "{% elif message['role'] == 'assistant' %}ASSISTANT: "
     "{% if message['content'] is string %}{{ message['content'] }}"
@@ -41,10 +43,16 @@ CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class TinyVLMConfig:
-    """Sizes of a world VLM. The defaults give about 3 M parameters."""
+    """Sizes of a world VLM.
+
+    A 16-pixel patch covers one cell of the 3x3 scene grid, so the decoder reads nine image tokens, one
+    per place an object can be. `init_range` is larger than transformers' 0.02 because at these widths
+    the default leaves attention uniform for hundreds of steps before the decoder starts to read the
+    image.
+    """
 
     image_size: int = 48
-    patch_size: int = 8
+    patch_size: int = 16
     vision_hidden: int = 128
     vision_layers: int = 2
     vision_heads: int = 4
@@ -53,6 +61,7 @@ class TinyVLMConfig:
     text_heads: int = 4
     text_intermediate: int = 512
     max_positions: int = 256
+    init_range: float = 0.1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,7 +92,9 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def build_processor(config: TinyVLMConfig = TinyVLMConfig()) -> LlavaProcessor:
-    image_processor = CLIPImageProcessor(
+    # Normalised around the world's light backgrounds, so empty space is near zero and objects stand out.
+    image_processor = CLIPImageProcessorPil(
+        image_mean=[BACKGROUND_MEAN] * 3, image_std=[BACKGROUND_STD] * 3,
         size={"shortest_edge": config.image_size},
         crop_size={"height": config.image_size, "width": config.image_size},
         do_center_crop=True,
@@ -114,12 +125,12 @@ def build_model(processor: LlavaProcessor, config: TinyVLMConfig = TinyVLMConfig
         num_hidden_layers=config.text_layers, num_attention_heads=config.text_heads,
         num_key_value_heads=config.text_heads, max_position_embeddings=config.max_positions,
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=True, initializer_range=config.init_range,
     )
     llava = LlavaConfig(
         vision_config=vision, text_config=text, image_token_id=processor.image_token_id,
         vision_feature_select_strategy="default", vision_feature_layer=-1,
-        projector_hidden_act="gelu", tie_word_embeddings=True,
+        projector_hidden_act="gelu", tie_word_embeddings=True, initializer_range=config.init_range,
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(llava)

@@ -1,0 +1,135 @@
+"""Export the preference pairs of a run in other tools' formats.
+
+`trl`: TRL's conversational vision preference format, which `trl.DPOTrainer` (1.16) trains on as it is:
+`prompt` is a user turn whose content holds an image placeholder and the instruction, `chosen` and
+`rejected` are one assistant turn each, and `images` holds the picture the placeholder stands for. TRL's
+`DataCollatorForVisionPreference` fills the placeholder with the image and applies the processor's chat
+template on the fly, so the dataset carries no model-specific tokens.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow.parquet as pq
+
+from vlalign.data.store import SHARD_GLOB, Stage, stage_dirs
+
+PAIR_COLUMNS = ("chosen", "rejected")
+
+_TEXT_PART = {"type": datasets.Value("string"), "text": datasets.Value("string")}
+_MESSAGES = datasets.List({"role": datasets.Value("string"), "content": datasets.List(_TEXT_PART)})
+TRL_FEATURES = datasets.Features({
+    "id": datasets.Value("string"),
+    "prompt_id": datasets.Value("string"),
+    "method": datasets.Value("string"),
+    "prompt": _MESSAGES,
+    "chosen": _MESSAGES,
+    "rejected": _MESSAGES,
+    "images": datasets.List(datasets.Image()),
+})
+
+
+def _shard_dirs(src: Path) -> list[Path]:
+    """`src` itself when it is a stage with shards, else the stages with shards under it (nested too)."""
+    if any(src.glob(SHARD_GLOB)):
+        return [src]
+    return [d for d in stage_dirs(src) if any(d.glob(SHARD_GLOB))]
+
+
+def _holds_pairs(stage_dir: Path) -> bool:
+    columns = set(pq.read_schema(sorted(stage_dir.glob(SHARD_GLOB))[0]).names)
+    return set(PAIR_COLUMNS) <= columns
+
+
+def find_pair_stages(src: str | Path) -> list[Path]:
+    """Stage folders under `src` (a run folder, or one stage folder) whose rows are preference pairs."""
+    src = Path(src)
+    if not src.exists():
+        raise FileNotFoundError(f"{src} does not exist; pass a run directory or one of its stage directories")
+    if not src.is_dir():
+        raise NotADirectoryError(f"{src} is a file; pass a run directory or one of its stage directories")
+    return [d for d in _shard_dirs(src) if _holds_pairs(d)]
+
+
+def _no_pairs_error(src: Path) -> ValueError:
+    stages = [str(d.relative_to(src)) for d in _shard_dirs(src)]
+    seen = f"the stages there ({', '.join(stages)}) hold other records" if stages else "no stage there has rows yet"
+    return ValueError(
+        f"no preference pairs found under {src}: looked for stage directories (shard-*.parquet) whose rows "
+        f"have 'chosen' and 'rejected' columns, in {src} itself and in the folders below it, but {seen}. "
+        f"Pass a run directory after its pairs stage has run, or that stage's directory.")
+
+
+def _user(instruction: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": instruction}]}]
+
+
+def _assistant(text: str) -> list[dict[str, Any]]:
+    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+
+def _trl_rows(stage_dirs: list[str]) -> Iterator[dict[str, Any]]:
+    seen: set[str] = set()
+    for stage_dir in stage_dirs:
+        stage = Stage(stage_dir)
+        for row in stage.rows():
+            if row["id"] in seen:  # the same pair id in two stages is the same pair: export it once
+                continue
+            seen.add(row["id"])
+            yield {
+                "id": row["id"],
+                "prompt_id": row.get("prompt_id"),
+                "method": row.get("method"),
+                "prompt": _user(row["instruction"]),
+                "chosen": _assistant(row["chosen"]),
+                "rejected": _assistant(row["rejected"]),
+                "images": [stage.images.get(row["image"])],
+            }
+
+
+def export_trl(src: str | Path, out: str | Path) -> Path:
+    """Write the pairs under `src` to `out` (`datasets.save_to_disk`) in TRL's vision preference format.
+
+    Rows are streamed through a temporary Arrow cache next to `out`, so a large export never holds all its
+    images in memory; an earlier export at `out` is replaced only once the new one is complete. Load the
+    result with `datasets.load_from_disk(out)`.
+    """
+    src, out = Path(src), Path(out)
+    stage_dirs = find_pair_stages(src)
+    if not stage_dirs:
+        raise _no_pairs_error(src)
+    if out.exists() and any(out.iterdir()) and not (out / "state.json").exists():
+        raise FileExistsError(f"{out} exists and is not an exported dataset; choose an empty or new --out "
+                              f"directory (an earlier export there would be replaced)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        dataset = datasets.Dataset.from_generator(
+            _trl_rows, features=TRL_FEATURES, cache_dir=str(work / "cache"),
+            gen_kwargs={"stage_dirs": [str(d) for d in stage_dirs]})
+        dataset.save_to_disk(str(work / "dataset"))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(work / "dataset", out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+EXPORTERS: dict[str, Callable[[str | Path, str | Path], Path]] = {"trl": export_trl}
+
+
+def export(src: str | Path, out: str | Path, format: str = "trl") -> Path:
+    """`vlalign export --format FORMAT SRC --out DIR`: one entry point for every export format."""
+    try:
+        exporter = EXPORTERS[format]
+    except KeyError:
+        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(EXPORTERS)}") from None
+    return exporter(src, out)

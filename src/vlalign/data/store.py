@@ -1,0 +1,422 @@
+"""The run directory: one folder per stage of Parquet shards, a manifest, and a shared image store.
+
+Layout::
+
+    run/
+      images/<hash>.png          ImageStore: each image once
+      <stage>/manifest.json      what produced the stage (config, model, seed, versions), counts, complete
+      <stage>/shard-00000.parquet ...
+      <stage>/errors.jsonl       records that failed, one JSON line each
+
+Shards are written to a temporary file and renamed, so a shard either exists whole or not at all; records
+carry stable ids, so a stage that is killed and started again skips what it already wrote and never
+writes a record twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vlalign.data.images import ImageStore
+from vlalign.progress import progress
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, one writer per stage is then up to the user
+    fcntl = None
+
+T = TypeVar("T")
+MANIFEST = "manifest.json"
+ERRORS = "errors.jsonl"
+DONE_ITEMS = "done_items.jsonl"
+RUN_MARKER = "run.json"
+SHARD_GLOB = "shard-*.parquet"
+VERSIONED = ("vlalign", "torch", "transformers", "datasets", "peft")
+_SECRET = re.compile(r"(^|_)(api_?key|secret|password|token|authorization)$", re.IGNORECASE)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of the packages that decide what a stage produces, read without importing them."""
+    versions: dict[str, str | None] = {}
+    for name in VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """Run `write(tmp)` on a temporary file next to `path`, then rename it: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No tqdm bar per shard from `datasets`: the stage's own progress bar says how far it is."""
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def redact(value: Any) -> Any:
+    """`value` with secrets (API keys, tokens, passwords) masked, so they never reach a manifest on disk."""
+    if isinstance(value, dict):
+        return {k: "***" if isinstance(k, str) and _SECRET.search(k) and v else redact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    return value
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _json_lines(path: Path) -> list[Any]:
+    """The JSON lines of an append-only log; a line cut short by a kill is left out."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            out.append(json.loads(line))
+    return out
+
+
+def _ids(value: str | Sequence[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def find_run_root(path: str | Path) -> Path:
+    """The run directory `path` lies in: the nearest folder up with a run marker (or images), else the parent."""
+    path = Path(path)
+    for folder in path.parents:
+        if (folder / RUN_MARKER).exists() or (folder / "images").is_dir():
+            return folder
+    return path.parent
+
+
+class Stage:
+    """One stage's folder: its shards, manifest and error log."""
+
+    def __init__(self, dir: str | Path, run_root: str | Path | None = None):
+        self.dir = Path(dir)
+        self.run_root = Path(run_root) if run_root is not None else find_run_root(self.dir)
+
+    def __repr__(self) -> str:
+        return f"Stage({str(self.dir)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    @property
+    def images(self) -> ImageStore:
+        """The image store of the run this stage belongs to."""
+        return ImageStore(self.run_root)
+
+    # manifest
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        path = self.dir / MANIFEST
+        if not path.exists():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"the manifest {path} is not valid JSON ({e}); delete it and run the stage "
+                             f"again (its shards are kept and resumed)") from e
+
+    def write_manifest(self, **fields: Any) -> dict[str, Any]:
+        """Merge `fields` into the manifest (secrets masked) and rewrite it atomically, with fresh versions."""
+        current = self.manifest
+        manifest = {"stage": self.name, "config": {}, "model": None, "seed": None, "created": _now(),
+                    "complete": False, "errors": 0, **current, **redact(fields)}
+        manifest["versions"] = package_versions()
+        manifest["updated"] = _now()
+        text = json.dumps(manifest, indent=1, sort_keys=True, default=str)
+        _write_atomic(self.dir / MANIFEST, lambda tmp: Path(tmp).write_text(text))
+        return manifest
+
+    @property
+    def is_complete(self) -> bool:
+        return bool(self.manifest.get("complete", False))
+
+    def mark_complete(self) -> None:
+        self.write_manifest(complete=True, counts=self.counts(), errors=self.unresolved_errors())
+
+    # shards
+
+    def shards(self) -> list[Path]:
+        """Finished shards in order; temporary files of an interrupted write are not among them."""
+        return sorted(self.dir.glob(SHARD_GLOB))
+
+    def write_shard(self, rows: list[dict[str, Any]]) -> Path:
+        """Write `rows` as the next shard, atomically (via `datasets`' Parquet writer)."""
+        if not rows:
+            raise ValueError("a shard needs at least one row")
+        existing = self.shards()
+        index = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+        path = self.dir / f"shard-{index:05d}.parquet"
+        dataset = datasets.Dataset.from_list(rows)
+        with _quiet_datasets():
+            _write_atomic(path, dataset.to_parquet)
+        return path
+
+    def clean_temporary(self) -> list[Path]:
+        """Remove leftovers of writes that were killed midway; only safe while nobody else writes."""
+        leftovers = sorted(self.dir.glob(".*.tmp"))
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return leftovers
+
+    def done_ids(self) -> set[str]:
+        ids: set[str] = set()
+        for shard in self.shards():
+            ids.update(pq.read_table(shard, columns=["id"]).column("id").to_pylist())
+        return ids
+
+    def done_items(self) -> set[str]:
+        """Keys of the items a variable-output stage has finished (see `run_stage(per_item_output=False)`)."""
+        return {key for line in _json_lines(self.dir / DONE_ITEMS) for key in line}
+
+    def mark_items_done(self, keys: Sequence[str]) -> None:
+        """Append `keys` to the done-items log; only ever after the shard holding their rows is in place."""
+        if keys:
+            with open(self.dir / DONE_ITEMS, "a") as f:
+                f.write(json.dumps(list(keys)) + "\n")
+
+    def counts(self) -> dict[str, int]:
+        shards = self.shards()
+        return {"rows": sum(pq.ParquetFile(s).metadata.num_rows for s in shards), "shards": len(shards)}
+
+    def dataset(self) -> datasets.Dataset:
+        """All rows of the stage as one `datasets.Dataset` (empty when nothing was written yet).
+
+        Shards are read with pyarrow and concatenated with type promotion, so a column that was all None in
+        one shard (null type) and filled in another reads as one typed column.
+        """
+        tables = [pq.read_table(s).replace_schema_metadata(None) for s in self.shards()]
+        if not tables:
+            return datasets.Dataset.from_dict({})
+        table = pa.concat_tables(tables, promote_options="permissive")
+        return datasets.Dataset(datasets.table.InMemoryTable(table))
+
+    def rows(self) -> list[dict[str, Any]]:
+        return self.dataset().to_list()
+
+    def records(self, cls: type[T]) -> list[T]:
+        """The rows as record objects, e.g. `stage.records(PairRecord)`."""
+        return [cls.from_row(row) for row in self.rows()]  # type: ignore[attr-defined]
+
+    # errors
+
+    def errors(self) -> list[dict[str, Any]]:
+        """The error log, one entry per failed item and attempt."""
+        return _json_lines(self.dir / ERRORS)
+
+    def unresolved_errors(self) -> int:
+        """How many logged failures have not been written since (a later run may have succeeded)."""
+        done = self.done_ids() | self.done_items()
+        failed = {_ids(e["id"]) for e in self.errors() if "id" in e}
+        return sum(1 for ids in failed if not set(ids) <= done)
+
+    def log_error(self, ids: str | Sequence[str], error: BaseException) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        ids = _ids(ids)
+        entry = {"id": ids[0] if len(ids) == 1 else list(ids), "error": f"{type(error).__name__}: {error}",
+                 "time": _now()}
+        line = json.dumps(entry)
+        with open(self.dir / ERRORS, "a") as f:
+            f.write(line + "\n")
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the stage for one writer; the OS drops the lock when the process dies, even by SIGKILL."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as f:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise RuntimeError(
+                        f"stage {self.dir} is being written by another process; wait for it to finish "
+                        f"or stop it, then run this stage again") from None
+            yield
+
+
+class RunStore:
+    """A run directory: stages (nested folders allowed, e.g. `iter1/pairs`) and the images they all share."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        marker = self.root / RUN_MARKER
+        if not marker.exists():
+            text = json.dumps({"created": _now(), "versions": package_versions()}, indent=1)
+            _write_atomic(marker, lambda tmp: Path(tmp).write_text(text))
+        self.images = ImageStore(self.root)
+
+    def stage(self, name: str) -> Stage:
+        parts = name.replace("\\", "/").split("/")
+        if not name or any(not p or p.startswith(".") for p in parts) or parts[0] == "images":
+            raise ValueError(f"{name!r} cannot be a stage name: use folder names (a/b for nesting) that do not "
+                             f"start with '.', and not 'images'")
+        stage = Stage(self.root.joinpath(*parts), run_root=self.root)
+        stage.dir.mkdir(parents=True, exist_ok=True)
+        return stage
+
+    def stages(self) -> list[Stage]:
+        """Stages that hold a manifest or shards, in path order."""
+        return [Stage(d, run_root=self.root) for d in stage_dirs(self.root)]
+
+
+def stage_dirs(root: str | Path) -> list[Path]:
+    """Folders under `root` (nested too) that hold a stage manifest or shards, the image store left out."""
+    root = Path(root)
+    found = {p.parent for pattern in (MANIFEST, SHARD_GLOB) for p in root.rglob(pattern)}
+    return sorted(d for d in found if "images" not in d.relative_to(root).parts[:1])
+
+
+@dataclass
+class StageResult:
+    """What one call of `run_stage` did: rows written now, items found done already, items that failed."""
+
+    written: int
+    already_done: int
+    failed: int
+
+
+def _check_config(stage: Stage, manifest: dict[str, Any] | None) -> None:
+    old = stage.manifest.get("config")
+    new = redact((manifest or {}).get("config"))
+    if old and new is not None and _canonical(old) != _canonical(new) and stage.shards():
+        raise ValueError(
+            f"stage {stage.dir} was started with a different config, so resuming it would mix records of two "
+            f"setups. Use a new run directory, or delete {stage.dir} to start the stage over.\n"
+            f"  before: {_canonical(old)}\n  now:    {_canonical(new)}")
+
+
+def run_stage(stage: Stage, items: Iterable[T], process: Callable[[list[T]], list[dict[str, Any]]], *,
+              id_of: Callable[[T], str | Sequence[str]], batch_size: int = 8, shard_size: int = 256,
+              description: str | None = None, manifest: dict[str, Any] | None = None,
+              per_item_output: bool = True, quiet: bool = False) -> StageResult:
+    """Run `process` over the items not yet done and write its rows to `stage`, resumably.
+
+    `process(batch)` returns rows (dicts with a stable `id`). With `per_item_output` (the default),
+    `id_of(item)` names the record(s) the item produces and an item is done when all of them are in a shard.
+    When an item yields a varying number of rows (0, 1 or more: pairs per prompt), pass
+    `per_item_output=False`: `id_of(item)` is then the item's own key, and the keys of finished items are
+    logged (done_items.jsonl) after the shard holding their rows is in place.
+
+    When `process` raises, the batch is retried item by item; each failing item is logged to errors.jsonl,
+    counted in the manifest and reported in one line, and the run goes on. An id already written is never
+    written again. `manifest` fields (config, model, seed) are recorded; resuming with another config is
+    refused.
+    """
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError(f"batch_size and shard_size must be at least 1 (got {batch_size}, {shard_size})")
+    description = description or stage.name
+    items = list(items)
+    with stage.lock():
+        _check_config(stage, manifest)
+        stage.clean_temporary()
+        done = stage.done_ids()
+        if per_item_output:
+            pending = [it for it in items if not set(_ids(id_of(it))) <= done]
+        else:
+            finished = stage.done_items()
+            pending = [it for it in items if id_of(it) not in finished]
+        counts = stage.counts()
+        stage.write_manifest(**(manifest or {}), complete=False, counts=counts)
+        written = failed = 0
+        buffer: list[dict[str, Any]] = []
+        buffered_keys: list[str] = []  # items whose rows are all in `buffer` (variable-output stages)
+
+        def flush(n: int) -> None:
+            nonlocal written
+            if n:
+                stage.write_shard(buffer[:n])
+                del buffer[:n]
+                written += n
+                counts["rows"] += n
+                counts["shards"] += 1
+                stage.write_manifest(counts=counts)
+            if not buffer:
+                stage.mark_items_done(buffered_keys)
+                buffered_keys.clear()
+
+        def keep(rows: list[dict[str, Any]], ok: list[T]) -> None:
+            for row in rows:
+                if "id" not in row:
+                    raise ValueError(f"{description}: process returned a row without an 'id': {sorted(row)}")
+                if row["id"] in done:
+                    continue
+                done.add(row["id"])
+                buffer.append(row)
+            if not per_item_output:
+                buffered_keys.extend(id_of(it) for it in ok)
+            if per_item_output:
+                while len(buffer) >= shard_size:
+                    flush(shard_size)
+            elif len(buffer) >= shard_size:
+                flush(len(buffer))  # whole batches per shard, so no item's rows are split over two
+
+        def attempt(batch: list[T]) -> tuple[list[dict[str, Any]], list[T]]:
+            nonlocal failed
+            try:
+                return process(batch), batch
+            except Exception as e:
+                if len(batch) > 1:
+                    results = [attempt([item]) for item in batch]
+                    return [r for rows, _ in results for r in rows], [it for _, ok in results for it in ok]
+                failed += 1
+                ids = _ids(id_of(batch[0]))
+                stage.log_error(ids, e)
+                print(f"{description}: skipped record {', '.join(ids)}: {type(e).__name__}: {e} "
+                      f"(logged in {stage.dir / ERRORS})", file=sys.stderr)
+                return [], []
+
+        with progress(description, total=len(items), disable=quiet) as bar:
+            bar.advance(len(items) - len(pending))
+            for start in range(0, len(pending), batch_size):
+                batch = pending[start:start + batch_size]
+                keep(*attempt(batch))
+                bar.advance(len(batch))
+            flush(len(buffer))
+        stage.mark_complete()
+    return StageResult(written=written, already_done=len(items) - len(pending), failed=failed)

@@ -1,0 +1,65 @@
+"""Divide: split an answer into atomic claims, each with a yes/no question that checks it (RLAIF-V).
+
+`WorldClaims` is the rule-based splitter for the world's language; `SentenceClaims` is the fallback for
+plain English (one claim per sentence). LLM-prompted splitters share the same interface.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+from vlalign.world.scene import COLORS, SHAPES, SIZES
+from vlalign.world.text import SINGULARS, existence_question
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+@dataclass(frozen=True)
+class Claim:
+    text: str
+    question: str
+
+
+class ClaimSplitter(Protocol):
+    def __call__(self, answer: str) -> list[Claim]: ...
+
+
+def sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE.split(text.strip()) if s.strip()]
+
+
+_SHAPE_WORDS = "|".join(sorted([*SHAPES, *SINGULARS], key=len, reverse=True))
+_OBJECT = re.compile(
+    rf"\b(?:(?P<size>{'|'.join(SIZES)})\s+)?(?:(?P<color>{'|'.join(COLORS)})\s+)?(?P<shape>{_SHAPE_WORDS})\b")
+_NEGATED = re.compile(r"\b(no|not|without)\s+(\w+\s+){0,2}$")
+
+
+class WorldClaims:
+    """One existence claim per object the answer names ("there is a big red circle"), asked back as
+    "is there a red circle in the image?". Negated mentions ("there is no star") are not claims."""
+
+    def __call__(self, answer: str) -> list[Claim]:
+        claims: list[Claim] = []
+        seen: set[str] = set()
+        for sentence in sentences(answer.lower()):
+            for m in _OBJECT.finditer(sentence):
+                if _NEGATED.search(sentence[:m.start()]):
+                    continue
+                shape = SINGULARS.get(m["shape"], m["shape"])
+                words = [w for w in (m["size"], m["color"], shape) if w]
+                question = existence_question(shape, m["color"])
+                if question in seen:
+                    continue
+                seen.add(question)
+                claims.append(Claim(f"there is a {' '.join(words)}.", question))
+        return claims
+
+
+class SentenceClaims:
+    """Plain-English fallback: each sentence is a claim, asked as a true/false question."""
+
+    def __call__(self, answer: str) -> list[Claim]:
+        return [Claim(s, f"Is the following statement about the image correct? {s} Answer yes or no.")
+                for s in sentences(answer)]

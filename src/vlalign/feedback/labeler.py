@@ -1,0 +1,55 @@
+"""Conquer: a labeler model answers each claim's yes/no question; a claim is rejected when "no" wins.
+
+Scores come from P(yes)+P(Yes) against P(no)+P(No) in one forward pass per question (no generation),
+and a response's score is minus its number of rejected claims, as in RLAIF-V.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from PIL import Image
+
+from vlalign.feedback.claims import Claim, ClaimSplitter
+from vlalign.models.scoring import yes_probability
+
+
+@dataclass
+class LabeledClaim:
+    claim: str
+    question: str
+    p_yes: float
+
+    @property
+    def rejected(self) -> bool:
+        return self.p_yes < 0.5
+
+
+@dataclass
+class ResponseFeedback:
+    claims: list[LabeledClaim]
+
+    @property
+    def score(self) -> float:
+        return -float(sum(c.rejected for c in self.claims))
+
+    def to_dict(self) -> dict:
+        return {"score": self.score,
+                "claims": [{"claim": c.claim, "question": c.question, "p_yes": c.p_yes, "rejected": c.rejected}
+                           for c in self.claims]}
+
+
+def label_responses(labeler, processor, images: Sequence[Image.Image], responses: Sequence[str],
+                    split: ClaimSplitter, batch_size: int = 64) -> list[ResponseFeedback]:
+    """Split every response into claims and label them all in shared batches."""
+    claims_per: list[list[Claim]] = [split(r) for r in responses]
+    flat_images = [img for img, cs in zip(images, claims_per, strict=True) for _ in cs]
+    flat_questions = [c.question for cs in claims_per for c in cs]
+    p_yes = yes_probability(labeler, processor, flat_images, flat_questions, batch_size=batch_size)
+    out, k = [], 0
+    for cs in claims_per:
+        out.append(ResponseFeedback([LabeledClaim(c.text, c.question, p) for c, p in zip(cs, p_yes[k:k + len(cs)],
+                                                                                         strict=True)]))
+        k += len(cs)
+    return out

@@ -1,0 +1,38 @@
+"""The preference losses, each a short function of sequence log-probs.
+
+DPO (Rafailov et al. 2023) with the sigmoid loss and optional label smoothing (cDPO), IPO (Azar et al.
+2023), and POVID's two-term loss. Values match TRL's DPO loss on the same log-probs (tests check it).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LOSS_TYPES = ("sigmoid", "ipo")
+
+
+def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float = 0.1,
+             loss_type: str = "sigmoid", label_smoothing: float = 0.0
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-example losses and the implicit rewards beta * (log pi - log pi_ref) of chosen and rejected.
+
+    For IPO the log-probs should be length-normalised (mean per token), as in the IPO paper and TRL.
+    """
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps
+    logits = chosen_logratios - rejected_logratios
+    if loss_type == "sigmoid":
+        losses = (-F.logsigmoid(beta * logits) * (1 - label_smoothing)
+                  - F.logsigmoid(-beta * logits) * label_smoothing)
+    elif loss_type == "ipo":
+        losses = (logits - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"unknown DPO loss_type {loss_type!r}; choose one of {LOSS_TYPES}")
+    return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
+
+
+def nll_loss(chosen_logps_sum: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.Tensor:
+    """Per-example mean negative log-likelihood of the chosen answer (the RPO / "+SFT" term)."""
+    return -chosen_logps_sum / chosen_lengths.clamp(min=1)

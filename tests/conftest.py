@@ -1,0 +1,22 @@
+"""Shared fixtures: a tiny random-weight world VLM saved like any Hugging Face model directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TINY = dict(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32, text_layers=1, text_heads=2,
+            text_intermediate=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_world_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Model + processor of a world LLaVA with random weights (a few hundred thousand parameters)."""
+    from vlalign.models.load import save
+    from vlalign.world.model import TinyVLMConfig, build_model, build_processor
+
+    config = TinyVLMConfig(**TINY)
+    processor = build_processor(config)
+    model = build_model(processor, config, seed=0)
+    return save(model, processor, tmp_path_factory.mktemp("tiny-world-model"))
