@@ -52,17 +52,15 @@ def train_base(
     out: Path = typer.Option(..., help="Directory to write the model + processor to."),
     recipe: str = typer.Option("base", help="Recipe name: base or labeler."),
     steps: int = typer.Option(None, help="Override the recipe's number of optimizer steps."),
+    init_from: str = typer.Option(None, help="Start from this model (world:<name> or a directory)."),
 ) -> None:
     """Train a world model from scratch (SFT), reproducibly from the recipe's seed."""
     _quiet()
-    import torch
-
     from vlalign.world.train_base import RECIPES, train_world_model
 
     if recipe not in RECIPES:
         raise typer.BadParameter(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    path = train_world_model(RECIPES[recipe], out, steps)
+    path = train_world_model(RECIPES[recipe], out, steps, init_from)
     console.print(f"saved {recipe} to {path}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -17,13 +18,26 @@ def resolve(path: str | Path) -> Path:
         from vlalign.world.train_base import shipped_path
 
         return shipped_path(ref[len(WORLD_PREFIX):] or "base")
-    p = Path(ref).expanduser()
-    if not (p / "config.json").exists():
+    p = Path(ref).expanduser().absolute()
+    if not ((p / "config.json").exists() or (p / "adapter_config.json").exists()):
         raise FileNotFoundError(
-            f"no model at {p} (no config.json there). Pass a local model directory saved with "
-            f"save_pretrained, or world:base / world:labeler for the shipped world models. "
+            f"no model at {p} (no config.json or adapter_config.json there). Pass a local model directory "
+            f"saved with save_pretrained, or world:base / world:labeler for the shipped world models. "
             f"Nothing is downloaded from a hub.")
     return p
+
+
+def _adapter_base(adapter_dir: Path) -> Path:
+    """The base model directory a LoRA adapter names (a relative name counts from the adapter's folder)."""
+    from peft import PeftConfig
+
+    ref = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
+    if not ref:
+        raise FileNotFoundError(f"the adapter at {adapter_dir} does not name its base model "
+                                f"(base_model_name_or_path is empty in adapter_config.json)")
+    if not str(ref).startswith(WORLD_PREFIX) and not Path(ref).is_absolute() and (adapter_dir / ref).is_dir():
+        ref = adapter_dir / ref
+    return resolve(ref)
 
 
 def _dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
@@ -49,13 +63,13 @@ def load(path: str | Path, dtype: str | torch.dtype | None = "auto", device: str
     p = resolve(path)
     torch_dtype = _dtype(dtype, device)
     if (p / "adapter_config.json").exists():
-        from peft import PeftConfig, PeftModel
+        from peft import PeftModel
 
-        base_ref = PeftConfig.from_pretrained(p).base_model_name_or_path
+        base = _adapter_base(p)
         model = AutoModelForImageTextToText.from_pretrained(
-            resolve(base_ref), dtype=torch_dtype, trust_remote_code=trust_remote_code)
+            base, dtype=torch_dtype, trust_remote_code=trust_remote_code)
         model = PeftModel.from_pretrained(model, p)
-        processor_dir = p if (p / "processor_config.json").exists() else resolve(base_ref)
+        processor_dir = p if (p / "processor_config.json").exists() else base
     else:
         model = AutoModelForImageTextToText.from_pretrained(
             p, dtype=torch_dtype, trust_remote_code=trust_remote_code)
@@ -68,6 +82,21 @@ def save(model, processor, out: str | Path) -> Path:
     """Safetensors weights (or the LoRA adapter) plus the processor, loadable by `load`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for config in getattr(model, "peft_config", {}).values():
+        # The adapter records its base by the path it was loaded from; make that path absolute so the
+        # adapter loads from any working directory, and say so now if it names nothing loadable.
+        ref = config.base_model_name_or_path
+        try:
+            if not ref:
+                raise FileNotFoundError(ref)
+            base = resolve(ref)
+            if not str(ref).startswith(WORLD_PREFIX):
+                config.base_model_name_or_path = str(base)
+        except FileNotFoundError:
+            warnings.warn(f"saving a LoRA adapter to {out} whose base model ({ref!r}) is not a model "
+                          f"directory; load() will not open it until adapter_config.json's "
+                          f"base_model_name_or_path names one (load the base with load() before "
+                          f"applying LoRA to avoid this)", stacklevel=2)
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     return out

@@ -126,6 +126,13 @@ def run_round(store: RunStore, name: str, policy, processor, policy_name: str, l
               split: ClaimSplitter | None = None):
     """One RLAIF-V round under `store/<name>/...`; returns the trained policy and the round's stats."""
     split = split or WorldClaims()
+    train_dir = Path(store.root) / name / "policy"
+    if (train_dir / "round_stats.json").exists():  # a finished round: reuse its policy
+        from vlalign.models.load import load
+
+        device = str(next(policy.parameters()).device)
+        model, _ = load(train_dir, dtype=next(policy.parameters()).dtype, device=device)
+        return model, json.loads((train_dir / "round_stats.json").read_text())
     prompts = world_prompts(store, store.stage(f"{name}/prompts"), config.prompts, prompt_offset,
                             processor.image_processor.crop_size["height"])
     responses = sample_stage(store, prompts, store.stage(f"{name}/responses"), policy, processor, policy_name,
@@ -134,7 +141,6 @@ def run_round(store: RunStore, name: str, policy, processor, policy_name: str, l
                            labeler_name, split, config.batch_size)
     pairs = pair_stage(responses, feedback, store.stage(f"{name}/pairs"), config.rules)
     examples = preference_examples(store, pairs)
-    train_dir = Path(store.root) / name / "policy"
     model, history = train_dpo(policy, processor, examples, config.dpo, out=train_dir)
     stats = {"pairs": len(examples), "responses": len(responses.rows()),
              "mean_score": _mean([f["score"] for f in feedback.rows()]),

@@ -7,6 +7,7 @@ to sit in memory during training. Pass `reference` to use another model instead.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -76,14 +77,32 @@ def _pair_batch(processor, examples: Sequence[PreferenceExample]) -> dict[str, t
     return encode(processor, images, instructions, responses)
 
 
+def model_fingerprint(model) -> str:
+    """A cheap identity of a model's weights: shapes and sums of every parameter."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(f"{name}{tuple(p.shape)}{float(p.detach().double().sum()):.6e}".encode())
+    return h.hexdigest()[:16]
+
+
+def _example_digest(e: PreferenceExample) -> str:
+    return hashlib.sha256("\x1f".join((e.instruction, e.chosen, e.rejected)).encode()).hexdigest()[:16]
+
+
 @torch.no_grad()
 def reference_logps(model, processor, examples: Sequence[PreferenceExample], cache: Path | None = None,
                     batch_size: int = 8) -> dict[str, torch.Tensor]:
-    """Per example: [chosen_sum, rejected_sum, chosen_len, rejected_len] under `model`, cached in `cache`."""
+    """Per example: [chosen_sum, rejected_sum, chosen_len, rejected_len] under `model`, cached in `cache`.
+
+    The cache is used only when it was made by the same weights for the same texts; otherwise the
+    values are recomputed, so a stale cache can never leak into a new run."""
+    fingerprint = model_fingerprint(model)
+    digests = {e.id: _example_digest(e) for e in examples}
     if cache is not None and cache.exists():
         saved = json.loads(cache.read_text())
-        if all(e.id in saved for e in examples):
-            return {e.id: torch.tensor(saved[e.id]) for e in examples}
+        if saved.get("model") == fingerprint and all(
+                saved.get("digests", {}).get(i) == d and i in saved.get("logps", {}) for i, d in digests.items()):
+            return {e.id: torch.tensor(saved["logps"][e.id]) for e in examples}
     p = next(model.parameters())
     was_training = model.training
     model.eval()
@@ -100,7 +119,7 @@ def reference_logps(model, processor, examples: Sequence[PreferenceExample], cac
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps(out))
+        tmp.write_text(json.dumps({"model": fingerprint, "digests": digests, "logps": out}))
         os.replace(tmp, cache)
     return {k: torch.tensor(v) for k, v in out.items()}
 

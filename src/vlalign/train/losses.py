@@ -2,6 +2,8 @@
 
 DPO (Rafailov et al. 2023) with the sigmoid loss and optional label smoothing (cDPO), IPO (Azar et al.
 2023), and POVID's two-term loss. Values match TRL's DPO loss on the same log-probs (tests check it).
+With label smoothing the sigmoid loss is cDPO, as in earlier TRL releases; TRL 1.16's "sigmoid"
+ignores `label_smoothing` (its cDPO formula survives only in "aot", which equals it on a single pair).
 """
 
 from __future__ import annotations

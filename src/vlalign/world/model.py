@@ -75,6 +75,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         piece = w if not w[0].isalnum() else "▁" + w
         vocab.setdefault(piece, len(vocab))
         vocab.setdefault(w, len(vocab))  # the same word after punctuation, e.g. "?" then "yes"
+    vocab.setdefault("▁", len(vocab))  # a space before punctuation, e.g. "( the star is missing )"
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),

@@ -45,6 +45,7 @@ class BaseRecipe:
     batch_size: int = 32
     vision_steps: int = 300
     vision_lr: float = 2e-3
+    init_from: str | None = None  # start from this model (world:<name> or a directory) instead of scratch
     seed: int = 0
     scene_offset: int = 0  # which slice of the training stream this recipe sees
 
@@ -56,11 +57,14 @@ class BaseRecipe:
 
 RECIPES: dict[str, BaseRecipe] = {
     "base": BaseRecipe("base"),
+    # The labeler continues from the base on less biased scenes, mostly yes/no questions with hard
+    # (co-occurring) negatives: a stronger judge of existence claims than the policy it grades.
     "labeler": BaseRecipe(
         "labeler",
         scenes=SceneConfig(cooccur_rate=0.3),
-        mix=TaskMix(weights={"exist": 0.7, "describe": 0.1, "color": 0.1, "count": 0.1}, adversarial=0.5),
-        seed=1, scene_offset=5_000_000,
+        mix=TaskMix(weights={"exist": 0.6, "describe": 0.2, "color": 0.1, "count": 0.1}, adversarial=0.5),
+        optim=OptimConfig(steps=600, lr=1e-3, warmup_ratio=0.03, weight_decay=0.01, log_every=50),
+        init_from="world:base", seed=1, scene_offset=5_000_000,
     ),
 }
 
@@ -131,15 +135,25 @@ def sft_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[st
     return loss, {}
 
 
-def train_world_model(recipe: BaseRecipe, out: Path, steps: int | None = None) -> Path:
-    """Train `recipe` from scratch and save model + processor (safetensors, bf16 weights) to `out`."""
+def train_world_model(recipe: BaseRecipe, out: Path, steps: int | None = None,
+                      init_from: str | None = None) -> Path:
+    """Train `recipe` (from scratch, or from `init_from`) and save model + processor (safetensors, bf16
+    weights) to `out`."""
     torch.manual_seed(recipe.seed)
     if steps is not None:
         recipe = replace(recipe, optim=replace(recipe.optim, steps=steps))
-    processor = build_processor(recipe.model)
-    model = build_model(processor, recipe.model, seed=recipe.seed)
+    if init_from is not None:
+        recipe = replace(recipe, init_from=init_from)
     start = time.time()
-    vision_history = pretrain_vision(model, processor, recipe)
+    if recipe.init_from:
+        from vlalign.models.load import load
+
+        model, processor = load(recipe.init_from, dtype="float32", device="cpu")
+        vision_history = []
+    else:
+        processor = build_processor(recipe.model)
+        model = build_model(processor, recipe.model, seed=recipe.seed)
+        vision_history = pretrain_vision(model, processor, recipe)
     history = train(model, WorldStream(recipe, processor, recipe.model.image_size), sft_loss, recipe.optim,
                     description=f"train {recipe.name}")
     out = Path(out)

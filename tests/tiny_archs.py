@@ -1,0 +1,213 @@
+"""Tiny random-weight VLMs of real architectures, built entirely in code (no hub downloads).
+
+Each builder returns `(model, processor)`: a real transformers model class with a few hundred thousand
+parameters and the architecture's own processor class around a word-level tokenizer that carries the
+architecture's special tokens and chat format. They exist to prove that the model layer (batching,
+scoring, generation, LoRA, saving and loading, DPO) is not tied to the world's LLaVA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from PIL import Image
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+# Words the tests' instructions and responses use; anything else becomes <unk>.
+WORDS = (
+    "describe the image is there a an red green blue yellow circle square triangle star and of in on "
+    "left right top bottom what color shape yes Yes no No it this picture shows system user assistant "
+    "You are helpful User Assistant"
+).split()
+# Wider than transformers' 0.02, so a random model's next-token distribution is far from uniform and
+# padding or masking mistakes show up in the scores.
+INIT_RANGE = 0.2
+PUNCT = (".", ",", "?", "!", ":", "'")
+
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant."
+    "<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+IDEFICS3_CHAT_TEMPLATE = (
+    "<|begin_of_text|>"
+    "{% for message in messages %}{{ message['role'] | capitalize }}:"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>{% elif part['type'] == 'text' %} {{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def word_tokenizer(special: Sequence[str], bos: str, eos: str, pad: str, unk: str,
+                   extra_special: dict[str, str] | None = None) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over WORDS whose `special` tokens (and "\\n") are single added tokens."""
+    vocab: dict[str, int] = {}
+    for t in special:
+        vocab.setdefault(t, len(vocab))
+    for w in WORDS + list(PUNCT):
+        vocab.setdefault("▁" + w, len(vocab))
+        vocab.setdefault(w, len(vocab))  # after punctuation or a special token
+    vocab.setdefault("▁", len(vocab))
+    vocab.setdefault("\n", len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
+        pre_tokenizers.Punctuation(behavior="isolated"),
+    ])
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    tok.add_tokens([AddedToken("\n", normalized=False, special=False)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token=unk, pad_token=pad,
+        extra_special_tokens=extra_special or {}, model_max_length=1024,
+    )
+    named = {bos, eos, unk, pad}
+    fast.add_special_tokens({"additional_special_tokens": [t for t in special if t not in named]})
+    return fast
+
+
+def _finish(model, tok):
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.bos_token_id = tok.bos_token_id
+    return model.eval()
+
+
+# ---- (a) LLaVA: CLIP vision tower + Llama decoder (the world's builder at tiny sizes) ----
+
+def build_llava(seed: int = 0):
+    from vlalign.world.model import TinyVLMConfig, build_model, build_processor
+
+    config = TinyVLMConfig(image_size=32, patch_size=16, vision_hidden=32, vision_layers=1, vision_heads=2,
+                           text_hidden=32, text_layers=1, text_heads=2, text_intermediate=64)
+    processor = build_processor(config)
+    return build_model(processor, config, seed=seed).eval(), processor
+
+
+# ---- (b) Qwen2-VL: windowless ViT with 2x2 patch merger + Qwen2 decoder with M-RoPE ----
+
+QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                "<|image_pad|>", "<|video_pad|>", "<unk>")
+
+
+def qwen2_vl_processor_class():
+    """Qwen2VLProcessor, or an image-only subclass of it where torchvision is missing.
+
+    transformers builds every Qwen2-VL processor with a video processor, and its video processors need
+    torchvision (the PyPI wheel is CUDA-only, so CPU machines here go without). The subclass drops the
+    video half and is registered with AutoProcessor by name, so `load` still finds it."""
+    from transformers import PreTrainedConfig, Qwen2VLProcessor
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING, AutoProcessor
+    from transformers.utils import is_torchvision_available
+
+    if is_torchvision_available():
+        return Qwen2VLProcessor
+    for cls in PROCESSOR_MAPPING._extra_content.values():
+        if getattr(cls, "__name__", None) == "ImageOnlyQwen2VLProcessor":
+            return cls
+
+    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+    class _ImageOnlyQwen2VLConfig(PreTrainedConfig):
+        model_type = "vlalign_test_image_only_qwen2_vl"
+
+    AutoProcessor.register(_ImageOnlyQwen2VLConfig, ImageOnlyQwen2VLProcessor)
+    return ImageOnlyQwen2VLProcessor
+
+
+def build_qwen2_vl(seed: int = 0):
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+    tok = word_tokenizer(QWEN_SPECIAL, bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>", unk="<unk>",
+                         extra_special={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+                                        "vision_bos_token": "<|vision_start|>",
+                                        "vision_eos_token": "<|vision_end|>"})
+    # Images are resized to multiples of 16 px with 256 to 2304 pixels (16x16 to 48x48): 8-px patches,
+    # merged 2x2, so an image becomes 1 to 9 tokens depending on its size, as in the real model.
+    patch, merge = 8, 2
+    image_processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": 16 * 16, "longest_edge": 48 * 48},
+        patch_size=patch, temporal_patch_size=2, merge_size=merge,
+    )
+    processor = qwen2_vl_processor_class()(image_processor=image_processor, tokenizer=tok,
+                                           chat_template=QWEN_CHAT_TEMPLATE)
+    hidden, heads = 32, 2
+    config = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=len(tok), hidden_size=hidden, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=heads, num_key_value_heads=1, max_position_embeddings=512,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            initializer_range=INIT_RANGE,
+        ),
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2,
+                           patch_size=patch, spatial_merge_size=merge, temporal_patch_size=2,
+                           initializer_range=INIT_RANGE),
+        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+    )
+    torch.manual_seed(seed)
+    return _finish(Qwen2VLForConditionalGeneration(config), tok), processor
+
+
+# ---- (c) Idefics3 (SmolVLM's architecture): SigLIP-style encoder, pixel-shuffle connector, Llama ----
+
+IDEFICS3_SPECIAL = ("<|begin_of_text|>", "<|end_of_text|>", "<pad>", "<unk>", "<fake_token_around_image>",
+                    "<image>", "<global-img>", "<end_of_utterance>")
+
+
+def build_idefics3(seed: int = 0):
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+    )
+
+    tok = word_tokenizer(IDEFICS3_SPECIAL, bos="<|begin_of_text|>", eos="<end_of_utterance>", pad="<pad>",
+                         unk="<unk>")
+    side, patch, scale = 32, 8, 2  # 4x4 patches, pixel-shuffled by 2 -> 4 image tokens
+    image_processor = Idefics3ImageProcessorPil(
+        size={"longest_edge": side}, max_image_size={"longest_edge": side}, do_image_splitting=False,
+    )
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok,
+                                  image_seq_len=(side // patch) ** 2 // scale**2,
+                                  chat_template=IDEFICS3_CHAT_TEMPLATE)
+    config = Idefics3Config(
+        text_config=dict(
+            model_type="llama", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            initializer_range=INIT_RANGE,
+        ),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=side, patch_size=patch, initializer_range=INIT_RANGE),
+        scale_factor=scale, image_token_id=processor.image_token_id, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return _finish(Idefics3ForConditionalGeneration(config), tok), processor
+
+
+ARCHS: dict[str, Callable] = {"llava": build_llava, "qwen2_vl": build_qwen2_vl, "idefics3": build_idefics3}
+
+
+def random_image(seed: int = 0, size: int = 40) -> Image.Image:
+    """A small random RGB image (not square-sized to the model, so resizing runs)."""
+    g = torch.Generator().manual_seed(seed)
+    arr = (torch.rand(size, size + 8, 3, generator=g) * 255).to(torch.uint8).numpy()
+    return Image.fromarray(arr)
