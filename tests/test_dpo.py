@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -153,13 +153,7 @@ def test_empty_examples_raise(model_and_processor):
         train_dpo(model, processor, [], _config())
 
 
-# models/load.py: resolve() demands config.json before it checks for adapter_config.json, and a saved LoRA
-# adapter directory has none, so load() cannot open what train_dpo saves with LoRA.
-ADAPTER_LOAD_BUG = pytest.mark.xfail(raises=FileNotFoundError, strict=False,
-                                     reason="load() rejects adapter directories (no config.json)")
-
-
-@pytest.mark.parametrize("lora", [None, pytest.param(LoraSettings(r=4), marks=ADAPTER_LOAD_BUG)])
+@pytest.mark.parametrize("lora", [None, LoraSettings(r=4)])
 def test_saved_model_loads_back(model_and_processor, examples, tmp_path, lora, tiny_world_model_dir):
     model, processor = model_and_processor
     out = tmp_path / "saved"

@@ -344,10 +344,9 @@ def test_processor_saves_and_reloads(tmp_path):
     assert reloaded.tokenizer.unk_token_id not in b["input_ids"][0].tolist()
 
 
-@pytest.mark.xfail(strict=False, reason="world/model.py: no bare '▁' piece, so punctuation after a space is <unk>")
 def test_tokenizer_punctuation_after_a_space():
-    """EXTRA_WORDS reserves "(", "/", ":", "-" for judge rationales, but Metaspace turns " (" into "▁(" and
-    the Punctuation pre-tokenizer leaves a bare "▁" the vocabulary lacks: "(the star is missing)" -> <unk>."""
+    """EXTRA_WORDS reserves "(", "/", ":", "-" for judge rationales; Metaspace turns " (" into "▁(" and the
+    Punctuation pre-tokenizer leaves a bare "▁", which the vocabulary must hold."""
     tok = _tokenizer()
     for text in ("rating: 4 / 5 (the star is missing)", "! yes", "good - correct"):
         assert tok.unk_token_id not in tok(text, add_special_tokens=False)["input_ids"], text

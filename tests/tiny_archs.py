@@ -17,10 +17,11 @@ from transformers import PreTrainedTokenizerFast
 
 # Words the tests' instructions and responses use; anything else becomes <unk>.
 WORDS = (
-    "describe the image is there a an red green blue yellow circle square triangle star and of in on "
-    "left right top bottom what color shape yes Yes no No it this picture shows system user assistant "
-    "You are helpful User Assistant"
-).split()
+    "describe", "the", "image", "is", "there", "a", "an", "red", "green", "blue", "yellow", "circle", "square",
+    "triangle", "star", "and", "of", "in", "on", "left", "right", "top", "bottom", "what", "color", "shape",
+    "yes", "Yes", "no", "No", "it", "this", "picture", "shows", "system", "user", "assistant", "You", "are",
+    "helpful", "User", "Assistant",
+)
 # Wider than transformers' 0.02, so a random model's next-token distribution is far from uniform and
 # padding or masking mistakes show up in the scores.
 INIT_RANGE = 0.2
@@ -56,7 +57,7 @@ def word_tokenizer(special: Sequence[str], bos: str, eos: str, pad: str, unk: st
     vocab: dict[str, int] = {}
     for t in special:
         vocab.setdefault(t, len(vocab))
-    for w in WORDS + list(PUNCT):
+    for w in WORDS + PUNCT:
         vocab.setdefault("▁" + w, len(vocab))
         vocab.setdefault(w, len(vocab))  # after punctuation or a special token
     vocab.setdefault("▁", len(vocab))
@@ -102,17 +103,14 @@ QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>
 
 
 def qwen2_vl_processor_class():
-    """Qwen2VLProcessor, or an image-only subclass of it where torchvision is missing.
+    """An image-only subclass of Qwen2VLProcessor, registered with AutoProcessor so that `load` finds it.
 
     transformers builds every Qwen2-VL processor with a video processor, and its video processors need
-    torchvision (the PyPI wheel is CUDA-only, so CPU machines here go without). The subclass drops the
-    video half and is registered with AutoProcessor by name, so `load` still finds it."""
+    torchvision, which CPU machines here lack (the PyPI wheel is built against CUDA torch). Images go
+    through Qwen2VLProcessor's own code unchanged; only the video half is left out."""
     from transformers import PreTrainedConfig, Qwen2VLProcessor
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING, AutoProcessor
-    from transformers.utils import is_torchvision_available
 
-    if is_torchvision_available():
-        return Qwen2VLProcessor
     for cls in PROCESSOR_MAPPING._extra_content.values():
         if getattr(cls, "__name__", None) == "ImageOnlyQwen2VLProcessor":
             return cls

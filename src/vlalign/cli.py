@@ -104,12 +104,17 @@ def export(
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Run directory; summary.json lands here."),
     quick: bool = typer.Option(False, "--quick", help="A smaller run (about 3 minutes on 2 cores) for CI."),
+    policy: str = typer.Option("world:base", help="The policy to align (world:<name> or a directory)."),
+    labeler: str = typer.Option("world:labeler", help="The labeler model (world:<name> or a directory)."),
 ) -> None:
     """The whole loop on the embedded world: base -> samples -> labeler feedback -> pairs -> DPO -> eval."""
     _quiet()
-    from vlalign.pipelines.demo import run_demo
+    from dataclasses import replace
 
-    summary = run_demo(out, quick=quick)
+    from vlalign.pipelines.demo import FULL, QUICK, run_demo
+
+    config = replace(QUICK if quick else FULL, policy=policy, labeler=labeler)
+    summary = run_demo(out, quick=quick, config=config)
     columns = {k: v for k, v in summary.items() if isinstance(v, dict) and "chair_i" in v}
     keys = ["chair_s", "chair_i", "object_recall", "mean_words", "pope_f1", "pope_accuracy", "pope_yes_ratio"]
     console.print(metrics_table("demo summary (world, held-out scenes)", columns, keys))

@@ -32,7 +32,7 @@ class DemoConfig:
 
 
 FULL = DemoConfig()
-QUICK = replace(FULL, rlaif_v=replace(FULL.rlaif_v, prompts=200, samples=6))
+QUICK = replace(FULL, eval_scenes=200, rlaif_v=replace(FULL.rlaif_v, prompts=200, samples=6))
 
 
 def cached_eval(path: Path, model, processor, n_scenes: int) -> dict:
