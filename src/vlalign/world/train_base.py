@@ -40,7 +40,7 @@ class BaseRecipe:
     model: TinyVLMConfig = field(default_factory=TinyVLMConfig)
     scenes: SceneConfig = field(default_factory=SceneConfig)
     mix: TaskMix = field(default_factory=TaskMix)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=650, lr=2e-3, warmup_ratio=0.03,
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=635, lr=2e-3, warmup_ratio=0.03,
                                                                    weight_decay=0.01, log_every=50))
     batch_size: int = 32
     vision_steps: int = 300
