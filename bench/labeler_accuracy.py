@@ -19,7 +19,7 @@ from vlalign.models.generate import Decoding, generate, sample_seed
 from vlalign.models.load import load
 from vlalign.world.render import render
 from vlalign.world.scene import COLORS, SHAPES, scenes
-from vlalign.world.text import DESCRIBE_INSTRUCTIONS
+from vlalign.world.text import ANSWER_PREFIX, DESCRIBE_INSTRUCTIONS
 
 
 def claim_is_true(scene, question: str) -> bool:
@@ -50,7 +50,8 @@ def main() -> None:
     seeds = [sample_seed(0, s.id, k % args.samples) for k, s in enumerate(held_out)]
     answers = generate(policy, processor, images, [DESCRIBE_INSTRUCTIONS[0]] * len(images),
                        Decoding(max_new_tokens=96, temperature=0.7), seeds=seeds)
-    feedback = label_responses(labeler, labeler_processor, images, answers, WorldClaims())
+    feedback = label_responses(labeler, labeler_processor, images, answers, WorldClaims(),
+                               answer_prefix=ANSWER_PREFIX)
     p_yes, truth = [], []
     for scene, fb in zip(held_out, feedback, strict=True):
         for c in fb.claims:

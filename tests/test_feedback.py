@@ -114,8 +114,8 @@ def test_label_responses_routes_claims_images_and_scores(monkeypatch):
     responses = ["a red circle and a blue star.", "nothing to see.", "a moon, a heart and a green cross."]
     seen = {}
 
-    def planted(model, processor, imgs, questions, batch_size):
-        seen.update(images=list(imgs), questions=list(questions), batch_size=batch_size)
+    def planted(model, processor, imgs, questions, batch_size, answer_prefix):
+        seen.update(images=list(imgs), questions=list(questions), batch_size=batch_size, prefix=answer_prefix)
         return [0.9, 0.2, 0.5, 0.49, 0.7]
 
     monkeypatch.setattr(labeler_mod, "yes_probability", planted)

@@ -29,6 +29,7 @@ from vlalign.world.scene import (
     scenes,
 )
 from vlalign.world.text import (
+    ANSWER_PREFIX,
     NUMBERS,
     PLURALS,
     REFUSAL,
@@ -238,7 +239,7 @@ def test_exist_answers_match_the_scene():
             color, shape = m.groups()
             present = scene.count(shape, color) > 0
             answers.add(present)
-            assert task.answer.startswith("yes" if present else "no"), (scene, task)
+            assert task.answer.startswith(f"{ANSWER_PREFIX} {'yes' if present else 'no'}"), (scene, task)
     assert answers == {True, False}
 
 
@@ -269,7 +270,7 @@ def test_relation_answers_are_true():
         (oa,), (ob,) = [o for o in scene.objects if o.shape == a], [o for o in scene.objects if o.shape == b]
         truth = holds[rel](oa, ob)
         seen.add(truth)
-        assert task.answer == ("yes." if truth else "no.")
+        assert task.answer == f"{ANSWER_PREFIX} {'yes' if truth else 'no'}."
     assert seen == {"where", True, False}
 
 

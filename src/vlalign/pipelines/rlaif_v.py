@@ -18,7 +18,7 @@ from vlalign.models.generate import Decoding, generate, sample_seed
 from vlalign.train.dpo import DPOConfig, PreferenceExample, train_dpo
 from vlalign.world.render import render
 from vlalign.world.scene import SceneConfig, scenes
-from vlalign.world.text import DESCRIBE_INSTRUCTIONS
+from vlalign.world.text import ANSWER_PREFIX, DESCRIBE_INSTRUCTIONS
 
 
 @dataclass
@@ -30,6 +30,7 @@ class RoundConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     batch_size: int = 64
     seed: int = 0
+    answer_prefix: str = ANSWER_PREFIX  # teacher-forced before the labeler's yes/no token ("" for real VLMs)
 
 
 def world_prompts(store: RunStore, stage: Stage, n: int, offset: int = 0, image_size: int = 48,
@@ -70,19 +71,21 @@ def sample_stage(store: RunStore, prompts: Stage, out: Stage, model, processor, 
 
 
 def label_stage(store: RunStore, responses: Stage, out: Stage, labeler, processor, labeler_name: str,
-                split: ClaimSplitter, batch_size: int = 64) -> Stage:
+                split: ClaimSplitter, batch_size: int = 64, answer_prefix: str = "") -> Stage:
     """Claims of every response, each scored by the labeler's P(yes); score = -(rejected claims)."""
     items = [ResponseRecord.from_row(r) for r in responses.rows()]
 
     def process(batch):
         fb = label_responses(labeler, processor, [store.images.get(r.image) for r in batch],
-                             [r.response for r in batch], split, batch_size=batch_size)
+                             [r.response for r in batch], split, batch_size=batch_size,
+                             answer_prefix=answer_prefix)
         return [FeedbackRecord(id=r.id, response_id=r.id, prompt_id=r.prompt_id, score=f.score,
                                details=f.to_dict(), meta={"labeler": labeler_name}).to_row()
                 for r, f in zip(batch, fb, strict=True)]
 
     run_stage(out, items, process, id_of=lambda r: r.id, batch_size=batch_size, shard_size=1024,
-              description="labeling", manifest={"model": labeler_name, "config": {"splitter": type(split).__name__}})
+              description="labeling", manifest={"model": labeler_name,
+                        "config": {"splitter": type(split).__name__, "answer_prefix": answer_prefix}})
     return out
 
 
@@ -138,7 +141,7 @@ def run_round(store: RunStore, name: str, policy, processor, policy_name: str, l
     responses = sample_stage(store, prompts, store.stage(f"{name}/responses"), policy, processor, policy_name,
                              config.samples, config.decoding, config.seed, config.batch_size)
     feedback = label_stage(store, responses, store.stage(f"{name}/feedback"), labeler, labeler_processor,
-                           labeler_name, split, config.batch_size)
+                           labeler_name, split, config.batch_size, config.answer_prefix)
     pairs = pair_stage(responses, feedback, store.stage(f"{name}/pairs"), config.rules)
     examples = preference_examples(store, pairs)
     model, history = train_dpo(policy, processor, examples, config.dpo, out=train_dir)

@@ -38,6 +38,10 @@ DESCRIBE_INSTRUCTIONS = (
     "what is in the image?",
     "tell me about this picture.",
 )
+# World yes/no answers open with this prefix, and the world labeler reads P(yes) after it: a tiny decoder
+# reads the image from answer positions but not from the last prompt token, so a decision at the first
+# answer token stays at chance (see the note in world/train_base.py).
+ANSWER_PREFIX = "the answer is"
 CAPTION_INSTRUCTIONS = ("write a short caption for the image.", "caption this image.", "give a brief caption.")
 REFUSAL = "sorry, i can not help with that request."
 HARMFUL_REQUESTS = (
@@ -170,19 +174,20 @@ def exist_task(scene: Scene, rng: np.random.Generator, adversarial: float = 0.0)
         color = obj.color if with_color else None
         q = existence_question(obj.shape, color)
         noun = f"{obj.color} {obj.shape}"
-        answer = _pick(rng, ("yes.", f"yes, there is {_article(noun)} {noun}."))
+        answer = _pick(rng, (f"{ANSWER_PREFIX} yes.", f"{ANSWER_PREFIX} yes, there is {_article(noun)} {noun}."))
         return Task("exist", q, answer)
     if with_color and rng.random() < 0.5:
         obj = scene.objects[int(rng.integers(len(scene.objects)))]
         wrong = [c for c in COLORS if scene.count(obj.shape, c) == 0]
         color = _pick(rng, wrong)
         q = existence_question(obj.shape, color)
-        return Task("exist", q, _pick(rng, ("no.", f"no, there is no {color} {obj.shape}.")))
+        return Task("exist", q, _pick(rng, (f"{ANSWER_PREFIX} no.", f"{ANSWER_PREFIX} no, there is no {color} {obj.shape}.")))
     partners = [PARTNERS[s] for s in present if PARTNERS[s] in absent]
     shape = _pick(rng, partners) if partners and rng.random() < adversarial else _pick(rng, absent)
     color = _pick(rng, COLORS) if with_color else None
     noun = f"{color} {shape}" if color else shape
-    return Task("exist", existence_question(shape, color), _pick(rng, ("no.", f"no, there is no {noun}.")))
+    return Task("exist", existence_question(shape, color),
+                _pick(rng, (f"{ANSWER_PREFIX} no.", f"{ANSWER_PREFIX} no, there is no {noun}.")))
 
 
 def color_task(scene: Scene, rng: np.random.Generator) -> Task:
@@ -219,7 +224,7 @@ def relation_task(scene: Scene, rng: np.random.Generator) -> Task:
     i, j = rng.choice(len(unique), size=2, replace=False)
     a, b = unique[int(i)], unique[int(j)]
     rel, holds = _pick(rng, (("left of", left_of), ("above", above), ("next to", next_to)))
-    answer = "yes." if holds(a, b) else "no."
+    answer = f"{ANSWER_PREFIX} yes." if holds(a, b) else f"{ANSWER_PREFIX} no."
     return Task("relation", f"is the {a.shape} {rel} the {b.shape}?", answer)
 
 

@@ -5,6 +5,10 @@ Training follows the usual VLM recipe in miniature: first the vision tower is pr
 is instruction-tuned on the world's tasks. Starting the decoder on a vision tower that already tells
 shapes apart is what lets a 2 M-parameter model learn to look at the image in a few minutes on a CPU.
 
+Yes/no answers open with a fixed prefix ("the answer is yes."): measured on these models, the decision
+token right after the prompt stays at chance for thousands of steps (P(yes) does not even change with the
+image), while a decision a few answer tokens later is learned.
+
 `base` is the policy every method starts from: competent, and hallucinating through the co-occurrence
 bias. `labeler` is a stronger yes/no answerer (trained on less biased scenes with hard negatives), the
 "open-source labeler" of RLAIF-V in this world.
@@ -62,8 +66,8 @@ RECIPES: dict[str, BaseRecipe] = {
     "labeler": BaseRecipe(
         "labeler",
         scenes=SceneConfig(cooccur_rate=0.3),
-        mix=TaskMix(weights={"exist": 0.6, "describe": 0.2, "color": 0.1, "count": 0.1}, adversarial=0.5),
-        optim=OptimConfig(steps=600, lr=1e-3, warmup_ratio=0.03, weight_decay=0.01, log_every=50),
+        mix=TaskMix(weights={"exist": 0.8, "describe": 0.2}, adversarial=0.5),
+        optim=OptimConfig(steps=1200, lr=1e-3, warmup_ratio=0.03, weight_decay=0.01, log_every=50),
         init_from="world:base", seed=1, scene_offset=5_000_000,
     ),
 }
