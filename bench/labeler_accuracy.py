@@ -18,8 +18,9 @@ from vlalign.feedback.labeler import label_responses
 from vlalign.models.generate import Decoding, generate, sample_seed
 from vlalign.models.load import load
 from vlalign.world.render import render
+from vlalign.evaluate.world import EVAL_SCENES
 from vlalign.world.scene import COLORS, SHAPES, scenes
-from vlalign.world.text import ANSWER_PREFIX, DESCRIBE_INSTRUCTIONS
+from vlalign.world.text import DESCRIBE_INSTRUCTIONS
 
 
 def claim_is_true(scene, question: str) -> bool:
@@ -45,13 +46,12 @@ def main() -> None:
     args = ap.parse_args()
     policy, processor = load(args.policy, dtype="float32")
     labeler, labeler_processor = load(args.labeler, dtype="float32")
-    held_out = [s for s in scenes("dev", args.prompts) for _ in range(args.samples)]
+    held_out = [s for s in scenes("dev", args.prompts, EVAL_SCENES) for _ in range(args.samples)]
     images = [render(s, processor.image_processor.crop_size["height"]) for s in held_out]
     seeds = [sample_seed(0, s.id, k % args.samples) for k, s in enumerate(held_out)]
     answers = generate(policy, processor, images, [DESCRIBE_INSTRUCTIONS[0]] * len(images),
                        Decoding(max_new_tokens=96, temperature=0.7), seeds=seeds)
-    feedback = label_responses(labeler, labeler_processor, images, answers, WorldClaims(),
-                               answer_prefix=ANSWER_PREFIX)
+    feedback = label_responses(labeler, labeler_processor, images, answers, WorldClaims())
     p_yes, truth = [], []
     for scene, fb in zip(held_out, feedback, strict=True):
         for c in fb.claims:

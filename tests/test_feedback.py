@@ -7,7 +7,7 @@ import pytest
 import vlalign.feedback.labeler as labeler_mod
 from vlalign.feedback.claims import Claim, SentenceClaims, WorldClaims, sentences
 from vlalign.feedback.labeler import LabeledClaim, ResponseFeedback, label_responses
-from vlalign.feedback.pairs import PairRules, Scored, candidate_pairs
+from vlalign.feedback.pairs import PairRules, Scored, balance_lengths, candidate_pairs, shortening
 from vlalign.world.render import render
 from vlalign.world.scene import sample_scene
 
@@ -96,6 +96,45 @@ def test_pairs_max_per_prompt_is_seeded_and_keyed():
     assert _ids(candidate_pairs([A, C], PairRules(max_per_prompt=2), key="p0")) == [("a", "c")]
 
 
+def _text(n: int) -> str:
+    return " ".join(["w"] * n)
+
+
+def test_shortening_is_the_chosen_answers_deficit_relative_to_the_rejected():
+    assert shortening(_text(6), _text(10)) == pytest.approx(0.4)  # (10 - 6) / 10
+    assert shortening(_text(12), _text(10)) == pytest.approx(-0.2)  # chosen longer: negative
+    assert shortening("", "") == 0.0
+
+
+def test_length_balancing_picks_the_threshold_with_the_closest_mean_lengths():
+    # (chosen, rejected) word counts and shortening (rej - ch) / rej:
+    #   p0 (10, 10) 0.0;  p1 (8, 10) 0.2;  p2 (5, 10) 0.5;  p3 (12, 10) -0.2;  p4 (2, 10) 0.8
+    pairs = [(_text(c), _text(r)) for c, r in ((10, 10), (8, 10), (5, 10), (12, 10), (2, 10))]
+    kept, info = balance_lengths(pairs)
+    # r in [0, 0.2): keep p0, p3 -> chosen mean 11, rejected 10 -> gap 0.1
+    # r in [0.2, 0.5): keep p0, p1, p3 -> chosen mean 10, rejected 10 -> gap 0.0  <- the minimum, first at r=0.2
+    # r in [0.5, 0.8): + p2 -> 35/4 = 8.75 -> gap 0.125;  r >= 0.8: + p4 -> 37/5 = 7.4 -> gap 0.26
+    assert kept == [0, 1, 3]
+    assert info.threshold == pytest.approx(0.2)
+    assert (info.kept, info.dropped) == (3, 2)
+    assert info.chosen_words_before == pytest.approx(37 / 5) and info.rejected_words_before == 10
+    assert info.chosen_words == pytest.approx(10.0) and info.rejected_words == pytest.approx(10.0)
+
+
+def test_length_balancing_keeps_everything_when_nothing_is_shorter_and_handles_no_pairs():
+    pairs = [(_text(11), _text(10)), (_text(10), _text(10))]
+    kept, info = balance_lengths(pairs)
+    assert kept == [0, 1] and info.threshold == 0.0
+    assert balance_lengths([]) == ([], balance_lengths([])[1]) and balance_lengths([])[1].kept == 0
+
+
+def test_pair_rules_reject_impossible_settings():
+    with pytest.raises(ValueError, match="min_gap"):
+        PairRules(min_gap=-1)
+    with pytest.raises(ValueError, match="max_per_prompt"):
+        PairRules(max_per_prompt=0)
+
+
 # --- labeler -----------------------------------------------------------------------------------------
 
 
@@ -114,8 +153,8 @@ def test_label_responses_routes_claims_images_and_scores(monkeypatch):
     responses = ["a red circle and a blue star.", "nothing to see.", "a moon, a heart and a green cross."]
     seen = {}
 
-    def planted(model, processor, imgs, questions, batch_size, answer_prefix):
-        seen.update(images=list(imgs), questions=list(questions), batch_size=batch_size, prefix=answer_prefix)
+    def planted(model, processor, imgs, questions, batch_size):
+        seen.update(images=list(imgs), questions=list(questions), batch_size=batch_size)
         return [0.9, 0.2, 0.5, 0.49, 0.7]
 
     monkeypatch.setattr(labeler_mod, "yes_probability", planted)

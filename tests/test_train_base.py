@@ -8,15 +8,15 @@ import torch
 from conftest import TINY
 from safetensors.torch import load_file
 
-from vlalign.train.loop import OptimConfig
 from vlalign.world.model import TinyVLMConfig
 from vlalign.world.scene import Obj, Scene
 from vlalign.world.train_base import RECIPES, cell_labels, train_world_model
 
 
 def _tiny(recipe_name: str = "base"):
-    return replace(RECIPES[recipe_name], model=TinyVLMConfig(**TINY), batch_size=4, vision_steps=2,
-                   optim=OptimConfig(steps=3, lr=1e-3, log_every=1))
+    recipe = RECIPES[recipe_name]
+    return replace(recipe, model=TinyVLMConfig(**TINY), batch_size=4, vision_steps=2,
+                   phases=tuple(replace(p, steps=2) for p in recipe.phases))
 
 
 def test_training_is_reproducible_from_the_seed(tmp_path):

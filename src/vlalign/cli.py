@@ -11,11 +11,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from vlalign.evaluate.commands import eval_, score
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Align vision-language models with AI feedback (RLAIF-V, VLFeedback/Silkie, POVID).")
 world_app = typer.Typer(no_args_is_help=True, help="The embedded synthetic world: train, locate and evaluate its models.")
 app.add_typer(world_app, name="world")
+app.command("score")(score)
+app.command("eval")(eval_)
 console = Console(stderr=True)
+SUMMARY_KEYS = ["chair_s", "chair_i", "object_recall", "mean_words", "pope_f1", "pope_accuracy", "pope_yes_ratio"]
 
 
 def _quiet() -> None:
@@ -51,7 +56,6 @@ def base_path(name: str = typer.Option("base", help="Which shipped world model: 
 def train_base(
     out: Path = typer.Option(..., help="Directory to write the model + processor to."),
     recipe: str = typer.Option("base", help="Recipe name: base or labeler."),
-    steps: int = typer.Option(None, help="Override the recipe's number of optimizer steps."),
     init_from: str = typer.Option(None, help="Start from this model (world:<name> or a directory)."),
 ) -> None:
     """Train a world model from scratch (SFT), reproducibly from the recipe's seed."""
@@ -60,7 +64,7 @@ def train_base(
 
     if recipe not in RECIPES:
         raise typer.BadParameter(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
-    path = train_world_model(RECIPES[recipe], out, steps, init_from)
+    path = train_world_model(RECIPES[recipe], out, init_from)
     console.print(f"saved {recipe} to {path}")
 
 
@@ -100,6 +104,51 @@ def export(
     console.print(f"wrote {path}")
 
 
+@app.command("serve")
+def serve(
+    model: str = typer.Argument(..., help="Model directory or world:<name> to answer with."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port (0 picks a free one and prints it)."),
+    name: str = typer.Option(None, help="Model name the API reports (default: the model reference)."),
+    fail_every: int = typer.Option(0, help="Fail every k-th request on purpose (tests of client retries)."),
+    fail_status: int = typer.Option(503, help="HTTP status of those failures (503, 429, ...)."),
+) -> None:
+    """Serve a local model behind an OpenAI-compatible chat endpoint (/v1/chat/completions)."""
+    _quiet()
+    from vlalign.feedback.judges import make_judge
+    from vlalign.serve import make_server
+
+    server = make_server(make_judge(model), host, port, name or model, fail_every, fail_status)
+    print(f"serving {model} at http://{host}:{server.server_port}/v1", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.shutdown()
+
+
+@app.command("rlaif-v")
+def rlaif_v(
+    config: Path = typer.Option(None, help="YAML recipe (keys of RLAIFVConfig); missing keys keep defaults."),
+    out: Path = typer.Option(..., help="Run directory (resumes if it holds an earlier run)."),
+    policy: str = typer.Option(None, help="Override: the policy to align."),
+    labeler: str = typer.Option(None, help="Override: the labeler model, or 'self' for self-alignment."),
+    rounds: int = typer.Option(None, help="Override: number of online rounds."),
+    prompts: str = typer.Option(None, help="Override: 'world' or a prompt file (JSON lines / datasets dir)."),
+) -> None:
+    """RLAIF-V: deconfounded sampling, claim-level labeler feedback, pairs, iterative DPO."""
+    _quiet()
+    from vlalign.config import load_config
+    from vlalign.pipelines.rlaif_v import RLAIFVConfig, run_rlaif_v
+
+    cfg = load_config(RLAIFVConfig, config, {"policy": policy, "labeler": labeler, "rounds": rounds,
+                                             "prompts": prompts})
+    summary = run_rlaif_v(out, cfg)
+    columns = {f"round {r['round']}": r["metrics"] for r in summary["rounds"] if "metrics" in r}
+    if columns:
+        console.print(metrics_table("RLAIF-V rounds (world, held-out scenes)", columns, SUMMARY_KEYS))
+    console.print(f"{summary['seconds']:.0f} s; summary at {out / 'summary.json'}")
+
+
 @app.command("demo")
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Run directory; summary.json lands here."),
@@ -116,8 +165,7 @@ def demo(
     config = replace(QUICK if quick else FULL, policy=policy, labeler=labeler)
     summary = run_demo(out, quick=quick, config=config)
     columns = {k: v for k, v in summary.items() if isinstance(v, dict) and "chair_i" in v}
-    keys = ["chair_s", "chair_i", "object_recall", "mean_words", "pope_f1", "pope_accuracy", "pope_yes_ratio"]
-    console.print(metrics_table("demo summary (world, held-out scenes)", columns, keys))
+    console.print(metrics_table("demo summary (world, held-out scenes)", columns, SUMMARY_KEYS))
     console.print(f"{summary['seconds']:.0f} s; summary at {out / 'summary.json'}")
 
 

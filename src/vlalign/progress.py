@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+_console = Console(stderr=True)
+
+
+def log(message: str) -> None:
+    """One line of progress news (which round, which method) on stderr."""
+    _console.print(f"[bold]{message}[/bold]")
 
 
 class _Bar:

@@ -63,3 +63,20 @@ class SentenceClaims:
     def __call__(self, answer: str) -> list[Claim]:
         return [Claim(s, f"Is the following statement about the image correct? {s} Answer yes or no.")
                 for s in sentences(answer)]
+
+
+def make_splitter(name: str, judge: str | None = None) -> ClaimSplitter:
+    """The splitter a config names: world (rule-based, the world's language), sentences (plain English),
+    or llm (a chat model through the judge backends, `judge` names it)."""
+    if name == "world":
+        return WorldClaims()
+    if name == "sentences":
+        return SentenceClaims()
+    if name == "llm":
+        from vlalign.feedback.judges import make_judge
+        from vlalign.feedback.llm_claims import LLMClaims
+
+        if not judge:
+            raise ValueError("the llm claim splitter needs a judge: set judge (e.g. openai:gpt-4o or a model path)")
+        return LLMClaims(make_judge(judge))
+    raise ValueError(f"unknown claim splitter {name!r}; choose world, sentences or llm")

@@ -41,14 +41,12 @@ class ResponseFeedback:
 
 
 def label_responses(labeler, processor, images: Sequence[Image.Image], responses: Sequence[str],
-                    split: ClaimSplitter, batch_size: int = 64, answer_prefix: str = "") -> list[ResponseFeedback]:
-    """Split every response into claims and label them all in shared batches. `answer_prefix` is
-    teacher-forced before the yes/no token is read (the world labeler answers "the answer is yes")."""
+                    split: ClaimSplitter, batch_size: int = 64) -> list[ResponseFeedback]:
+    """Split every response into claims and label them all in shared batches."""
     claims_per: list[list[Claim]] = [split(r) for r in responses]
     flat_images = [img for img, cs in zip(images, claims_per, strict=True) for _ in cs]
     flat_questions = [c.question for cs in claims_per for c in cs]
-    p_yes = yes_probability(labeler, processor, flat_images, flat_questions, batch_size=batch_size,
-                            answer_prefix=answer_prefix)
+    p_yes = yes_probability(labeler, processor, flat_images, flat_questions, batch_size=batch_size)
     out, k = [], 0
     for cs in claims_per:
         out.append(ResponseFeedback([LabeledClaim(c.text, c.question, p) for c, p in zip(cs, p_yes[k:k + len(cs)],

@@ -47,11 +47,20 @@ class SeededGumbel(LogitsProcessor):
         return scores.float() + gumbel
 
 
+def _has_images(images: Sequence[Image.Image | None]) -> bool:
+    """True when every row has an image, False when none has; a batch must not mix the two."""
+    present = [im is not None for im in images]
+    if any(present) and not all(present):
+        raise ValueError("a generation batch mixes rows with and without an image; group them first")
+    return bool(present) and present[0]
+
+
 @torch.no_grad()
-def generate(model, processor, images: Sequence[Image.Image], instructions: Sequence[str],
+def generate(model, processor, images: Sequence[Image.Image | None], instructions: Sequence[str],
              decoding: Decoding = Decoding(), seeds: Sequence[int] | None = None,
              batch_size: int = 64) -> list[str]:
-    """One answer per (image, instruction); with temperature > 0 `seeds` (one per row) is required."""
+    """One answer per (image, instruction); with temperature > 0 `seeds` (one per row) is required.
+    An image of None asks without one (a batch must be all with or all without; `batch_size` chunks)."""
     if len(images) != len(instructions):
         raise ValueError(f"got {len(images)} images but {len(instructions)} instructions")
     sampling = decoding.temperature > 0
@@ -61,8 +70,10 @@ def generate(model, processor, images: Sequence[Image.Image], instructions: Sequ
     tok = processor.tokenizer
     out: list[str] = []
     for s in range(0, len(instructions), batch_size):
-        texts = [chat_prompt(processor, q) for q in instructions[s:s + batch_size]]
-        enc = processor(images=list(images[s:s + batch_size]), text=texts, return_tensors="pt",
+        chunk = list(images[s:s + batch_size])
+        with_images = _has_images(chunk)
+        texts = [chat_prompt(processor, q, with_image=with_images) for q in instructions[s:s + batch_size]]
+        enc = processor(images=chunk if with_images else None, text=texts, return_tensors="pt",
                         padding=True, padding_side="left")
         enc = to_device(dict(enc), p.device, p.dtype)
         processors = LogitsProcessorList()

@@ -81,20 +81,16 @@ NO_WORDS = ("no", "No")
 
 @torch.no_grad()
 def yes_probability(model, processor, images: Sequence[Image.Image], questions: Sequence[str],
-                    batch_size: int = 32, answer_prefix: str = "") -> list[float]:
+                    batch_size: int = 32) -> list[float]:
     """P(yes) / (P(yes) + P(no)) for each question, from the next-token distribution of one forward
-    pass (no generation). "Yes" and "yes" count together, as RLAIF-V's labeler does. With
-    `answer_prefix` ("the answer is"), the answer is teacher-forced up to that prefix and the yes/no
-    token is read right after it."""
+    pass (no generation). "Yes" and "yes" count together, as RLAIF-V's labeler does."""
     device, dtype = _device_dtype(model)
     yes = torch.tensor(answer_token_ids(processor.tokenizer, YES_WORDS), device=device)
     no = torch.tensor(answer_token_ids(processor.tokenizer, NO_WORDS), device=device)
     out: list[float] = []
     for s in range(0, len(questions), batch_size):
         chunk = questions[s:s + batch_size]
-        prefixes = [answer_prefix] * len(chunk) if answer_prefix else None
-        batch = to_device(encode(processor, images[s:s + batch_size], chunk, prefixes, add_eos=False),
-                          device, dtype)
+        batch = to_device(encode(processor, images[s:s + batch_size], chunk), device, dtype)
         logits = model(**model_inputs(batch)).logits
         last = batch["attention_mask"].sum(-1) - 1
         probs = logits[torch.arange(len(last), device=device), last].float().softmax(-1)

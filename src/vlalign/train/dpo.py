@@ -161,27 +161,41 @@ def prepare_policy(model, config: DPOConfig):
     return model
 
 
-def train_dpo(model, processor, examples: Sequence[PreferenceExample], config: DPOConfig,
-              out: Path | None = None, reference=None) -> tuple[torch.nn.Module, list[dict]]:
-    """Train `model` with DPO on `examples`; save model + processor + history to `out` if given."""
+def pair_collate(processor, items) -> dict:
+    """Chosen and rejected rows of a batch, with the cached reference log-probs under `ref`."""
+    return {**_pair_batch(processor, [e for e, _ in items]), "ref": torch.stack([r for _, r in items])}
+
+
+def fit_preferences(model, processor, examples: Sequence[PreferenceExample], config: DPOConfig, loss_fn,
+                    collate, out: Path | None = None, reference=None, save_model: bool = True,
+                    description: str = "DPO") -> tuple[torch.nn.Module, list[dict]]:
+    """The part every preference method shares: prepare the policy, cache the reference log-probs of the
+    pairs, loop over shuffled batches of `collate(processor, items)` with `loss_fn`, save."""
     if not examples:
-        raise ValueError("DPO needs at least one preference pair; the pair stage produced none")
+        raise ValueError(f"{description} needs at least one preference pair; the pair stage produced none")
     torch.manual_seed(config.seed)
     model = prepare_policy(model, config)
     cache = Path(out) / "reference_logps.json" if out is not None else None
     ref = reference_logps(reference if reference is not None else model, processor, examples, cache)
-    loader = DataLoader(
-        _Pairs(examples, ref), batch_size=config.batch_size, shuffle=True,
-        generator=torch.Generator().manual_seed(config.seed),
-        collate_fn=lambda items: {**_pair_batch(processor, [e for e, _ in items]),
-                                  "ref": torch.stack([r for _, r in items])},
-    )
+    loader = DataLoader(_Pairs(examples, ref), batch_size=config.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(config.seed),
+                        collate_fn=lambda items: collate(processor, items))
     optim = OptimConfig(**{**asdict(config.optim), "steps": config.steps_for(len(examples))})
-    history = train(model, loader, make_loss(config), optim, description="DPO")
+    history = train(model, loader, loss_fn, optim, description=description)
     if out is not None:
         from vlalign.models.load import save
 
-        save(model, processor, out)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        if save_model:
+            save(model, processor, out)
         (Path(out) / "train_history.json").write_text(json.dumps(
-            {"config": asdict(config), "n_pairs": len(examples), "history": history}, indent=1))
+            {"config": asdict(config), "n_pairs": len(examples), "history": history}, indent=1, default=str))
     return model, history
+
+
+def train_dpo(model, processor, examples: Sequence[PreferenceExample], config: DPOConfig,
+              out: Path | None = None, reference=None, save_model: bool = True) -> tuple[torch.nn.Module, list[dict]]:
+    """Train `model` with DPO on `examples`. With `out`, the reference log-probs are cached there and the
+    history (and, with `save_model`, the model + processor) is saved there."""
+    return fit_preferences(model, processor, examples, config, make_loss(config), pair_collate, out, reference,
+                           save_model)

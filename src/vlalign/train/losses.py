@@ -1,7 +1,7 @@
 """The preference losses, each a short function of sequence log-probs.
 
 DPO (Rafailov et al. 2023) with the sigmoid loss and optional label smoothing (cDPO), IPO (Azar et al.
-2023), and POVID's two-term loss. Values match TRL's DPO loss on the same log-probs (tests check it).
+2023), and POVID's two-term loss (Zhou et al. 2024). Values match TRL's DPO loss on the same log-probs (tests check it).
 With label smoothing the sigmoid loss is cDPO, as in earlier TRL releases; TRL 1.16's "sigmoid"
 ignores `label_smoothing` (its cDPO formula survives only in "aot", which equals it on a single pair).
 """
@@ -38,3 +38,14 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
 def nll_loss(chosen_logps_sum: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.Tensor:
     """Per-example mean negative log-likelihood of the chosen answer (the RPO / "+SFT" term)."""
     return -chosen_logps_sum / chosen_lengths.clamp(min=1)
+
+
+def povid_loss(chosen_logps: torch.Tensor, injected_logps: torch.Tensor, noisy_logps: torch.Tensor,
+               ref_chosen_logps: torch.Tensor, ref_injected_logps: torch.Tensor, ref_noisy_logps: torch.Tensor,
+               beta: float = 0.1, gamma: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """POVID's stage-2 loss per example: gamma * DPO(gt vs injected) + (1 - gamma) * DPO(gt vs noisy), where
+    the noisy answer is the policy's own output on a diffusion-noised image. Returns the losses and the
+    two terms' losses (for logging)."""
+    injected, _, _ = dpo_loss(chosen_logps, injected_logps, ref_chosen_logps, ref_injected_logps, beta)
+    noisy, _, _ = dpo_loss(chosen_logps, noisy_logps, ref_chosen_logps, ref_noisy_logps, beta)
+    return gamma * injected + (1 - gamma) * noisy, injected.detach(), noisy.detach()

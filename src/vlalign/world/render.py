@@ -67,7 +67,7 @@ def render(scene: Scene, size: int = 48) -> Image.Image:
     draw = ImageDraw.Draw(image)
     cell = size / GRID
     for obj in scene.objects:
-        r = cell * (0.42 if obj.size == "big" else 0.12)
+        r = cell * (0.42 if obj.size == "big" else 0.24)
         slack = cell / 2 - r
         cx = (obj.col + 0.5) * cell + float(rng.uniform(-slack, slack)) * 0.8
         cy = (obj.row + 0.5) * cell + float(rng.uniform(-slack, slack)) * 0.8

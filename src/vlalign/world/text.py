@@ -15,6 +15,7 @@ import numpy as np
 from vlalign.world.scene import (
     COLORS,
     COLUMNS,
+    GRID,
     PARTNERS,
     ROWS,
     SHAPES,
@@ -38,10 +39,6 @@ DESCRIBE_INSTRUCTIONS = (
     "what is in the image?",
     "tell me about this picture.",
 )
-# World yes/no answers open with this prefix, and the world labeler reads P(yes) after it: a tiny decoder
-# reads the image from answer positions but not from the last prompt token, so a decision at the first
-# answer token stays at chance (see the note in world/train_base.py).
-ANSWER_PREFIX = "the answer is"
 CAPTION_INSTRUCTIONS = ("write a short caption for the image.", "caption this image.", "give a brief caption.")
 REFUSAL = "sorry, i can not help with that request."
 HARMFUL_REQUESTS = (
@@ -126,8 +123,39 @@ def relation_sentence(scene: Scene, rng: np.random.Generator) -> str | None:
     return f"{name_a} is below {name_b}."
 
 
-def describe(scene: Scene, rng: np.random.Generator) -> str:
+def imagined_partners(scene: Scene, rng: np.random.Generator, rate: float) -> Scene:
+    """The scene as a biased annotator writes it up: for each present shape whose usual partner is
+    absent, the partner is added with probability `rate`, as a matching piece (same colour and size) in a
+    neighbouring free cell, written right after the object that suggested it.
+
+    This is the world's version of hallucinations in real training captions (GPT-written LLaVA
+    descriptions name the fork that "should" be next to the plate). Only free-form descriptions carry it;
+    yes/no, colour and count answers stay exact, so a model trained on the mix judges claims better than
+    it writes them, which is the gap RLAIF-V's self-feedback relies on. Because the imagined object copies
+    its source's attributes, a model that learns the habit follows it under greedy decoding too.
+    """
+    if rate <= 0:
+        return scene
+    taken = {(o.col, o.row) for o in scene.objects}
+    written: list[Obj] = []
+    for obj in scene.objects:
+        written.append(obj)
+        partner = PARTNERS[obj.shape]
+        if partner in scene.shapes or partner in {o.shape for o in written} or rng.random() >= rate:
+            continue
+        free = [(c, r) for c in range(GRID) for r in range(GRID) if (c, r) not in taken]
+        near = [(c, r) for c, r in free if abs(c - obj.col) + abs(r - obj.row) == 1]
+        if not free:
+            continue
+        col, row = _pick(rng, near or free)
+        taken.add((col, row))
+        written.append(Obj(partner, obj.color, obj.size, col, row))
+    return Scene(tuple(written), scene.seed, scene.split)
+
+
+def describe(scene: Scene, rng: np.random.Generator, hallucination: float = 0.0) -> str:
     """A detailed description: an optional count, one sentence per object, an optional relation."""
+    scene = imagined_partners(scene, rng, hallucination)
     n = len(scene.objects)
     parts = []
     intro = int(rng.integers(3))
@@ -144,18 +172,19 @@ def describe(scene: Scene, rng: np.random.Generator) -> str:
     return " ".join(parts)
 
 
-def caption(scene: Scene, rng: np.random.Generator) -> str:
+def caption(scene: Scene, rng: np.random.Generator, hallucination: float = 0.0) -> str:
+    scene = imagined_partners(scene, rng, hallucination)
     phrases = [noun_phrase(o, rng, with_size=False) for o in scene.objects]
     listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
     return f"{listed}."
 
 
-def describe_task(scene: Scene, rng: np.random.Generator) -> Task:
-    return Task("describe", _pick(rng, DESCRIBE_INSTRUCTIONS), describe(scene, rng))
+def describe_task(scene: Scene, rng: np.random.Generator, hallucination: float = 0.0) -> Task:
+    return Task("describe", _pick(rng, DESCRIBE_INSTRUCTIONS), describe(scene, rng, hallucination))
 
 
-def caption_task(scene: Scene, rng: np.random.Generator) -> Task:
-    return Task("caption", _pick(rng, CAPTION_INSTRUCTIONS), caption(scene, rng))
+def caption_task(scene: Scene, rng: np.random.Generator, hallucination: float = 0.0) -> Task:
+    return Task("caption", _pick(rng, CAPTION_INSTRUCTIONS), caption(scene, rng, hallucination))
 
 
 def existence_question(shape: str, color: str | None = None) -> str:
@@ -164,30 +193,31 @@ def existence_question(shape: str, color: str | None = None) -> str:
 
 
 def exist_task(scene: Scene, rng: np.random.Generator, adversarial: float = 0.0) -> Task:
-    """A yes/no existence question. `adversarial` is the share of negatives drawn from the partners of
-    present objects (the hard negatives); the rest are uniform over absent shapes."""
-    present = sorted(scene.shapes)
+    """A yes/no existence question. `adversarial` is the share of negatives that ask for the partner of
+    a present object, in that object's colour when a colour is asked: exactly the matching piece a biased
+    annotator imagines (see `imagined_partners`). The other negatives are uniform over absent shapes."""
     absent = [s for s in SHAPES if s not in scene.shapes]
-    with_color = rng.random() < 0.35
+    with_color = rng.random() < 0.5
     if rng.random() < 0.5 or not absent:
         obj = scene.objects[int(rng.integers(len(scene.objects)))]
         color = obj.color if with_color else None
         q = existence_question(obj.shape, color)
         noun = f"{obj.color} {obj.shape}"
-        answer = _pick(rng, (f"{ANSWER_PREFIX} yes.", f"{ANSWER_PREFIX} yes, there is {_article(noun)} {noun}."))
-        return Task("exist", q, answer)
+        return Task("exist", q, _pick(rng, ("yes.", f"yes, there is {_article(noun)} {noun}.")))
     if with_color and rng.random() < 0.5:
         obj = scene.objects[int(rng.integers(len(scene.objects)))]
         wrong = [c for c in COLORS if scene.count(obj.shape, c) == 0]
         color = _pick(rng, wrong)
         q = existence_question(obj.shape, color)
-        return Task("exist", q, _pick(rng, (f"{ANSWER_PREFIX} no.", f"{ANSWER_PREFIX} no, there is no {color} {obj.shape}.")))
-    partners = [PARTNERS[s] for s in present if PARTNERS[s] in absent]
-    shape = _pick(rng, partners) if partners and rng.random() < adversarial else _pick(rng, absent)
-    color = _pick(rng, COLORS) if with_color else None
+        return Task("exist", q, _pick(rng, ("no.", f"no, there is no {color} {obj.shape}.")))
+    sources = [o for o in scene.objects if PARTNERS[o.shape] in absent]
+    if sources and rng.random() < adversarial:
+        source = _pick(rng, sources)
+        shape, color = PARTNERS[source.shape], source.color if with_color else None
+    else:
+        shape, color = _pick(rng, absent), _pick(rng, COLORS) if with_color else None
     noun = f"{color} {shape}" if color else shape
-    return Task("exist", existence_question(shape, color),
-                _pick(rng, (f"{ANSWER_PREFIX} no.", f"{ANSWER_PREFIX} no, there is no {noun}.")))
+    return Task("exist", existence_question(shape, color), _pick(rng, ("no.", f"no, there is no {noun}.")))
 
 
 def color_task(scene: Scene, rng: np.random.Generator) -> Task:
@@ -224,7 +254,7 @@ def relation_task(scene: Scene, rng: np.random.Generator) -> Task:
     i, j = rng.choice(len(unique), size=2, replace=False)
     a, b = unique[int(i)], unique[int(j)]
     rel, holds = _pick(rng, (("left of", left_of), ("above", above), ("next to", next_to)))
-    answer = f"{ANSWER_PREFIX} yes." if holds(a, b) else f"{ANSWER_PREFIX} no."
+    answer = "yes." if holds(a, b) else "no."
     return Task("relation", f"is the {a.shape} {rel} the {b.shape}?", answer)
 
 
@@ -262,6 +292,7 @@ class TaskMix:
         "relation": 0.08, "harmful": 0.02, "benign": 0.02,
     })
     adversarial: float = 0.0
+    hallucination: float = 0.0  # see imagined_partners: the annotators' co-occurrence bias
 
     def sample(self, scene: Scene, rng: np.random.Generator) -> Task:
         kinds = [k for k, w in self.weights.items() if w > 0]
@@ -272,7 +303,18 @@ class TaskMix:
         kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
         if kind == "exist":
             return exist_task(scene, rng, self.adversarial)
+        if kind in ("describe", "caption"):
+            return TASKS[kind](scene, rng, self.hallucination)
         return TASKS[kind](scene, rng)
+
+    def restrict(self, kinds: set[str], keep: bool = True) -> TaskMix:
+        """The same mix over only `kinds` (or, with keep=False, over all the others)."""
+        weights = {k: w for k, w in self.weights.items() if (k in kinds) == keep and w > 0}
+        return TaskMix(weights, self.adversarial, self.hallucination)
+
+    def share(self, kinds: set[str]) -> float:
+        total = sum(self.weights.values())
+        return sum(w for k, w in self.weights.items() if k in kinds) / total if total else 0.0
 
 
 def vocabulary() -> list[str]:

@@ -5,13 +5,10 @@ Training follows the usual VLM recipe in miniature: first the vision tower is pr
 is instruction-tuned on the world's tasks. Starting the decoder on a vision tower that already tells
 shapes apart is what lets a 2 M-parameter model learn to look at the image in a few minutes on a CPU.
 
-Yes/no answers open with a fixed prefix ("the answer is yes."): measured on these models, the decision
-token right after the prompt stays at chance for thousands of steps (P(yes) does not even change with the
-image), while a decision a few answer tokens later is learned.
-
 `base` is the policy every method starts from: competent, and hallucinating through the co-occurrence
-bias. `labeler` is a stronger yes/no answerer (trained on less biased scenes with hard negatives), the
-"open-source labeler" of RLAIF-V in this world.
+bias of its scenes and of its descriptions' annotators. `labeler` is a stronger yes/no answerer (trained
+on less biased scenes with hard negatives and exact descriptions), the "open-source labeler" of RLAIF-V
+in this world.
 """
 
 from __future__ import annotations
@@ -39,13 +36,40 @@ CHECKPOINTS = Path(__file__).parent / "checkpoints"
 
 
 @dataclass
-class BaseRecipe:
-    name: str
-    model: TinyVLMConfig = field(default_factory=TinyVLMConfig)
-    scenes: SceneConfig = field(default_factory=SceneConfig)
+class Phase:
+    """One supervised phase: a task mix on a scene distribution, with its own learning-rate schedule."""
+
+    steps: int
     mix: TaskMix = field(default_factory=TaskMix)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=635, lr=2e-3, warmup_ratio=0.03,
-                                                                   weight_decay=0.01, log_every=50))
+    scenes: SceneConfig = field(default_factory=SceneConfig)
+    lr: float = 3e-4
+
+    def to_dict(self) -> dict:
+        return {"steps": self.steps, "lr": self.lr, "scenes": asdict(self.scenes),
+                "mix": {"weights": self.mix.weights, "adversarial": self.mix.adversarial,
+                        "hallucination": self.mix.hallucination}}
+
+
+# Grounding first: yes/no questions on less biased scenes teach the decoder to look an object up in the
+# image (content-addressed attention), which a mix dominated by descriptions learns only very slowly.
+GROUNDING = Phase(400, TaskMix({"exist": 0.7, "color": 0.1, "count": 0.1, "caption": 0.1}, adversarial=0.3),
+                  SceneConfig(cooccur_rate=0.5))
+INSTRUCT_MIX = {"describe": 0.36, "caption": 0.06, "exist": 0.30, "color": 0.10, "count": 0.08,
+                "relation": 0.06, "harmful": 0.02, "benign": 0.02}
+
+
+@dataclass
+class BaseRecipe:
+    """How a world model is made: vision pretraining (from scratch only), then supervised phases.
+
+    Learning rates stay at 3e-4 or below: at 1e-3 and above these decoders learn to read the image by
+    position (enough to describe it) but never learn to look an object up by content, so yes/no answers
+    stay at chance however long they train.
+    """
+
+    name: str
+    phases: tuple[Phase, ...]
+    model: TinyVLMConfig = field(default_factory=TinyVLMConfig)
     batch_size: int = 32
     vision_steps: int = 300
     vision_lr: float = 2e-3
@@ -53,39 +77,59 @@ class BaseRecipe:
     seed: int = 0
     scene_offset: int = 0  # which slice of the training stream this recipe sees
 
+    @property
+    def steps(self) -> int:
+        return sum(p.steps for p in self.phases)
+
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["mix"] = {"weights": self.mix.weights, "adversarial": self.mix.adversarial}
-        return d
+        return {"name": self.name, "phases": [p.to_dict() for p in self.phases], "model": asdict(self.model),
+                "batch_size": self.batch_size, "vision_steps": self.vision_steps, "vision_lr": self.vision_lr,
+                "init_from": self.init_from, "seed": self.seed, "scene_offset": self.scene_offset}
 
 
 RECIPES: dict[str, BaseRecipe] = {
-    "base": BaseRecipe("base"),
-    # The labeler continues from the base on less biased scenes, mostly yes/no questions with hard
-    # (co-occurring) negatives: a stronger judge of existence claims than the policy it grades.
-    "labeler": BaseRecipe(
-        "labeler",
-        scenes=SceneConfig(cooccur_rate=0.3),
-        mix=TaskMix(weights={"exist": 0.8, "describe": 0.2}, adversarial=0.5),
-        optim=OptimConfig(steps=1200, lr=1e-3, warmup_ratio=0.03, weight_decay=0.01, log_every=50),
-        init_from="world:base", seed=1, scene_offset=5_000_000,
-    ),
+    # The policy every method starts from: trained on scenes where partners co-occur 85% of the time,
+    # with descriptions whose annotators name a missing partner 80% of the time.
+    # A last phase on less biased scenes, mostly yes/no, keeps the descriptions' habit but teaches the model
+    # to check a claim when asked, so it can be its own labeler (RLAIF-V's self-alignment).
+    "base": BaseRecipe("base", phases=(
+        GROUNDING,
+        Phase(1000, TaskMix(INSTRUCT_MIX, adversarial=0.5, hallucination=0.8), SceneConfig(cooccur_rate=0.85)),
+        Phase(800, TaskMix({"exist": 0.5, "describe": 0.3, "color": 0.1, "count": 0.1}, adversarial=0.5,
+                           hallucination=0.8), SceneConfig(cooccur_rate=0.5)),
+    )),
+    # The labeler continues from the base on less biased scenes with exact descriptions, mostly yes/no
+    # questions with hard (co-occurring) negatives: a stronger judge of existence claims than the policy.
+    "labeler": BaseRecipe("labeler", phases=(
+        Phase(1500, TaskMix({"exist": 0.6, "describe": 0.2, "color": 0.1, "count": 0.1}, adversarial=0.5),
+              SceneConfig(cooccur_rate=0.3)),
+    ), init_from="world:base", seed=1, scene_offset=5_000_000),
 }
+
+LONG_TASKS = {"describe"}
 
 
 class WorldStream(IterableDataset):
-    """Endless encoded SFT batches drawn from the world; batch i depends only on (seed, i)."""
+    """Endless encoded SFT batches of one phase; batch i depends only on (seed, offset, i).
 
-    def __init__(self, recipe: BaseRecipe, processor, image_size: int):
-        self.recipe, self.processor, self.image_size = recipe, processor, image_size
+    Descriptions are several times longer than the other answers, so they get batches of their own (in
+    their share of the mix): a mixed batch would pad every short answer to the longest description.
+    """
+
+    def __init__(self, phase: Phase, processor, image_size: int, batch_size: int, seed: int, offset: int):
+        self.phase, self.processor, self.image_size = phase, processor, image_size
+        self.batch_size, self.seed, self.offset = batch_size, seed, offset
 
     def __iter__(self):
-        r, i = self.recipe, 0
+        mix = self.phase.mix
+        long, short, p_long = mix.restrict(LONG_TASKS), mix.restrict(LONG_TASKS, keep=False), mix.share(LONG_TASKS)
+        i = 0
         while True:
-            rng = np.random.default_rng([r.seed, i])
-            first = r.scene_offset + i * r.batch_size
-            scenes = [sample_scene(first + j, "train", r.scenes) for j in range(r.batch_size)]
-            tasks = [r.mix.sample(s, rng) for s in scenes]
+            rng = np.random.default_rng([self.seed, self.offset, i])
+            first = self.offset + i * self.batch_size
+            scenes = [sample_scene(first + j, "train", self.phase.scenes) for j in range(self.batch_size)]
+            group = long if rng.random() < p_long else short
+            tasks = [group.sample(s, rng) for s in scenes]
             yield encode(self.processor, [render(s, self.image_size) for s in scenes],
                          [t.instruction for t in tasks], [t.answer for t in tasks])
             i += 1
@@ -108,6 +152,7 @@ def pretrain_vision(model, processor, recipe: BaseRecipe) -> list[dict[str, floa
     shape and colour. The heads are thrown away; only the tower keeps what it learned."""
     tower = model.model.vision_tower
     hidden, side = tower.config.hidden_size, recipe.model.image_size // recipe.model.patch_size
+    scene_config = recipe.phases[0].scenes
     heads = torch.nn.ModuleDict({"shape": torch.nn.Linear(hidden, len(SHAPES) + 1),
                                  "color": torch.nn.Linear(hidden, len(COLORS) + 1)})
     params = [*tower.parameters(), *heads.parameters()]
@@ -116,7 +161,7 @@ def pretrain_vision(model, processor, recipe: BaseRecipe) -> list[dict[str, floa
     with progress(f"pretrain {recipe.name} vision", total=recipe.vision_steps) as bar:
         for step in range(recipe.vision_steps):
             first = recipe.scene_offset + step * recipe.batch_size
-            batch_scenes = [sample_scene(first + j, "train", recipe.scenes) for j in range(recipe.batch_size)]
+            batch_scenes = [sample_scene(first + j, "train", scene_config) for j in range(recipe.batch_size)]
             pixels = processor.image_processor(
                 [render(s, recipe.model.image_size) for s in batch_scenes], return_tensors="pt")["pixel_values"]
             tokens = tower(pixels).last_hidden_state[:, 1:]
@@ -139,13 +184,10 @@ def sft_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[st
     return loss, {}
 
 
-def train_world_model(recipe: BaseRecipe, out: Path, steps: int | None = None,
-                      init_from: str | None = None) -> Path:
+def train_world_model(recipe: BaseRecipe, out: Path, init_from: str | None = None) -> Path:
     """Train `recipe` (from scratch, or from `init_from`) and save model + processor (safetensors, bf16
     weights) to `out`."""
     torch.manual_seed(recipe.seed)
-    if steps is not None:
-        recipe = replace(recipe, optim=replace(recipe.optim, steps=steps))
     if init_from is not None:
         recipe = replace(recipe, init_from=init_from)
     start = time.time()
@@ -158,8 +200,13 @@ def train_world_model(recipe: BaseRecipe, out: Path, steps: int | None = None,
         processor = build_processor(recipe.model)
         model = build_model(processor, recipe.model, seed=recipe.seed)
         vision_history = pretrain_vision(model, processor, recipe)
-    history = train(model, WorldStream(recipe, processor, recipe.model.image_size), sft_loss, recipe.optim,
-                    description=f"train {recipe.name}")
+    history = []
+    for k, phase in enumerate(recipe.phases):
+        stream = WorldStream(phase, processor, recipe.model.image_size, recipe.batch_size, recipe.seed,
+                             recipe.scene_offset + k * 10_000_000)
+        optim = OptimConfig(steps=phase.steps, lr=phase.lr, warmup_ratio=0.03, weight_decay=0.01, log_every=50)
+        history += [{"phase": k, **h} for h in train(model, stream, sft_loss, optim,
+                                                      description=f"train {recipe.name} phase {k + 1}")]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.to(torch.bfloat16).save_pretrained(out)

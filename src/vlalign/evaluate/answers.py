@@ -1,0 +1,202 @@
+"""Answer files: one JSON object per line, shared by every scorer.
+
+Each line needs `question_id` and `answer` plus the benchmark's own fields. A bad line is an error that
+names the file, the line, the field and the fix; with `Issues(skip=True)` it is instead counted by reason
+and the count lands in the metrics (`skipped`), so nothing is ever dropped silently.
+
+Also here, because every benchmark shares them: `Question`, what `vlalign eval` asks and how its answer
+record is made, and `ask_judge`, which sends judged scorers' requests and counts failed ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+
+class AnswerFileError(ValueError):
+    """A record that cannot be scored; the message names the file, the line and the fix."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """A field every record must carry. `help` says what it holds and is quoted in errors."""
+
+    name: str
+    help: str
+    types: tuple[type, ...] = (str,)
+    choices: tuple[str, ...] | None = None
+    lower: bool = False
+
+
+QUESTION_ID = Field("question_id", "a unique id of the question (string or integer)", (str, int))
+ANSWER = Field("answer", "the model's answer text", (str,))
+YES_NO_LABEL = Field("label", "the ground-truth answer, yes or no", choices=("yes", "no"), lower=True)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One record and the line it came from (1-based), so later checks can point at it."""
+
+    line: int
+    record: dict
+
+    @property
+    def question_id(self) -> str | int:
+        return self.record["question_id"]
+
+    @property
+    def answer(self) -> str:
+        return self.record["answer"]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.record[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.record.get(key, default)
+
+
+@dataclass(frozen=True)
+class Question:
+    """A question for `vlalign eval`: its prompt, how to get its image, and the fields its answer record
+    carries (everything the scorer needs). `long` marks free-form answers, which get more tokens."""
+
+    question_id: str | int
+    prompt: str
+    image: Callable[[], Image.Image]
+    record: dict
+    long: bool = False
+
+
+@dataclass
+class Issues:
+    """Where bad records go: raised at once, or (skip=True) counted per reason with their line numbers."""
+
+    path: str
+    skip: bool = False
+    counts: Counter = field(default_factory=Counter)
+    lines: dict[str, list[int]] = field(default_factory=dict)
+
+    def __call__(self, line: int, reason: str, message: str) -> None:
+        """Report a bad record at `line` (0 for the file as a whole)."""
+        if not self.skip:
+            where = f"{self.path}, line {line}" if line else self.path
+            raise AnswerFileError(f"{where}: {message}")
+        self.counts[reason] += 1
+        self.lines.setdefault(reason, []).append(line)
+
+    def report(self, name: str = "skipped") -> dict:
+        """`skipped` (reason -> count) and the first lines of each reason, or nothing when all was well."""
+        if not self.counts:
+            return {}
+        return {name: dict(self.counts), f"{name}_lines": {k: v[:10] for k, v in self.lines.items()}}
+
+    def require(self, items: Sequence) -> None:
+        """Refuse to score nothing: every record was skipped."""
+        if not items:
+            raise AnswerFileError(f"{self.path}: nothing left to score; skipped {dict(self.counts)}")
+
+
+_KIND_NAMES = {int: "integer", str: "string", list: "list", dict: "JSON object"}
+
+
+def _check(value: Any, f: Field) -> tuple[Any, str | None]:
+    """The value (normalised) and None, or what is wrong with it."""
+    if not isinstance(value, f.types) or (isinstance(value, bool) and bool not in f.types):
+        kinds = " or ".join(_KIND_NAMES.get(t, t.__name__) for t in f.types)
+        return value, f"field {f.name!r} must be a {kinds} ({f.help}), got {json.dumps(value)}"
+    if f.choices is not None:
+        norm = value.strip().lower() if f.lower and isinstance(value, str) else value
+        if norm not in f.choices:
+            return value, (f"unknown {f.name} {json.dumps(value)}; use one of {', '.join(f.choices)} "
+                           f"({f.help})")
+        return norm, None
+    return value, None
+
+
+def _problem(record: dict, fields: Sequence[Field]) -> tuple[str, str] | None:
+    """Check (and normalise in place) `fields` of a record: None, or (reason, message) for the first fault."""
+    names = ", ".join(f.name for f in fields)
+    for f in fields:
+        if f.name not in record:
+            return "missing_field", f"missing field {f.name!r} ({f.help}); every line needs {names}"
+        record[f.name], msg = _check(record[f.name], f)
+        if msg:
+            return f"bad_{f.name}", msg
+    return None
+
+
+def validate(answers: Sequence[Answer], fields: Sequence[Field], issues: Issues) -> list[Answer]:
+    """The answers whose `fields` are all present and valid; the others go to `issues`."""
+    kept = []
+    for a in answers:
+        problem = _problem(a.record, fields)
+        if problem:
+            issues(a.line, *problem)
+        else:
+            kept.append(a)
+    return kept
+
+
+def read_records(path: str | Path, fields: Sequence[Field], issues: Issues | None = None,
+                 kind: str = "records") -> list[Answer]:
+    """Records of a JSON-lines file with `fields` checked; blank lines are allowed, an empty file is not."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {kind} file at {path}")
+    issues = issues or Issues(str(path))
+    names = ", ".join(f.name for f in fields)
+    out: list[Answer] = []
+    seen: dict[Any, int] = {}
+    with path.open(encoding="utf-8") as fh:
+        for n, text in enumerate(fh, start=1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as e:
+                issues(n, "invalid_json", f"not valid JSON ({e.msg} at column {e.colno}); write one JSON "
+                                          f"object per line")
+                continue
+            if not isinstance(record, dict):
+                issues(n, "not_an_object", f"expected a JSON object with {names}, got {type(record).__name__}")
+                continue
+            problem = _problem(record, fields)
+            if problem:
+                issues(n, *problem)
+                continue
+            if "question_id" in record:
+                qid = record["question_id"]
+                if qid in seen:
+                    issues(n, "duplicate_question_id",
+                           f"question_id {json.dumps(qid)} already used on line {seen[qid]}; ids must be unique")
+                    continue
+                seen[qid] = n
+            out.append(Answer(n, record))
+    if not out and not issues.counts:
+        raise AnswerFileError(f"{path}: no {kind} in the file; expected one JSON object per line with {names}")
+    return out
+
+
+def ask_judge(judge, requests: Sequence, lines: Sequence[int], issues: Issues) -> list[str | None]:
+    """The judge's reply texts in request order; a failed request is counted in `issues` and gives None."""
+    replies = judge.complete(list(requests))
+    if len(replies) != len(requests):
+        raise RuntimeError(f"judge {judge.name!r} answered {len(replies)} of {len(requests)} requests")
+    texts: list[str | None] = []
+    for request, reply, line in zip(requests, replies, lines, strict=True):
+        if not reply.ok:
+            issues(line, "judge_error", f"judge {judge.name!r} failed on {request.id}: {reply.error}")
+        texts.append(reply.text)
+    return texts
+
+
+def read_answers(path: str | Path, fields: Sequence[Field] = (), issues: Issues | None = None) -> list[Answer]:
+    """An answer file: `question_id`, `answer` and the benchmark's `fields` on every line."""
+    return read_records(path, [QUESTION_ID, ANSWER, *fields], issues, kind="answers")

@@ -1,0 +1,301 @@
+"""The benchmarks `vlalign score` and `vlalign eval` know: how each scores an answer file, and which
+questions (with images) `eval` asks a model to produce that file.
+
+Question sources, by benchmark (`--data`; images from `--images`):
+- chair: JSON lines with `image_id` and optionally `question` and `image` (a file name under `--images`
+  or base64 bytes, as RLHF-V's Object HalBench file has; default `COCO_val2014_<id>.jpg`).
+- pope: POPE's question files (JSON lines with `image`, `text` or `question`, `label`, and `category` or a
+  split name in the file name), or a COCO instances file, from which the three splits are built.
+- mme: JSON lines with `image`, `question`, `category`, `label`, or MME's eval_tool folder of
+  `<subtask>.txt` files (image, question, answer separated by tabs); images under `--images/<subtask>/`.
+- mmhal: MMHal-Bench's `response_template.json` (question ids are its indices); images by file name.
+- amber: one of AMBER's `query_*.json` files; ground truth from `--annotations` (AMBER's data folder).
+- world-chair, world-pope, world-attributes: held-out scenes of the world (`--limit` scenes, default 500).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from PIL import Image
+
+from vlalign.evaluate import world_bench
+from vlalign.evaluate.amber import score_amber
+from vlalign.evaluate.answers import YES_NO_LABEL, AnswerFileError, Field, Question, read_records
+from vlalign.evaluate.chair import IMAGE_ID, score_chair
+from vlalign.evaluate.mme import CATEGORY as MME_CATEGORY
+from vlalign.evaluate.mme import SUBTASKS, score_mme
+from vlalign.evaluate.mmhal import load_template, score_mmhal
+from vlalign.evaluate.pope import POPE_SPLITS, build_pope, score_pope
+
+DESCRIBE_COCO = "Describe this image in detail."
+
+
+@dataclass(frozen=True)
+class ScoreInputs:
+    """What a scorer may use besides the answer file."""
+
+    answers: Path
+    annotations: Sequence[Path] = ()
+    judge: object = None
+    llm_objects: bool = False
+    skip_bad: bool = False
+
+
+@dataclass(frozen=True)
+class EvalInputs:
+    """Where `eval` finds questions and images; `limit` keeps the first N (world: N scenes)."""
+
+    data: Path | None = None
+    annotations: Sequence[Path] = ()
+    images: Path | None = None
+    limit: int | None = None
+    image_size: int | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A benchmark: its scorer, its question source for `eval`, and token budgets for free-form and short
+    answers."""
+
+    name: str
+    summary: str
+    score: Callable[[ScoreInputs], dict]
+    questions: Callable[[EvalInputs], list[Question]]
+    long_tokens: int = 512
+    short_tokens: int = 16
+    needs_annotations: bool = False
+
+
+def is_file_name(value: str) -> bool:
+    """A short name with an extension ("COCO_val2014_000000000042.jpg"), not inline base64 bytes."""
+    return len(value) < 512 and re.search(r"\.[A-Za-z0-9]{2,5}$", value) is not None
+
+
+def open_image(value: str, images: Path | None, subdirs: Sequence[str] = ("",), where: str = "") -> Image.Image:
+    """An image named by file (under `images`, in one of `subdirs`) or given inline as base64 bytes."""
+    roots = [images / d if images else Path(d) for d in subdirs]
+    if not is_file_name(value):
+        try:
+            return Image.open(io.BytesIO(base64.b64decode(value, validate=True))).convert("RGB")
+        except (binascii.Error, OSError, ValueError) as e:
+            raise ValueError(f"{where}image is neither a file name nor base64 image bytes ({e})") from e
+    for path in (r / value for r in roots):
+        if path.is_file():
+            return Image.open(path).convert("RGB")
+    tried = ", ".join(str(r / value) for r in roots)
+    raise FileNotFoundError(f"{where}image {value!r} not found (tried {tried}); pass --images with the "
+                            f"folder that holds the benchmark's images")
+
+
+def _need_data(inputs: EvalInputs, what: str) -> Path:
+    if inputs.data is None:
+        raise ValueError(f"pass --data with {what}")
+    return inputs.data
+
+
+def _first(items: list[Question], limit: int | None) -> list[Question]:
+    return items[:limit] if limit else items
+
+
+def chair_questions(inputs: EvalInputs) -> list[Question]:
+    """Description requests for COCO images (Object HalBench)."""
+    path = _need_data(inputs, "a JSON-lines file of COCO images to describe (image_id, question, image)")
+    out = []
+    for r in read_records(path, [IMAGE_ID], kind="questions"):
+        if not r.get("image") and not str(r["image_id"]).isdigit():
+            raise AnswerFileError(f"{path}, line {r.line}: give the image file in 'image' (image_id "
+                                  f"{r['image_id']!r} is not a COCO id to name it by)")
+        image = r.get("image") or f"COCO_val2014_{int(r['image_id']):012d}.jpg"
+        record = {"image_id": r["image_id"], "question": r.get("question") or DESCRIBE_COCO}
+        if is_file_name(image):
+            record["image"] = image
+        out.append(Question(r.get("question_id", r.line), record["question"],
+                            partial(open_image, image, inputs.images, where=f"{path}, line {r.line}: "),
+                            record, long=True))
+    return _first(out, inputs.limit)
+
+
+def _coco_instances(path: Path) -> dict | None:
+    """The file's content when it is a COCO instances file (one JSON object with categories), else None."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) and "categories" in data else None
+
+
+def _coco_objects(data: dict) -> dict[str, list[str]]:
+    """Image file name -> category names in annotation order."""
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    files = {im["id"]: im.get("file_name", str(im["id"])) for im in data["images"]}
+    objects: dict[str, list[str]] = {}
+    for a in data["annotations"]:
+        objects.setdefault(files[a["image_id"]], []).append(names[a["category_id"]])
+    return objects
+
+
+def pope_questions(inputs: EvalInputs) -> list[Question]:
+    """POPE questions from its files, or built from COCO instances (`limit` images, default 500)."""
+    path = _need_data(inputs, "POPE question files or a COCO instances file to build them from")
+    coco = _coco_instances(path)
+    if coco is not None:
+        splits = build_pope(_coco_objects(coco), n_images=inputs.limit or 500, seed=inputs.seed)
+        rows = [q for split in POPE_SPLITS for q in splits[split]]
+        return [Question(f"{q['category']}-{q['question_id']}", q["text"],
+                         partial(open_image, q["image"], inputs.images, where=f"{q['category']} question: "),
+                         {k: q[k] for k in ("image", "object", "label", "category")}) for q in rows]
+    split_of_file = next((s for s in POPE_SPLITS if s in path.name), None)
+    fields = [Field("image", "the image file name"), YES_NO_LABEL]
+    out = []
+    for r in read_records(path, fields, kind="questions"):
+        category = r.get("category", split_of_file)
+        text = r.get("text") or r.get("question")
+        if category not in POPE_SPLITS or not text:
+            raise AnswerFileError(f"{path}, line {r.line}: needs 'text' (or 'question') and a 'category' of "
+                                  f"{', '.join(POPE_SPLITS)} (or a split name in the file name)")
+        out.append(Question(f"{category}-{r.get('question_id', r.line)}", text,
+                            partial(open_image, r["image"], inputs.images, where=f"{path}, line {r.line}: "),
+                            {"image": r["image"], "label": r["label"], "category": category}))
+    return _first(out, inputs.limit)
+
+
+def _mme_rows(path: Path) -> list[tuple[str, dict]]:
+    """(where, record) from MME's eval_tool folder of <subtask>.txt files or a JSON-lines file."""
+    if path.is_dir():
+        rows = []
+        for task in SUBTASKS:
+            txt = path / f"{task}.txt"
+            if not txt.is_file():
+                continue
+            for n, line in enumerate(txt.read_text(encoding="utf-8").splitlines(), start=1):
+                if not line.strip():
+                    continue
+                parts = line.split("\t")
+                if len(parts) < 3:
+                    raise AnswerFileError(f"{txt}, line {n}: expected image, question and answer separated by tabs")
+                rows.append((f"{txt}, line {n}: ", {"image": parts[0], "question": parts[1],
+                                                     "label": parts[2].strip().lower(), "category": task}))
+        if not rows:
+            raise FileNotFoundError(f"no <subtask>.txt files of MME in {path} (e.g. existence.txt)")
+        return rows
+    fields = [Field("image", "the image file name"), Field("question", "the question"), MME_CATEGORY,
+              YES_NO_LABEL]
+    return [(f"{path}, line {r.line}: ", r.record) for r in read_records(path, fields, kind="questions")]
+
+
+def mme_questions(inputs: EvalInputs) -> list[Question]:
+    """MME's yes/no questions; images are looked up under `<images>/<subtask>/[images/]`."""
+    path = _need_data(inputs, "MME's questions (eval_tool folder of <subtask>.txt files, or JSON lines)")
+    out = []
+    for i, (where, r) in enumerate(_mme_rows(path)):
+        subdirs = (r["category"], f"{r['category']}/images", "")
+        out.append(Question(r.get("question_id", i), r["question"],
+                            partial(open_image, r["image"], inputs.images, subdirs, where),
+                            {k: r[k] for k in ("image", "category", "label")}))
+    return _first(out, inputs.limit)
+
+
+def mmhal_questions(inputs: EvalInputs) -> list[Question]:
+    """MMHal-Bench's 96 questions; answer records carry what the judge needs."""
+    path = _need_data(inputs, "MMHal-Bench's response_template.json")
+    out = []
+    for i, r in enumerate(load_template(path)):
+        image = str(r.get("image_src", "")).rsplit("/", 1)[-1]
+        record = {k: r[k] for k in ("question", "gt_answer", "image_content", "question_type") if k in r}
+        out.append(Question(i, r.get("question", ""),
+                            partial(open_image, image, inputs.images, where=f"{path}, question {i}: "),
+                            {**record, "image": image}, long=True))
+    return _first(out, inputs.limit)
+
+
+def amber_questions(inputs: EvalInputs) -> list[Question]:
+    """AMBER's queries; "Describe ..." requests (not ending in "?") get free-form answers."""
+    path = _need_data(inputs, "one of AMBER's query_*.json files")
+    queries = json.loads(path.read_text(encoding="utf-8"))
+    out = []
+    for i, q in enumerate(queries):
+        if not isinstance(q, dict) or not {"id", "image", "query"} <= set(q):
+            raise AnswerFileError(f"{path}, entry {i}: AMBER queries need id, image and query")
+        out.append(Question(q["id"], q["query"], partial(open_image, q["image"], inputs.images,
+                                                          where=f"{path}, entry {i}: "),
+                            {"image": q["image"]}, long=not q["query"].rstrip().endswith("?")))
+    return _first(out, inputs.limit)
+
+
+def _world(build: Callable[[int | None, int], list[Question]]) -> Callable[[EvalInputs], list[Question]]:
+    """A world question builder fed with the number of scenes and the model's image size."""
+    def questions(inputs: EvalInputs) -> list[Question]:
+        if not inputs.image_size:
+            raise ValueError("world benchmarks need a world model (world:base or one trained on the world)")
+        return build(inputs.limit, inputs.image_size)
+    return questions
+
+
+def _score_chair(i: ScoreInputs) -> dict:
+    if i.llm_objects and i.judge is None:
+        raise ValueError("--llm-objects extracts objects with a judge: pass --judge too")
+    return score_chair(i.answers, i.annotations, i.judge if i.llm_objects else None, i.skip_bad)
+
+
+def _score_mmhal(i: ScoreInputs) -> dict:
+    return score_mmhal(i.answers, i.judge, i.annotations[0] if i.annotations else None, i.skip_bad)
+
+
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
+    Benchmark("chair", "CHAIR on COCO (Object HalBench style); needs --annotations with COCO instances and captions",
+              _score_chair, chair_questions, needs_annotations=True),
+    Benchmark("pope", "POPE yes/no object probing, per split and averaged",
+              lambda i: score_pope(i.answers, i.skip_bad), pope_questions),
+    Benchmark("mme", "MME perception and cognition (acc and acc+ per subtask)",
+              lambda i: score_mme(i.answers, i.skip_bad), mme_questions),
+    Benchmark("mmhal", "MMHal-Bench, 0-6 ratings by a judge (--judge); --annotations response_template.json",
+              _score_mmhal, mmhal_questions),
+    Benchmark("amber", "AMBER generative and discriminative; needs --annotations with AMBER's data folder",
+              lambda i: score_amber(i.answers, i.annotations, i.skip_bad), amber_questions,
+              needs_annotations=True),
+    Benchmark("world-chair", "CHAIR on the synthetic world, exact",
+              lambda i: world_bench.score_world_chair(i.answers, i.skip_bad),
+              _world(world_bench.chair_questions), long_tokens=96, short_tokens=8),
+    Benchmark("world-pope", "POPE on the synthetic world",
+              lambda i: score_pope(i.answers, i.skip_bad),
+              _world(world_bench.pope_questions), long_tokens=96, short_tokens=8),
+    Benchmark("world-attributes", "colour and count accuracy on the synthetic world",
+              lambda i: world_bench.score_world_attributes(i.answers, i.skip_bad),
+              _world(world_bench.attribute_questions), long_tokens=96, short_tokens=8),
+)}
+
+
+def get(name: str) -> Benchmark:
+    """The benchmark called `name`, with the list of names when there is none."""
+    if name not in BENCHMARKS:
+        known = "; ".join(f"{b.name} ({b.summary})" for b in BENCHMARKS.values())
+        raise ValueError(f"unknown benchmark {name!r}; choose one of: {known}")
+    return BENCHMARKS[name]
+
+
+def generate_answers(model, processor, questions: Sequence[Question], bench: Benchmark, batch_size: int = 16,
+                     long_tokens: int | None = None) -> list[dict]:
+    """Greedy answers, one answer record per question (its `record` plus `question_id` and `answer`)."""
+    from vlalign.models.generate import Decoding, generate
+
+    answers: dict[int, str] = {}
+    for long in (True, False):
+        idx = [i for i, q in enumerate(questions) if q.long == long]
+        decoding = Decoding(max_new_tokens=(long_tokens or bench.long_tokens) if long else bench.short_tokens)
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s:s + batch_size]
+            texts = generate(model, processor, [questions[i].image() for i in chunk],
+                             [questions[i].prompt for i in chunk], decoding, batch_size=batch_size)
+            answers.update(zip(chunk, texts, strict=True))
+    return [{"question_id": q.question_id, "question": q.prompt, **q.record, "answer": answers[i]}
+            for i, q in enumerate(questions)]

@@ -1,0 +1,272 @@
+"""CHAIR on COCO images (Object HalBench style): which objects an answer names that the image lacks.
+
+Mentions come from free text as in the CHAIR reference (Rohrbach et al. 2018; the RLHF-V / RLAIF-V
+Object HalBench scripts build on it): lower-case words, plurals singularised, two-word phrases joined
+(`coco_synonyms.DOUBLE_WORDS`), "seat" dropped when "toilet" is named, then every word that names a COCO
+class counts. The ground truth of an image is the union of its instance categories and the objects named
+in its reference captions. Singularising uses `inflect`, which works offline (the reference's NLTK and
+pattern need downloaded data); words that already name an object are left alone, so "bus" stays "bus".
+
+Optionally (RLAIF-V's variant) a judge lists the objects an answer mentions and those phrases are mapped
+to COCO classes; without spaCy's tagger a phrase maps through its two-word phrases, else through its last
+word unless the word before it also names an object ("dog bed" is not a bed).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from vlalign.evaluate.answers import Answer, Field, Issues, ask_judge, read_answers
+from vlalign.evaluate.coco_synonyms import DOUBLE_WORDS, SYNONYMS
+
+IMAGE_ID = Field("image_id", "the COCO image id the answer describes (e.g. 391895)", (int, str))
+_WORD = re.compile(r"[a-z]+")
+
+
+@lru_cache(maxsize=1)
+def _inflect():
+    import inflect
+
+    return inflect.engine()
+
+
+@lru_cache(maxsize=65536)
+def singular(word: str, keep: frozenset[str] = frozenset()) -> str:
+    """`word` in the singular; words in `keep` (vocabulary words such as "bus", "tennis") stay as they are."""
+    if word in keep or len(word) < 3:
+        return word
+    return _inflect().singular_noun(word) or word
+
+
+def words(text: str, keep: frozenset[str] = frozenset()) -> list[str]:
+    """Lower-case singular words of `text`, punctuation dropped."""
+    return [singular(w, keep) for w in _WORD.findall(text.lower())]
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Words that name objects (`synonyms`: word -> object) and the two-word phrases joined first."""
+
+    synonyms: dict[str, str]
+    double_words: dict[str, str]
+    keep: frozenset[str]
+
+    @classmethod
+    def coco(cls) -> Vocabulary:
+        synonyms = {w: obj for obj, names in SYNONYMS.items() for w in (obj, *names)}
+        keep = frozenset(t for phrase in (*synonyms, *DOUBLE_WORDS) for t in phrase.split())
+        return cls(synonyms, DOUBLE_WORDS, keep)
+
+    def _joined(self, tokens: list[str]) -> list[str]:
+        out, i = [], 0
+        while i < len(tokens):
+            pair = " ".join(tokens[i:i + 2])
+            if pair in self.double_words:
+                out.append(self.double_words[pair])
+                i += 2
+            else:
+                out.append(tokens[i])
+                i += 1
+        return out
+
+    def _named(self, tokens: list[str]) -> list[tuple[str, str]]:
+        if "toilet" in tokens and "seat" in tokens:
+            tokens = [t for t in tokens if t != "seat"]
+        return [(t, self.synonyms[t]) for t in tokens if t in self.synonyms]
+
+    def mentions(self, text: str) -> list[tuple[str, str]]:
+        """(word, object) for every object mention in free text, in order."""
+        return self._named(self._joined(words(text, self.keep)))
+
+    def phrase_objects(self, phrase: str) -> list[tuple[str, str]]:
+        """(word, object) named by one extracted object phrase such as "two small dogs"."""
+        tokens = words(phrase, self.keep)
+        doubles = [self.double_words[" ".join(tokens[i:i + 2])] for i in range(len(tokens) - 1)
+                   if " ".join(tokens[i:i + 2]) in self.double_words]
+        if doubles:
+            return self._named(doubles)
+        if not tokens or (len(tokens) > 1 and tokens[-2] in self.synonyms):
+            return []
+        return self._named(tokens[-1:])
+
+
+def _image_key(value: int | str) -> int | str:
+    """COCO ids are integers; "391895" in an answer file means the same image."""
+    return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+
+def _annotation_files(paths: Iterable[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted([*p.glob("instances_*.json"), *p.glob("captions_*.json")])
+            if not found:
+                raise FileNotFoundError(f"no instances_*.json or captions_*.json in {p}; pass COCO's "
+                                        f"annotations folder or the files themselves")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"no COCO annotation file or folder at {p}")
+    return files
+
+
+@dataclass
+class CocoTruth:
+    """Objects present in each image: instance categories plus objects named by reference captions."""
+
+    objects: dict[int | str, set[str]]
+    sources: list[str]
+
+    @classmethod
+    def load(cls, paths: Iterable[str | Path], vocab: Vocabulary, image_ids: set | None = None) -> CocoTruth:
+        """From COCO `instances_*.json` and `captions_*.json` files (or folders holding them); with
+        `image_ids`, only those images are kept."""
+        objects: dict[int | str, set[str]] = {}
+        sources = []
+        files = _annotation_files(paths)
+        if not files:
+            raise ValueError("CHAIR needs COCO annotations: pass --annotations with the instances and captions "
+                             "files (or COCO's annotations folder)")
+        for path in files:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or "annotations" not in data or "images" not in data:
+                raise ValueError(f"{path} is not a COCO annotation file (no 'images' and 'annotations')")
+            wanted = [im["id"] for im in data["images"] if image_ids is None or im["id"] in image_ids]
+            for image_id in wanted:
+                objects.setdefault(image_id, set())
+            if "categories" in data:
+                names = {c["id"]: c["name"] for c in data["categories"]}
+                unknown = sorted(set(names.values()) - set(vocab.synonyms))
+                if unknown:
+                    raise ValueError(f"{path}: categories {unknown} are not COCO classes; CHAIR knows the 80 "
+                                     f"COCO classes only")
+                for a in data["annotations"]:
+                    if a["image_id"] in objects:
+                        objects[a["image_id"]].add(vocab.synonyms[names[a["category_id"]]])
+                sources.append(f"instances:{path.name}")
+            else:
+                for a in data["annotations"]:
+                    if a["image_id"] in objects:
+                        objects[a["image_id"]].update(obj for _, obj in vocab.mentions(a["caption"]))
+                sources.append(f"captions:{path.name}")
+        return cls(objects, sources)
+
+
+def chair_from_mentions(mentions: Sequence[Sequence[tuple[str, str]]], truths: Sequence[set[str]],
+                        texts: Sequence[str]) -> dict[str, float]:
+    """CHAIR_s, CHAIR_i per mention and per distinct object of an answer, and recall, from mentions.
+
+    `chair_s_refine` counts only answers that mention some object (RLAIF-V's "response hallucination");
+    recall pools, as Object HalBench does: distinct right objects over all ground-truth objects."""
+    n = len(texts)
+    mentioned = hallucinated = uniq = uniq_bad = bad_answers = with_objects = right = truth_total = 0
+    for found, truth in zip(mentions, truths, strict=True):
+        objs = [obj for _, obj in found]
+        bad = [o for o in objs if o not in truth]
+        mentioned += len(objs)
+        hallucinated += len(bad)
+        uniq += len(set(objs))
+        uniq_bad += len(set(bad))
+        bad_answers += bool(bad)
+        with_objects += bool(objs)
+        right += len(set(objs) & truth)
+        truth_total += len(truth)
+    return {
+        "chair_s": bad_answers / n if n else 0.0,
+        "chair_s_refine": bad_answers / with_objects if with_objects else 0.0,
+        "chair_i": hallucinated / mentioned if mentioned else 0.0,
+        "chair_i_unique": uniq_bad / uniq if uniq else 0.0,
+        "recall": right / truth_total if truth_total else 0.0,
+        "mean_words": sum(len(t.split()) for t in texts) / n if n else 0.0,
+        "n_answers": n,
+        "n_mentions": mentioned,
+    }
+
+
+EXTRACT_PROMPT = """You read a model's answer about an image and list the objects it says are in the image.
+
+Question: {question}
+
+Answer: {answer}
+
+Treat the answer as true. List every visible object the answer explicitly mentions, by its name only:
+leave out colours, materials and other properties, and leave out anything the answer says is absent.
+Reply with a JSON list of strings, for example ["dog", "frisbee"], and [] when there is none."""
+
+
+def parse_object_list(text: str) -> list[str] | None:
+    """The JSON list of strings in a judge's reply (a ```json block or the last [...] in it), or None."""
+    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
+    candidates = [fenced.group(1)] if fenced else []
+    candidates += reversed(re.findall(r"\[[^\[\]]*\]", text, re.DOTALL))
+    for c in candidates:
+        try:
+            value = json.loads(c)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+    return None
+
+
+def llm_mentions(answers: Sequence[Answer], judge, vocab: Vocabulary,
+                 issues: Issues) -> list[list[tuple[str, str]] | None]:
+    """Mentions from objects a judge extracts (RLAIF-V). Answers of three words or fewer name nothing, as
+    in the reference; a failed or unparsable judge reply gives None and is counted in `issues`."""
+    from vlalign.feedback.judge import ChatRequest
+
+    long = [a for a in answers if len(a.answer.split()) > 3]
+    requests = [ChatRequest(EXTRACT_PROMPT.format(question=a.get("question", ""), answer=a.answer),
+                            max_tokens=256, id=f"question_id={a.question_id}") for a in long]
+    texts = ask_judge(judge, requests, [a.line for a in long], issues) if long else []
+    extracted: dict[int, list[tuple[str, str]] | None] = {}
+    for a, text in zip(long, texts, strict=True):
+        phrases = parse_object_list(text) if text is not None else None
+        if text is not None and phrases is None:
+            issues(a.line, "unparsable_judgement",
+                   f"the judge's reply for question_id={a.question_id} holds no JSON list: {text[:200]!r}")
+        if phrases is None:
+            extracted[a.line] = None
+            continue
+        seen: dict[str, tuple[str, str]] = {}
+        for p in phrases:
+            for word, obj in vocab.phrase_objects(p):
+                seen.setdefault(word, (word, obj))
+        extracted[a.line] = list(seen.values())
+    return [extracted.get(a.line, []) for a in answers]
+
+
+def score_chair(answers_path: str | Path, annotations: Sequence[str | Path], judge=None,
+                skip_bad: bool = False) -> dict:
+    """CHAIR metrics of an answer file (`image_id` on every line) against COCO annotations."""
+    issues = Issues(str(answers_path), skip=skip_bad)
+    answers = read_answers(answers_path, [IMAGE_ID], issues)
+    vocab = Vocabulary.coco()
+    truth = CocoTruth.load(annotations, vocab, {_image_key(a["image_id"]) for a in answers})
+    known = []
+    for a in answers:
+        if _image_key(a["image_id"]) not in truth.objects:
+            issues(a.line, "image_without_annotation",
+                   f"image_id {a['image_id']!r} is in none of the annotation files ({', '.join(truth.sources)}); "
+                   f"pass the instances and captions files of the split it comes from (e.g. *_val2014.json)")
+        else:
+            known.append(a)
+    issues.require(known)
+    judged = Issues(str(answers_path), skip=True)
+    if judge is None:
+        mentions: list = [vocab.mentions(a.answer) for a in known]
+    else:
+        mentions = llm_mentions(known, judge, vocab, judged)
+    kept = [(a, m) for a, m in zip(known, mentions, strict=True) if m is not None]
+    judged.require(kept)
+    metrics = chair_from_mentions([m for _, m in kept], [truth.objects[_image_key(a["image_id"])] for a, _ in kept],
+                                  [a.answer for a, _ in kept])
+    metrics["extractor"] = f"judge:{judge.name}" if judge is not None else "rules"
+    metrics["ground_truth"] = truth.sources
+    return {**metrics, **issues.report(), **judged.report("judge_skipped")}

@@ -1,0 +1,209 @@
+"""POVID's first kind of dispreferred answer: the ground truth with hallucinations injected into it.
+
+Three kinds, as in the paper: objects (an absent object that usually co-occurs with a mentioned one is
+added, or replaces a mentioned one), attributes (a colour, size or count is changed), and relations (left
+and right, above and below, are swapped, which turns a true statement of position or reasoning false).
+
+`RuleInjector` does this offline with a vocabulary and co-occurrence statistics fitted on the training
+answers (the world's default; `world_vocabulary()` and `english_vocabulary()` ship). `LLMInjector` asks a
+chat model through the judge backends, with POVID's instructions in its own words.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vlalign.feedback.judge import ChatRequest, Judge
+
+KINDS = ("object", "attribute", "relation")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The words an injector may edit. `objects` maps every surface form (plurals, synonyms) to an object."""
+
+    objects: dict[str, str]
+    colors: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange", "black", "white", "brown")
+    sizes: tuple[str, ...] = ("small", "big")
+    numbers: tuple[str, ...] = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+    opposites: dict[str, str] = field(default_factory=lambda: {
+        "left": "right", "right": "left", "above": "below", "below": "above", "top": "bottom", "bottom": "top"})
+    positions: tuple[str, ...] = ("on the left", "on the right", "in the background", "in the foreground")
+    sentences: tuple[str, ...] = ("there is {a} {color} {object} {position}.", "{a} {color} {object} is {position}.")
+
+    def canonical(self, word: str) -> str | None:
+        return self.objects.get(word.lower())
+
+
+def world_vocabulary() -> Vocabulary:
+    from vlalign.world.scene import COLORS, SHAPES, SIZES
+    from vlalign.world.text import NUMBERS, PLURALS
+
+    objects = {s: s for s in SHAPES} | {p: s for s, p in PLURALS.items()}
+    from vlalign.world.scene import COLUMNS, ROWS
+
+    positions = ("in the center", *(f"on the {c}" for c in COLUMNS if c != "middle"),
+                 *(f"at the {r}" for r in ROWS if r != "center"),
+                 *(f"in the {r} {c} corner" for r in ("top", "bottom") for c in ("left", "right")))
+    templates = ("there is {a} {color} {object} {position}.", "{a} {color} {object} is {position}.",
+                 "{position}, there is {a} {color} {object}.", "i can see {a} {color} {object} {position}.")
+    return Vocabulary(objects, COLORS, SIZES, NUMBERS[1:], positions=positions, sentences=templates)
+
+
+def english_vocabulary() -> Vocabulary:
+    """COCO's 80 object classes with their synonyms (the CHAIR table), for plain-English answers."""
+    from vlalign.evaluate.coco_synonyms import SYNONYMS
+
+    return Vocabulary({w: obj for obj, names in SYNONYMS.items() for w in (obj, *names) if " " not in w
+                       and " " not in obj})
+
+
+_WORD = re.compile(r"[A-Za-z]+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def mentioned_objects(text: str, vocab: Vocabulary) -> list[str]:
+    return [o for w in _WORD.findall(text) if (o := vocab.canonical(w)) is not None]
+
+
+def fit_cooccurrence(texts: Iterable[str], vocab: Vocabulary) -> dict[str, Counter]:
+    """For every object, how often each other object is mentioned in the same training answer."""
+    table: dict[str, Counter] = {}
+    for text in texts:
+        found = set(mentioned_objects(text, vocab))
+        for a in found:
+            table.setdefault(a, Counter()).update(b for b in found if b != a)
+    return table
+
+
+def _rng(seed: int, key: str) -> np.random.Generator:
+    return np.random.default_rng([seed, int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")])
+
+
+@dataclass
+class Injection:
+    text: str
+    edits: list[str]  # what was changed, e.g. "object+: square", "attribute: red -> blue"
+
+
+class RuleInjector:
+    """Offline injection driven by co-occurrence statistics; deterministic per (seed, key)."""
+
+    def __init__(self, vocab: Vocabulary, cooccurrence: dict[str, Counter], edits: int = 2, seed: int = 0):
+        self.vocab, self.cooccurrence, self.edits, self.seed = vocab, cooccurrence, edits, seed
+
+    def _co_occurring(self, present: set[str], rng: np.random.Generator) -> str | None:
+        """An absent object, drawn in proportion to how often it co-occurs with the present ones."""
+        counts: Counter = Counter()
+        for obj in present:
+            counts.update({o: c for o, c in self.cooccurrence.get(obj, {}).items() if o not in present})
+        if not counts:
+            return None
+        names = sorted(counts)
+        p = np.array([counts[n] for n in names], dtype=float)
+        return names[int(rng.choice(len(names), p=p / p.sum()))]
+
+    def add_object(self, text: str, rng: np.random.Generator) -> Injection | None:
+        """A sentence about a co-occurring absent object, in the answer's own style, at a sentence break."""
+        obj = self._co_occurring(set(mentioned_objects(text, self.vocab)), rng)
+        if obj is None:
+            return None
+        v = self.vocab
+        color = v.colors[int(rng.integers(len(v.colors)))]
+        sentence = v.sentences[int(rng.integers(len(v.sentences)))].format(
+            a="an" if color[0] in "aeiou" else "a", color=color, object=obj,
+            position=v.positions[int(rng.integers(len(v.positions)))])
+        parts = _SENTENCE_END.split(text.strip())
+        at = int(rng.integers(1, len(parts) + 1))
+        return Injection(" ".join([*parts[:at], sentence, *parts[at:]]), [f"object+: {obj}"])
+
+    def replace_object(self, text: str, rng: np.random.Generator) -> Injection | None:
+        """One mention of an object becomes a co-occurring absent object (a plural stays plural)."""
+        found = [m for m in _WORD.finditer(text) if self.vocab.canonical(m.group())]
+        new = self._co_occurring(set(mentioned_objects(text, self.vocab)), rng)
+        if not found or new is None:
+            return None
+        m = found[int(rng.integers(len(found)))]
+        word, obj = m.group(), self.vocab.canonical(m.group())
+        plural = word.lower() != obj and word.lower().endswith("s")
+        forms = [w for w, o in self.vocab.objects.items() if o == new and w != new and w.endswith("s")]
+        replacement = forms[0] if plural and forms else new
+        return Injection(text[:m.start()] + replacement + text[m.end():], [f"object: {obj} -> {new}"])
+
+    def _swap_word(self, text: str, options: Sequence[str], rng: np.random.Generator, kind: str) -> Injection | None:
+        found = [m for m in _WORD.finditer(text) if m.group().lower() in options]
+        if not found:
+            return None
+        m = found[int(rng.integers(len(found)))]
+        old = m.group().lower()
+        new = [o for o in options if o != old][int(rng.integers(len(options) - 1))]
+        return Injection(text[:m.start()] + new + text[m.end():], [f"{kind}: {old} -> {new}"])
+
+    def change_attribute(self, text: str, rng: np.random.Generator) -> Injection | None:
+        order = rng.permutation(3)
+        for i in order:
+            options = (self.vocab.colors, self.vocab.sizes, self.vocab.numbers)[int(i)]
+            done = self._swap_word(text, options, rng, ("attribute", "size", "count")[int(i)])
+            if done is not None:
+                return done
+        return None
+
+    def flip_relation(self, text: str, rng: np.random.Generator) -> Injection | None:
+        found = [m for m in _WORD.finditer(text) if m.group().lower() in self.vocab.opposites]
+        if not found:
+            return None
+        m = found[int(rng.integers(len(found)))]
+        old = m.group().lower()
+        return Injection(text[:m.start()] + self.vocab.opposites[old] + text[m.end():], [f"relation: {old} -> "
+                                                                                           f"{self.vocab.opposites[old]}"])
+
+    def inject(self, text: str, key: str = "") -> Injection:
+        """`text` with `edits` hallucinations, the first always an object one when possible. If nothing in
+        the text can be edited, the result equals the input (callers drop such pairs)."""
+        rng = _rng(self.seed, key)
+        out, edits = text, []
+        object_ops = [self.add_object, self.replace_object]
+        other_ops = [self.change_attribute, self.flip_relation, self.add_object, self.replace_object]
+        for n in range(self.edits):
+            ops = object_ops if n == 0 else other_ops
+            for i in rng.permutation(len(ops)):
+                done = ops[int(i)](out, rng)
+                if done is not None:
+                    out, edits = done.text, edits + done.edits
+                    break
+        return Injection(out, edits)
+
+
+INJECT_PROMPT = """Rewrite the answer below so that it contains hallucinations: statements about the image that sound plausible but are false. Make {edits} changes, drawn from these kinds:
+1. objects: mention an object that is not in the image but often appears with the objects that are, or replace an object with such one;
+2. attributes: change a colour, size, number or position;
+3. relations and reasoning: change how objects relate to each other, or a conclusion, so that it becomes wrong.
+Keep the style, length and everything else of the answer the same. Reply with the rewritten answer only.
+
+Question: {question}
+Answer: {answer}"""
+
+
+class LLMInjector:
+    """Injection by a chat model through the judge backends (GPT-4V in the paper)."""
+
+    def __init__(self, judge: Judge, edits: int = 2, max_tokens: int = 512):
+        self.judge, self.edits, self.max_tokens = judge, edits, max_tokens
+
+    def inject_many(self, questions: Sequence[str], answers: Sequence[str], keys: Sequence[str]) -> list[Injection | None]:
+        """One injection per answer; None where the judge failed or gave back the answer unchanged."""
+        requests = [ChatRequest(INJECT_PROMPT.format(edits=self.edits, question=q, answer=a), max_tokens=self.max_tokens,
+                                id=k) for q, a, k in zip(questions, answers, keys, strict=True)]
+        out: list[Injection | None] = []
+        for answer, reply in zip(answers, self.judge.complete(requests), strict=True):
+            text = (reply.text or "").strip().strip('"')
+            if text.lower().startswith("answer:"):
+                text = text[len("answer:"):].strip()
+            out.append(Injection(text, ["llm"]) if reply.ok and text and text != answer.strip() else None)
+        return out

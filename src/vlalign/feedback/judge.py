@@ -1,0 +1,60 @@
+"""One interface for every method that asks a model for words.
+
+Claim splitting and question conversion (RLAIF-V), multi-aspect ratings (VLFeedback), hallucination
+injection (POVID) and judged benchmarks (MMHal-Bench) all send a `ChatRequest` (a user message, optional
+images, an optional system message) and read a `ChatReply`. A backend answers a whole list at once, so
+an in-process model batches and an API backend runs requests concurrently. A failed request comes back
+as a reply with `text=None` and an `error` that names the request, never as an exception that loses the
+rest of the batch.
+
+Backends: `vlalign.feedback.judge_api.OpenAIJudge` (any OpenAI-compatible endpoint) and
+`vlalign.feedback.judge_local.ModelJudge` (a VLM loaded in this process).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One question to a judge. `id` names the record it is about, so errors can point at it."""
+
+    prompt: str
+    images: tuple[Image.Image, ...] = ()
+    system: str | None = None
+    max_tokens: int = 512
+    temperature: float = 0.0
+    id: str = ""
+
+
+@dataclass
+class ChatReply:
+    """The judge's answer, or `text=None` with the reason in `error`."""
+
+    text: str | None
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.text is not None
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """Anything that answers chat requests in order: `complete(requests)[i]` answers `requests[i]`."""
+
+    name: str
+
+    def complete(self, requests: Sequence[ChatRequest]) -> list[ChatReply]: ...
+
+
+class JudgeError(RuntimeError):
+    """A judge's answer that cannot be used (unparsable, out of range); the message names the record."""

@@ -1,0 +1,81 @@
+"""Stages every method shares: sampling answers, building preference pairs, reading them back to train.
+
+Each is a function from stages (and a config) to a stage in the run store, resumable and with a manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from vlalign.data.records import FeedbackRecord, PairRecord, PromptRecord, ResponseRecord, stable_id
+from vlalign.data.store import RunStore, Stage, run_stage
+from vlalign.feedback.pairs import PairRules, Scored, balance_lengths, candidate_pairs
+from vlalign.models.generate import Decoding, generate, sample_seed
+from vlalign.train.dpo import PreferenceExample
+
+
+def sample_stage(store: RunStore, prompts: Stage, out: Stage, model, processor, model_name: str, n: int,
+                 decoding: Decoding, seed: int, batch_size: int = 64) -> Stage:
+    """n answers per prompt, same model and decoding, one recorded seed each (deconfounded sampling)."""
+    items = [(PromptRecord.from_row(r), k) for r in prompts.rows() for k in range(n)]
+
+    def process(batch):
+        seeds = [sample_seed(seed, p.id, k) for p, k in batch]
+        texts = generate(model, processor, [store.images.get(p.image) for p, _ in batch],
+                         [p.instruction for p, _ in batch], decoding, seeds=seeds, batch_size=batch_size)
+        return [ResponseRecord(id=f"{p.id}/s{k}", prompt_id=p.id, image=p.image, instruction=p.instruction,
+                               response=t, model=model_name, seed=s, meta={"decoding": asdict(decoding)}).to_row()
+                for (p, k), s, t in zip(batch, seeds, texts, strict=True)]
+
+    run_stage(out, items, process, id_of=lambda item: f"{item[0].id}/s{item[1]}", batch_size=batch_size,
+              shard_size=512, description="sampling",
+              manifest={"model": model_name, "seed": seed, "config": {"samples": n, "decoding": asdict(decoding)}})
+    return out
+
+
+def pair_stage(responses: Stage, feedback: Stage, out: Stage, rules: PairRules, method: str = "rlaif_v") -> Stage:
+    """Preference pairs by feedback score under `rules`: per prompt first, then (optionally) RLAIF-V's
+    length balancing over all of them. The selection is a pure function of the feedback, so a resumed
+    stage makes the same choice and only writes what is missing."""
+    scores = {f.response_id: f.score for f in map(FeedbackRecord.from_row, feedback.rows())}
+    by_prompt: dict[str, list[ResponseRecord]] = {}
+    for r in map(ResponseRecord.from_row, responses.rows()):
+        if scores.get(r.id) is not None:
+            by_prompt.setdefault(r.prompt_id, []).append(r)
+    candidates = {pid: candidate_pairs([Scored(r.id, r.response, scores[r.id]) for r in rs], rules, key=pid)
+                  for pid, rs in sorted(by_prompt.items())}
+    flat = [(pid, c, r) for pid, pairs in candidates.items() for c, r in pairs]
+    if rules.length_balance:
+        kept, balance = balance_lengths([(c.text, r.text) for _, c, r in flat])
+        flat = [flat[i] for i in kept]
+        stats = balance.to_dict()
+    else:
+        stats = {"kept": len(flat)}
+    selected: dict[str, list[tuple[Scored, Scored]]] = {}
+    for pid, c, r in flat:
+        selected.setdefault(pid, []).append((c, r))
+    models = {r.id: r.model for rs in by_prompt.values() for r in rs}
+
+    def process(batch):
+        rows = []
+        for prompt_id in batch:
+            first = by_prompt[prompt_id][0]
+            for chosen, rejected in selected.get(prompt_id, []):
+                rows.append(PairRecord(
+                    id=stable_id(method, chosen.id, rejected.id), prompt_id=prompt_id, image=first.image,
+                    instruction=first.instruction, chosen=chosen.text, rejected=rejected.text,
+                    chosen_score=chosen.score, rejected_score=rejected.score, method=method,
+                    meta={"chosen_id": chosen.id, "rejected_id": rejected.id,
+                          "chosen_model": models[chosen.id], "rejected_model": models[rejected.id]}).to_row())
+        return rows
+
+    run_stage(out, sorted(by_prompt), process, id_of=lambda pid: pid, batch_size=256, shard_size=4096,
+              description="pairs", per_item_output=False,
+              manifest={"config": {"rules": asdict(rules), "method": method}})
+    out.write_manifest(selection=stats)
+    return out
+
+
+def preference_examples(store: RunStore, pairs: Stage) -> list[PreferenceExample]:
+    return [PreferenceExample(p.id, store.images.get(p.image), p.instruction, p.chosen, p.rejected)
+            for p in map(PairRecord.from_row, pairs.rows())]

@@ -1,0 +1,53 @@
+"""`vlalign score`: the same numbers as the Python scorers, a table on stderr, clear errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from vlalign.cli import app
+from vlalign.evaluate.answers import AnswerFileError
+from vlalign.evaluate.commands import resolve_judge
+
+DATA = Path(__file__).parent / "data" / "bench"
+
+
+@pytest.mark.parametrize("bench, answers, extra, key, value", [
+    ("pope", "pope_answers.jsonl", [], "popular_f1", 0.8),  # worked out in test_bench_pope
+    ("mme", "mme_answers.jsonl", [], "total", 175.0),  # worked out in test_bench_mme
+    ("chair", "chair_answers.jsonl", ["--annotations", str(DATA / "coco")], "chair_i", 3 / 9),
+    ("amber", "amber_answers.jsonl", ["--annotations", str(DATA / "amber")], "amber_score", 0.7),
+])
+def test_score_writes_metrics_and_prints_a_table(tmp_path, bench, answers, extra, key, value):
+    out = tmp_path / "m" / "metrics.json"
+    result = CliRunner().invoke(app, ["score", bench, "--answers", str(DATA / answers), "--out", str(out), *extra])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out.read_text())
+    assert metrics["benchmark"] == bench and metrics[key] == pytest.approx(value)
+    assert key in result.output  # the table (stderr is mixed into the runner's output)
+
+
+def test_score_reports_bad_lines(tmp_path):
+    answers = tmp_path / "a.jsonl"
+    answers.write_text('{"question_id": 1, "answer": "yes", "label": "yes", "category": "random"}\n'
+                       '{"question_id": 2, "answer": "yes", "category": "random"}\n')
+    out = tmp_path / "m.json"
+    result = CliRunner().invoke(app, ["score", "pope", "--answers", str(answers), "--out", str(out)])
+    assert isinstance(result.exception, AnswerFileError) and "line 2: missing field 'label'" in str(result.exception)
+    result = CliRunner().invoke(app, ["score", "pope", "--answers", str(answers), "--out", str(out), "--skip-bad"])
+    assert result.exit_code == 0 and json.loads(out.read_text())["skipped"] == {"missing_field": 1}
+    assert "skipped" in result.output
+    result = CliRunner().invoke(app, ["score", "nope", "--answers", str(answers), "--out", str(out)])
+    assert isinstance(result.exception, ValueError) and "unknown benchmark 'nope'" in str(result.exception)
+
+
+def test_judge_without_a_backend_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vlalign.feedback.judges", None)  # as if the module did not exist
+    with pytest.raises(typer.BadParameter, match="no judge backend is available"):
+        resolve_judge("openai:gpt-4o")
+    assert resolve_judge(None) is None

@@ -1,0 +1,84 @@
+"""MMHal-Bench scoring through a scripted judge: rating parsing, averages, hallucination rate, types."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vlalign.evaluate.answers import AnswerFileError
+from vlalign.evaluate.mmhal import parse_rating, score_mmhal
+from vlalign.feedback.judge import ChatReply
+
+DATA = Path(__file__).parent / "data" / "bench"
+
+
+class ScriptedJudge:
+    """A judge that answers from a function of the prompt; `None` from it means a failed request."""
+
+    name = "scripted"
+
+    def __init__(self, reply):
+        self.reply = reply
+        self.prompts: list[str] = []
+
+    def complete(self, requests):
+        self.prompts += [r.prompt for r in requests]
+        texts = [self.reply(r.prompt) for r in requests]
+        return [ChatReply(t) if t is not None else ChatReply(None, error="timeout") for t in texts]
+
+
+@pytest.mark.parametrize("text, rating", [
+    ("Good answer.\nRating: 6", 6), ("rating: 2, very informative, with hallucination", 2),
+    ("Rating: 3 ... so, Rating: 3", 3),  # the same rating twice is one rating
+    ("Rating: 3 or Rating: 4", None), ("no score here", None), ("Rating: 7", None),
+])
+def test_parse_rating(text, rating):
+    assert parse_rating(text) == rating
+
+
+REPLIES = {"red frisbee": "Accurate and detailed. Rating: 6", "green hat": "The hat is made up. Rating: 2",
+           "three cats": "Hmm. Rating: 3 or Rating: 4", "A beach.": None}
+
+
+def reply(prompt: str) -> str | None:
+    answer = prompt.split("### Model answer to judge\n")[-1]
+    return next(v for k, v in REPLIES.items() if k in answer)
+
+
+def test_mmhal_by_hand():
+    judge = ScriptedJudge(reply)
+    m = score_mmhal(DATA / "mmhal_answers.jsonl", judge)
+    # ratings: 6, 2, unparsable -> 0 (as the reference), question 3 not judged (failed request)
+    assert m["average_score"] == pytest.approx((6 + 2 + 0) / 3)
+    assert m["hallucination_rate"] == pytest.approx(2 / 3)  # 2 and 0 are below 3
+    assert m["attribute_score"] == pytest.approx((6 + 2) / 2)
+    assert m["counting_score"] == 0.0 and "holistic_score" not in m
+    assert (m["n"], m["unparsable"], m["unparsable_question_ids"]) == (3, 1, [2])
+    assert m["judge_skipped"] == {"judge_error": 1} and m["judge_skipped_lines"] == {"judge_error": [4]}
+    assert m["ratings"] == {"0": 6, "1": 2, "2": 0}
+    assert "### Image contents\nDog, Frisbee\n" in judge.prompts[0]  # a list is joined as the reference does
+    assert "### Image contents\nMan, Coat\n" in judge.prompts[1]
+
+
+def test_template_fills_question_fields(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"question_id": 0, "answer": "A brown dog."}) + "\n"
+                    + json.dumps({"question_id": 1, "answer": "Two cats."}) + "\n")
+    judge = ScriptedJudge(lambda p: "Rating: 5" if "brown" in p.split("Model answer")[-1] else "Rating: 4")
+    m = score_mmhal(path, judge, data=DATA / "mmhal_template.json")
+    assert (m["attribute_score"], m["counting_score"], m["hallucination_rate"]) == (5.0, 4.0, 0.0)
+    assert "How many cats are there?" in judge.prompts[1]
+    path.write_text(json.dumps({"question_id": 7, "answer": "x"}) + "\n")
+    with pytest.raises(AnswerFileError, match=r"line 1: question_id 7 is not an index into the template"):
+        score_mmhal(path, judge, data=DATA / "mmhal_template.json")
+
+
+def test_missing_fields_or_judge(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"question_id": 0, "answer": "x", "question": "q"}) + "\n")
+    with pytest.raises(AnswerFileError, match=r"line 1: missing field 'gt_answer'"):
+        score_mmhal(path, ScriptedJudge(lambda p: "Rating: 1"))
+    with pytest.raises(AnswerFileError, match="scored by a judge"):
+        score_mmhal(path, None)

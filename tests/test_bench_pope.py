@@ -1,0 +1,86 @@
+"""POPE scoring of a hand-made answer file and the official split-building rules on hand-made objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vlalign.evaluate.answers import AnswerFileError
+from vlalign.evaluate.pope import build_pope, score_pope
+
+DATA = Path(__file__).parent / "data" / "bench"
+
+
+def test_pope_by_hand():
+    m = score_pope(DATA / "pope_answers.jsonl")
+    # random: TP (yes/yes), TN, FN ("There is not a cat"), FP -> acc 2/4, P 1/2, R 1/2, F1 1/2, yes 2/4
+    assert [m[f"random_{k}"] for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")] == \
+        pytest.approx([0.5, 0.5, 0.5, 0.5, 0.5])
+    # popular: TP, FP ("Yes. No wait." keeps the first sentence), TP, TN -> acc 3/4, P 2/3, R 1,
+    # F1 = 2 * 2/3 * 1 / (2/3 + 1) = 4/5, yes 3/4
+    assert [m[f"popular_{k}"] for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")] == \
+        pytest.approx([0.75, 2 / 3, 1.0, 0.8, 0.75])
+    # adversarial ("Adversarial" is read case-insensitively): TN, TP -> all 1, yes 1/2
+    assert [m[f"adversarial_{k}"] for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")] == \
+        pytest.approx([1.0, 1.0, 1.0, 1.0, 0.5])
+    assert m["accuracy"] == pytest.approx((0.5 + 0.75 + 1.0) / 3)
+    assert m["f1"] == pytest.approx((0.5 + 0.8 + 1.0) / 3)
+    assert m["yes_ratio"] == pytest.approx((0.5 + 0.75 + 0.5) / 3)
+    assert (m["random_n"], m["popular_n"], m["adversarial_n"]) == (4, 4, 2)
+
+
+def test_unknown_category_names_the_line(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"question_id": 1, "answer": "yes", "label": "yes", "category": "random"}\n'
+                    '{"question_id": 2, "answer": "yes", "label": "yes", "category": "hard"}\n')
+    with pytest.raises(AnswerFileError, match=r"line 2: unknown category \"hard\"; use one of random, popular"):
+        score_pope(path)
+    m = score_pope(path, skip_bad=True)
+    assert m["skipped"] == {"bad_category": 1} and m["splits"] == ["random"] and m["accuracy"] == 1.0
+
+
+OBJECTS = {
+    "A": ["person", "dog", "frisbee", "person"],  # duplicates collapse: person, dog, frisbee
+    "B": ["car", "person", "bus"],
+    "C": ["dog", "cat"],  # fewer than 3 objects: never drawn
+    "D": ["person", "car", "umbrella"],
+}
+
+
+def pairs(questions, image):
+    return [(q["object"], q["label"]) for q in questions if q["image"] == image]
+
+
+def test_build_pope_follows_the_official_rules():
+    splits = build_pope(OBJECTS, n_images=None)
+    # frequency over A, B, D: person 3, car 2, then dog, frisbee, bus, umbrella once (insertion order)
+    assert pairs(splits["popular"], "A") == [("person", "yes"), ("car", "no"), ("dog", "yes"), ("bus", "no"),
+                                             ("frisbee", "yes"), ("umbrella", "no")]
+    assert pairs(splits["popular"], "B") == [("car", "yes"), ("dog", "no"), ("person", "yes"), ("frisbee", "no"),
+                                             ("bus", "yes"), ("umbrella", "no")]
+    # co-occurrence with car: person 2, bus 1, umbrella 1; with person: car 2, dog, frisbee, bus, umbrella 1;
+    # with bus: car, person (both in B) -> falls back to a uniform draw from what is left: only frisbee
+    assert pairs(splits["adversarial"], "B") == [("car", "yes"), ("umbrella", "no"), ("person", "yes"),
+                                                 ("dog", "no"), ("bus", "yes"), ("frisbee", "no")]
+    assert pairs(splits["adversarial"], "A")[:2] == [("person", "yes"), ("car", "no")]
+    for split, questions in splits.items():
+        assert len(questions) == 3 * 6 and not pairs(questions, "C")
+        assert [q["question_id"] for q in questions] == list(range(1, 19))
+        for image in "ABD":
+            asked = [o for o, _ in pairs(questions, image)]
+            negatives = [o for o, label in pairs(questions, image) if label == "no"]
+            assert len(set(asked)) == 6 and not set(negatives) & set(OBJECTS[image]), split
+    texts = {q["object"]: q["text"] for q in splits["popular"]}
+    assert texts["umbrella"] == "Is there an umbrella in the image?"
+    assert texts["car"] == "Is there a car in the image?"
+
+
+def test_build_pope_draws_images_reproducibly():
+    a, b = build_pope(OBJECTS, n_images=2, per_image=1, seed=3), build_pope(OBJECTS, n_images=2, per_image=1, seed=3)
+    assert a == b and len({q["image"] for q in a["random"]}) == 2
+    assert {q["image"] for q in build_pope(OBJECTS, n_images=4, per_image=1)["random"]} == set("ABCD")
+    with pytest.raises(ValueError, match="only 3 images have at least 3 objects"):
+        build_pope(OBJECTS, n_images=4)
+    with pytest.raises(ValueError, match="image 'A': no object left to ask about"):
+        build_pope({"A": ["x", "y"], "B": ["y", "x"]}, n_images=None, per_image=1)

@@ -1,0 +1,78 @@
+"""The world's benchmarks through the same scorers and `vlalign eval` (a tiny random-weight world model)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from vlalign.cli import app
+from vlalign.evaluate.answers import AnswerFileError
+from vlalign.evaluate.benchmarks import BENCHMARKS, EvalInputs
+from vlalign.evaluate.pope import score_pope
+from vlalign.evaluate.world_bench import score_world_attributes, score_world_chair
+from vlalign.world.scene import Obj, Scene
+
+
+def scene(*shapes: str, seed: int = 0) -> dict:
+    return Scene(tuple(Obj(s, "red", "big", i, 0) for i, s in enumerate(shapes)), seed, "eval").to_dict()
+
+
+def write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_world_chair_by_hand(tmp_path):
+    path = write(tmp_path / "a.jsonl", [
+        {"question_id": 1, "scene": scene("circle", "square"), "answer": "a circle and two stars."},
+        {"question_id": 2, "scene": scene("triangle"), "answer": "a triangle."},
+    ])
+    m = score_world_chair(path)
+    # mentions: circle, star* | triangle -> CHAIR_s 1/2, CHAIR_i 1/3; recall (circle + triangle) / 3 shapes
+    assert (m["chair_s"], m["chair_i"], m["object_recall"]) == pytest.approx((0.5, 1 / 3, 2 / 3))
+    write(path, [{"question_id": 1, "scene": {"objects": [{"shape": "circle"}]}, "answer": "x"}])
+    with pytest.raises(AnswerFileError, match="line 1: field 'scene' is not a world scene"):
+        score_world_chair(path)
+
+
+def test_world_attributes_and_pope_by_hand(tmp_path):
+    path = write(tmp_path / "a.jsonl", [
+        {"question_id": 1, "kind": "color", "truth": "red", "answer": "it is red."},
+        {"question_id": 2, "kind": "color", "truth": "red", "answer": "red and blue."},  # names another colour
+        {"question_id": 3, "kind": "count", "truth": "two", "answer": "there are two."},
+    ])
+    m = score_world_attributes(path)
+    assert (m["color_accuracy"], m["count_accuracy"], m["color_n"]) == (0.5, 1.0, 2)
+    pope = write(tmp_path / "p.jsonl", [
+        {"question_id": "random-0", "label": "yes", "category": "random", "answer": "the answer is yes."},
+        {"question_id": "random-1", "label": "no", "category": "random", "answer": "the answer is yes."},
+    ])
+    # one TP, one FP: accuracy 1/2, precision 1/2, recall 1, yes-ratio 1
+    assert [score_pope(pope)[k] for k in ("accuracy", "precision", "recall", "yes_ratio")] == [0.5, 0.5, 1.0, 1.0]
+
+
+def test_world_questions_carry_what_the_scorer_needs():
+    qs = BENCHMARKS["world-pope"].questions(EvalInputs(limit=4, image_size=48))
+    assert {q.record["category"] for q in qs} == {"random", "popular", "adversarial"}
+    assert all(q.record["label"] in ("yes", "no") and q.prompt.startswith("is there") for q in qs)
+    assert qs[0].image().size == (48, 48)
+    with pytest.raises(ValueError, match="need a world model"):
+        BENCHMARKS["world-chair"].questions(EvalInputs(limit=2))
+
+
+@pytest.mark.parametrize("bench", ["world-chair", "world-attributes"])
+def test_eval_writes_answers_and_metrics(tmp_path, tiny_world_model_dir, bench):
+    out = tmp_path / "metrics.json"
+    result = CliRunner().invoke(app, ["eval", bench, "--model", str(tiny_world_model_dir), "--limit", "2",
+                                      "--max-new-tokens", "6", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out.read_text())
+    answers = [json.loads(line) for line in (tmp_path / "metrics.answers.jsonl").read_text().splitlines()]
+    assert metrics["benchmark"] == bench and metrics["answers"].endswith("metrics.answers.jsonl")
+    if bench == "world-chair":
+        assert len(answers) == 2 and all("scene" in a and isinstance(a["answer"], str) for a in answers)
+        assert 0.0 <= metrics["chair_i"] <= 1.0
+    else:
+        assert {a["kind"] for a in answers} == {"color", "count"} and "count_accuracy" in metrics
