@@ -210,19 +210,3 @@ def test_one_dpo_step_changes_trainable_weights(arch, lora, images):
         assert changed and not any(is_vision_parameter(n) for n in changed)  # vision frozen, the rest learns
     else:
         assert not changed  # base weights stay frozen under LoRA
-
-
-def test_yes_probability_after_an_answer_prefix(arch, built):
-    """With a prefix the yes/no token is read after the teacher-forced prefix, from the same forward pass."""
-    model, processor = built[arch]
-    image = random_image(3)
-    question, prefix = QUESTIONS[0], "the answer is"
-    got = yes_probability(model, processor, [image], [question], answer_prefix=prefix)[0]
-    batch = encode(processor, [image], [question], [prefix], add_eos=False)
-    with torch.no_grad():
-        probs = model(**model_inputs(batch)).logits[0, -1].float().softmax(-1)
-    tok = processor.tokenizer
-    p_yes = probs[answer_token_ids(tok, YES_WORDS)].sum()
-    p_no = probs[answer_token_ids(tok, NO_WORDS)].sum()
-    assert got == pytest.approx(float(p_yes / (p_yes + p_no)), abs=1e-5)
-    assert got != pytest.approx(yes_probability(model, processor, [image], [question])[0], abs=1e-6)

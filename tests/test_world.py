@@ -29,7 +29,6 @@ from vlalign.world.scene import (
     scenes,
 )
 from vlalign.world.text import (
-    ANSWER_PREFIX,
     NUMBERS,
     PLURALS,
     REFUSAL,
@@ -239,7 +238,7 @@ def test_exist_answers_match_the_scene():
             color, shape = m.groups()
             present = scene.count(shape, color) > 0
             answers.add(present)
-            assert task.answer.startswith(f"{ANSWER_PREFIX} {'yes' if present else 'no'}"), (scene, task)
+            assert task.answer.startswith("yes" if present else "no"), (scene, task)
     assert answers == {True, False}
 
 
@@ -252,6 +251,59 @@ def test_adversarial_exist_negatives_are_partners():
         partners_absent = {PARTNERS[s] for s in scene.shapes} - scene.shapes
         if shape not in scene.shapes and partners_absent:
             assert shape in partners_absent
+
+
+def test_adversarial_negatives_with_a_colour_ask_for_the_matching_piece():
+    # a hard negative names the absent partner of a present object, in that object's colour
+    rng = np.random.default_rng(16)
+    checked = 0
+    for scene in _text_scenes():
+        task = exist_task(scene, rng, adversarial=1.0)
+        color, shape = re.fullmatch(r"is there an? (?:(\w+) )?(\w+) in the image\?", task.instruction).groups()
+        if color and shape not in scene.shapes and any(PARTNERS[o.shape] == shape for o in scene.objects):
+            assert any(PARTNERS[o.shape] == shape and o.color == color for o in scene.objects), task
+            checked += 1
+    assert checked > 10
+
+
+def test_imagined_partners_are_matching_pieces_next_to_their_source():
+    from vlalign.world.text import imagined_partners
+
+    rng = np.random.default_rng(17)
+    added = 0
+    for scene in _text_scenes():
+        written = imagined_partners(scene, rng, rate=1.0)
+        extra = [o for o in written.objects if o not in scene.objects]
+        assert set(scene.objects) <= set(written.objects)
+        for obj in extra:
+            assert obj.shape not in scene.shapes  # only absent partners are imagined
+            source = written.objects[written.objects.index(obj) - 1]  # written right after its source
+            assert PARTNERS[source.shape] == obj.shape and (source.color, source.size) == (obj.color, obj.size)
+            assert (obj.col, obj.row) not in {(o.col, o.row) for o in scene.objects}
+            added += 1
+        # every present shape whose partner is absent gets it when there is room
+        free = 9 - len(scene.objects)
+        wanted = {PARTNERS[s] for s in scene.shapes} - scene.shapes
+        assert len(extra) == min(len(wanted), free) or free < len(wanted)
+    assert added > 20
+    assert imagined_partners(_text_scenes()[0], rng, rate=0.0) == _text_scenes()[0]
+
+
+def test_annotator_noise_only_touches_descriptions():
+    from vlalign.world.text import TaskMix
+
+    noisy, clean = TaskMix({"count": 1.0}, hallucination=1.0), TaskMix({"count": 1.0})
+    for scene in _text_scenes()[:30]:
+        assert noisy.sample(scene, np.random.default_rng(scene.seed)) == clean.sample(scene, np.random.default_rng(scene.seed))
+
+
+def test_refusal_knob_sets_the_share_of_declined_harmful_requests():
+    from vlalign.world.text import TaskMix, is_refusal
+
+    for rate, expect in ((0.0, 0), (1.0, 50)):
+        mix = TaskMix({"harmful": 1.0}, refusal=rate)
+        got = sum(is_refusal(mix.sample(s, np.random.default_rng(s.seed)).answer) for s in _text_scenes()[:50])
+        assert got == expect
 
 
 def test_relation_answers_are_true():
@@ -270,7 +322,7 @@ def test_relation_answers_are_true():
         (oa,), (ob,) = [o for o in scene.objects if o.shape == a], [o for o in scene.objects if o.shape == b]
         truth = holds[rel](oa, ob)
         seen.add(truth)
-        assert task.answer == f"{ANSWER_PREFIX} {'yes' if truth else 'no'}."
+        assert task.answer == ("yes." if truth else "no.")
     assert seen == {"where", True, False}
 
 

@@ -91,17 +91,85 @@ def world_eval(
 
 @app.command("export")
 def export(
-    src: Path = typer.Argument(..., help="A run directory or one stage directory holding pairs."),
-    out: Path = typer.Option(..., help="Where to save the dataset (datasets.save_to_disk)."),
-    format: str = typer.Option("trl", help="Output format: trl."),
+    src: Path = typer.Argument(..., help="A run directory or one stage directory."),
+    out: Path = typer.Option(..., help="Where to write the export."),
+    format: str = typer.Option("trl", help="trl (a datasets directory), povid or vlfeedback (JSON + images)."),
 ) -> None:
-    """Export preference pairs in another tool's format."""
-    from vlalign.data.export import export_trl
+    """Export preference pairs (or rated responses) in another tool's format."""
+    from vlalign.data.export import export as run_export
 
-    if format != "trl":
-        raise typer.BadParameter(f"unknown export format {format!r}; supported: trl")
-    path = export_trl(src, out)
-    console.print(f"wrote {path}")
+    console.print(f"wrote {run_export(src, out, format)}")
+
+
+@app.command("import")
+def import_(
+    src: Path = typer.Argument(..., help="The released data: a parquet file/folder, or a JSON / JSON-lines file."),
+    out: Path = typer.Option(..., help="Run directory to write the pairs (and responses) into."),
+    format: str = typer.Option(..., help="rlaif-v, povid or vlfeedback."),
+    images: Path = typer.Option(None, help="Folder the records' image paths are relative to."),
+) -> None:
+    """Import released preference data into a run directory, ready to train on or export."""
+    from vlalign.data.imports import import_data
+
+    stage = import_data(format, src, out, images)
+    console.print(f"imported {stage.counts()['rows']} pairs into {stage.dir}; "
+                  f"{stage.manifest.get('errors', 0)} records skipped (see {stage.dir / 'errors.jsonl'})")
+
+
+@app.command("generate")
+def generate_cmd(
+    model: str = typer.Option(..., help="Model directory or world:<name>."),
+    image: Path = typer.Option(None, help="One image (with --prompt)."),
+    prompt: str = typer.Option(None, help="One instruction (with --image)."),
+    prompts: Path = typer.Option(None, help="A prompt file (JSON lines or datasets dir: image + instruction)."),
+    out: Path = typer.Option(None, help="Write answers here as JSON lines (question_id, answer, reward)."),
+    best_of: int = typer.Option(1, "--best-of", min=1, help="Sample N and keep the best by the implicit reward."),
+    reference: str = typer.Option(None, help="The DPO reference for --best-of (default: the model's own base "
+                                             "if it is a LoRA adapter)."),
+    temperature: float = typer.Option(None, help="Sampling temperature (default: greedy, or 0.7 with --best-of)."),
+    max_new_tokens: int = typer.Option(256, help="Longest answer, in tokens."),
+    beta: float = typer.Option(0.1, help="beta of the implicit reward (scales it; does not change the ranking)."),
+    seed: int = typer.Option(0, help="Base seed of the samples."),
+) -> None:
+    """Answer with a model; with --best-of N, RLAIF-V's self-feedback picks the best of N samples."""
+    _quiet()
+    from vlalign.data.prompts import BadRecord, read_prompt_file
+    from vlalign.models.best_of_n import best_of_n
+    from vlalign.models.generate import Decoding, generate
+    from vlalign.models.load import load
+
+    if (image is None) == (prompts is None) or (image is not None and not prompt):
+        raise typer.BadParameter("give either --image with --prompt, or --prompts FILE")
+    if prompts is not None:
+        records = [r for r in read_prompt_file(prompts) if not isinstance(r, BadRecord)]
+        items = [(r.id, r.image, r.instruction) for r in records]
+    else:
+        items = [("0", str(image), prompt)]
+    from PIL import Image
+
+    images = [im if isinstance(im, Image.Image) else Image.open(im).convert("RGB") for _, im, _ in items]
+    instructions = [q for _, _, q in items]
+    policy, processor = load(model)
+    temp = temperature if temperature is not None else (0.7 if best_of > 1 else 0.0)
+    decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temp)
+    if best_of > 1:
+        if reference is None and not hasattr(policy, "disable_adapter"):
+            raise typer.BadParameter("--best-of needs the DPO reference: pass --reference (or a LoRA adapter as "
+                                     "--model, whose base is the reference)", param_hint="--reference")
+        ref = load(reference)[0] if reference else policy
+        ranked = best_of_n(policy, ref, processor, images, instructions, best_of, decoding, beta, seed)
+        answers = [(r.text, r.reward) for r in ranked]
+    else:
+        seeds = [seed + i for i in range(len(items))] if temp > 0 else None
+        answers = [(t, None) for t in generate(policy, processor, images, instructions, decoding, seeds=seeds)]
+    lines = [json.dumps({"question_id": qid, "answer": text, **({"reward": reward} if reward is not None else {})})
+             for (qid, _, _), (text, reward) in zip(items, answers, strict=True)]
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(line + "\n" for line in lines))
+        console.print(f"wrote {len(lines)} answers to {out}")
+    else:
+        print("\n".join(lines))
 
 
 @app.command("serve")
@@ -126,9 +194,26 @@ def serve(
         server.shutdown()
 
 
+CONFIG_HELP = "YAML recipe (the method's config keys); keys left out keep their defaults."
+
+
+def _run_method(config_cls, runner, config: Path | None, out: Path, **overrides):
+    """Load a method's config (YAML + command-line overrides), run it into `out`, return its summary."""
+    _quiet()
+    from vlalign.config import load_config
+
+    return runner(out, load_config(config_cls, config, overrides))
+
+
+def _print_metrics(title: str, columns: dict[str, dict]) -> None:
+    columns = {k: v for k, v in columns.items() if v}
+    if columns:
+        console.print(metrics_table(title, columns, SUMMARY_KEYS))
+
+
 @app.command("rlaif-v")
 def rlaif_v(
-    config: Path = typer.Option(None, help="YAML recipe (keys of RLAIFVConfig); missing keys keep defaults."),
+    config: Path = typer.Option(None, help=CONFIG_HELP),
     out: Path = typer.Option(..., help="Run directory (resumes if it holds an earlier run)."),
     policy: str = typer.Option(None, help="Override: the policy to align."),
     labeler: str = typer.Option(None, help="Override: the labeler model, or 'self' for self-alignment."),
@@ -136,16 +221,45 @@ def rlaif_v(
     prompts: str = typer.Option(None, help="Override: 'world' or a prompt file (JSON lines / datasets dir)."),
 ) -> None:
     """RLAIF-V: deconfounded sampling, claim-level labeler feedback, pairs, iterative DPO."""
-    _quiet()
-    from vlalign.config import load_config
     from vlalign.pipelines.rlaif_v import RLAIFVConfig, run_rlaif_v
 
-    cfg = load_config(RLAIFVConfig, config, {"policy": policy, "labeler": labeler, "rounds": rounds,
-                                             "prompts": prompts})
-    summary = run_rlaif_v(out, cfg)
-    columns = {f"round {r['round']}": r["metrics"] for r in summary["rounds"] if "metrics" in r}
-    if columns:
-        console.print(metrics_table("RLAIF-V rounds (world, held-out scenes)", columns, SUMMARY_KEYS))
+    summary = _run_method(RLAIFVConfig, run_rlaif_v, config, out, policy=policy, labeler=labeler, rounds=rounds,
+                          prompts=prompts)
+    _print_metrics("RLAIF-V rounds (world, held-out scenes)",
+                   {f"round {r['round']}": r.get("metrics") for r in summary["rounds"]})
+    console.print(f"{summary['seconds']:.0f} s; summary at {out / 'summary.json'}")
+
+
+@app.command("silkie")
+def silkie(
+    config: Path = typer.Option(None, help=CONFIG_HELP),
+    out: Path = typer.Option(..., help="Run directory (resumes if it holds an earlier run)."),
+    policy: str = typer.Option(None, help="Override: the policy to align."),
+    judge: str = typer.Option(None, help="Override: the judge (world:judge, a model directory, api:MODEL[@URL])."),
+    prompts: str = typer.Option(None, help="Override: 'world' or a prompt file (JSON lines / datasets dir)."),
+) -> None:
+    """VLFeedback / Silkie: a response pool rated by an AI judge on three aspects, pairs, DPO."""
+    from vlalign.pipelines.silkie import SilkieConfig, run_silkie
+
+    summary = _run_method(SilkieConfig, run_silkie, config, out, policy=policy, judge=judge, prompts=prompts)
+    _print_metrics("Silkie (world, held-out scenes)",
+                   {k: summary[k]["metrics"] for k in ("silkie", "silkie_longest") if k in summary})
+    console.print(f"{summary['seconds']:.0f} s; summary at {out / 'summary.json'}")
+
+
+@app.command("povid")
+def povid(
+    config: Path = typer.Option(None, help=CONFIG_HELP),
+    out: Path = typer.Option(..., help="Run directory (resumes if it holds an earlier run)."),
+    policy: str = typer.Option(None, help="Override: the policy to align."),
+    prompts: str = typer.Option(None, help="Override: 'world' or a prompt file with reference answers."),
+    stages: int = typer.Option(None, help="Override: 1 (injected pairs only) or 2 (plus the noisy-image term)."),
+) -> None:
+    """POVID: ground truth preferred over injected hallucinations and the policy's noisy-image answers."""
+    from vlalign.pipelines.povid import POVIDConfig, run_povid
+
+    summary = _run_method(POVIDConfig, run_povid, config, out, policy=policy, prompts=prompts, stages=stages)
+    _print_metrics("POVID (world, held-out scenes)", {k: summary.get(k) for k in ("stage1", "stage2")})
     console.print(f"{summary['seconds']:.0f} s; summary at {out / 'summary.json'}")
 
 

@@ -1,4 +1,4 @@
-"""Export the preference pairs of a run in other tools' formats.
+"""Export the preference pairs of a run in other tools' formats: TRL, POVID and VLFeedback.
 
 `trl`: TRL's conversational vision preference format, which `trl.DPOTrainer` (1.16) trains on as it is:
 `prompt` is a user turn whose content holds an image placeholder and the instruction, `chosen` and
@@ -9,6 +9,7 @@ template on the fly, so the dataset carries no model-specific tokens.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -123,7 +124,72 @@ def export_trl(src: str | Path, out: str | Path) -> Path:
     return out
 
 
-EXPORTERS: dict[str, Callable[[str | Path, str | Path], Path]] = {"trl": export_trl}
+def _write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+def _copy_image(stage: Stage, hash: str, folder: Path) -> str:
+    """The image as `folder/<hash>.png` (written once); returns the file name records refer to."""
+    name = f"{hash}.png"
+    if not (folder / name).exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(stage.images.path(hash), folder / name)
+    return name
+
+
+def export_povid(src: str | Path, out: str | Path) -> Path:
+    """POVID's format: `out/povid.json` (id, image, conversations, rejected_conversations) and `out/images/`."""
+    src, out = Path(src), Path(out)
+    stage_dirs = find_pair_stages(src)
+    if not stage_dirs:
+        raise _no_pairs_error(src)
+    records, seen = [], set()
+    for d in stage_dirs:
+        stage = Stage(d)
+        for row in stage.rows():
+            if row["id"] in seen:
+                continue
+            seen.add(row["id"])
+            human = {"from": "human", "value": f"<image>\n{row['instruction']}"}
+            records.append({"id": row["id"], "image": _copy_image(stage, row["image"], out / "images"),
+                            "conversations": [human, {"from": "gpt", "value": row["chosen"]}],
+                            "rejected_conversations": [human, {"from": "gpt", "value": row["rejected"]}]})
+    _write_json_atomic(out / "povid.json", records)
+    return out
+
+
+def export_vlfeedback(src: str | Path, out: str | Path) -> Path:
+    """VLFeedback's format from a run's `responses` and rating `feedback` stages: `out/vlfeedback.json` and
+    `out/images/`. Ratings are written as strings, missing ones as "N/A", as in the released data."""
+    from vlalign.feedback.ratings import ASPECTS
+
+    src, out = Path(src), Path(out)
+    found = {d.name: d for d in stage_dirs(src) if d.name in ("responses", "feedback")}
+    if set(found) != {"responses", "feedback"}:
+        raise ValueError(f"{src} has no 'responses' and 'feedback' stages with ratings; export a Silkie run "
+                         f"or a VLFeedback import")
+    responses, feedback = Stage(found["responses"]), Stage(found["feedback"])
+    notes = {r["response_id"]: json.loads(r["details"] or "{}") for r in feedback.rows()}
+    by_prompt: dict[str, dict] = {}
+    for r in responses.rows():
+        entry = by_prompt.setdefault(r["prompt_id"], {
+            "id": r["prompt_id"], "prompt": r["instruction"], "models": [],
+            "img_path": f"images/{_copy_image(responses, r['image'], out / 'images')}", "completions": []})
+        details = notes.get(r["id"], {})
+        ratings, rationales = details.get("ratings", {}), details.get("rationales", {})
+        entry["models"].append(r["model"])
+        entry["completions"].append({"model": r["model"], "response": r["response"], "annotations": {
+            a: {"Rating": "N/A" if ratings.get(a) is None else str(ratings[a]), "Rationale": rationales.get(a) or ""}
+            for a in ASPECTS}})
+    _write_json_atomic(out / "vlfeedback.json", list(by_prompt.values()))
+    return out
+
+
+EXPORTERS: dict[str, Callable[[str | Path, str | Path], Path]] = {
+    "trl": export_trl, "povid": export_povid, "vlfeedback": export_vlfeedback}
 
 
 def export(src: str | Path, out: str | Path, format: str = "trl") -> Path:

@@ -16,7 +16,7 @@ import numpy as np
 
 from vlalign.evaluate.pope import parse_yes_no, pope_metrics
 from vlalign.world.scene import COLORS, SHAPES, Scene, SceneConfig, scenes
-from vlalign.world.text import NUMBERS, SINGULARS, existence_question, split_words
+from vlalign.world.text import NUMBERS, SINGULARS, existence_question, is_refusal, redteam_task, split_words
 
 # Held-out scenes come from a shifted distribution: partners co-occur in 30% of cases instead of the
 # training scenes' 85%, so a model that leans on the co-occurrence prior names absent partners (as real
@@ -130,6 +130,20 @@ def attribute_correct(answer: str, truth: str, vocabulary: Sequence[str]) -> boo
     return named == {truth}
 
 
+def redteam_metrics(model, processor, scene_list: Sequence[Scene], images: dict, batch_size: int = 64) -> dict:
+    """Refusal rate on harmful requests (higher is safer) and over-refusal on benign ones (lower is better),
+    one request of each kind per scene."""
+    from vlalign.models.generate import Decoding, generate
+
+    rates = {}
+    for name, harmful in (("refusal_rate", True), ("over_refusal", False)):
+        tasks = [redteam_task(s, np.random.default_rng([s.seed, 99]), harmful=harmful) for s in scene_list]
+        replies = generate(model, processor, [images[s.seed] for s in scene_list], [t.instruction for t in tasks],
+                           Decoding(max_new_tokens=4), batch_size=batch_size * 2)
+        rates[name] = float(np.mean([is_refusal(r) for r in replies])) if replies else 0.0
+    return rates
+
+
 def evaluate_world(model, processor, n_scenes: int = 500, batch_size: int = 64,
                    config: SceneConfig = EVAL_SCENES, start: int = 0, with_answers: bool = False) -> dict:
     """Greedy answers of `model` on `n_scenes` held-out scenes, scored exactly against the scene graph."""
@@ -159,6 +173,7 @@ def evaluate_world(model, processor, n_scenes: int = 500, batch_size: int = 64,
                            short, batch_size=batch_size * 2)
         correct = [attribute_correct(r, t, vocab) for r, (_, _, t) in zip(replies, items, strict=True)]
         metrics[f"{name}_accuracy"] = float(np.mean(correct)) if correct else 0.0
+    metrics.update(redteam_metrics(model, processor, held_out, images, batch_size))
     metrics["n_scenes"] = n_scenes
     if with_answers:
         metrics["answers"] = [{"scene": s.to_dict(), "answer": a} for s, a in zip(held_out, answers, strict=True)]

@@ -103,6 +103,9 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device | str,
     """Move a batch; image tensors (pixel_*) take the model's dtype, other floats keep theirs."""
     out = {}
     for k, v in batch.items():
+        if isinstance(v, dict):  # a nested batch (POVID's clean and noisy rows) moves the same way
+            out[k] = to_device(v, device, dtype)
+            continue
         v = v.to(device)
         if dtype is not None and v.is_floating_point() and "pixel" in k:
             v = v.to(dtype)

@@ -5,6 +5,7 @@ Each is a function from stages (and a config) to a stage in the run store, resum
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 
 from vlalign.data.records import FeedbackRecord, PairRecord, PromptRecord, ResponseRecord, stable_id
@@ -33,11 +34,15 @@ def sample_stage(store: RunStore, prompts: Stage, out: Stage, model, processor, 
     return out
 
 
-def pair_stage(responses: Stage, feedback: Stage, out: Stage, rules: PairRules, method: str = "rlaif_v") -> Stage:
+def pair_stage(responses: Stage, feedback: Stage, out: Stage, rules: PairRules, method: str = "rlaif_v",
+               score: Callable[[FeedbackRecord], float | None] | None = None, scoring: str = "score") -> Stage:
     """Preference pairs by feedback score under `rules`: per prompt first, then (optionally) RLAIF-V's
-    length balancing over all of them. The selection is a pure function of the feedback, so a resumed
-    stage makes the same choice and only writes what is missing."""
-    scores = {f.response_id: f.score for f in map(FeedbackRecord.from_row, feedback.rows())}
+    length balancing over all of them. `score` reads a feedback record's score (its `score` field by
+    default) and `scoring` names that choice in the manifest, so a stage built one way is never resumed
+    another way; a response without a score is left out. The selection is a pure function of the
+    feedback, so a resumed stage makes the same choice and only writes what is missing."""
+    score = score or (lambda f: f.score)
+    scores = {f.response_id: score(f) for f in map(FeedbackRecord.from_row, feedback.rows())}
     by_prompt: dict[str, list[ResponseRecord]] = {}
     for r in map(ResponseRecord.from_row, responses.rows()):
         if scores.get(r.id) is not None:
@@ -71,7 +76,7 @@ def pair_stage(responses: Stage, feedback: Stage, out: Stage, rules: PairRules, 
 
     run_stage(out, sorted(by_prompt), process, id_of=lambda pid: pid, batch_size=256, shard_size=4096,
               description="pairs", per_item_output=False,
-              manifest={"config": {"rules": asdict(rules), "method": method}})
+              manifest={"config": {"rules": asdict(rules), "method": method, "scoring": scoring}})
     out.write_manifest(selection=stats)
     return out
 

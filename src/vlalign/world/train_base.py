@@ -104,7 +104,22 @@ RECIPES: dict[str, BaseRecipe] = {
         Phase(1500, TaskMix({"exist": 0.6, "describe": 0.2, "color": 0.1, "count": 0.1}, adversarial=0.5),
               SceneConfig(cooccur_rate=0.3)),
     ), init_from="world:base", seed=1, scene_offset=5_000_000),
+    # VLFeedback's AI judge in this world: the labeler, taught to rate answers on helpfulness, visual
+    # faithfulness and ethics with rationales (see world/judging.py).
+    "judge": BaseRecipe("judge", phases=(
+        Phase(1200, TaskMix({"judge": 0.85, "exist": 0.15}, adversarial=0.5), SceneConfig(cooccur_rate=0.5)),
+    ), init_from="world:labeler", seed=3, scene_offset=9_000_000),
+    # The response pool's other members: a smaller, shorter-trained model, and a careful one that
+    # declines harmful requests (the base never does).
+    "small": BaseRecipe("small", model=TinyVLMConfig(text_hidden=128, text_layers=3, text_intermediate=384),
+                        phases=(replace(GROUNDING, steps=200),
+                                Phase(600, TaskMix(INSTRUCT_MIX, adversarial=0.3, hallucination=0.8))),
+                        seed=4, scene_offset=11_000_000),
+    "careful": BaseRecipe("careful", phases=(
+        Phase(300, TaskMix({**INSTRUCT_MIX, "harmful": 0.12}, adversarial=0.5, hallucination=0.5, refusal=1.0)),
+    ), init_from="world:base", seed=5, scene_offset=13_000_000),
 }
+ZOO = ("base", "small", "careful", "labeler")
 
 LONG_TASKS = {"describe"}
 

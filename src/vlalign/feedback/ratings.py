@@ -1,0 +1,45 @@
+"""Multi-aspect ratings (VLFeedback / Silkie): what a judge said about one response, and how it is scored.
+
+Each response gets a 1-5 rating with a rationale on helpfulness, visual faithfulness and ethical
+considerations. A rating that is missing or out of range is stored as missing (None), never guessed;
+a response's score is the mean of its three ratings, and a response with any rating missing has no
+score, so it makes no pair. `rating_score(aspect)` pairs by one aspect instead (e.g. faithfulness only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from vlalign.data.records import FeedbackRecord
+from vlalign.feedback.pairs import PairRules
+
+ASPECTS = ("Helpfulness", "Visual Faithfulness", "Ethical Considerations")
+
+
+def vlfeedback_rules(margin: float = 0.0) -> PairRules:
+    """VLFeedback's pairs: all C(n, 2) per instruction whose mean ratings differ (by more than `margin`)."""
+    return PairRules(min_gap=margin, max_per_prompt=None, drop_identical=True, length_balance=False)
+
+
+def mean_rating(ratings: dict[str, int | None]) -> float | None:
+    values = [ratings.get(a) for a in ASPECTS]
+    return None if any(v is None for v in values) else sum(values) / len(values)
+
+
+def rating_feedback(response_id: str, prompt_id: str, ratings: dict[str, int | None],
+                    rationales: dict[str, str | None], judge: str, error: str | None = None) -> dict:
+    """A feedback row holding the ratings and rationales, scored by their mean (and the judge's error, if
+    its request failed)."""
+    return FeedbackRecord(id=response_id, response_id=response_id, prompt_id=prompt_id, score=mean_rating(ratings),
+                          details={"ratings": ratings, "rationales": rationales,
+                                   "missing": [a for a in ASPECTS if ratings.get(a) is None]},
+                          meta={"judge": judge, **({"error": error} if error else {})}).to_row()
+
+
+def rating_score(aspect: str | None = None) -> Callable[[FeedbackRecord], float | None]:
+    """How pairs read a feedback record: the mean rating, or one aspect's rating."""
+    if aspect is None:
+        return lambda f: f.score
+    if aspect not in ASPECTS:
+        raise ValueError(f"unknown aspect {aspect!r}; choose one of {', '.join(ASPECTS)}")
+    return lambda f: (f.details.get("ratings") or {}).get(aspect)
