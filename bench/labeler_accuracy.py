@@ -13,12 +13,12 @@ import argparse
 
 import numpy as np
 
+from vlalign.evaluate.world import EVAL_SCENES
 from vlalign.feedback.claims import WorldClaims
 from vlalign.feedback.labeler import label_responses
 from vlalign.models.generate import Decoding, generate, sample_seed
 from vlalign.models.load import load
 from vlalign.world.render import render
-from vlalign.evaluate.world import EVAL_SCENES
 from vlalign.world.scene import COLORS, SHAPES, scenes
 from vlalign.world.text import DESCRIBE_INSTRUCTIONS
 
