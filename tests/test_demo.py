@@ -35,9 +35,6 @@ def test_quick_demo_writes_summary_and_resumes(quick_demo):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the world labeler cannot yet answer yes/no questions from the image "
-                                       "(labeler AUC 0.54 on policy claims; see "
-                                       "bench/labeler_accuracy.py), so its feedback carries no signal")
 def test_quick_demo_lowers_chair_i(quick_demo):
     _, summary = quick_demo
     assert summary["rlaif_v"]["chair_i"] < summary["base"]["chair_i"]

@@ -186,3 +186,86 @@ def test_label_responses_with_the_tiny_world_model(tiny_world_model_dir):
             alone = yes_probability(model, processor, [image], [c.question])[0]
             assert c.p_yes == pytest.approx(alone, abs=1e-5)
         assert fb.score == -sum(c.p_yes < 0.5 for c in fb.claims)
+
+
+# --- the LLM-prompted splitter -------------------------------------------------------------------------
+
+
+class ScriptedJudge:
+    """A judge that answers each request with the first scripted reply whose key occurs in its prompt."""
+
+    name = "scripted"
+
+    def __init__(self, script: dict[str, str | None]):
+        self.script, self.prompts = script, []
+
+    def complete(self, requests):
+        from vlalign.feedback.judge import ChatReply
+
+        out = []
+        for r in requests:
+            self.prompts.append(r.prompt)
+            reply = next((v for k, v in self.script.items() if k in r.prompt), "none")
+            out.append(ChatReply(reply) if reply is not None else ChatReply(None, f"record {r.id}: HTTP 503"))
+        return out
+
+
+def test_parse_list_reads_numbered_bulleted_json_and_none():
+    from vlalign.feedback.llm_claims import parse_list
+
+    assert parse_list("1. There is a dog.\n2) The dog is brown.\n\n3 - It sits.") == [
+        "There is a dog.", "The dog is brown.", "It sits."]
+    assert parse_list("- a cat\n* a mat\n\u2022 a hat") == ["a cat", "a mat", "a hat"]
+    assert parse_list('```json\n["There is a dog.", "The sky is blue."]\n```') == ["There is a dog.", "The sky is blue."]
+    assert parse_list("Here are the facts:\n1. There is a dog.") == ["There is a dog."]
+    assert parse_list("None.") == [] and parse_list("  ") == []
+    assert parse_list("There is a dog.\nThe dog is brown.") == ["There is a dog.", "The dog is brown."]
+
+
+def test_llm_claims_split_then_ask_keeping_negations():
+    from vlalign.feedback.llm_claims import LLMClaims
+
+    judge = ScriptedJudge({
+        "Answer: A brown dog sleeps. There is no cat.": "1. There is a dog.\n2. The dog is brown.\n3. There is no cat.",
+        "1. There is a dog.\n2. The dog is brown.\n3. There is no cat.":
+            "1. Is there a dog in the image?\n2. Is the dog brown?\n3. Is there no cat in the image",
+        "Answer: Hello!": "none",
+    })
+    claims = LLMClaims(judge).split_many(["A brown dog sleeps. There is no cat.", "Hello!"],
+                                         ["Describe the image.", "Hi"], ["r1", "r2"])
+    assert claims[0] == [Claim("There is a dog.", "Is there a dog in the image?"),
+                         Claim("The dog is brown.", "Is the dog brown?"),
+                         Claim("There is no cat.", "Is there no cat in the image?")]
+    assert claims[1] == []
+    assert "Question: Describe the image." in judge.prompts[0]
+    assert len(judge.prompts) == 3  # two split requests, one question request (nothing to ask for "Hello!")
+
+
+def test_llm_claims_reask_one_by_one_when_questions_do_not_line_up():
+    from vlalign.feedback.llm_claims import LLMClaims
+
+    judge = ScriptedJudge({
+        "Answer: two cats": "1. There are two cats.\n2. The cats are white.",
+        "1. There are two cats.\n2. The cats are white.": "1. Are there two cats?",  # one short
+        "Statement: There are two cats.": "Question: Are there two cats in the image?",
+        "Statement: The cats are white.": "Are the cats white",
+    })
+    claims = LLMClaims(judge)("two cats")
+    assert [c.question for c in claims] == ["Are there two cats in the image?", "Are the cats white?"]
+
+
+def test_llm_claims_failed_request_names_the_record():
+    from vlalign.feedback.judge import JudgeError
+    from vlalign.feedback.llm_claims import LLMClaims
+
+    with pytest.raises(JudgeError, match="record r7"):
+        LLMClaims(ScriptedJudge({"Answer:": None})).split_many(["a dog."], keys=["r7"])
+
+
+def test_make_splitter_llm_needs_a_judge():
+    from vlalign.feedback.claims import make_splitter
+
+    with pytest.raises(ValueError, match="needs a judge"):
+        make_splitter("llm")
+    with pytest.raises(ValueError, match="unknown claim splitter"):
+        make_splitter("regex")

@@ -1,12 +1,14 @@
 """Divide: split an answer into atomic claims, each with a yes/no question that checks it (RLAIF-V).
 
 `WorldClaims` is the rule-based splitter for the world's language; `SentenceClaims` is the fallback for
-plain English (one claim per sentence). LLM-prompted splitters share the same interface.
+plain English (one claim per sentence); `vlalign.feedback.llm_claims.LLMClaims` asks a chat model. All
+three answer `split_many(answers, instructions, keys)`, so a model-backed splitter can batch its requests.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,7 +25,16 @@ class Claim:
 
 
 class ClaimSplitter(Protocol):
-    def __call__(self, answer: str) -> list[Claim]: ...
+    def split_many(self, answers: Sequence[str], instructions: Sequence[str] | None = None,
+                   keys: Sequence[str] | None = None) -> list[list[Claim]]: ...
+
+
+class _EachAnswer:
+    """Rule-based splitters read every answer on its own, with `__call__(answer)`."""
+
+    def split_many(self, answers: Sequence[str], instructions: Sequence[str] | None = None,
+                   keys: Sequence[str] | None = None) -> list[list[Claim]]:
+        return [self(a) for a in answers]
 
 
 def sentences(text: str) -> list[str]:
@@ -36,7 +47,7 @@ _OBJECT = re.compile(
 _NEGATED = re.compile(r"\b(no|not|without)\s+(\w+\s+){0,2}$")
 
 
-class WorldClaims:
+class WorldClaims(_EachAnswer):
     """One existence claim per object the answer names ("there is a big red circle"), asked back as
     "is there a red circle in the image?". Negated mentions ("there is no star") are not claims."""
 
@@ -57,7 +68,7 @@ class WorldClaims:
         return claims
 
 
-class SentenceClaims:
+class SentenceClaims(_EachAnswer):
     """Plain-English fallback: each sentence is a claim, asked as a true/false question."""
 
     def __call__(self, answer: str) -> list[Claim]:
@@ -77,6 +88,6 @@ def make_splitter(name: str, judge: str | None = None) -> ClaimSplitter:
         from vlalign.feedback.llm_claims import LLMClaims
 
         if not judge:
-            raise ValueError("the llm claim splitter needs a judge: set judge (e.g. openai:gpt-4o or a model path)")
+            raise ValueError("the llm claim splitter needs a judge: set judge (e.g. api:gpt-4o or a model path)")
         return LLMClaims(make_judge(judge))
     raise ValueError(f"unknown claim splitter {name!r}; choose world, sentences or llm")

@@ -41,9 +41,11 @@ class ResponseFeedback:
 
 
 def label_responses(labeler, processor, images: Sequence[Image.Image], responses: Sequence[str],
-                    split: ClaimSplitter, batch_size: int = 64) -> list[ResponseFeedback]:
-    """Split every response into claims and label them all in shared batches."""
-    claims_per: list[list[Claim]] = [split(r) for r in responses]
+                    split: ClaimSplitter, batch_size: int = 64, instructions: Sequence[str] | None = None,
+                    keys: Sequence[str] | None = None) -> list[ResponseFeedback]:
+    """Split every response into claims and label them all in shared batches. `instructions` give the
+    splitter the question each response answers; `keys` name the records in its errors."""
+    claims_per: list[list[Claim]] = split.split_many(responses, instructions, keys)
     flat_images = [img for img, cs in zip(images, claims_per, strict=True) for _ in cs]
     flat_questions = [c.question for cs in claims_per for c in cs]
     p_yes = yes_probability(labeler, processor, flat_images, flat_questions, batch_size=batch_size)

@@ -63,7 +63,8 @@ def label_stage(store: RunStore, responses: Stage, out: Stage, labeler, processo
 
     def process(batch):
         fb = label_responses(labeler, processor, [store.images.get(r.image) for r in batch],
-                             [r.response for r in batch], split, batch_size=batch_size)
+                             [r.response for r in batch], split, batch_size=batch_size,
+                             instructions=[r.instruction for r in batch], keys=[r.id for r in batch])
         return [FeedbackRecord(id=r.id, response_id=r.id, prompt_id=r.prompt_id, score=f.score,
                                details=f.to_dict(), meta={"labeler": labeler_name}).to_row()
                 for r, f in zip(batch, fb, strict=True)]

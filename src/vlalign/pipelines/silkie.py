@@ -168,7 +168,7 @@ def longest_stage(responses: Stage, out: Stage) -> Stage:
     return out
 
 
-def _train_and_eval(store: RunStore, name: str, pairs: Stage, config: SilkieConfig, image_size_world: bool) -> dict:
+def _train_and_eval(store: RunStore, name: str, pairs: Stage, config: SilkieConfig, world: bool) -> dict:
     path = store.root / name
     if (path / "done.json").exists():
         return json.loads((path / "done.json").read_text())
@@ -176,7 +176,7 @@ def _train_and_eval(store: RunStore, name: str, pairs: Stage, config: SilkieConf
     policy, processor = load(config.policy, dtype="float32")
     examples = preference_examples(store, pairs)
     model, history = train_dpo(policy, processor, examples, config.dpo, out=path)
-    metrics = evaluate_world(model, processor, n_scenes=config.eval_scenes) if image_size_world else {}
+    metrics = evaluate_world(model, processor, n_scenes=config.eval_scenes) if world and config.eval_scenes else {}
     result = {"pairs": len(examples), "metrics": metrics, "final_loss": history[-1]["loss"]}
     (path / "done.json").write_text(json.dumps(result, indent=1))
     return result
