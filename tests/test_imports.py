@@ -303,3 +303,25 @@ def test_missing_images_folder_is_named(povid_source, tmp_path):
 
 def test_aspects_constant():
     assert ASPECTS == (H, VF, E)
+
+
+def test_imported_pairs_train_with_vlalign_dpo(rlaif_parquet, tmp_path, tiny_world_model_dir):
+    from typer.testing import CliRunner
+
+    from vlalign.cli import app
+
+    run = tmp_path / "run"
+    import_rlaif_v(rlaif_parquet, run)
+    config = tmp_path / "dpo.yaml"
+    config.write_text("batch_size: 2\noptim: {lr: 1.0e-3, log_every: 1}\n")
+    out = tmp_path / "trained"
+    result = CliRunner().invoke(app, ["dpo", str(run), "--policy", str(tiny_world_model_dir), "--out", str(out),
+                                      "--config", str(config), "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    history = json.loads((out / "train_history.json").read_text())
+    assert history["n_pairs"] == 2 and history["config"]["epochs"] == 2 and len(history["history"]) == 2
+    assert (out / "model.safetensors").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(app, ["dpo", str(empty), "--policy", str(tiny_world_model_dir), "--out", str(out)])
+    assert result.exit_code != 0 and "no preference pairs found" in str(result.exception)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+
 import pytest
 
 from vlalign.data.records import FeedbackRecord, PairRecord, ResponseRecord

@@ -334,9 +334,9 @@ def test_add_object_adds_the_absent_partner(world_injector, seed):
     # the only object co-occurring with "circle" that is absent is "square"
     assert out.edits == ["object+: square"]
     assert "square" in out.text and "square" not in text
-    # the original sentences are kept, and one sentence was inserted at a sentence break
+    # the original sentences are kept, and one sentence was inserted at a sentence break before the last
     sentences = ["there is a red circle on the left.", "it is big."]
-    assert all(s in out.text for s in sentences)
+    assert all(s in out.text for s in sentences) and out.text.endswith("it is big.")
     added = out.text
     for s in sentences:
         added = added.replace(s, "", 1)
@@ -409,6 +409,16 @@ def test_inject_is_deterministic_per_key_and_starts_with_an_object_edit(world_in
                for i in range(12))
 
 
+def test_later_edits_never_undo_earlier_ones(world_injector):
+    text = "there is a big red circle on the left. a small blue triangle is above it. there is a moon."
+    for key in [f"record-{i}" for i in range(40)]:
+        out = world_injector.inject(text, key=key)
+        injected = {e.rsplit(" ", 1)[-1] for e in out.edits if e.startswith("object")}
+        replaced = {e.split(": ", 1)[1].split(" -> ")[0] for e in out.edits if e.startswith("object:")}
+        assert not injected & replaced, out.edits  # nothing injected is replaced, nothing present re-added
+        assert not injected & {"circle", "triangle", "moon"}, out.edits
+
+
 def test_inject_leaves_uneditable_text_alone(world_injector):
     out = world_injector.inject("nothing here.", key="x")
     assert out == Injection("nothing here.", [])
@@ -425,7 +435,7 @@ def test_english_vocabulary_on_an_english_sentence():
     for seed in range(5):
         added = injector.add_object(sentence, np.random.default_rng(seed))
         assert added.edits[0] in ("object+: dog", "object+: car")
-        assert added.text.startswith(sentence)
+        assert added.text.endswith(sentence)  # a lone sentence gets the new one before it, never after
         replaced = injector.replace_object(sentence, np.random.default_rng(seed))
         assert replaced.edits[0] in {"object: person -> dog", "object: person -> car",
                                      "object: bicycle -> dog", "object: bicycle -> car"}

@@ -45,7 +45,8 @@ def metrics_table(title: str, columns: dict[str, dict], keys: list[str] | None =
 
 
 @world_app.command("base-path")
-def base_path(name: str = typer.Option("base", help="Which shipped world model: base or labeler.")) -> None:
+def base_path(name: str = typer.Option("base", help="Which shipped world model: base, labeler, judge, small or "
+                                                   "careful.")) -> None:
     """Print the directory of a shipped world model (a standard model + processor directory)."""
     from vlalign.world.train_base import shipped_path
 
@@ -55,7 +56,7 @@ def base_path(name: str = typer.Option("base", help="Which shipped world model: 
 @world_app.command("train-base")
 def train_base(
     out: Path = typer.Option(..., help="Directory to write the model + processor to."),
-    recipe: str = typer.Option("base", help="Recipe name: base or labeler."),
+    recipe: str = typer.Option("base", help="Recipe name: base, labeler, judge, small or careful."),
     init_from: str = typer.Option(None, help="Start from this model (world:<name> or a directory)."),
 ) -> None:
     """Train a world model from scratch (SFT), reproducibly from the recipe's seed."""
@@ -114,6 +115,30 @@ def import_(
     stage = import_data(format, src, out, images)
     console.print(f"imported {stage.counts()['rows']} pairs into {stage.dir}; "
                   f"{stage.manifest.get('errors', 0)} records skipped (see {stage.dir / 'errors.jsonl'})")
+
+
+@app.command("dpo")
+def dpo(
+    pairs: Path = typer.Argument(..., help="A run or stage directory holding preference pairs (built or imported)."),
+    policy: str = typer.Option(..., help="The model to train: a directory or world:<name>."),
+    out: Path = typer.Option(..., help="Where to save the trained model (or LoRA adapter) and its history."),
+    config: Path = typer.Option(None, help="YAML of DPO settings (beta, loss_type, nll_weight, lora, optim, ...)."),
+    beta: float = typer.Option(None, help="Override: DPO beta."),
+    epochs: float = typer.Option(None, help="Override: epochs over the pairs."),
+) -> None:
+    """Train a policy with DPO on the preference pairs under a run directory."""
+    _quiet()
+    from vlalign.config import load_config
+    from vlalign.models.load import load
+    from vlalign.pipelines.stages import examples_under
+    from vlalign.train.dpo import DPOConfig, train_dpo
+
+    settings = load_config(DPOConfig, config, {"beta": beta, "epochs": epochs})
+    examples = examples_under(pairs)
+    model, processor = load(policy)
+    console.print(f"DPO on {len(examples)} pairs from {pairs}")
+    _, history = train_dpo(model, processor, examples, settings, out=out)
+    console.print(f"final loss {history[-1]['loss']:.4f}; saved to {out}")
 
 
 @app.command("generate")

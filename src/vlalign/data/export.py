@@ -59,7 +59,7 @@ def find_pair_stages(src: str | Path) -> list[Path]:
     return [d for d in _shard_dirs(src) if _holds_pairs(d)]
 
 
-def _no_pairs_error(src: Path) -> ValueError:
+def no_pairs_error(src: Path) -> ValueError:
     stages = [str(d.relative_to(src)) for d in _shard_dirs(src)]
     seen = f"the stages there ({', '.join(stages)}) hold other records" if stages else "no stage there has rows yet"
     return ValueError(
@@ -105,7 +105,7 @@ def export_trl(src: str | Path, out: str | Path) -> Path:
     src, out = Path(src), Path(out)
     stage_dirs = find_pair_stages(src)
     if not stage_dirs:
-        raise _no_pairs_error(src)
+        raise no_pairs_error(src)
     if out.exists() and any(out.iterdir()) and not (out / "state.json").exists():
         raise FileExistsError(f"{out} exists and is not an exported dataset; choose an empty or new --out "
                               f"directory (an earlier export there would be replaced)")
@@ -145,7 +145,7 @@ def export_povid(src: str | Path, out: str | Path) -> Path:
     src, out = Path(src), Path(out)
     stage_dirs = find_pair_stages(src)
     if not stage_dirs:
-        raise _no_pairs_error(src)
+        raise no_pairs_error(src)
     records, seen = [], set()
     for d in stage_dirs:
         stage = Stage(d)

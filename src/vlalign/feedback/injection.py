@@ -16,6 +16,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -109,9 +110,12 @@ class RuleInjector:
         p = np.array([counts[n] for n in names], dtype=float)
         return names[int(rng.choice(len(names), p=p / p.sum()))]
 
-    def add_object(self, text: str, rng: np.random.Generator) -> Injection | None:
-        """A sentence about a co-occurring absent object, in the answer's own style, at a sentence break."""
-        obj = self._co_occurring(set(mentioned_objects(text, self.vocab)), rng)
+    def add_object(self, text: str, rng: np.random.Generator, known: frozenset[str] = frozenset()
+                   ) -> Injection | None:
+        """A sentence about a co-occurring absent object (neither mentioned nor in `known`, the objects of
+        the original answer), in the answer's own style, at a sentence break before the last sentence:
+        never at the very end, so the pair does not teach "stop sooner"."""
+        obj = self._co_occurring(set(mentioned_objects(text, self.vocab)) | known, rng)
         if obj is None:
             return None
         v = self.vocab
@@ -120,13 +124,15 @@ class RuleInjector:
             a="an" if color[0] in "aeiou" else "a", color=color, object=obj,
             position=v.positions[int(rng.integers(len(v.positions)))])
         parts = _SENTENCE_END.split(text.strip())
-        at = int(rng.integers(1, len(parts) + 1))
+        at = int(rng.integers(1, len(parts))) if len(parts) > 1 else 0
         return Injection(" ".join([*parts[:at], sentence, *parts[at:]]), [f"object+: {obj}"])
 
-    def replace_object(self, text: str, rng: np.random.Generator) -> Injection | None:
-        """One mention of an object becomes a co-occurring absent object (a plural stays plural)."""
-        found = [m for m in _WORD.finditer(text) if self.vocab.canonical(m.group())]
-        new = self._co_occurring(set(mentioned_objects(text, self.vocab)), rng)
+    def replace_object(self, text: str, rng: np.random.Generator, known: frozenset[str] = frozenset(),
+                       avoid: frozenset[str] = frozenset()) -> Injection | None:
+        """One mention of an object (not one in `avoid`, the objects injected already) becomes a co-occurring
+        absent object (neither mentioned nor in `known`; a plural stays plural)."""
+        found = [m for m in _WORD.finditer(text) if self.vocab.canonical(m.group()) not in (None, *avoid)]
+        new = self._co_occurring(set(mentioned_objects(text, self.vocab)) | known, rng)
         if not found or new is None:
             return None
         m = found[int(rng.integers(len(found)))]
@@ -168,14 +174,16 @@ class RuleInjector:
         the text can be edited, the result equals the input (callers drop such pairs)."""
         rng = _rng(self.seed, key)
         out, edits = text, []
-        object_ops = [self.add_object, self.replace_object]
-        other_ops = [self.change_attribute, self.flip_relation, self.add_object, self.replace_object]
+        known = frozenset(mentioned_objects(text, self.vocab))  # present: never "hallucinated" back in
+        injected: frozenset[str] = frozenset()  # a later edit never undoes an earlier one
         for n in range(self.edits):
-            ops = object_ops if n == 0 else other_ops
+            object_ops = [partial(self.add_object, known=known), partial(self.replace_object, known=known, avoid=injected)]
+            ops = object_ops if n == 0 else [self.change_attribute, self.flip_relation, *object_ops]
             for i in rng.permutation(len(ops)):
                 done = ops[int(i)](out, rng)
                 if done is not None:
                     out, edits = done.text, edits + done.edits
+                    injected = injected | {e.rsplit(" ", 1)[-1] for e in done.edits if e.startswith("object")}
                     break
         return Injection(out, edits)
 

@@ -30,12 +30,19 @@ from vlalign.progress import log
 from vlalign.train.dpo import DPOConfig, train_dpo
 from vlalign.train.loop import OptimConfig
 from vlalign.train.povid import NoiseConfig, train_povid_stage2
+from vlalign.world.text import TaskMix
 
 WORLD = "world"
 
 
 def _dpo(lr: float) -> DPOConfig:
     return DPOConfig(beta=0.1, batch_size=16, epochs=1, optim=OptimConfig(lr=lr, warmup_ratio=0.1))
+
+
+def _instruction_mix() -> dict[str, float]:
+    """Mostly detailed descriptions, with the short tasks whose reference answers an injector can edit
+    (POVID drew its prompts from LLaVA's instruction data: descriptions and questions)."""
+    return {"describe": 0.7, "caption": 0.1, "color": 0.1, "count": 0.1}
 
 
 @dataclass
@@ -45,6 +52,7 @@ class POVIDConfig:
     policy: str = "world:base"
     prompts: str = WORLD  # "world", or a prompt file whose records carry a reference answer
     n_prompts: int = 500
+    instruction_mix: dict[str, float] = field(default_factory=_instruction_mix)  # world prompts only
     injector: str = "rules"  # rules (co-occurrence statistics) | llm (through `judge`)
     judge: str | None = None
     edits: int = 2
@@ -128,10 +136,11 @@ def run_povid(out: str | Path, config: POVIDConfig) -> dict:
     policy, processor = load(config.policy, dtype="float32")
     image_size = processor.image_processor.crop_size["height"] if config.prompts == WORLD else 0
     prompts = (world_prompt_stage(store, store.stage("prompts"), config.n_prompts, EVAL_SCENES,
-                                  image_size=image_size) if config.prompts == WORLD
+                                  image_size=image_size, mix=TaskMix(config.instruction_mix))
+               if config.prompts == WORLD
                else user_prompt_stage(store, store.stage("prompts"), config.prompts, limit=config.n_prompts))
     pairs = injection_stage(prompts, store.stage("pairs"), config)
-    examples = preference_examples(store, pairs)
+    examples = preference_examples(pairs)
     summary: dict = {"pairs": len(examples)}
     stages = [("stage1", lambda m: train_dpo(m, processor, examples, config.stage1, out=store.root / "stage1"))]
     if config.stages == 2:

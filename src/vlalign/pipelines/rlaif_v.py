@@ -102,7 +102,7 @@ def run_round(store: RunStore, k: int, policy, processor, labeler, labeler_proce
     feedback = label_stage(store, responses, store.stage(f"{name}/feedback"), labeler, labeler_processor,
                            labeler_name, split, config.batch_size)
     pairs = pair_stage(responses, feedback, store.stage(f"{name}/pairs"), config.rules, method="rlaif_v")
-    examples = preference_examples(store, pairs)
+    examples = preference_examples(pairs)
     model, history = train_dpo(policy, processor, examples, config.dpo, out=store.root / name / "training",
                                save_model=False)
     if hasattr(model, "merge_and_unload"):  # the next round starts from (and refers to) the merged policy

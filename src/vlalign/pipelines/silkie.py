@@ -174,7 +174,7 @@ def _train_and_eval(store: RunStore, name: str, pairs: Stage, config: SilkieConf
         return json.loads((path / "done.json").read_text())
     log(f"Silkie: training {name}")
     policy, processor = load(config.policy, dtype="float32")
-    examples = preference_examples(store, pairs)
+    examples = preference_examples(pairs)
     model, history = train_dpo(policy, processor, examples, config.dpo, out=path)
     metrics = evaluate_world(model, processor, n_scenes=config.eval_scenes) if world and config.eval_scenes else {}
     result = {"pairs": len(examples), "metrics": metrics, "final_loss": history[-1]["loss"]}

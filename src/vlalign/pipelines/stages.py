@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 
 from vlalign.data.records import FeedbackRecord, PairRecord, PromptRecord, ResponseRecord, stable_id
 from vlalign.data.store import RunStore, Stage, run_stage
@@ -81,6 +82,21 @@ def pair_stage(responses: Stage, feedback: Stage, out: Stage, rules: PairRules, 
     return out
 
 
-def preference_examples(store: RunStore, pairs: Stage) -> list[PreferenceExample]:
-    return [PreferenceExample(p.id, store.images.get(p.image), p.instruction, p.chosen, p.rejected)
+def preference_examples(pairs: Stage) -> list[PreferenceExample]:
+    """The pairs of one stage, with their images, ready for `train_dpo`."""
+    return [PreferenceExample(p.id, pairs.images.get(p.image), p.instruction, p.chosen, p.rejected)
             for p in map(PairRecord.from_row, pairs.rows())]
+
+
+def examples_under(src) -> list[PreferenceExample]:
+    """Every preference pair under a run or stage directory (imported, exported or built), each id once."""
+    from vlalign.data.export import no_pairs_error, find_pair_stages
+
+    stages = find_pair_stages(src)
+    if not stages:
+        raise no_pairs_error(Path(src))
+    seen: dict[str, PreferenceExample] = {}
+    for d in stages:
+        for e in preference_examples(Stage(d)):
+            seen.setdefault(e.id, e)
+    return list(seen.values())
