@@ -90,7 +90,7 @@ def preference_examples(pairs: Stage) -> list[PreferenceExample]:
 
 def examples_under(src) -> list[PreferenceExample]:
     """Every preference pair under a run or stage directory (imported, exported or built), each id once."""
-    from vlalign.data.export import no_pairs_error, find_pair_stages
+    from vlalign.data.export import find_pair_stages, no_pairs_error
 
     stages = find_pair_stages(src)
     if not stages:
