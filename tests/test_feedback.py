@@ -7,7 +7,14 @@ import pytest
 import vlalign.feedback.labeler as labeler_mod
 from vlalign.feedback.claims import Claim, SentenceClaims, WorldClaims, sentences
 from vlalign.feedback.labeler import LabeledClaim, ResponseFeedback, label_responses
-from vlalign.feedback.pairs import PairRules, Scored, balance_lengths, candidate_pairs, shortening
+from vlalign.feedback.pairs import (
+    PairRules,
+    Scored,
+    balance_lengths,
+    balance_lengths_by,
+    candidate_pairs,
+    shortening,
+)
 from vlalign.world.render import render
 from vlalign.world.scene import sample_scene
 
@@ -18,11 +25,12 @@ def test_world_claims_one_question_per_named_object():
     answer = ("there is a big red circle in the top left corner. two blue squares are on the right. "
               "there is no star. the red circle is left of the blue square.")
     claims = WorldClaims()(answer)
-    # the circle and the squares (plural singularised); the negated star is no claim; the repeated
+    # the circle and the squares (plural singularised); the star is claimed absent; the repeated
     # "red circle" / "blue square" in the last sentence ask the same questions and are dropped
     assert claims == [
         Claim("there is a big red circle.", "is there a red circle in the image?"),
         Claim("there is a blue square.", "is there a blue square in the image?"),
+        Claim("there is no star.", "is there a star in the image?", holds_if_yes=False),
     ]
 
 
@@ -32,10 +40,21 @@ def test_world_claims_without_colour_and_negations():
     assert [c.question for c in claims] == [
         "is there a moon in the image?", "is there a heart in the image?", "is there a cross in the image?"]
     assert claims[1].text == "there is a small heart."
-    # a negation only reaches the next couple of words: the circle here is still claimed
-    assert [c.question for c in WorldClaims()("there is no star and then a circle.")] == [
-        "is there a circle in the image?"]
+    # a negation only reaches the next couple of words: the circle here is still claimed present
+    claims = WorldClaims()("there is no star and then a circle.")
+    assert [(c.question, c.holds_if_yes) for c in claims] == [
+        ("is there a star in the image?", False), ("is there a circle in the image?", True)]
     assert WorldClaims()("nothing here.") == []
+
+
+def test_world_claims_of_short_answers_come_from_the_question():
+    q = "is there a red circle in the image?"
+    [[yes], [no], [spelled], [absent], other] = WorldClaims().split_many(
+        ["yes.", "no.", "yes, there is a red circle.", "no, there is no red circle.", "yes."],
+        [q, q, q, q, "what colour is the circle?"])
+    assert (yes.question, yes.holds_if_yes) == (q, True) and (no.question, no.holds_if_yes) == (q, False)
+    assert spelled == Claim("there is a red circle.", q) and absent.holds_if_yes is False
+    assert other == []  # a "yes" to anything but an existence question claims nothing
 
 
 def test_sentence_claims_plain_english_fallback():
@@ -146,6 +165,9 @@ def test_rejection_rule_and_score():
     d = fb.to_dict()
     assert d["score"] == -2.0 and [c["rejected"] for c in d["claims"]] == [False, True, False, True]
     assert ResponseFeedback([]).score == 0.0
+    # a claim of absence is rejected when "yes" wins
+    absent = ResponseFeedback([LabeledClaim("no c", "q?", p, holds_if_yes=False) for p in (0.9, 0.2, 0.5)])
+    assert [c.rejected for c in absent.claims] == [True, False, False] and absent.score == -1.0
 
 
 def test_label_responses_routes_claims_images_and_scores(monkeypatch):
@@ -269,3 +291,21 @@ def test_make_splitter_llm_needs_a_judge():
         make_splitter("llm")
     with pytest.raises(ValueError, match="unknown claim splitter"):
         make_splitter("regex")
+
+
+def test_length_balancing_by_source_sets_each_sources_threshold_alone():
+    # descriptions as in the test above (threshold 0.2); yes/no pairs of their own, where the long wrong
+    # answer and the short right one ("no." vs "no, there is no star.") differ by 80% and the
+    # closest means come from keeping every pair
+    described = [(_text(c), _text(r)) for c, r in ((10, 10), (8, 10), (5, 10), (12, 10), (2, 10))]
+    short = [("no, there is no red star.", "yes, there is a red star."), ("yes.", "no."),
+             ("no.", "yes, there is a star."), ("yes, there is a red star in it.", "no.")]
+    kept, info = balance_lengths_by(described + short, ["world/describe"] * 5 + ["world/exist"] * 4)
+    alone, _ = balance_lengths(short)
+    assert kept == [0, 1, 3] + [5 + i for i in alone]
+    assert info["kept"] == len(kept) and info["dropped"] == 9 - len(kept)
+    assert info["by_source"]["world/describe"]["threshold"] == pytest.approx(0.2)
+    assert info["by_source"]["world/exist"] == balance_lengths(short)[1].to_dict()
+    assert kept != balance_lengths(described + short)[0]  # pooled, one threshold would decide for both
+    one_kept, one = balance_lengths_by(described, ["world/describe"] * 5)
+    assert one_kept == [0, 1, 3] and one["threshold"] == pytest.approx(0.2)

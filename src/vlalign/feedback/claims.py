@@ -20,8 +20,12 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 @dataclass(frozen=True)
 class Claim:
+    """A fact an answer states and the yes/no question that checks it. `holds_if_yes` is False for a
+    claim of absence ("there is no star" is checked by "is there a star?", and holds when "no" wins)."""
+
     text: str
     question: str
+    holds_if_yes: bool = True
 
 
 class ClaimSplitter(Protocol):
@@ -45,27 +49,49 @@ _SHAPE_WORDS = "|".join(sorted([*SHAPES, *SINGULARS], key=len, reverse=True))
 _OBJECT = re.compile(
     rf"\b(?:(?P<size>{'|'.join(SIZES)})\s+)?(?:(?P<color>{'|'.join(COLORS)})\s+)?(?P<shape>{_SHAPE_WORDS})\b")
 _NEGATED = re.compile(r"\b(no|not|without)\s+(\w+\s+){0,2}$")
+_ABSENT = re.compile(r"\bno\s+(\w+\s+){0,2}$")  # "there is no (big red) star": a claim of absence
+_YES_NO = re.compile(r"^\s*(yes|no)\b")
 
 
-class WorldClaims(_EachAnswer):
+class WorldClaims:
     """One existence claim per object the answer names ("there is a big red circle"), asked back as
-    "is there a red circle in the image?". Negated mentions ("there is no star") are not claims."""
+    "is there a red circle in the image?"; "there is no star" is a claim of absence. Other negated mentions
+    ("not next to the star") say nothing about existence and are not claims. A bare "yes." or "no." to an
+    existence question claims what the question asks, so short answers are checked too."""
 
-    def __call__(self, answer: str) -> list[Claim]:
+    def __call__(self, answer: str, instruction: str | None = None) -> list[Claim]:
         claims: list[Claim] = []
         seen: set[str] = set()
         for sentence in sentences(answer.lower()):
             for m in _OBJECT.finditer(sentence):
-                if _NEGATED.search(sentence[:m.start()]):
+                before = sentence[:m.start()]
+                absent = bool(_ABSENT.search(before))
+                if _NEGATED.search(before) and not absent:
                     continue
                 shape = SINGULARS.get(m["shape"], m["shape"])
-                words = [w for w in (m["size"], m["color"], shape) if w]
+                words = " ".join(w for w in (m["size"], m["color"], shape) if w)
                 question = existence_question(shape, m["color"])
                 if question in seen:
                     continue
                 seen.add(question)
-                claims.append(Claim(f"there is a {' '.join(words)}.", question))
+                claims.append(Claim(f"there is no {words}." if absent else f"there is a {words}.", question,
+                                    holds_if_yes=not absent))
+        reply = _YES_NO.match(answer.lower())
+        if reply and instruction and instruction.strip().lower() not in seen and _asks_existence(instruction):
+            claims.insert(0, Claim(f"{reply[1]}: {instruction.strip()}", instruction.strip().lower(),
+                                   holds_if_yes=reply[1] == "yes"))
         return claims
+
+    def split_many(self, answers: Sequence[str], instructions: Sequence[str] | None = None,
+                   keys: Sequence[str] | None = None) -> list[list[Claim]]:
+        return [self(a, q) for a, q in zip(answers, instructions or [None] * len(answers), strict=True)]
+
+
+def _asks_existence(instruction: str) -> bool:
+    """Whether the instruction is the world's existence question about one object."""
+    m = _OBJECT.search(instruction.lower())
+    return bool(m) and instruction.strip().lower() == existence_question(SINGULARS.get(m["shape"], m["shape"]),
+                                                                          m["color"])
 
 
 class SentenceClaims(_EachAnswer):

@@ -1,4 +1,5 @@
-"""Conquer: a labeler model answers each claim's yes/no question; a claim is rejected when "no" wins.
+"""Conquer: a labeler model answers each claim's yes/no question; a claim is rejected when the answer it
+needs loses ("no" wins for a claim of presence, "yes" for a claim of absence).
 
 Scores come from P(yes)+P(Yes) against P(no)+P(No) in one forward pass per question (no generation),
 and a response's score is minus its number of rejected claims, as in RLAIF-V.
@@ -20,10 +21,11 @@ class LabeledClaim:
     claim: str
     question: str
     p_yes: float
+    holds_if_yes: bool = True
 
     @property
     def rejected(self) -> bool:
-        return self.p_yes < 0.5
+        return self.p_yes < 0.5 if self.holds_if_yes else self.p_yes > 0.5
 
 
 @dataclass
@@ -36,7 +38,8 @@ class ResponseFeedback:
 
     def to_dict(self) -> dict:
         return {"score": self.score,
-                "claims": [{"claim": c.claim, "question": c.question, "p_yes": c.p_yes, "rejected": c.rejected}
+                "claims": [{"claim": c.claim, "question": c.question, "p_yes": c.p_yes,
+                            "holds_if_yes": c.holds_if_yes, "rejected": c.rejected}
                            for c in self.claims]}
 
 
@@ -51,7 +54,7 @@ def label_responses(labeler, processor, images: Sequence[Image.Image], responses
     p_yes = yes_probability(labeler, processor, flat_images, flat_questions, batch_size=batch_size)
     out, k = [], 0
     for cs in claims_per:
-        out.append(ResponseFeedback([LabeledClaim(c.text, c.question, p) for c, p in zip(cs, p_yes[k:k + len(cs)],
-                                                                                         strict=True)]))
+        scored = zip(cs, p_yes[k:k + len(cs)], strict=True)
+        out.append(ResponseFeedback([LabeledClaim(c.text, c.question, p, c.holds_if_yes) for c, p in scored]))
         k += len(cs)
     return out

@@ -119,3 +119,21 @@ def balance_lengths(pairs: Sequence[tuple[str, str]], step: float = 0.02) -> tup
         threshold, len(kept), len(pairs) - len(kept),
         _mean_words([c for c, _ in pairs]), _mean_words([r for _, r in pairs]),
         _mean_words([pairs[i][0] for i in kept]), _mean_words([pairs[i][1] for i in kept]))
+
+
+def balance_lengths_by(pairs: Sequence[tuple[str, str]], groups: Sequence[str]) -> tuple[list[int], dict]:
+    """`balance_lengths` within each group (the prompts' source): descriptions apart from yes/no questions,
+    whose right answer is often the shorter "no.", so one kind's lengths never set another's threshold.
+    With one group the statistics are that group's; with several, per group under `by_source`."""
+    members: dict[str, list[int]] = {}
+    for i, group in enumerate(groups):
+        members.setdefault(group, []).append(i)
+    kept: list[int] = []
+    stats: dict[str, dict] = {}
+    for group, idx in sorted(members.items()):
+        keep, balance = balance_lengths([pairs[i] for i in idx])
+        kept += [idx[k] for k in keep]
+        stats[group] = balance.to_dict()
+    if len(stats) <= 1:
+        return sorted(kept), next(iter(stats.values()), balance_lengths([])[1].to_dict())
+    return sorted(kept), {"kept": len(kept), "dropped": len(pairs) - len(kept), "by_source": stats}

@@ -34,7 +34,7 @@ METHODS = ("rlaif_v", "rlaif_v_self", "silkie", "povid")
 def _rlaif_v(rounds: int, prompts: int, samples: int, eval_scenes: int, labeler: str = "world:labeler") -> RLAIFVConfig:
     return RLAIFVConfig(
         labeler=labeler, rounds=rounds, prompts_per_round=prompts, samples=samples, eval_scenes=eval_scenes,
-        dpo=DPOConfig(beta=0.3, batch_size=16, epochs=2, optim=OptimConfig(lr=1e-4, warmup_ratio=0.1)))
+        dpo=DPOConfig(beta=0.3, nll_weight=1.0, batch_size=16, epochs=2, optim=OptimConfig(lr=1e-4, warmup_ratio=0.1)))
 
 
 @dataclass
@@ -54,11 +54,11 @@ class DemoConfig:
 
 FULL = DemoConfig()
 QUICK = DemoConfig(
-    eval_scenes=200, best_of=4, best_of_scenes=200,
-    rlaif_v=_rlaif_v(rounds=1, prompts=150, samples=6, eval_scenes=200),
-    rlaif_v_self=_rlaif_v(rounds=1, prompts=150, samples=6, eval_scenes=200, labeler=SELF),
-    silkie=SilkieConfig(n_prompts=150, eval_scenes=200, baseline=False),
-    povid=POVIDConfig(n_prompts=150, eval_scenes=200))
+    eval_scenes=150, best_of=4, best_of_scenes=100,
+    rlaif_v=_rlaif_v(rounds=1, prompts=120, samples=6, eval_scenes=150),
+    rlaif_v_self=_rlaif_v(rounds=1, prompts=120, samples=6, eval_scenes=150, labeler=SELF),
+    silkie=SilkieConfig(n_prompts=120, eval_scenes=150, baseline=False),
+    povid=POVIDConfig(n_prompts=120, eval_scenes=150))
 
 
 def cached(path: Path, compute) -> dict:

@@ -36,7 +36,7 @@ WORLD = "world"
 
 
 def _dpo(lr: float) -> DPOConfig:
-    return DPOConfig(beta=0.1, batch_size=16, epochs=1, optim=OptimConfig(lr=lr, warmup_ratio=0.1))
+    return DPOConfig(beta=0.1, nll_weight=1.0, batch_size=16, epochs=1, optim=OptimConfig(lr=lr, warmup_ratio=0.1))
 
 
 def _instruction_mix() -> dict[str, float]:

@@ -26,9 +26,16 @@ from vlalign.models.load import load, save
 from vlalign.pipelines.stages import pair_stage, preference_examples, sample_stage
 from vlalign.progress import log
 from vlalign.train.dpo import DPOConfig, train_dpo
+from vlalign.world.text import TaskMix
 
 SELF = "self"
 WORLD = "world"
+
+
+def _instruction_mix() -> dict[str, float]:
+    """Mostly detailed descriptions, and yes/no existence questions (RLAIF-V's prompts mix descriptions
+    with VQA): their claims are checked too, so the policy's short answers learn from the labeler as well."""
+    return {"describe": 0.9, "exist": 0.1}
 
 
 @dataclass
@@ -38,6 +45,7 @@ class RLAIFVConfig:
     policy: str = "world:base"
     labeler: str = "world:labeler"  # a model, or "self": the policy labels its own answers
     prompts: str = WORLD  # "world", or a prompt file (JSON lines or a datasets directory)
+    instruction_mix: dict[str, float] = field(default_factory=_instruction_mix)  # world prompts only
     rounds: int = 4
     prompts_per_round: int = 500
     samples: int = 10
@@ -79,7 +87,8 @@ def round_prompts(store: RunStore, config: RLAIFVConfig, k: int, image_size: int
     stage = store.stage(f"round{k}/prompts")
     n, offset = config.prompts_per_round, (k - 1) * config.prompts_per_round
     if config.prompts == WORLD:
-        return world_prompt_stage(store, stage, n, EVAL_SCENES, offset=offset, image_size=image_size)
+        return world_prompt_stage(store, stage, n, EVAL_SCENES, offset=offset, image_size=image_size,
+                                  mix=TaskMix(config.instruction_mix, adversarial=0.5))
     pool = user_prompt_stage(store, store.stage("prompts"), config.prompts)
     rows = pool.rows()
     if not rows:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from vlalign.data.records import FeedbackRecord, PairRecord, PromptRecord, ResponseRecord, stable_id
 from vlalign.data.store import RunStore, Stage, run_stage
-from vlalign.feedback.pairs import PairRules, Scored, balance_lengths, candidate_pairs
+from vlalign.feedback.pairs import PairRules, Scored, balance_lengths_by, candidate_pairs
 from vlalign.models.generate import Decoding, generate, sample_seed
 from vlalign.train.dpo import PreferenceExample
 
@@ -26,7 +26,7 @@ def sample_stage(store: RunStore, prompts: Stage, out: Stage, model, processor, 
         texts = generate(model, processor, [store.images.get(p.image) for p, _ in batch],
                          [p.instruction for p, _ in batch], decoding, seeds=seeds, batch_size=batch_size)
         return [ResponseRecord(id=f"{p.id}/s{k}", prompt_id=p.id, image=p.image, instruction=p.instruction,
-                               response=t, model=model_name, seed=s, meta={"decoding": asdict(decoding)}).to_row()
+                               response=t, model=model_name, seed=s, meta={"decoding": asdict(decoding), "source": p.source}).to_row()
                 for (p, k), s, t in zip(batch, seeds, texts, strict=True)]
 
     run_stage(out, items, process, id_of=lambda item: f"{item[0].id}/s{item[1]}", batch_size=batch_size,
@@ -38,7 +38,7 @@ def sample_stage(store: RunStore, prompts: Stage, out: Stage, model, processor, 
 def pair_stage(responses: Stage, feedback: Stage, out: Stage, rules: PairRules, method: str = "rlaif_v",
                score: Callable[[FeedbackRecord], float | None] | None = None, scoring: str = "score") -> Stage:
     """Preference pairs by feedback score under `rules`: per prompt first, then (optionally) RLAIF-V's
-    length balancing over all of them. `score` reads a feedback record's score (its `score` field by
+    length balancing within each prompt source. `score` reads a feedback record's score (its `score` field by
     default) and `scoring` names that choice in the manifest, so a stage built one way is never resumed
     another way; a response without a score is left out. The selection is a pure function of the
     feedback, so a resumed stage makes the same choice and only writes what is missing."""
@@ -52,9 +52,9 @@ def pair_stage(responses: Stage, feedback: Stage, out: Stage, rules: PairRules, 
                   for pid, rs in sorted(by_prompt.items())}
     flat = [(pid, c, r) for pid, pairs in candidates.items() for c, r in pairs]
     if rules.length_balance:
-        kept, balance = balance_lengths([(c.text, r.text) for _, c, r in flat])
+        source = {r.prompt_id: r.meta.get("source", "") for rs in by_prompt.values() for r in rs}
+        kept, stats = balance_lengths_by([(c.text, r.text) for _, c, r in flat], [source[pid] for pid, _, _ in flat])
         flat = [flat[i] for i in kept]
-        stats = balance.to_dict()
     else:
         stats = {"kept": len(flat)}
     selected: dict[str, list[tuple[Scored, Scored]]] = {}

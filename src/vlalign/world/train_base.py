@@ -88,16 +88,20 @@ class BaseRecipe:
 
 
 RECIPES: dict[str, BaseRecipe] = {
-    # The policy every method starts from: trained on scenes where partners co-occur 85% of the time,
-    # with descriptions whose annotators name a missing partner 80% of the time.
-    # A last phase on less biased scenes, mostly yes/no, keeps the descriptions' habit but teaches the model
-    # to check a claim when asked, so it can be its own labeler (RLAIF-V's self-alignment).
+    # The policy every method starts from. It learns to see first, as real VLMs do from clean data: grounding,
+    # then the world's tasks with exact descriptions. Then it is instruction-tuned on scenes where partners
+    # co-occur 85% of the time, with descriptions whose annotators name every missing partner (LLaVA's
+    # GPT-written captions, in miniature), and last on less biased scenes, mostly yes/no, which keeps the
+    # descriptions' habit but lets it check a claim when asked (so it can be its own labeler). It can see what
+    # it describes, and hallucinates from the language prior it picked up: what alignment should remove
+    # without removing what it sees.
     "base": BaseRecipe("base", phases=(
         GROUNDING,
-        Phase(1000, TaskMix(INSTRUCT_MIX, adversarial=0.5, hallucination=0.8), SceneConfig(cooccur_rate=0.85)),
-        Phase(800, TaskMix({"exist": 0.5, "describe": 0.3, "color": 0.1, "count": 0.1}, adversarial=0.5,
-                           hallucination=0.8), SceneConfig(cooccur_rate=0.5)),
-    )),
+        Phase(400, TaskMix(INSTRUCT_MIX, adversarial=0.5), SceneConfig(cooccur_rate=0.5)),
+        Phase(700, TaskMix(INSTRUCT_MIX, adversarial=0.5, hallucination=1.0), SceneConfig(cooccur_rate=0.85)),
+        Phase(700, TaskMix({"exist": 0.6, "describe": 0.3, "color": 0.05, "count": 0.05}, adversarial=1.0,
+                           hallucination=0.8), SceneConfig(cooccur_rate=0.3)),
+    ), vision_steps=1000),
     # The labeler continues from the base on less biased scenes with exact descriptions, mostly yes/no
     # questions with hard (co-occurring) negatives: a stronger judge of existence claims than the policy.
     "labeler": BaseRecipe("labeler", phases=(
@@ -119,7 +123,6 @@ RECIPES: dict[str, BaseRecipe] = {
         Phase(300, TaskMix({**INSTRUCT_MIX, "harmful": 0.12}, adversarial=0.5, hallucination=0.5, refusal=1.0)),
     ), init_from="world:base", seed=5, scene_offset=13_000_000),
 }
-ZOO = ("base", "small", "careful", "labeler")
 
 LONG_TASKS = {"describe"}
 
