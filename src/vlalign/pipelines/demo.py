@@ -34,7 +34,7 @@ METHODS = ("rlaif_v", "rlaif_v_self", "silkie", "povid")
 def _rlaif_v(rounds: int, prompts: int, samples: int, eval_scenes: int, labeler: str = "world:labeler") -> RLAIFVConfig:
     return RLAIFVConfig(
         labeler=labeler, rounds=rounds, prompts_per_round=prompts, samples=samples, eval_scenes=eval_scenes,
-        dpo=DPOConfig(beta=0.3, nll_weight=1.0, batch_size=16, epochs=2, optim=OptimConfig(lr=1e-4, warmup_ratio=0.1)))
+        dpo=DPOConfig(beta=0.3, nll_weight=1.0, batch_size=16, epochs=2, optim=OptimConfig(lr=5e-5, warmup_ratio=0.1)))
 
 
 @dataclass
