@@ -151,7 +151,7 @@ def generate_cmd(
     best_of: int = typer.Option(1, "--best-of", min=1, help="Sample N and keep the best by the implicit reward."),
     reference: str = typer.Option(None, help="The DPO reference for --best-of (default: the model's own base "
                                              "if it is a LoRA adapter)."),
-    temperature: float = typer.Option(None, help="Sampling temperature (default: greedy, or 0.7 with --best-of)."),
+    temperature: float = typer.Option(None, help="Sampling temperature (default: greedy, or 0.3 with --best-of)."),
     max_new_tokens: int = typer.Option(256, help="Longest answer, in tokens."),
     beta: float = typer.Option(0.1, help="beta of the implicit reward (scales it; does not change the ranking)."),
     seed: int = typer.Option(0, help="Base seed of the samples."),
@@ -175,7 +175,7 @@ def generate_cmd(
     images = [im if isinstance(im, Image.Image) else Image.open(im).convert("RGB") for _, im, _ in items]
     instructions = [q for _, _, q in items]
     policy, processor = load(model)
-    temp = temperature if temperature is not None else (0.7 if best_of > 1 else 0.0)
+    temp = temperature if temperature is not None else (0.3 if best_of > 1 else 0.0)
     decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temp)
     if best_of > 1:
         if reference is None and not hasattr(policy, "disable_adapter"):

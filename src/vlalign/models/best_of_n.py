@@ -35,7 +35,7 @@ def implicit_rewards(policy, reference, processor, images: Sequence[Image.Image]
 
 
 def best_of_n(policy, reference, processor, images: Sequence[Image.Image], instructions: Sequence[str], n: int = 8,
-              decoding: Decoding = Decoding(max_new_tokens=96, temperature=0.7), beta: float = 0.1, seed: int = 0,
+              decoding: Decoding = Decoding(max_new_tokens=96, temperature=0.3), beta: float = 0.1, seed: int = 0,
               batch_size: int = 64) -> list[Ranked]:
     """For every (image, instruction): n seeded samples, ranked by implicit reward; the best first.
     `reference` may be the policy itself when it is a peft model (its adapters are switched off)."""

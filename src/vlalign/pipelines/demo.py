@@ -44,6 +44,7 @@ class DemoConfig:
     eval_scenes: int = 500
     best_of: int = 8
     best_of_scenes: int = 500
+    best_of_temperature: float = 0.3  # at 0.7 the samples start worse than greedy, and the best of them too
     methods: tuple[str, ...] = METHODS
     rlaif_v: RLAIFVConfig = field(default_factory=lambda: _rlaif_v(rounds=3, prompts=300, samples=8, eval_scenes=500))
     rlaif_v_self: RLAIFVConfig = field(
@@ -75,7 +76,7 @@ def _pick(metrics: dict) -> dict:
     return {k: metrics[k] for k in SUMMARY_KEYS if k in metrics}
 
 
-def best_of_n_chair(policy_dir: Path, reference: str, n: int, n_scenes: int) -> dict:
+def best_of_n_chair(policy_dir: Path, reference: str, n: int, n_scenes: int, temperature: float = 0.3) -> dict:
     """CHAIR of the best of n samples by the implicit reward. The reference is the model alignment started
     from, so after several rounds the reward sums every round's: beta * log(pi_K / pi_0)."""
     policy, processor = load(policy_dir, dtype="float32")
@@ -83,8 +84,8 @@ def best_of_n_chair(policy_dir: Path, reference: str, n: int, n_scenes: int) -> 
     held_out = list(scenes("eval", n_scenes, EVAL_SCENES))
     images = [render(s, processor.image_processor.crop_size["height"]) for s in held_out]
     ranked = best_of_n(policy, ref, processor, images, [DESCRIBE] * len(images), n,
-                       Decoding(max_new_tokens=96, temperature=0.7))
-    return {"n": n, "scenes": n_scenes, **chair_metrics(held_out, [r.text for r in ranked])}
+                       Decoding(max_new_tokens=96, temperature=temperature))
+    return {"n": n, "scenes": n_scenes, "temperature": temperature, **chair_metrics(held_out, [r.text for r in ranked])}
 
 
 def run_demo(out: Path, quick: bool = False, config: DemoConfig | None = None) -> dict:
@@ -112,7 +113,8 @@ def run_demo(out: Path, quick: bool = False, config: DemoConfig | None = None) -
                 policy_dir = out / name / f"round{method.rounds}" / "policy"
                 summary["rlaif_v_best_of_n"] = cached(
                     out / "eval" / "best_of_n.json",
-                    lambda d=policy_dir: best_of_n_chair(d, config.policy, config.best_of, config.best_of_scenes))
+                    lambda d=policy_dir: best_of_n_chair(d, config.policy, config.best_of, config.best_of_scenes,
+                                                    config.best_of_temperature))
         elif name == "silkie":
             log("silkie: response pool, judge, pairs, DPO")
             result = run_silkie(out / name, replace(config.silkie, policy=config.policy))
