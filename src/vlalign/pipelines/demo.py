@@ -50,7 +50,7 @@ class DemoConfig:
     rlaif_v_self: RLAIFVConfig = field(
         default_factory=lambda: _rlaif_v(rounds=3, prompts=300, samples=8, eval_scenes=500, labeler=SELF))
     silkie: SilkieConfig = field(default_factory=lambda: SilkieConfig(n_prompts=400, eval_scenes=500))
-    povid: POVIDConfig = field(default_factory=lambda: POVIDConfig(n_prompts=400, eval_scenes=500))
+    povid: POVIDConfig = field(default_factory=lambda: POVIDConfig(n_prompts=500, eval_scenes=500))
 
 
 FULL = DemoConfig()

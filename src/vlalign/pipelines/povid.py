@@ -56,8 +56,8 @@ class POVIDConfig:
     injector: str = "rules"  # rules (co-occurrence statistics) | llm (through `judge`)
     judge: str | None = None
     edits: int = 2
-    stage1: DPOConfig = field(default_factory=lambda: _dpo(1e-4))
-    stage2: DPOConfig = field(default_factory=lambda: _dpo(1e-4))
+    stage1: DPOConfig = field(default_factory=lambda: _dpo(4e-5))
+    stage2: DPOConfig = field(default_factory=lambda: _dpo(4e-5))
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     stages: int = 2  # 1 stops after stage 1
     eval_scenes: int = 500
