@@ -93,6 +93,21 @@ def test_pairs_min_gap_and_identical_answers():
     assert _ids(candidate_pairs(half, PairRules(min_gap=0.5, max_per_prompt=None))) == [("x", "y")]
 
 
+def test_claim_balance_drops_pairs_whose_chosen_answer_claims_less():
+    # x: 3 claims, none rejected; y: 1 claim, none rejected; z: 3 claims, 1 rejected; w: 4 claims, 2 rejected
+    x, y = Scored("x", "x", 0.0, claims=3), Scored("y", "y", 0.0, claims=1)
+    z, w = Scored("z", "z", -1.0, claims=3), Scored("w", "w", -2.0, claims=4)
+    every = PairRules(max_per_prompt=None)
+    assert _ids(candidate_pairs([x, y, z, w], every)) == [("x", "z"), ("x", "w"), ("y", "z"), ("y", "w"), ("z", "w")]
+    balanced = PairRules(max_per_prompt=None, claim_balance=True)
+    # y claims less than z and w; x claims less than w; z (3) less than w (4)
+    assert _ids(candidate_pairs([x, y, z, w], balanced)) == [("x", "z")]
+    # without claim counts (a judge's ratings) the rule has nothing to compare and keeps the pair
+    assert _ids(candidate_pairs([Scored("a", "a", 1.0), Scored("b", "b", 0.0)], balanced)) == [("a", "b")]
+    # it filters before the cap, so a capped prompt still gets its balanced pair
+    assert _ids(candidate_pairs([x, y, z, w], PairRules(max_per_prompt=1, claim_balance=True))) == [("x", "z")]
+
+
 def test_pairs_chosen_is_the_higher_score_whatever_the_order():
     assert _ids(candidate_pairs([C, A], PairRules())) == [("a", "c")]
 

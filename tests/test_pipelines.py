@@ -75,6 +75,23 @@ def test_rlaif_v_rounds_then_resume_by_round_and_by_stage(tmp_path, monkeypatch)
     assert {f.meta["labeler"] for f in feedback} == {"policy@round2"}  # self-alignment
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["config"]["labeler"] == "self" and len(summary["rounds"]) == 2
+    _claim_balanced_pairs_of(tmp_path)
+
+
+def _claim_balanced_pairs_of(run):
+    """Round 1's answers paired again with claim balance: the claim counts come from the feedback records."""
+    from vlalign.data.records import PairRecord
+    from vlalign.data.store import RunStore, Stage
+    from vlalign.feedback.pairs import PairRules
+    from vlalign.pipelines.stages import pair_stage
+
+    claims = {f.response_id: len(f.details["claims"])
+              for f in map(FeedbackRecord.from_row, _rows(run / "round1" / "feedback"))}
+    rules = PairRules(min_gap=0, max_per_prompt=None, length_balance=False, claim_balance=True)
+    out = pair_stage(Stage(run / "round1" / "responses"), Stage(run / "round1" / "feedback"),
+                     RunStore(run).stage("round1/balanced_pairs"), rules)
+    pairs = [PairRecord.from_row(p).meta for p in out.rows()]
+    assert pairs and all(claims[p["chosen_id"]] >= claims[p["rejected_id"]] for p in pairs)
 
 
 def _rows(stage_dir):

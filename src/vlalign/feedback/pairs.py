@@ -5,6 +5,11 @@ the higher score chosen; ties and identical texts are dropped; at most `max_per_
 drawn with a seed derived from the prompt. RLAIF-V uses min_gap 1 and 2 pairs per prompt; VLFeedback
 keeps all C(n, 2) pairs of distinct mean ratings (min_gap 0, no cap).
 
+With `claim_balance`, a pair whose chosen answer makes fewer claims than the rejected one is dropped. A
+score of -(rejected claims) favours answers that claim less, and length balancing does not see it when
+the words stay and the objects go: a pair where the chosen answer names fewer objects teaches "name
+fewer objects" as much as "name no false ones". The pairs left differ in what is claimed, not how much.
+
 Over all pairs (`balance_lengths`): RLAIF-V's length balancing. Answers with fewer rejected claims tend to
 be shorter, so DPO on raw pairs learns "say less". For each threshold r in 0, 0.02, ..., 0.98 the pairs
 whose chosen answer is shorter than the rejected one by more than the fraction r are dropped, and the r
@@ -26,6 +31,7 @@ class Scored:
     id: str
     text: str
     score: float
+    claims: int | None = None  # how many claims the feedback found in it, where it counts them
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class PairRules:
     max_per_prompt: int | None = 2
     drop_identical: bool = True
     length_balance: bool = True
+    claim_balance: bool = False  # the chosen answer makes at least as many claims as the rejected one
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -57,6 +64,8 @@ def candidate_pairs(responses: Sequence[Scored], rules: PairRules, key: str = ""
         if rules.drop_identical and a.text.strip() == b.text.strip():
             continue
         hi, lo = (a, b) if a.score >= b.score else (b, a)
+        if rules.claim_balance and hi.claims is not None and lo.claims is not None and hi.claims < lo.claims:
+            continue
         if hi.score != lo.score and hi.score - lo.score >= rules.min_gap:
             pairs.append((hi, lo))
     if rules.max_per_prompt is not None and len(pairs) > rules.max_per_prompt:

@@ -43,12 +43,15 @@ def pair_stage(responses: Stage, feedback: Stage, out: Stage, rules: PairRules, 
     another way; a response without a score is left out. The selection is a pure function of the
     feedback, so a resumed stage makes the same choice and only writes what is missing."""
     score = score or (lambda f: f.score)
-    scores = {f.response_id: score(f) for f in map(FeedbackRecord.from_row, feedback.rows())}
+    verdicts = list(map(FeedbackRecord.from_row, feedback.rows()))
+    scores = {f.response_id: score(f) for f in verdicts}
+    claims = {f.response_id: len(f.details["claims"]) for f in verdicts if "claims" in f.details}
     by_prompt: dict[str, list[ResponseRecord]] = {}
     for r in map(ResponseRecord.from_row, responses.rows()):
         if scores.get(r.id) is not None:
             by_prompt.setdefault(r.prompt_id, []).append(r)
-    candidates = {pid: candidate_pairs([Scored(r.id, r.response, scores[r.id]) for r in rs], rules, key=pid)
+    candidates = {pid: candidate_pairs([Scored(r.id, r.response, scores[r.id], claims.get(r.id)) for r in rs], rules,
+                                   key=pid)
                   for pid, rs in sorted(by_prompt.items())}
     flat = [(pid, c, r) for pid, pairs in candidates.items() for c, r in pairs]
     if rules.length_balance:
