@@ -159,6 +159,7 @@ def generate_cmd(
     """Answer with a model; with --best-of N, RLAIF-V's self-feedback picks the best of N samples."""
     _quiet()
     from vlalign.data.prompts import BadRecord, read_prompt_file
+    from vlalign.models.best_of_n import TEMPERATURE as best_of_n_temperature
     from vlalign.models.best_of_n import best_of_n
     from vlalign.models.generate import Decoding, generate
     from vlalign.models.load import load
@@ -175,7 +176,7 @@ def generate_cmd(
     images = [im if isinstance(im, Image.Image) else Image.open(im).convert("RGB") for _, im, _ in items]
     instructions = [q for _, _, q in items]
     policy, processor = load(model)
-    temp = temperature if temperature is not None else (0.3 if best_of > 1 else 0.0)
+    temp = temperature if temperature is not None else (best_of_n_temperature if best_of > 1 else 0.0)
     decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temp)
     if best_of > 1:
         if reference is None and not hasattr(policy, "disable_adapter"):

@@ -34,11 +34,11 @@ class ClaimSplitter(Protocol):
 
 
 class _EachAnswer:
-    """Rule-based splitters read every answer on its own, with `__call__(answer)`."""
+    """Rule-based splitters read every answer on its own, with `__call__(answer, instruction)`."""
 
     def split_many(self, answers: Sequence[str], instructions: Sequence[str] | None = None,
                    keys: Sequence[str] | None = None) -> list[list[Claim]]:
-        return [self(a) for a in answers]
+        return [self(a, q) for a, q in zip(answers, instructions or [None] * len(answers), strict=True)]
 
 
 def sentences(text: str) -> list[str]:
@@ -53,7 +53,7 @@ _ABSENT = re.compile(r"\bno\s+(\w+\s+){0,2}$")  # "there is no (big red) star": 
 _YES_NO = re.compile(r"^\s*(yes|no)\b")
 
 
-class WorldClaims:
+class WorldClaims(_EachAnswer):
     """One existence claim per object the answer names ("there is a big red circle"), asked back as
     "is there a red circle in the image?"; "there is no star" is a claim of absence. Other negated mentions
     ("not next to the star") say nothing about existence and are not claims. A bare "yes." or "no." to an
@@ -77,27 +77,22 @@ class WorldClaims:
                 claims.append(Claim(f"there is no {words}." if absent else f"there is a {words}.", question,
                                     holds_if_yes=not absent))
         reply = _YES_NO.match(answer.lower())
-        if reply and instruction and instruction.strip().lower() not in seen and _asks_existence(instruction):
-            claims.insert(0, Claim(f"{reply[1]}: {instruction.strip()}", instruction.strip().lower(),
-                                   holds_if_yes=reply[1] == "yes"))
+        question = (instruction or "").strip().lower()
+        if reply and question and question not in seen and _asks_existence(question):
+            claims.insert(0, Claim(f"{reply[1]}: {instruction.strip()}", question, holds_if_yes=reply[1] == "yes"))
         return claims
 
-    def split_many(self, answers: Sequence[str], instructions: Sequence[str] | None = None,
-                   keys: Sequence[str] | None = None) -> list[list[Claim]]:
-        return [self(a, q) for a, q in zip(answers, instructions or [None] * len(answers), strict=True)]
 
-
-def _asks_existence(instruction: str) -> bool:
-    """Whether the instruction is the world's existence question about one object."""
-    m = _OBJECT.search(instruction.lower())
-    return bool(m) and instruction.strip().lower() == existence_question(SINGULARS.get(m["shape"], m["shape"]),
-                                                                          m["color"])
+def _asks_existence(question: str) -> bool:
+    """Whether the (stripped, lower-case) question is the world's existence question about one object."""
+    m = _OBJECT.search(question)
+    return bool(m) and question == existence_question(SINGULARS.get(m["shape"], m["shape"]), m["color"])
 
 
 class SentenceClaims(_EachAnswer):
     """Plain-English fallback: each sentence is a claim, asked as a true/false question."""
 
-    def __call__(self, answer: str) -> list[Claim]:
+    def __call__(self, answer: str, instruction: str | None = None) -> list[Claim]:
         return [Claim(s, f"Is the following statement about the image correct? {s} Answer yes or no.")
                 for s in sentences(answer)]
 

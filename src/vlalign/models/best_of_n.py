@@ -17,6 +17,10 @@ from vlalign.models.generate import Decoding, generate, sample_seed
 from vlalign.models.lora import reference_context
 from vlalign.models.scoring import score_responses
 
+# Sampling temperature of best-of-N: at 0.7 the world's samples start so far behind the greedy answer that
+# even the best of 8 is worse than it (CHAIR_i 0.042 against 0.036); at 0.3 the best of 8 beats it.
+TEMPERATURE = 0.3
+
 
 @dataclass
 class Ranked:
@@ -35,7 +39,7 @@ def implicit_rewards(policy, reference, processor, images: Sequence[Image.Image]
 
 
 def best_of_n(policy, reference, processor, images: Sequence[Image.Image], instructions: Sequence[str], n: int = 8,
-              decoding: Decoding = Decoding(max_new_tokens=96, temperature=0.3), beta: float = 0.1, seed: int = 0,
+              decoding: Decoding = Decoding(max_new_tokens=96, temperature=TEMPERATURE), beta: float = 0.1, seed: int = 0,
               batch_size: int = 64) -> list[Ranked]:
     """For every (image, instruction): n seeded samples, ranked by implicit reward; the best first.
     `reference` may be the policy itself when it is a peft model (its adapters are switched off)."""

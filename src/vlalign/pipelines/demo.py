@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vlalign.evaluate.world import DESCRIBE, EVAL_SCENES, chair_metrics, evaluate_world
 from vlalign.feedback.pairs import PairRules
-from vlalign.models.best_of_n import best_of_n
+from vlalign.models.best_of_n import TEMPERATURE, best_of_n
 from vlalign.models.generate import Decoding
 from vlalign.models.load import load
 from vlalign.pipelines.povid import POVIDConfig, run_povid
@@ -51,7 +51,7 @@ class DemoConfig:
     eval_scenes: int = 500
     best_of: int = 8
     best_of_scenes: int = 500
-    best_of_temperature: float = 0.3  # at 0.7 the samples start worse than greedy, and the best of them too
+    best_of_temperature: float = TEMPERATURE
     methods: tuple[str, ...] = METHODS
     rlaif_v: RLAIFVConfig = field(default_factory=lambda: _rlaif_v(rounds=3, prompts=300, samples=8, eval_scenes=500))
     rlaif_v_self: RLAIFVConfig = field(
@@ -83,7 +83,7 @@ def _pick(metrics: dict) -> dict:
     return {k: metrics[k] for k in SUMMARY_KEYS if k in metrics}
 
 
-def best_of_n_chair(policy_dir: Path, reference: str, n: int, n_scenes: int, temperature: float = 0.3) -> dict:
+def best_of_n_chair(policy_dir: Path, reference: str, n: int, n_scenes: int, temperature: float) -> dict:
     """CHAIR of the best of n samples by the implicit reward. The reference is the model alignment started
     from, so after several rounds the reward sums every round's: beta * log(pi_K / pi_0)."""
     policy, processor = load(policy_dir, dtype="float32")

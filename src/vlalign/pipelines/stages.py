@@ -26,7 +26,8 @@ def sample_stage(store: RunStore, prompts: Stage, out: Stage, model, processor, 
         texts = generate(model, processor, [store.images.get(p.image) for p, _ in batch],
                          [p.instruction for p, _ in batch], decoding, seeds=seeds, batch_size=batch_size)
         return [ResponseRecord(id=f"{p.id}/s{k}", prompt_id=p.id, image=p.image, instruction=p.instruction,
-                               response=t, model=model_name, seed=s, meta={"decoding": asdict(decoding), "source": p.source}).to_row()
+                               response=t, model=model_name, seed=s,
+                               meta={"decoding": asdict(decoding), "source": p.source}).to_row()
                 for (p, k), s, t in zip(batch, seeds, texts, strict=True)]
 
     run_stage(out, items, process, id_of=lambda item: f"{item[0].id}/s{item[1]}", batch_size=batch_size,
