@@ -393,6 +393,22 @@ def test_flip_relation(world_injector):
     assert world_injector.flip_relation("a star and a moon.", rng) is None
 
 
+@pytest.mark.parametrize(("answer", "flipped"), [
+    ("yes.", "no."),
+    ("no.", "yes."),
+    ("no, there is no red square.", "yes, there is a red square."),
+    ("yes, there is an orange circle.", "no, there is no orange circle."),
+    ("Yes, there is a dog on the sofa.", "No, there is no dog on the sofa."),
+    ("no, there is no orange heart.", "yes, there is an orange heart."),
+])
+def test_a_yes_no_answer_is_flipped_as_the_one_edit(world_injector, answer, flipped):
+    expected = Injection(flipped, [f"answer: {answer.split(',')[0].strip('.').lower()} -> "
+                                   f"{flipped.split(',')[0].strip('.').lower()}"])
+    assert world_injector.inject(answer, key="k") == expected
+    assert world_injector.flip_answer("nothing is here.") is None
+    assert world_injector.flip_answer("north of the moon.") is None
+
+
 def test_inject_is_deterministic_per_key_and_starts_with_an_object_edit(world_injector):
     text = "there is a big red circle on the left. a small blue triangle is above it."
     outputs = set()

@@ -2,7 +2,8 @@
 
 Three kinds, as in the paper: objects (an absent object that usually co-occurs with a mentioned one is
 added, or replaces a mentioned one), attributes (a colour, size or count is changed), and relations (left
-and right, above and below, are swapped, which turns a true statement of position or reasoning false).
+and right, above and below, are swapped, which turns a true statement of position or reasoning false; a
+yes/no answer says the opposite, which is the whole of its reasoning).
 
 `RuleInjector` does this offline with a vocabulary and co-occurrence statistics fitted on the training
 answers (the world's default; `world_vocabulary()` and `english_vocabulary()` ship). `LLMInjector` asks a
@@ -67,6 +68,8 @@ def english_vocabulary() -> Vocabulary:
 
 _WORD = re.compile(r"[A-Za-z]+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_YES_NO = re.compile(r"\s*(yes|no)\b", re.IGNORECASE)
+_THERE_IS = re.compile(r"\bthere is (no|an?) (\w+)", re.IGNORECASE)
 
 
 def mentioned_objects(text: str, vocab: Vocabulary) -> list[str]:
@@ -169,9 +172,30 @@ class RuleInjector:
         return Injection(text[:m.start()] + self.vocab.opposites[old] + text[m.end():], [f"relation: {old} -> "
                                                                                            f"{self.vocab.opposites[old]}"])
 
+    @staticmethod
+    def flip_answer(text: str) -> Injection | None:
+        """A yes/no answer turned into its opposite ("no, there is no red square." becomes "yes, there is a
+        red square."); None for any other answer."""
+        m = _YES_NO.match(text)
+        if m is None:
+            return None
+        old = m.group(1).lower()
+        new = "no" if old == "yes" else "yes"
+
+        def negate(there: re.Match) -> str:
+            word = there.group(2)
+            article = ("an" if word[0] in "aeiou" else "a") if there.group(1).lower() == "no" else "no"
+            return f"there is {article} {word}"
+
+        word = new.capitalize() if m.group(1)[0].isupper() else new
+        return Injection(word + _THERE_IS.sub(negate, text[m.end():]), [f"answer: {old} -> {new}"])
+
     def inject(self, text: str, key: str = "") -> Injection:
-        """`text` with `edits` hallucinations, the first always an object one when possible. If nothing in
-        the text can be edited, the result equals the input (callers drop such pairs)."""
+        """`text` with `edits` hallucinations, the first always an object one when possible; a yes/no answer
+        is flipped instead (one edit: any other would only garble it). If nothing in the text can be edited,
+        the result equals the input (callers drop such pairs)."""
+        if (flipped := self.flip_answer(text)) is not None:
+            return flipped
         rng = _rng(self.seed, key)
         out, edits = text, []
         known = frozenset(mentioned_objects(text, self.vocab))  # present: never "hallucinated" back in

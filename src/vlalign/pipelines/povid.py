@@ -41,8 +41,9 @@ def _dpo(lr: float) -> DPOConfig:
 
 def _instruction_mix() -> dict[str, float]:
     """Mostly detailed descriptions, with the short tasks whose reference answers an injector can edit
-    (POVID drew its prompts from LLaVA's instruction data: descriptions and questions)."""
-    return {"describe": 0.7, "caption": 0.1, "color": 0.1, "count": 0.1}
+    (POVID drew its prompts from LLaVA's instruction data: descriptions and questions). A few existence
+    questions, half of their negatives adversarial, teach "no" where the bias says "yes"."""
+    return {"describe": 0.75, "caption": 0.05, "exist": 0.05, "color": 0.1, "count": 0.05}
 
 
 @dataclass
@@ -56,8 +57,8 @@ class POVIDConfig:
     injector: str = "rules"  # rules (co-occurrence statistics) | llm (through `judge`)
     judge: str | None = None
     edits: int = 2
-    stage1: DPOConfig = field(default_factory=lambda: _dpo(4e-5))
-    stage2: DPOConfig = field(default_factory=lambda: _dpo(4e-5))
+    stage1: DPOConfig = field(default_factory=lambda: _dpo(5e-5))
+    stage2: DPOConfig = field(default_factory=lambda: _dpo(5e-5))
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     stages: int = 2  # 1 stops after stage 1
     eval_scenes: int = 500
@@ -136,7 +137,7 @@ def run_povid(out: str | Path, config: POVIDConfig) -> dict:
     policy, processor = load(config.policy, dtype="float32")
     image_size = processor.image_processor.crop_size["height"] if config.prompts == WORLD else 0
     prompts = (world_prompt_stage(store, store.stage("prompts"), config.n_prompts, EVAL_SCENES,
-                                  image_size=image_size, mix=TaskMix(config.instruction_mix))
+                                  image_size=image_size, mix=TaskMix(config.instruction_mix, adversarial=0.5))
                if config.prompts == WORLD
                else user_prompt_stage(store, store.stage("prompts"), config.prompts, limit=config.n_prompts))
     pairs = injection_stage(prompts, store.stage("pairs"), config)
