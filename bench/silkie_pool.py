@@ -12,11 +12,11 @@ shows whether the pairs teach "name fewer objects".
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 
 import numpy as np
 
+from vlalign.data.records import FeedbackRecord, PairRecord, PromptRecord, ResponseRecord
 from vlalign.data.store import Stage
 from vlalign.evaluate.world import mentioned_shapes
 from vlalign.world.judging import rate
@@ -26,31 +26,29 @@ from vlalign.world.text import Task
 F, H = "Visual Faithfulness", "Helpfulness"
 
 
-def _json(value) -> dict:
-    return value if isinstance(value, dict) else json.loads(value)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="a Silkie run directory (vlalign silkie --out, or DEMO/silkie)")
     run = ap.parse_args().run
-    prompts = {r["id"]: r for r in Stage(f"{run}/prompts").rows() if r["source"].endswith("/describe")}
-    responses = {r["id"]: r for r in Stage(f"{run}/responses").rows() if r["prompt_id"] in prompts}
-    judged = {r["id"]: _json(r["details"])["ratings"] for r in Stage(f"{run}/feedback").rows() if r["id"] in responses}
+    prompts = {p.id: p for p in map(PromptRecord.from_row, Stage(f"{run}/prompts").rows())
+               if p.source.endswith("/describe")}
+    responses = {r.id: r for r in map(ResponseRecord.from_row, Stage(f"{run}/responses").rows())
+                 if r.prompt_id in prompts}
 
-    def truth(response_id: str) -> tuple[dict, float, int]:
-        r = responses[response_id]
-        prompt = prompts[r["prompt_id"]]
-        scene = Scene.from_dict(_json(prompt["meta"])["scene"])
-        named = set(mentioned_shapes(r["response"]))
-        ratings = rate(scene, Task("describe", prompt["instruction"], ""), r["response"]).ratings
-        return ratings, len(named & scene.shapes) / len(scene.shapes), len(named - scene.shapes)
+    truth: dict[str, tuple[dict, float, int]] = {}  # response id -> (graph's ratings, recall, false objects)
+    for r in responses.values():
+        prompt = prompts[r.prompt_id]
+        scene = Scene.from_dict(prompt.meta["scene"])
+        named = set(mentioned_shapes(r.response))
+        ratings = rate(scene, Task("describe", prompt.instruction, ""), r.response).ratings
+        truth[r.id] = ratings, len(named & scene.shapes) / len(scene.shapes), len(named - scene.shapes)
 
     by_model = defaultdict(list)
-    for rid, ratings in judged.items():
-        true, recall, false = truth(rid)
-        if ratings.get(F) is not None and ratings.get(H) is not None:
-            by_model[responses[rid]["model"]].append((ratings[F], true[F], ratings[H], true[H], recall, false))
+    for f in map(FeedbackRecord.from_row, Stage(f"{run}/feedback").rows()):
+        judged = f.details.get("ratings") or {}
+        if f.response_id in truth and judged.get(F) is not None and judged.get(H) is not None:
+            true, recall, false = truth[f.response_id]
+            by_model[responses[f.response_id].model].append((judged[F], true[F], judged[H], true[H], recall, false))
     print(f"{'model':22s} {'n':>4s}  faithfulness judge/true exact   helpfulness judge/true exact   recall  false objects")
     for model, rows in sorted(by_model.items()):
         a = np.array(rows, dtype=float)
@@ -58,11 +56,10 @@ def main() -> None:
               f"            {a[:, 2].mean():.2f} / {a[:, 3].mean():.2f}  {np.mean(a[:, 2] == a[:, 3]):.2f}"
               f"          {a[:, 4].mean():.3f}  {a[:, 5].mean():.2f}")
     pairs = []
-    for p in Stage(f"{run}/pairs").rows():
-        meta = _json(p["meta"])
-        if p["prompt_id"] in prompts:
-            (_, rc, fc), (_, rr, fr) = truth(meta["chosen_id"]), truth(meta["rejected_id"])
-            pairs.append((rc, rr, fc, fr, len(p["chosen"].split()), len(p["rejected"].split())))
+    for p in map(PairRecord.from_row, Stage(f"{run}/pairs").rows()):
+        if p.prompt_id in prompts:
+            (_, rc, fc), (_, rr, fr) = truth[p.meta["chosen_id"]], truth[p.meta["rejected_id"]]
+            pairs.append((rc, rr, fc, fr, len(p.chosen.split()), len(p.rejected.split())))
     if pairs:
         m = np.array(pairs, dtype=float).mean(axis=0)
         print(f"{len(pairs)} description pairs: recall chosen {m[0]:.3f} rejected {m[1]:.3f}; false objects chosen "

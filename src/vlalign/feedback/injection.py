@@ -183,12 +183,12 @@ class RuleInjector:
         new = "no" if old == "yes" else "yes"
 
         def negate(there: re.Match) -> str:
-            word = there.group(2)
-            article = ("an" if word[0] in "aeiou" else "a") if there.group(1).lower() == "no" else "no"
-            return f"there is {article} {word}"
+            noun = there.group(2)
+            article = ("an" if noun[0] in "aeiou" else "a") if there.group(1).lower() == "no" else "no"
+            return f"there is {article} {noun}"
 
-        word = new.capitalize() if m.group(1)[0].isupper() else new
-        return Injection(word + _THERE_IS.sub(negate, text[m.end():]), [f"answer: {old} -> {new}"])
+        reply = new.capitalize() if m.group(1)[0].isupper() else new
+        return Injection(reply + _THERE_IS.sub(negate, text[m.end():]), [f"answer: {old} -> {new}"])
 
     def inject(self, text: str, key: str = "") -> Injection:
         """`text` with `edits` hallucinations, the first always an object one when possible; a yes/no answer

@@ -37,8 +37,8 @@ def _rlaif_v(rounds: int, prompts: int, samples: int, eval_scenes: int, labeler:
     claim balance made its answers worse from round 2 on (CHAIR_i 0.148, 0.173, 0.240), so it keeps every pair
     its labels allow, and a strong NLL term on the chosen answers (its own best samples) holds its recall,
     with a third epoch per round. It answers descriptions only: labeling its own yes/no answers teaches it
-    nothing new and wears down the yes/no it labels with (POPE F1 0.651 after one round with them, 0.668
-    without)."""
+    nothing new and wears down the yes/no it labels with (POPE F1 0.651 after one round with them, 0.675
+    without, on 500 held-out scenes)."""
     own = labeler == SELF
     return RLAIFVConfig(
         labeler=labeler, rounds=rounds, prompts_per_round=prompts, samples=samples, eval_scenes=eval_scenes,
