@@ -24,3 +24,10 @@ def test_world_configs_load(name, cls):
 def test_self_and_povid_configs_are_the_demo_recipes():
     assert load_config(RLAIFVConfig, CONFIGS / "rlaif_v_self_world.yaml") == FULL.rlaif_v_self
     assert load_config(POVIDConfig, CONFIGS / "povid_world.yaml") == FULL.povid
+
+
+def test_silkie_config_trains_with_the_demo_recipe():
+    """The YAML runs more prompts than the demo, with the same DPO recipe (mDPO anchor included)."""
+    yaml_config = load_config(SilkieConfig, CONFIGS / "silkie_world.yaml")
+    assert yaml_config.dpo == FULL.silkie.dpo
+    assert FULL.silkie.dpo.anchor_weight > 0

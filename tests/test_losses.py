@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from vlalign.train.dpo import DPOConfig, make_loss
-from vlalign.train.losses import dpo_loss, nll_loss
+from vlalign.train.losses import anchor_loss, dpo_loss, nll_loss
 
 trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer")
 
@@ -144,17 +144,36 @@ def test_nll_loss_by_hand():
     assert out.tolist() == pytest.approx([2.0, 3.0, 0.5])
 
 
+def test_anchor_loss_by_hand():
+    # -log sigmoid(0.5 * 2) = 0.3133, -log sigmoid(0) = log 2, and a falling chosen reward costs more
+    out = anchor_loss(torch.tensor([2.0, 0.0, -2.0]), beta=0.5)
+    assert out.tolist() == pytest.approx([0.31326, math.log(2), 1.31326], abs=1e-5)
+
+
+def test_anchor_raises_chosen_even_when_dpo_is_satisfied():
+    """With the rejected answer far below, DPO's gradient on the chosen answer vanishes; the anchor's does not."""
+    c = torch.tensor([-12.0], requires_grad=True)
+    r, rc, rr = torch.tensor([-80.0]), torch.tensor([-10.0]), torch.tensor([-10.0])
+    dpo_loss(c, r, rc, rr, beta=0.5)[0].sum().backward()
+    dpo_grad = float(c.grad)
+    c.grad = None
+    anchor_loss(c - rc, beta=0.5).sum().backward()
+    assert abs(dpo_grad) < 1e-6 < -float(c.grad)
+
+
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
-@pytest.mark.parametrize("nll_weight", [0.0, 0.5])
-def test_make_loss_matches_trl(monkeypatch, loss_type, nll_weight):
+@pytest.mark.parametrize(("nll_weight", "anchor_weight"), [(0.0, 0.0), (0.5, 0.0), (0.0, 1.5)])
+def test_make_loss_matches_trl(monkeypatch, loss_type, nll_weight, anchor_weight):
     """The training loss: sums and token counts from the model, reference [sum_c, sum_r, len_c, len_r]."""
     c, r, rc, rr, lc, lr = _random_logps(11, n=4)
     import vlalign.train.dpo as dpo
 
     monkeypatch.setattr(dpo, "sequence_logps", lambda model, batch: (torch.cat([c, r]), torch.cat([lc, lr])))
-    config = DPOConfig(beta=0.2, loss_type=loss_type, nll_weight=nll_weight)
+    config = DPOConfig(beta=0.2, loss_type=loss_type, nll_weight=nll_weight, anchor_weight=anchor_weight)
     loss, metrics = make_loss(config)(None, {"ref": torch.stack([rc, rr, lc, lr], dim=1)})
-    expected = trl_loss(loss_type, 0.2, c, r, rc, rr, lc, lr) + nll_weight * float((-c / lc).mean())
+    ratio = (c - rc) if loss_type == "sigmoid" else (c / lc - rc / lc)  # the anchor uses the loss's scale
+    expected = (trl_loss(loss_type, 0.2, c, r, rc, rr, lc, lr) + nll_weight * float((-c / lc).mean())
+                + anchor_weight * float(-F.logsigmoid(0.2 * ratio).mean()))
     assert float(loss) == pytest.approx(expected, abs=1e-5)
     # Metrics: rewards on the scale the loss uses (sums for sigmoid, per-token means for IPO).
     sums, means = 0.2 * ((c - rc) - (r - rr)), 0.2 * ((c - rc) / lc - (r - rr) / lr)

@@ -144,9 +144,9 @@ def redteam_metrics(model, processor, scene_list: Sequence[Scene], images: dict,
     return rates
 
 
-def evaluate_world(model, processor, n_scenes: int = 500, batch_size: int = 64,
-                   config: SceneConfig = EVAL_SCENES, start: int = 0, with_answers: bool = False) -> dict:
-    """Greedy answers of `model` on `n_scenes` held-out scenes, scored exactly against the scene graph."""
+def describe_held_out(model, processor, n_scenes: int = 500, batch_size: int = 64,
+                      config: SceneConfig = EVAL_SCENES, start: int = 0) -> tuple[list[Scene], dict, list[str]]:
+    """The held-out scenes, their images by seed, and `model`'s greedy descriptions of them."""
     from vlalign.models.generate import Decoding, generate
     from vlalign.world.render import render
 
@@ -155,6 +155,15 @@ def evaluate_world(model, processor, n_scenes: int = 500, batch_size: int = 64,
     images = {s.seed: render(s, image_size) for s in held_out}
     answers = generate(model, processor, [images[s.seed] for s in held_out], [DESCRIBE] * len(held_out),
                        Decoding(max_new_tokens=96), batch_size=batch_size)
+    return held_out, images, answers
+
+
+def evaluate_world(model, processor, n_scenes: int = 500, batch_size: int = 64,
+                   config: SceneConfig = EVAL_SCENES, start: int = 0, with_answers: bool = False) -> dict:
+    """Greedy answers of `model` on `n_scenes` held-out scenes, scored exactly against the scene graph."""
+    from vlalign.models.generate import Decoding, generate
+
+    held_out, images, answers = describe_held_out(model, processor, n_scenes, batch_size, config, start)
     metrics: dict = chair_metrics(held_out, answers)
 
     short = Decoding(max_new_tokens=8)

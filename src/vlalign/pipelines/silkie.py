@@ -71,7 +71,8 @@ class SilkieConfig:
     margin: float = 0.0  # pairs need mean ratings further apart than this
     aspect: str | None = None  # pair by one aspect (e.g. "Visual Faithfulness") instead of the mean
     dpo: DPOConfig = field(default_factory=lambda: DPOConfig(
-        beta=0.1, nll_weight=1.0, batch_size=16, epochs=2, optim=OptimConfig(lr=1e-4, warmup_ratio=0.1)))
+        beta=0.1, nll_weight=1.0, anchor_weight=1.0, batch_size=16, epochs=2,
+        optim=OptimConfig(lr=1e-4, warmup_ratio=0.1)))
     baseline: bool = True  # also train on "longest answer is best" pairs
     eval_scenes: int = 500
     seed: int = 0

@@ -22,7 +22,7 @@ from vlalign.models.batching import encode, to_device
 from vlalign.models.scoring import sequence_logps
 from vlalign.progress import progress
 from vlalign.train.loop import OptimConfig, train
-from vlalign.train.losses import dpo_loss, nll_loss
+from vlalign.train.losses import anchor_loss, dpo_loss, nll_loss
 
 
 @dataclass
@@ -47,6 +47,7 @@ class DPOConfig:
     loss_type: str = "sigmoid"
     label_smoothing: float = 0.0
     nll_weight: float = 0.0  # weight of the NLL term on the chosen answer (RPO); 0 turns it off
+    anchor_weight: float = 0.0  # weight of mDPO's reward anchor on the chosen answer; 0 turns it off
     batch_size: int = 8
     epochs: float = 1.0
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, warmup_ratio=0.1))
@@ -141,6 +142,8 @@ def make_loss(config: DPOConfig):
         loss = losses.mean()
         if config.nll_weight:
             loss = loss + config.nll_weight * nll_loss(total[:n], count[:n]).mean()
+        if config.anchor_weight:
+            loss = loss + config.anchor_weight * anchor_loss(chosen - ref_chosen, config.beta).mean()
         return loss, {
             "reward_margin": float((r_chosen - r_rejected).mean()),
             "reward_accuracy": float((r_chosen > r_rejected).float().mean()),

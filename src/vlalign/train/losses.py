@@ -1,7 +1,7 @@
 """The preference losses, each a short function of sequence log-probs.
 
 DPO (Rafailov et al. 2023) with the sigmoid loss and optional label smoothing (cDPO), IPO (Azar et al.
-2023), and POVID's two-term loss (Zhou et al. 2024). Values match TRL's DPO loss on the same log-probs (tests check it).
+2023), mDPO's reward anchor (Wang et al. 2024), and POVID's two-term loss (Zhou et al. 2024). Values match TRL's DPO loss on the same log-probs (tests check it).
 With label smoothing the sigmoid loss is cDPO, as in earlier TRL releases; TRL 1.16's "sigmoid"
 ignores `label_smoothing` (its cDPO formula survives only in "aot", which equals it on a single pair).
 """
@@ -38,6 +38,14 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
 def nll_loss(chosen_logps_sum: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.Tensor:
     """Per-example mean negative log-likelihood of the chosen answer (the RPO / "+SFT" term)."""
     return -chosen_logps_sum / chosen_lengths.clamp(min=1)
+
+
+def anchor_loss(chosen_logratios: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-example reward anchor of mDPO (Wang et al. 2024, delta 0): -log sigmoid(beta * (log pi - log pi_ref))
+    of the chosen answer. DPO only asks chosen to beat rejected, so both can fall together; the anchor asks
+    the chosen answer's own reward to stay positive, which keeps the policy from dropping what the chosen
+    answers say along with what the rejected ones say."""
+    return -F.logsigmoid(beta * chosen_logratios)
 
 
 def povid_loss(chosen_logps: torch.Tensor, injected_logps: torch.Tensor, noisy_logps: torch.Tensor,
