@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vlalign.evaluate.answers import YES_NO_LABEL, Answer, Field, Issues, read_answers
+from vlalign.world.text import article
 
 _NEG = re.compile(r"\b(no|not)\b")
 
@@ -71,8 +72,7 @@ def score_pope(answers_path: str | Path, skip_bad: bool = False) -> dict:
 
 
 def _question(template: str, obj: str) -> str:
-    article = "an" if obj[0] in "aeiou" else "a"
-    return template.format(f"{article} {obj}")
+    return template.format(f"{article(obj)} {obj}")
 
 
 def build_pope(objects: dict[str, Sequence[str]], n_images: int | None = 500, per_image: int = 3,

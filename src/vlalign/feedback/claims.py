@@ -50,7 +50,7 @@ _OBJECT = re.compile(
     rf"\b(?:(?P<size>{'|'.join(SIZES)})\s+)?(?:(?P<color>{'|'.join(COLORS)})\s+)?(?P<shape>{_SHAPE_WORDS})\b")
 _NEGATED = re.compile(r"\b(no|not|without)\s+(\w+\s+){0,2}$")
 _ABSENT = re.compile(r"\bno\s+(\w+\s+){0,2}$")  # "there is no (big red) star": a claim of absence
-_YES_NO = re.compile(r"^\s*(yes|no)\b")
+YES_NO_REPLY = re.compile(r"\s*(yes|no)\b", re.IGNORECASE)  # an answer that opens with yes or no (match())
 
 
 class WorldClaims(_EachAnswer):
@@ -76,10 +76,11 @@ class WorldClaims(_EachAnswer):
                 seen.add(question)
                 claims.append(Claim(f"there is no {words}." if absent else f"there is a {words}.", question,
                                     holds_if_yes=not absent))
-        reply = _YES_NO.match(answer.lower())
+        reply = YES_NO_REPLY.match(answer)
         question = (instruction or "").strip().lower()
         if reply and question and question not in seen and _asks_existence(question):
-            claims.insert(0, Claim(f"{reply[1]}: {instruction.strip()}", question, holds_if_yes=reply[1] == "yes"))
+            said = reply[1].lower()
+            claims.insert(0, Claim(f"{said}: {instruction.strip()}", question, holds_if_yes=said == "yes"))
         return claims
 
 

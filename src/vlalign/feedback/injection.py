@@ -21,7 +21,9 @@ from functools import partial
 
 import numpy as np
 
+from vlalign.feedback.claims import YES_NO_REPLY
 from vlalign.feedback.judge import ChatRequest, Judge
+from vlalign.world.text import article
 
 KINDS = ("object", "attribute", "relation")
 
@@ -68,7 +70,6 @@ def english_vocabulary() -> Vocabulary:
 
 _WORD = re.compile(r"[A-Za-z]+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-_YES_NO = re.compile(r"\s*(yes|no)\b", re.IGNORECASE)
 _THERE_IS = re.compile(r"\bthere is (no|an?) (\w+)", re.IGNORECASE)
 
 
@@ -124,7 +125,7 @@ class RuleInjector:
         v = self.vocab
         color = v.colors[int(rng.integers(len(v.colors)))]
         sentence = v.sentences[int(rng.integers(len(v.sentences)))].format(
-            a="an" if color[0] in "aeiou" else "a", color=color, object=obj,
+            a=article(color), color=color, object=obj,
             position=v.positions[int(rng.integers(len(v.positions)))])
         parts = _SENTENCE_END.split(text.strip())
         at = int(rng.integers(1, len(parts))) if len(parts) > 1 else 0
@@ -176,7 +177,7 @@ class RuleInjector:
     def flip_answer(text: str) -> Injection | None:
         """A yes/no answer turned into its opposite ("no, there is no red square." becomes "yes, there is a
         red square."); None for any other answer."""
-        m = _YES_NO.match(text)
+        m = YES_NO_REPLY.match(text)
         if m is None:
             return None
         old = m.group(1).lower()
@@ -184,8 +185,7 @@ class RuleInjector:
 
         def negate(there: re.Match) -> str:
             noun = there.group(2)
-            article = ("an" if noun[0] in "aeiou" else "a") if there.group(1).lower() == "no" else "no"
-            return f"there is {article} {noun}"
+            return f"there is {article(noun) if there.group(1).lower() == 'no' else 'no'} {noun}"
 
         reply = new.capitalize() if m.group(1)[0].isupper() else new
         return Injection(reply + _THERE_IS.sub(negate, text[m.end():]), [f"answer: {old} -> {new}"])

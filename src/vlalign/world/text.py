@@ -76,7 +76,8 @@ def _number(n: int) -> str:
     return NUMBERS[n] if n < len(NUMBERS) else str(n)
 
 
-def _article(word: str) -> str:
+def article(word: str) -> str:
+    """The indefinite article for `word` ("an orange", "a red")."""
     return "an" if word[0] in "aeiou" else "a"
 
 
@@ -94,7 +95,7 @@ def position_phrase(obj: Obj) -> str:
 def noun_phrase(obj: Obj, rng: np.random.Generator, with_size: bool | None = None) -> str:
     with_size = bool(rng.random() < 0.6) if with_size is None else with_size
     words = ([obj.size] if with_size else []) + [obj.color, obj.shape]
-    return f"{_article(words[0])} {' '.join(words)}"
+    return f"{article(words[0])} {' '.join(words)}"
 
 
 def object_sentence(obj: Obj, rng: np.random.Generator) -> str:
@@ -194,7 +195,7 @@ def caption_task(scene: Scene, rng: np.random.Generator, hallucination: float = 
 
 def existence_question(shape: str, color: str | None = None) -> str:
     noun = f"{color} {shape}" if color else shape
-    return f"is there {_article(noun)} {noun} in the image?"
+    return f"is there {article(noun)} {noun} in the image?"
 
 
 def exist_task(scene: Scene, rng: np.random.Generator, adversarial: float = 0.0) -> Task:
@@ -208,7 +209,7 @@ def exist_task(scene: Scene, rng: np.random.Generator, adversarial: float = 0.0)
         color = obj.color if with_color else None
         q = existence_question(obj.shape, color)
         noun = f"{obj.color} {obj.shape}"
-        return Task("exist", q, _pick(rng, ("yes.", f"yes, there is {_article(noun)} {noun}.")))
+        return Task("exist", q, _pick(rng, ("yes.", f"yes, there is {article(noun)} {noun}.")))
     if with_color and rng.random() < 0.5:
         obj = scene.objects[int(rng.integers(len(scene.objects)))]
         wrong = [c for c in COLORS if scene.count(obj.shape, c) == 0]
