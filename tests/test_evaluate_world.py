@@ -10,6 +10,7 @@ from vlalign.evaluate.world import (
     attribute_correct,
     attribute_items,
     chair_metrics,
+    mentioned_objects,
     mentioned_shapes,
     pope_items,
 )
@@ -49,11 +50,25 @@ def test_chair_metrics_by_hand():
     # present shapes 2 + 1 + 3 = 6, mentioned among them 2 + 1 + 1 = 4
     assert m["object_recall"] == pytest.approx(4 / 6)
     assert m["mean_words"] == pytest.approx((14 + 8 + 7) / 3)
+    # named with a colour of a present object of that shape: red circle, blue square (answer 1); the others
+    # come without a colour
+    assert m["grounded_recall"] == pytest.approx(2 / 6)
+    # circle and square are partners (S1), heart and cross too (S3): 4 partnered shapes, 3 named (circle,
+    # square, heart); triangle (S2) and moon (S3) are alone, triangle named
+    assert (m["partner_recall"], m["lone_recall"]) == pytest.approx((3 / 4, 1 / 2))
+
+
+def test_grounded_recall_needs_the_right_colour():
+    m = chair_metrics([S1], ["there is a blue circle and a blue square."])
+    assert m["object_recall"] == 1.0  # both shapes are named...
+    assert m["grounded_recall"] == pytest.approx(1 / 2)  # ...but the circle in the scene is red
+    assert mentioned_objects("a big red star, no green moon, a heart.") == [("red", "star"), (None, "heart")]
 
 
 def test_chair_metrics_edges():
     m = chair_metrics([S2], ["nothing to see."])  # no mentions at all
-    assert m == {"chair_s": 0.0, "chair_i": 0.0, "chair_i_unique": 0.0, "object_recall": 0.0, "mean_words": 3.0}
+    assert m == {"chair_s": 0.0, "chair_i": 0.0, "chair_i_unique": 0.0, "object_recall": 0.0,
+                 "grounded_recall": 0.0, "partner_recall": 0.0, "lone_recall": 0.0, "mean_words": 3.0}
     with pytest.raises(ValueError):
         chair_metrics([S1, S2], ["a circle."])
 

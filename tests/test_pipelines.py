@@ -170,13 +170,33 @@ def test_silkie_pool_judge_pairs_train(tiny_world_model_dir, tmp_path, judge_ser
             assert ratings["Helpfulness"] is None and f.score is None  # missing, never guessed
         else:
             assert f.score == pytest.approx(sum(ratings.values()) / 3)
-    for p in _rows(tmp_path / "pairs"):
-        assert p["chosen_score"] > p["rejected_score"]
+    sources = {r["id"]: r["source"] for r in _rows(tmp_path / "prompts")}
+    assert {"world/describe"} < set(sources.values())
+    for f in feedback.values():  # claims are counted for the answers to descriptions, for claim balance
+        assert ("claims" in f.details) == (sources[f.prompt_id] == "world/describe")
+    claims = {f.response_id: len(f.details.get("claims", [])) for f in feedback.values()}
+    for p in map(PairRecord.from_row, _rows(tmp_path / "pairs")):
+        assert p.chosen_score > p.rejected_score
+        assert claims[p.meta["chosen_id"]] >= claims[p.meta["rejected_id"]]
     assert summary["silkie"]["pairs"] == len(_rows(tmp_path / "pairs")) > 0
     assert summary["silkie_longest"]["pairs"] == len(_rows(tmp_path / "longest" / "pairs")) > 0
     assert summary["judge_usage"]["requests"] == 6 and summary["judge_usage"]["failures"] == 0
     again = run_silkie(tmp_path, config)  # resumes from the finished stages and trained models
     assert again["silkie"] == summary["silkie"]
+
+
+def test_silkie_counts_claims_only_for_the_configured_sources():
+    from vlalign.feedback.claims import WorldClaims
+    from vlalign.pipelines.silkie import ClaimCounting
+
+    counting = ClaimCounting("world", ["world/describe"], {"p1"}, WorldClaims())
+    answers = [ResponseRecord(id="p1/a", prompt_id="p1", image="", instruction="describe the image.",
+                              response="there is a red circle and a blue square. there is no star.", model="a"),
+               ResponseRecord(id="p2/a", prompt_id="p2", image="", instruction="is there a star?",
+                              response="no.", model="a")]
+    assert counting(answers) == [["there is a red circle.", "there is a blue square.", "there is no star."], None]
+    assert counting.describe() == {"splitter": "world", "sources": ["world/describe"]}
+    assert ClaimCounting.for_run(SilkieConfig(claim_balance=[]), prompts=None) is None
 
 
 def test_povid_two_stages_from_injected_pairs(tiny_world_model_dir, tmp_path):

@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 from vlalign.evaluate.pope import parse_yes_no, pope_metrics
-from vlalign.world.scene import COLORS, SHAPES, Scene, SceneConfig, scenes
+from vlalign.world.scene import COLORS, PARTNERS, SHAPES, Scene, SceneConfig, scenes
 from vlalign.world.text import NUMBERS, SINGULARS, existence_question, is_refusal, redteam_task, split_words
 
 # Held-out scenes come from a shifted distribution: partners co-occur in 30% of cases instead of the
@@ -28,25 +28,41 @@ POPE_SPLITS = ("random", "popular", "adversarial")
 _NEGATORS = {"no", "not", "without"}
 
 
-def mentioned_shapes(text: str) -> list[str]:
-    """Every shape mention in `text`, singularised, skipping negated ones ("there is no star")."""
+def mentioned_objects(text: str) -> list[tuple[str | None, str]]:
+    """Every shape mention in `text` as (colour, shape), singularised, skipping negated ones ("there is no
+    star"); the colour is the nearest colour word of the three before the shape, or None."""
     words = split_words(text)
     out = []
     for i, w in enumerate(words):
         shape = w if w in SHAPES else SINGULARS.get(w)
-        if shape and not _NEGATORS & set(words[max(0, i - 3):i]):
-            out.append(shape)
+        before = words[max(0, i - 3):i]
+        if shape and not _NEGATORS & set(before):
+            out.append((next((c for c in reversed(before) if c in COLORS), None), shape))
     return out
+
+
+def mentioned_shapes(text: str) -> list[str]:
+    """Every shape mention in `text`, singularised, skipping negated ones."""
+    return [shape for _, shape in mentioned_objects(text)]
 
 
 def chair_metrics(scene_list: Sequence[Scene], answers: Sequence[str]) -> dict[str, float]:
     """CHAIR_s (answers with any hallucinated shape), CHAIR_i per mention and per distinct shape,
-    object recall (share of present shapes mentioned, pooled) and mean words per answer."""
+    object recall (share of present shapes mentioned, pooled) and mean words per answer.
+
+    Recall is also split two ways, to tell seeing from guessing. `grounded_recall` counts a present shape
+    only when it is named with the colour of an object of that shape in the scene: a model that names an
+    absent partner sometimes hits a present shape by luck, and that hit is recall but not grounded.
+    `partner_recall` and `lone_recall` are the recall of present shapes whose co-occurrence partner is, or
+    is not, in the scene too: the language prior helps a model name the first kind without seeing it.
+    """
     if len(scene_list) != len(answers):
         raise ValueError(f"{len(scene_list)} scenes but {len(answers)} answers")
-    mentions = hallucinated = uniq = uniq_hal = covered = present_total = hal_answers = words = 0
+    mentions = hallucinated = uniq = uniq_hal = covered = grounded = present_total = hal_answers = words = 0
+    by_partner = np.zeros((2, 2))  # [partner present?] -> (covered, present)
     for scene, answer in zip(scene_list, answers, strict=True):
-        found = mentioned_shapes(answer)
+        objects = mentioned_objects(answer)
+        found = [shape for _, shape in objects]
         present = scene.shapes
         bad = [s for s in found if s not in present]
         mentions += len(found)
@@ -55,14 +71,22 @@ def chair_metrics(scene_list: Sequence[Scene], answers: Sequence[str]) -> dict[s
         uniq_hal += len(set(bad))
         hal_answers += bool(bad)
         covered += len(present & set(found))
+        named = set(objects)
+        grounded += len({o.shape for o in scene.objects if (o.color, o.shape) in named})
+        for shape in present:
+            by_partner[int(PARTNERS[shape] in present)] += (shape in found, 1)
         present_total += len(present)
         words += len([w for w in split_words(answer) if w[0].isalnum()])
     n = max(len(answers), 1)
+    (lone, n_lone), (partnered, n_partnered) = by_partner
     return {
         "chair_s": hal_answers / n,
         "chair_i": hallucinated / mentions if mentions else 0.0,
         "chair_i_unique": uniq_hal / uniq if uniq else 0.0,
         "object_recall": covered / present_total if present_total else 0.0,
+        "grounded_recall": grounded / present_total if present_total else 0.0,
+        "partner_recall": partnered / n_partnered if n_partnered else 0.0,
+        "lone_recall": lone / n_lone if n_lone else 0.0,
         "mean_words": words / n,
     }
 

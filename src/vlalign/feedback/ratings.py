@@ -16,9 +16,11 @@ from vlalign.feedback.pairs import PairRules
 ASPECTS = ("Helpfulness", "Visual Faithfulness", "Ethical Considerations")
 
 
-def vlfeedback_rules(margin: float = 0.0) -> PairRules:
-    """VLFeedback's pairs: all C(n, 2) per instruction whose mean ratings differ (by more than `margin`)."""
-    return PairRules(min_gap=margin, max_per_prompt=None, drop_identical=True, length_balance=False)
+def vlfeedback_rules(margin: float = 0.0, claim_balance: bool = False) -> PairRules:
+    """VLFeedback's pairs: all C(n, 2) per instruction whose mean ratings differ (by more than `margin`);
+    with `claim_balance`, not those whose chosen answer makes fewer claims (where claims were counted)."""
+    return PairRules(min_gap=margin, max_per_prompt=None, drop_identical=True, length_balance=False,
+                     claim_balance=claim_balance)
 
 
 def mean_rating(ratings: dict[str, int | None]) -> float | None:
@@ -27,12 +29,14 @@ def mean_rating(ratings: dict[str, int | None]) -> float | None:
 
 
 def rating_feedback(response_id: str, prompt_id: str, ratings: dict[str, int | None],
-                    rationales: dict[str, str | None], judge: str, error: str | None = None) -> dict:
+                    rationales: dict[str, str | None], judge: str, error: str | None = None,
+                    claims: list[str] | None = None) -> dict:
     """A feedback row holding the ratings and rationales, scored by their mean (and the judge's error, if
-    its request failed)."""
+    its request failed; and the answer's claims, where they were counted for claim balance)."""
     return FeedbackRecord(id=response_id, response_id=response_id, prompt_id=prompt_id, score=mean_rating(ratings),
                           details={"ratings": ratings, "rationales": rationales,
-                                   "missing": [a for a in ASPECTS if ratings.get(a) is None]},
+                                   "missing": [a for a in ASPECTS if ratings.get(a) is None],
+                                   **({"claims": claims} if claims is not None else {})},
                           meta={"judge": judge, **({"error": error} if error else {})}).to_row()
 
 

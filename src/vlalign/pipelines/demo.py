@@ -26,9 +26,9 @@ from vlalign.train.loop import OptimConfig
 from vlalign.world.render import render
 from vlalign.world.scene import scenes
 
-SUMMARY_KEYS = ("chair_s", "chair_i", "chair_i_unique", "object_recall", "mean_words", "pope_f1",
-                "pope_accuracy", "pope_yes_ratio", "pope_adversarial_f1", "color_accuracy", "count_accuracy",
-                "refusal_rate", "over_refusal")
+SUMMARY_KEYS = ("chair_s", "chair_i", "chair_i_unique", "object_recall", "grounded_recall", "partner_recall",
+                "lone_recall", "mean_words", "pope_f1", "pope_accuracy", "pope_yes_ratio", "pope_adversarial_f1",
+                "color_accuracy", "count_accuracy", "refusal_rate", "over_refusal")
 METHODS = ("rlaif_v", "rlaif_v_self", "silkie", "povid")
 
 

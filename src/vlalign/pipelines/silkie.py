@@ -1,6 +1,11 @@
 """VLFeedback / Silkie end to end: an instruction pool, answers from a pool of models, an AI judge's
 ratings, VLFeedback's pairs, DPO. The paper's heuristic baseline, pairs chosen by "the longest answer is
 best", is built from the same responses and trained the same way, so the two can be compared.
+
+One rule is added to VLFeedback's pairs, for the prompts `claim_balance` names (the world's descriptions):
+a pair whose chosen answer makes fewer claims than the rejected one is dropped, as in RLAIF-V. A judge
+that sees a false object more easily than a missing one prefers the answer that names less, and DPO on
+such pairs teaches the policy to stop naming what it is unsure of, present or not.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from vlalign.data.prompts import user_prompt_stage, world_prompt_stage
 from vlalign.data.records import FeedbackRecord, PromptRecord, ResponseRecord
 from vlalign.data.store import RunStore, Stage, run_stage
 from vlalign.evaluate.world import EVAL_SCENES, evaluate_world
+from vlalign.feedback.claims import ClaimSplitter, make_splitter
 from vlalign.feedback.judge import ChatRequest
 from vlalign.feedback.pairs import words
 from vlalign.feedback.ratings import rating_feedback, rating_score, vlfeedback_rules
@@ -70,6 +76,10 @@ class SilkieConfig:
     judge_style: str = "world"  # world (one answer per request) | vlfeedback (all answers, one request)
     margin: float = 0.0  # pairs need mean ratings further apart than this
     aspect: str | None = None  # pair by one aspect (e.g. "Visual Faithfulness") instead of the mean
+    # Prompt sources whose pairs must not lose claims: the chosen answer names at least as many as the
+    # rejected one, counted by `splitter` (world | sentences | llm, which asks `judge`). [] turns it off.
+    claim_balance: list[str] = field(default_factory=lambda: [f"{WORLD}/describe"])
+    splitter: str = WORLD
     dpo: DPOConfig = field(default_factory=lambda: DPOConfig(
         beta=0.1, nll_weight=1.0, anchor_weight=1.0, batch_size=16, epochs=2,
         optim=OptimConfig(lr=1e-4, warmup_ratio=0.1)))
@@ -142,8 +152,10 @@ def pool_stage(store: RunStore, prompts: Stage, out: Stage, config: SilkieConfig
     return out
 
 
-def rating_stage(store: RunStore, responses: Stage, out: Stage, judge: RatingJudge) -> Stage:
-    """Every response rated by the judge, all answers of one prompt together."""
+def rating_stage(store: RunStore, responses: Stage, out: Stage, judge: RatingJudge,
+                 counted: ClaimCounting | None = None) -> Stage:
+    """Every response rated by the judge, all answers of one prompt together; the answers to the prompts
+    `counted` names also get their claims, for claim balance."""
     by_prompt: dict[str, list[ResponseRecord]] = {}
     for r in map(ResponseRecord.from_row, responses.rows()):
         by_prompt.setdefault(r.prompt_id, []).append(r)
@@ -152,12 +164,42 @@ def rating_stage(store: RunStore, responses: Stage, out: Stage, judge: RatingJud
         groups = [by_prompt[pid] for pid in batch]
         rated = judge.rate([(rs[0].prompt_id, store.images.get(rs[0].image), rs[0].instruction,
                              [r.response for r in rs]) for rs in groups])
-        return [rating_feedback(r.id, r.prompt_id, v.ratings, v.rationales, judge.name, v.error)
-                for rs, vs in zip(groups, rated, strict=True) for r, v in zip(rs, vs, strict=True)]
+        flat = [r for rs in groups for r in rs]
+        claims = counted(flat) if counted is not None else [None] * len(flat)
+        verdicts = [v for vs in rated for v in vs]
+        return [rating_feedback(r.id, r.prompt_id, v.ratings, v.rationales, judge.name, v.error, c)
+                for r, v, c in zip(flat, verdicts, claims, strict=True)]
 
+    config = {"style": judge.style, **({"claims": counted.describe()} if counted is not None else {})}
     run_stage(out, sorted(by_prompt), process, id_of=lambda pid: tuple(r.id for r in by_prompt[pid]), batch_size=32,
-              description="judging", manifest={"model": judge.name, "config": {"style": judge.style}})
+              description="judging", manifest={"model": judge.name, "config": config})
     return out
+
+
+@dataclass
+class ClaimCounting:
+    """The claims of the answers to prompts from `sources`, split by `splitter`; None for the others."""
+
+    splitter: str
+    sources: list[str]
+    prompt_ids: set[str]
+    split: ClaimSplitter
+
+    @classmethod
+    def for_run(cls, config: SilkieConfig, prompts: Stage) -> ClaimCounting | None:
+        if not config.claim_balance:
+            return None
+        ids = {p.id for p in map(PromptRecord.from_row, prompts.rows()) if p.source in config.claim_balance}
+        return cls(config.splitter, list(config.claim_balance), ids, make_splitter(config.splitter, config.judge))
+
+    def __call__(self, responses: list[ResponseRecord]) -> list[list[str] | None]:
+        picked = [r for r in responses if r.prompt_id in self.prompt_ids]
+        found = iter(self.split.split_many([r.response for r in picked], [r.instruction for r in picked],
+                                           keys=[r.id for r in picked]))
+        return [[c.text for c in next(found)] if r.prompt_id in self.prompt_ids else None for r in responses]
+
+    def describe(self) -> dict:
+        return {"splitter": self.splitter, "sources": self.sources}
 
 
 def longest_stage(responses: Stage, out: Stage) -> Stage:
@@ -198,8 +240,8 @@ def run_silkie(out: str | Path, config: SilkieConfig) -> dict:
     from vlalign.feedback.judges import make_judge
 
     judge = RatingJudge(make_judge(config.judge), style=config.judge_style)
-    feedback = rating_stage(store, responses, store.stage("feedback"), judge)
-    rules = vlfeedback_rules(config.margin)
+    feedback = rating_stage(store, responses, store.stage("feedback"), judge, ClaimCounting.for_run(config, prompts))
+    rules = vlfeedback_rules(config.margin, claim_balance=bool(config.claim_balance))
     pairs = pair_stage(responses, feedback, store.stage("pairs"), rules, "silkie", rating_score(config.aspect),
                        scoring=config.aspect or "mean rating")
     summary = {"silkie": _train_and_eval(store, "silkie", pairs, config, world)}
