@@ -61,6 +61,8 @@ class DemoConfig:
     # (0.817, 0.752 against the base's 0.876), as the policy's labels of its own answers get worse.
     rlaif_v_self: RLAIFVConfig = field(
         default_factory=lambda: _rlaif_v(rounds=1, prompts=300, samples=8, eval_scenes=500, labeler=SELF))
+    # Silkie needs about 4,000 prompts to keep its recall (configs/silkie_world.yaml, 36 minutes); the demo
+    # runs 400, for time, and shows the hallucination cut without the recall.
     silkie: SilkieConfig = field(default_factory=lambda: SilkieConfig(n_prompts=400, eval_scenes=500))
     povid: POVIDConfig = field(default_factory=lambda: POVIDConfig(n_prompts=500, eval_scenes=500))
 
