@@ -59,7 +59,7 @@ def chair_metrics(scene_list: Sequence[Scene], answers: Sequence[str]) -> dict[s
     if len(scene_list) != len(answers):
         raise ValueError(f"{len(scene_list)} scenes but {len(answers)} answers")
     mentions = hallucinated = uniq = uniq_hal = covered = grounded = present_total = hal_answers = words = 0
-    by_partner = np.zeros((2, 2))  # [partner present?] -> (covered, present)
+    by_partner = [[0, 0], [0, 0]]  # [partner present?] -> [covered, present]
     for scene, answer in zip(scene_list, answers, strict=True):
         objects = mentioned_objects(answer)
         found = [shape for _, shape in objects]
@@ -74,7 +74,9 @@ def chair_metrics(scene_list: Sequence[Scene], answers: Sequence[str]) -> dict[s
         named = set(objects)
         grounded += len({o.shape for o in scene.objects if (o.color, o.shape) in named})
         for shape in present:
-            by_partner[int(PARTNERS[shape] in present)] += (shape in found, 1)
+            counts = by_partner[PARTNERS[shape] in present]
+            counts[0] += shape in found
+            counts[1] += 1
         present_total += len(present)
         words += len([w for w in split_words(answer) if w[0].isalnum()])
     n = max(len(answers), 1)
