@@ -1,4 +1,8 @@
-"""`vlalign ...`: the command line. It only wires stages and recipes together."""
+"""`vlalign ...`: the command line. It only wires configs, the runner and the stages together.
+
+Model libraries are imported by the commands that need them, so `vlalign config show` and a config typo
+answer at once. Messages and progress go to stderr; results (paths, JSON) to stdout.
+"""
 
 from __future__ import annotations
 
@@ -8,86 +12,106 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from vlalign.console import SUMMARY_KEYS, console, metrics_table
 from vlalign.evaluate.commands import eval_, score
+from vlalign.plugins import COMMANDS, METHODS
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Align vision-language models with AI feedback (RLAIF-V, VLFeedback/Silkie, POVID).")
-world_app = typer.Typer(no_args_is_help=True, help="The embedded synthetic world: train, locate and evaluate its models.")
-app.add_typer(world_app, name="world")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Align vision-language models with AI feedback (RLAIF-V, VLFeedback/Silkie, POVID, mDPO, MPO).")
+config_app = typer.Typer(no_args_is_help=True, help="Method configs: every key with its default and what it does.")
+app.add_typer(config_app, name="config")
 app.command("score")(score)
 app.command("eval")(eval_)
-console = Console(stderr=True)
-SUMMARY_KEYS = ["chair_s", "chair_i", "object_recall", "mean_words", "pope_f1", "pope_accuracy", "pope_yes_ratio"]
+
+CONFIG_HELP = "YAML recipe (keys left out keep the method's defaults); see `vlalign config show METHOD`."
+OVERRIDES_HELP = "Dotted overrides of any config key: train.beta=0.2 rounds=2 'eval=[world]'."
 
 
-def _quiet() -> None:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import transformers
+def load_method_config(method: str, config: Path | None, overrides: list[str] | None):
+    """(method, config): the method's config from YAML and overrides, checked in full (no model library
+    is imported yet, so a typo is reported at once)."""
+    from vlalign.config import load_config
 
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-
-
-def metrics_table(title: str, columns: dict[str, dict], keys: list[str] | None = None) -> Table:
-    """A table with one row per metric and one column per model/method."""
-    table = Table(title=title)
-    table.add_column("metric")
-    for name in columns:
-        table.add_column(name, justify="right")
-    keys = keys or [k for k, v in next(iter(columns.values())).items() if isinstance(v, int | float)]
-    for k in keys:
-        table.add_row(k, *(f"{c[k]:.3f}" if isinstance(c.get(k), float) else str(c.get(k, "")) for c in columns.values()))
-    return table
+    m = METHODS.get(method)
+    return m, load_config(m.config, config, list(overrides or []))
 
 
-@world_app.command("base-path")
-def base_path(name: str = typer.Option("base", help="Which shipped world model: base, labeler, judge, small or "
-                                                   "careful.")) -> None:
-    """Print the directory of a shipped world model (a standard model + processor directory)."""
-    from vlalign.world.train_base import shipped_path
+def run_method(method: str, config: Path | None, out: Path, overrides: list[str] | None) -> dict:
+    m, settings = load_method_config(method, config, overrides)
+    from vlalign.runner import run
 
-    print(shipped_path(name))
+    summary = run(m, settings, out)
+    print_summary(summary, out)
+    return summary
 
 
-@world_app.command("train-base")
-def train_base(
-    out: Path = typer.Option(..., help="Directory to write the model + processor to."),
-    recipe: str = typer.Option("base", help="Recipe name: base, labeler, judge, small or careful."),
-    init_from: str = typer.Option(None, help="Start from this model (world:<name> or a directory)."),
+def print_summary(summary: dict, out: Path) -> None:
+    """The metrics of the base and every round's arms, and where the models and the summary are."""
+    columns = {"base": (summary.get("base") or {}).get("world", {})} if summary.get("base") else {}
+    for r in summary["rounds"]:
+        for arm, record in r["arms"].items():
+            metrics = (record.get("eval") or {}).get("world")
+            if metrics:
+                columns[f"round {r['round']}" + ("" if arm == "policy" else f" {arm}")] = metrics
+    if columns:
+        console.print(metrics_table(f"{summary['method']} (world, held-out scenes)", columns, SUMMARY_KEYS))
+    for r in summary["rounds"]:
+        for arm, record in r["arms"].items():
+            console.print(f"round {r['round']} {arm}: {record['pairs']} pairs, model at {record['checkpoint']}")
+    console.print(f"{summary['seconds']:.0f} s; summary at {out / 'summary.json'}")
+    print(summary["final"])
+
+
+@app.command("run")
+def run_cmd(
+    method: str = typer.Argument(..., help="The method: " + ", ".join(METHODS.names()) + "."),
+    config: Path = typer.Option(None, help=CONFIG_HELP),
+    out: Path = typer.Option(..., help="Run directory (resumes if it holds an earlier run of the method)."),
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
 ) -> None:
-    """Train a world model from scratch (SFT), reproducibly from the recipe's seed."""
-    _quiet()
-    from vlalign.world.train_base import RECIPES, train_world_model
-
-    if recipe not in RECIPES:
-        raise typer.BadParameter(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
-    path = train_world_model(RECIPES[recipe], out, init_from)
-    console.print(f"saved {recipe} to {path}")
+    """Run any method: its stages, rounds, training and evaluation, resumably."""
+    run_method(method, config, out, overrides)
 
 
-@world_app.command("eval")
-def world_eval(
-    model: str = typer.Option("world:base", help="Model directory or world:<name>."),
-    scenes: int = typer.Option(500, help="Number of held-out scenes."),
-    out: Path = typer.Option(None, help="Write the metrics (and answers) as JSON here."),
+def _method_command(name: str):
+    def command(
+        config: Path = typer.Option(None, help=CONFIG_HELP),
+        out: Path = typer.Option(..., help="Run directory (resumes if it holds an earlier run of the method)."),
+        overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    ) -> None:
+        run_method(name, config, out, overrides)
+
+    command.__doc__ = f"{METHODS.get(name).summary} (`vlalign run {name}`)."
+    return command
+
+
+for _name in METHODS.names():
+    app.command(_name)(_method_command(_name))
+
+
+@config_app.command("show")
+def config_show(
+    method: str = typer.Argument(..., help="The method: " + ", ".join(METHODS.names()) + "."),
+    config: Path = typer.Option(None, help="Show this YAML recipe with the defaults filled in."),
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
 ) -> None:
-    """Exact hallucination metrics (CHAIR, recall, POPE, colour/count accuracy) on held-out world scenes."""
-    _quiet()
-    from vlalign.evaluate.world import evaluate_world
-    from vlalign.models.load import load
+    """Print a method's full config as YAML: every key, its value and what it does."""
+    from vlalign.config import describe
 
-    m, p = load(model)
-    metrics = evaluate_world(m, p, n_scenes=scenes, with_answers=out is not None)
-    answers = metrics.pop("answers", None)
-    console.print(metrics_table(f"world eval: {model}", {model: metrics}))
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({**metrics, "answers": answers}, indent=1))
-    print(json.dumps(metrics))
+    m, settings = load_method_config(method, config, overrides)
+    print(f"# {m.name}: {m.summary}\n" + describe(settings), end="")
+
+
+@app.command("merge")
+def merge_cmd(
+    adapter: Path = typer.Argument(..., help="A saved LoRA adapter directory."),
+    out: Path = typer.Option(..., help="Where to save the merged model."),
+) -> None:
+    """Fold a LoRA adapter into its base model and save a plain checkpoint."""
+    from vlalign.models.lora import merge
+
+    print(merge(str(adapter), str(out)))
 
 
 @app.command("export")
@@ -99,7 +123,7 @@ def export(
     """Export preference pairs (or rated responses) in another tool's format."""
     from vlalign.data.export import export as run_export
 
-    console.print(f"wrote {run_export(src, out, format)}")
+    print(run_export(src, out, format))
 
 
 @app.command("import")
@@ -115,6 +139,7 @@ def import_(
     stage = import_data(format, src, out, images)
     console.print(f"imported {stage.counts()['rows']} pairs into {stage.dir}; "
                   f"{stage.manifest.get('errors', 0)} records skipped (see {stage.dir / 'errors.jsonl'})")
+    print(stage.dir)
 
 
 @app.command("dpo")
@@ -122,23 +147,26 @@ def dpo(
     pairs: Path = typer.Argument(..., help="A run or stage directory holding preference pairs (built or imported)."),
     policy: str = typer.Option(..., help="The model to train: a directory or world:<name>."),
     out: Path = typer.Option(..., help="Where to save the trained model (or LoRA adapter) and its history."),
-    config: Path = typer.Option(None, help="YAML of DPO settings (beta, loss_type, nll_weight, lora, optim, ...)."),
-    beta: float = typer.Option(None, help="Override: DPO beta."),
-    epochs: float = typer.Option(None, help="Override: epochs over the pairs."),
+    config: Path = typer.Option(None, help="YAML of training settings (loss, beta, lora, optim, ...)."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides of the training settings: beta=0.2.",
+                                          show_default=False),
 ) -> None:
-    """Train a policy with DPO on the preference pairs under a run directory."""
-    _quiet()
+    """Train a policy on the preference pairs under a run directory (any objective of `train.loss`)."""
     from vlalign.config import load_config
-    from vlalign.models.load import load
-    from vlalign.pipelines.stages import examples_under
-    from vlalign.train.dpo import DPOConfig, train_dpo
+    from vlalign.train.settings import TrainConfig
 
-    settings = load_config(DPOConfig, config, {"beta": beta, "epochs": epochs})
+    settings = load_config(TrainConfig, config, list(overrides or []))
+    from vlalign.models.load import load, save
+    from vlalign.stages import examples_under
+    from vlalign.train.preference import fit_preferences
+
     examples = examples_under(pairs)
     model, processor = load(policy)
-    console.print(f"DPO on {len(examples)} pairs from {pairs}")
-    _, history = train_dpo(model, processor, examples, settings, out=out)
-    console.print(f"final loss {history[-1]['loss']:.4f}; saved to {out}")
+    console.print(f"training on {len(examples)} pairs from {pairs}")
+    model, history = fit_preferences(model, processor, examples, settings, out=out)
+    save(model, processor, out)
+    console.print(f"final loss {history[-1]['loss']:.4f}")
+    print(out)
 
 
 @app.command("generate")
@@ -155,41 +183,47 @@ def generate_cmd(
     max_new_tokens: int = typer.Option(256, help="Longest answer, in tokens."),
     beta: float = typer.Option(0.1, help="beta of the implicit reward (scales it; does not change the ranking)."),
     seed: int = typer.Option(0, help="Base seed of the samples."),
+    dtype: str = typer.Option("auto", help="auto (the checkpoint's), bf16, fp16 or fp32."),
 ) -> None:
     """Answer with a model; with --best-of N, RLAIF-V's self-feedback picks the best of N samples."""
-    _quiet()
-    from vlalign.data.prompts import BadRecord, read_prompt_file
-    from vlalign.models.best_of_n import TEMPERATURE as best_of_n_temperature
-    from vlalign.models.best_of_n import best_of_n
-    from vlalign.models.generate import Decoding, generate
-    from vlalign.models.load import load
+    from vlalign.models.settings import Decoding, Runtime
 
     if (image is None) == (prompts is None) or (image is not None and not prompt):
         raise typer.BadParameter("give either --image with --prompt, or --prompts FILE")
+    runtime = Runtime(dtype=dtype)
+    from vlalign.data.prompts import BadRecord, read_prompt_file
+    from vlalign.models.best_of_n import TEMPERATURE as best_of_n_temperature
+    from vlalign.models.best_of_n import best_of_n
+    from vlalign.models.generate import generate
+    from vlalign.models.load import load
+
     if prompts is not None:
-        records = [r for r in read_prompt_file(prompts) if not isinstance(r, BadRecord)]
-        items = [(r.id, r.image, r.instruction) for r in records]
+        records = list(read_prompt_file(prompts))
+        for bad in (r for r in records if isinstance(r, BadRecord)):
+            console.print(f"[yellow]skipped[/yellow] {bad.error}")
+        items = [(r.id, r.image, r.instruction) for r in records if not isinstance(r, BadRecord)]
     else:
         items = [("0", str(image), prompt)]
     from PIL import Image
 
     images = [im if isinstance(im, Image.Image) else Image.open(im).convert("RGB") for _, im, _ in items]
     instructions = [q for _, _, q in items]
-    policy, processor = load(model)
+    policy, processor = load(model, runtime)
     temp = temperature if temperature is not None else (best_of_n_temperature if best_of > 1 else 0.0)
     decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temp)
     if best_of > 1:
         if reference is None and not hasattr(policy, "disable_adapter"):
             raise typer.BadParameter("--best-of needs the DPO reference: pass --reference (or a LoRA adapter as "
                                      "--model, whose base is the reference)", param_hint="--reference")
-        ref = load(reference)[0] if reference else policy
+        ref = load(reference, runtime)[0] if reference else policy
         ranked = best_of_n(policy, ref, processor, images, instructions, best_of, decoding, beta, seed)
         answers = [(r.text, r.reward) for r in ranked]
     else:
         seeds = [seed + i for i in range(len(items))] if temp > 0 else None
         answers = [(t, None) for t in generate(policy, processor, images, instructions, decoding, seeds=seeds)]
-    lines = [json.dumps({"question_id": qid, "answer": text, **({"reward": reward} if reward is not None else {})})
-             for (qid, _, _), (text, reward) in zip(items, answers, strict=True)]
+    lines = [json.dumps({"question_id": qid, "instruction": q, "image": im if isinstance(im, str) else None,
+                         "model": model, "answer": text, **({"reward": reward} if reward is not None else {})})
+             for (qid, im, q), (text, reward) in zip(items, answers, strict=True)]
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("".join(line + "\n" for line in lines))
@@ -208,7 +242,6 @@ def serve(
     fail_status: int = typer.Option(503, help="HTTP status of those failures (503, 429, ...)."),
 ) -> None:
     """Serve a local model behind an OpenAI-compatible chat endpoint (/v1/chat/completions)."""
-    _quiet()
     from vlalign.feedback.judges import make_judge
     from vlalign.serve import make_server
 
@@ -220,101 +253,34 @@ def serve(
         server.shutdown()
 
 
-CONFIG_HELP = "YAML recipe (the method's config keys); keys left out keep their defaults."
+def _plugin_commands() -> None:
+    for _, add in COMMANDS.items():
+        add(app)
 
 
-def _run_method(config_cls, runner, config: Path | None, out: Path, **overrides):
-    """Load a method's config (YAML + command-line overrides), run it into `out`, return its summary."""
-    _quiet()
-    from vlalign.config import load_config
-
-    return runner(out, load_config(config_cls, config, overrides))
+_plugin_commands()
 
 
-def _print_metrics(title: str, columns: dict[str, dict]) -> None:
-    columns = {k: v for k, v in columns.items() if v}
-    if columns:
-        console.print(metrics_table(title, columns, SUMMARY_KEYS))
-
-
-@app.command("rlaif-v")
-def rlaif_v(
-    config: Path = typer.Option(None, help=CONFIG_HELP),
-    out: Path = typer.Option(..., help="Run directory (resumes if it holds an earlier run)."),
-    policy: str = typer.Option(None, help="Override: the policy to align."),
-    labeler: str = typer.Option(None, help="Override: the labeler model, or 'self' for self-alignment."),
-    rounds: int = typer.Option(None, help="Override: number of online rounds."),
-    prompts: str = typer.Option(None, help="Override: 'world' or a prompt file (JSON lines / datasets dir)."),
-) -> None:
-    """RLAIF-V: deconfounded sampling, claim-level labeler feedback, pairs, iterative DPO."""
-    from vlalign.pipelines.rlaif_v import RLAIFVConfig, run_rlaif_v
-
-    summary = _run_method(RLAIFVConfig, run_rlaif_v, config, out, policy=policy, labeler=labeler, rounds=rounds,
-                          prompts=prompts)
-    _print_metrics("RLAIF-V rounds (world, held-out scenes)",
-                   {f"round {r['round']}": r.get("metrics") for r in summary["rounds"]})
-    console.print(f"{summary['seconds']:.0f} s; summary at {out / 'summary.json'}")
-
-
-@app.command("silkie")
-def silkie(
-    config: Path = typer.Option(None, help=CONFIG_HELP),
-    out: Path = typer.Option(..., help="Run directory (resumes if it holds an earlier run)."),
-    policy: str = typer.Option(None, help="Override: the policy to align."),
-    judge: str = typer.Option(None, help="Override: the judge (world:judge, a model directory, api:MODEL[@URL])."),
-    prompts: str = typer.Option(None, help="Override: 'world' or a prompt file (JSON lines / datasets dir)."),
-) -> None:
-    """VLFeedback / Silkie: a response pool rated by an AI judge on three aspects, pairs, DPO."""
-    from vlalign.pipelines.silkie import SilkieConfig, run_silkie
-
-    summary = _run_method(SilkieConfig, run_silkie, config, out, policy=policy, judge=judge, prompts=prompts)
-    _print_metrics("Silkie (world, held-out scenes)",
-                   {k: summary[k]["metrics"] for k in ("silkie", "silkie_longest") if k in summary})
-    console.print(f"{summary['seconds']:.0f} s; summary at {out / 'summary.json'}")
-
-
-@app.command("povid")
-def povid(
-    config: Path = typer.Option(None, help=CONFIG_HELP),
-    out: Path = typer.Option(..., help="Run directory (resumes if it holds an earlier run)."),
-    policy: str = typer.Option(None, help="Override: the policy to align."),
-    prompts: str = typer.Option(None, help="Override: 'world' or a prompt file with reference answers."),
-    stages: int = typer.Option(None, help="Override: 1 (injected pairs only) or 2 (plus the noisy-image term)."),
-) -> None:
-    """POVID: ground truth preferred over injected hallucinations and the policy's noisy-image answers."""
-    from vlalign.pipelines.povid import POVIDConfig, run_povid
-
-    summary = _run_method(POVIDConfig, run_povid, config, out, policy=policy, prompts=prompts, stages=stages)
-    _print_metrics("POVID (world, held-out scenes)", {k: summary.get(k) for k in ("stage1", "stage2")})
-    console.print(f"{summary['seconds']:.0f} s; summary at {out / 'summary.json'}")
-
-
-@app.command("demo")
-def demo(
-    out: Path = typer.Option(Path("runs/demo"), help="Run directory; summary.json lands here."),
-    quick: bool = typer.Option(False, "--quick", help="A smaller run (about 3 minutes on 2 cores) for CI."),
-    policy: str = typer.Option("world:base", help="The policy to align (world:<name> or a directory)."),
-    labeler: str = typer.Option("world:labeler", help="The labeler model (world:<name> or a directory)."),
-) -> None:
-    """The whole loop on the embedded world: base -> samples -> labeler feedback -> pairs -> DPO -> eval."""
-    _quiet()
-    from dataclasses import replace
-
-    from vlalign.pipelines.demo import FULL, QUICK, run_demo
-
-    config = replace(QUICK if quick else FULL, policy=policy, labeler=labeler)
-    summary = run_demo(out, quick=quick, config=config)
-    columns = {k: v for k, v in summary.items() if isinstance(v, dict) and "chair_i" in v}
-    console.print(metrics_table("demo summary (world, held-out scenes)", columns, SUMMARY_KEYS))
-    console.print(f"{summary['seconds']:.0f} s; summary at {out / 'summary.json'}")
+def _quiet() -> None:
+    """No info logs or tqdm bars from the model libraries (their own settings, read when they import)."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 def main() -> None:
+    _quiet()
     try:
         app()
-    except (FileNotFoundError, ValueError) as e:
-        console.print(f"[red]error:[/red] {e}")
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
+        if os.environ.get("VLALIGN_DEBUG"):
+            raise
+        console.print(f"[red]error:[/red] {e}", highlight=False)
         sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("stopped; run the same command again to continue where it stopped")
+        sys.exit(130)
 
 
 if __name__ == "__main__":

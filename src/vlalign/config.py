@@ -1,13 +1,24 @@
-"""Configs as data: a YAML file (or a dict) becomes a nested dataclass, and back.
+"""Configs as data: a YAML file (or a dict) plus `key.sub=value` overrides becomes a nested dataclass.
 
-Every recipe (`RLAIFVConfig`, `SilkieConfig`, `POVIDConfig`, ...) is a plain dataclass whose fields may be
-dataclasses themselves; `from_dict` fills only the keys given, keeps the defaults for the rest, and names
-the full path of a key it does not know, with the keys it does.
+Every recipe is a plain dataclass whose fields may be dataclasses, lists or dicts of them. `from_dict`
+fills the keys given, keeps the defaults for the rest, and checks everything before it returns: unknown
+keys, wrong types and values a dataclass refuses in `__post_init__` are all reported at once, each with
+its full path. Nothing here imports torch, so a typo is reported in a fraction of a second.
+
+A dataclass may name a `SHORTHAND` field: a bare value then stands for that field (`eval: [world]` is
+`eval: [{name: world}]`). The comment on a field's line (or the comment lines right above it) is its
+documentation: `describe(cls)` prints the whole config as YAML with those comments.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import io
+import textwrap
+import tokenize
 import types
 import typing
 from pathlib import Path
@@ -16,57 +27,290 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+_MISSING = object()
 
 
-def _dataclass_type(annotation: Any) -> type | None:
-    """The dataclass inside an annotation such as `LoraSettings | None`, if any."""
-    if dataclasses.is_dataclass(annotation):
-        return annotation
+class ConfigError(ValueError):
+    """Every problem of a config at once, one line each, with the path of the key."""
+
+    def __init__(self, problems: list[str], source: str = ""):
+        self.problems = problems
+        head = f"{source}: " if source else ""
+        super().__init__(head + f"{len(problems)} problem(s) in the config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _join(where: str, key: Any) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _optional(annotation: Any) -> tuple[Any, bool]:
+    """(the annotation without None, whether None is allowed)."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        found = [a for a in typing.get_args(annotation) if dataclasses.is_dataclass(a)]
-        return found[0] if len(found) == 1 else None
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        allows_none = len(args) < len(typing.get_args(annotation))
+        return (args[0] if len(args) == 1 else typing.Union[tuple(args)]), allows_none
+    return annotation, annotation is Any
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+class _Checker:
+    """Converts plain data to the annotated type, collecting problems instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def fail(self, where: str, message: str) -> Any:
+        self.problems.append(f"{where or '(top)'}: {message}")
+        return _MISSING
+
+    def value(self, annotation: Any, value: Any, where: str) -> Any:
+        annotation, allows_none = _optional(annotation)
+        if value is None:
+            return None if allows_none else self.fail(where, f"must be set (a {_type_name(annotation)}), got null")
+        origin = typing.get_origin(annotation)
+        if dataclasses.is_dataclass(annotation):
+            return self.dataclass(annotation, value, where)
+        if origin is typing.Union or origin is types.UnionType:
+            for option in typing.get_args(annotation):
+                trial = _Checker()
+                out = trial.value(option, value, where)
+                if not trial.problems:
+                    return out
+            return self.fail(where, f"expected {_type_name(annotation)}, got {value!r}")
+        if origin is typing.Literal:
+            choices = typing.get_args(annotation)
+            return value if value in choices else self.fail(where, f"must be one of {list(choices)}, got {value!r}")
+        if origin in (list, tuple):
+            if not isinstance(value, (list, tuple)):
+                return self.fail(where, f"expected a list, got {type(value).__name__} {value!r}")
+            inner = (typing.get_args(annotation) or (Any,))[0]
+            items = [self.value(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
+            return tuple(items) if origin is tuple else items
+        if origin is dict or annotation is dict:
+            if not isinstance(value, dict):
+                return self.fail(where, f"expected a mapping, got {type(value).__name__} {value!r}")
+            inner = typing.get_args(annotation)[1] if typing.get_args(annotation) else Any
+            return {k: self.value(inner, v, _join(where, k)) for k, v in value.items()}
+        return self.scalar(annotation, value, where)
+
+    def scalar(self, annotation: Any, value: Any, where: str) -> Any:
+        if annotation is Any:
+            return value
+        if annotation is bool:
+            return value if isinstance(value, bool) else self.fail(where, f"expected true or false, got {value!r}")
+        if annotation is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            return value if ok else self.fail(where, f"expected an integer, got {value!r}")
+        if annotation is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            return float(value) if ok else self.fail(where, f"expected a number, got {value!r}")
+        if annotation is str:
+            return value if isinstance(value, str) else self.fail(where, f"expected a string, got {value!r}")
+        if isinstance(annotation, type):
+            return value if isinstance(value, annotation) else self.fail(
+                where, f"expected {annotation.__name__}, got {value!r}")
+        return value
+
+    def dataclass(self, cls: type, data: Any, where: str) -> Any:
+        if isinstance(data, cls):
+            return data
+        shorthand = getattr(cls, "SHORTHAND", None)
+        if shorthand is not None and not isinstance(data, dict):
+            data = {shorthand: data}
+        if not isinstance(data, dict):
+            return self.fail(where, f"expected a mapping of {cls.__name__} settings, got {type(data).__name__} {data!r}")
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls) if f.init]
+        unknown = [k for k in data if k not in names]
+        for key in unknown:
+            self.fail(_join(where, key), f"unknown setting for {cls.__name__}; known: {', '.join(names)}")
+        before = len(self.problems)
+        kwargs = {k: self.value(hints[k], v, _join(where, k)) for k, v in data.items() if k in names}
+        broken = len(self.problems) > before or bool(unknown)
+        try:  # a field that failed takes its default, so the checks of the others still run
+            out = cls(**{k: v for k, v in kwargs.items() if v is not _MISSING})
+        except (ValueError, TypeError) as e:
+            return self.fail(where, str(e))
+        return _MISSING if broken else out
+
+
+def from_dict(cls: type[T], data: dict | None, where: str = "", source: str = "") -> T:
+    """`cls` built from `data` (nested dicts become nested dataclasses), or a `ConfigError` listing every
+    unknown key, wrong type and refused value."""
+    checker = _Checker()
+    out = checker.dataclass(cls, data or {}, where)
+    if checker.problems:
+        raise ConfigError(checker.problems, source)
+    return out
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
+    """`["dpo.beta=0.2", "eval=[world]"]` as a nested dict; each value is read as YAML."""
+    out: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError([f"override {item!r}: write KEY=VALUE, e.g. train.beta=0.2 or rounds=2"])
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError([f"override {item!r}: the value is not valid YAML ({e})"]) from e
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError([f"override {item!r}: {part} is set to a value and also used as a mapping"])
+        node[parts[-1]] = value
+    return out
+
+
+def merge(base: dict, top: dict) -> dict:
+    """`top` over `base`, mappings merged key by key (an override of `train.beta` keeps `train.epochs`)."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError([f"not valid YAML: {e}"], str(path)) from e
+    if not isinstance(data, dict):
+        raise ConfigError([f"expected a mapping of settings at the top, got {type(data).__name__}"], str(path))
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: dict | list[str] | None = None) -> T:
+    """A config from a YAML file (missing keys keep their defaults), with overrides on top: a nested dict,
+    or `key.sub=value` strings."""
+    data = read_yaml(path) if path is not None else {}
+    if isinstance(overrides, (list, tuple)):
+        overrides = parse_overrides(overrides)
+    return from_dict(cls, merge(data, overrides or {}), source=str(path or ""))
+
+
+def to_dict(config: Any) -> Any:
+    """The config as plain data (YAML- and JSON-ready): dataclasses to dicts, tuples to lists."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, (list, tuple)):
+        return [to_dict(v) for v in config]
+    if isinstance(config, dict):
+        return {k: to_dict(v) for k, v in config.items()}
+    if isinstance(config, Path):
+        return str(config)
+    return config
+
+
+# ---- documentation: the comments next to the fields ----
+
+@functools.lru_cache(maxsize=None)
+def _own_comments(cls: type) -> dict[str, str]:
+    """Field name -> the comment on its line(s), or the comment lines right above it, in `cls`'s own source."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    comments: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    lines = source.splitlines()
+    out: dict[str, str] = {}
+    body = ast.parse(source).body[0]
+    for node in getattr(body, "body", []):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            inline = [comments[n] for n in range(node.lineno, (node.end_lineno or node.lineno) + 1) if n in comments
+                      and not lines[n - 1].lstrip().startswith("#")]
+            above: list[str] = []
+            n = node.lineno - 1
+            while n in comments and lines[n - 1].lstrip().startswith("#"):
+                above.insert(0, comments[n])
+                n -= 1
+            text = " ".join(above + inline)
+            if text:
+                out[node.target.id] = text
+    return out
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """The documentation of every field of `cls`, from the class that declares it last (subclasses may
+    redeclare a field with a new default and a new comment)."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            out.update(_own_comments(klass))
+    return out
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
     return None
 
 
-def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
-    """`cls` with the values in `data` (nested dicts become nested dataclasses); unknown keys are errors."""
-    data = data or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{where or cls.__name__}: expected a mapping of settings, got {type(data).__name__}")
+def _scalar_yaml(value: Any) -> str:
+    return yaml.safe_dump(to_dict(value), default_flow_style=True, width=10_000, sort_keys=False).strip().removesuffix(
+        "\n...").strip()
+
+
+def _lines(value: Any, cls: type | None, indent: int) -> list[str]:
+    """YAML lines of a dataclass instance's fields, each with its comment."""
+    pad = " " * indent
+    comments = field_comments(cls) if cls is not None else {}
+    hints = typing.get_type_hints(cls) if cls is not None else {}
+    out: list[str] = []
+    for f in dataclasses.fields(value):
+        if not f.init:
+            continue
+        v = getattr(value, f.name)
+        note = comments.get(f.name, "")
+        inner, _ = _optional(hints.get(f.name, Any))
+        if dataclasses.is_dataclass(v):
+            out.append(f"{pad}{f.name}:" + (f"  # {note}" if note else ""))
+            out += _lines(v, type(v), indent + 2)
+        elif isinstance(v, (list, tuple)) and v and all(dataclasses.is_dataclass(i) for i in v):
+            out.append(f"{pad}{f.name}:" + (f"  # {note}" if note else ""))
+            for item in v:
+                item_lines = _lines(item, type(item), indent + 4)
+                out.append(f"{pad}  - {item_lines[0].lstrip()}")
+                out += item_lines[1:]
+        else:
+            text = _scalar_yaml(v) if v is not None or inner is not Any else "null"
+            out.append(f"{pad}{f.name}: {text}" + (f"  # {note}" if note else ""))
+    return out
+
+
+def describe(config: Any) -> str:
+    """The config as YAML, every key with its value and its comment (`vlalign config show`)."""
+    return "\n".join(_lines(config, type(config), 0)) + "\n"
+
+
+def undocumented(cls: type, where: str = "") -> list[str]:
+    """Paths of the fields (nested dataclasses included) that have no comment: `describe` should explain all."""
+    missing = []
+    comments = field_comments(cls)
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        path = ", ".join(f"{where}.{k}" if where else k for k in unknown)
-        raise ValueError(f"unknown setting {path} for {cls.__name__}; known: {', '.join(sorted(names))}")
-    kwargs = {}
-    for key, value in data.items():
-        inner = _dataclass_type(hints[key])
-        if inner is not None and isinstance(value, dict):
-            value = from_dict(inner, value, f"{where}.{key}" if where else key)
-        elif isinstance(value, list) and typing.get_origin(hints[key]) is tuple:
-            value = tuple(value)
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
-def load_config(cls: type[T], path: str | Path | None, overrides: dict | None = None) -> T:
-    """A config from a YAML file (missing keys keep their defaults), then `overrides` on top."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path} is not valid YAML: {e}") from e
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            data[key] = value
-    return from_dict(cls, data, where="")
-
-
-def to_dict(config: Any) -> dict:
-    """The config as plain data (YAML-ready)."""
-    return dataclasses.asdict(config)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        path = _join(where, f.name)
+        if f.name not in comments:
+            missing.append(path)
+        inner, _ = _optional(hints[f.name])
+        if typing.get_origin(inner) in (list, tuple):
+            inner = (typing.get_args(inner) or (Any,))[0]
+        if dataclasses.is_dataclass(inner):
+            missing += undocumented(inner, path)
+    return missing

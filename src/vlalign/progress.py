@@ -1,4 +1,7 @@
-"""One progress bar for every long step (rich), quiet when there is no terminal or when disabled."""
+"""Progress bars and messages for every long step (rich), all on stderr, so stdout carries only results.
+
+`scope("rlaif-v round 2")` names what the bars inside it belong to: "rlaif-v round 2: sampling".
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,32 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-_console = Console(stderr=True)
+console = Console(stderr=True)
+_scopes: list[str] = []
+
+
+@contextmanager
+def scope(name: str) -> Iterator[None]:
+    """Prefix every bar and message inside with `name` (scopes nest: "demo: rlaif-v round 1: sampling")."""
+    _scopes.append(name)
+    try:
+        yield
+    finally:
+        _scopes.pop()
+
+
+def _named(text: str) -> str:
+    return ": ".join([*_scopes, text])
 
 
 def log(message: str) -> None:
-    """One line of progress news (which round, which method) on stderr."""
-    _console.print(f"[bold]{message}[/bold]")
+    """One line of progress news (which round, which method)."""
+    console.print(f"[bold]{_named(message)}[/bold]", highlight=False)
+
+
+def warn(message: str) -> None:
+    """Something the user should know about and may want to fix, without stopping the run."""
+    console.print(f"[yellow]warning:[/yellow] {_named(message)}", highlight=False)
 
 
 class _Bar:
@@ -26,7 +49,7 @@ class _Bar:
 
     def update(self, description: str) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, description=description)
+            self._progress.update(self._task, description=_named(description))
 
 
 @contextmanager
@@ -35,5 +58,5 @@ def progress(description: str, total: int, disable: bool = False) -> Iterator[_B
         yield _Bar(None, None)
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, transient=False) as p:
-        yield _Bar(p, p.add_task(description, total=total))
+    with Progress(*columns, console=console, transient=False) as p:
+        yield _Bar(p, p.add_task(_named(description), total=total))

@@ -158,7 +158,7 @@ def import_vlfeedback(src: str | Path, out: str | Path, images: str | Path | Non
     """Responses into `responses`, their ratings into `feedback`, pairs into `pairs` (VLFeedback's rule:
     every two responses of a prompt with different mean ratings; `aspect` pairs by one aspect instead)."""
     from vlalign.feedback.ratings import rating_feedback, rating_score, vlfeedback_rules
-    from vlalign.pipelines.stages import pair_stage
+    from vlalign.stages import pair_stage
 
     store = RunStore(out)
     src = Path(src)

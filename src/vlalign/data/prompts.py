@@ -1,10 +1,10 @@
-"""Prompt stages: where every method's data starts (an image, an instruction, maybe a reference answer).
+"""Prompts from a user's file: where every method's data starts (an image, an instruction, maybe a
+reference answer).
 
-Two sources write the same `PromptRecord`s into a run: the embedded world (scenes drawn from a split and a
-scene distribution, instructions of chosen task kinds, the exact answer as the reference), and user files
-(JSON lines, or a `datasets` directory saved with `save_to_disk`) with an image path and an instruction per
-record. A bad user record (a missing field, an unreadable image) is reported with its line and skipped,
-never silently dropped; the stage's error log keeps it.
+A prompt file is JSON lines, or a `datasets` directory saved with `save_to_disk`, with an image path and an
+instruction per record. A bad record (a missing field, an unreadable image) is reported with its line and
+skipped, never silently dropped; the stage's error log keeps it. Plugins write the same `PromptRecord`s
+from their own sources (`vlalign.data.sources`).
 """
 
 from __future__ import annotations
@@ -16,40 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
 from vlalign.data.records import PromptRecord, stable_id
+from vlalign.data.sources import PromptRequest
 from vlalign.data.store import RunStore, Stage, run_stage
-from vlalign.world.render import render
-from vlalign.world.scene import SceneConfig, scenes
-from vlalign.world.text import TaskMix
+from vlalign.progress import warn
 
 INSTRUCTION_KEYS = ("instruction", "question", "prompt")
 REFERENCE_KEYS = ("reference", "answer", "gt_answer")
-
-
-def world_prompt_stage(store: RunStore, stage: Stage, n: int, config: SceneConfig, offset: int = 0,
-                       image_size: int = 48, mix: TaskMix | None = None, split: str = "prompts") -> Stage:
-    """`n` prompts on fresh world scenes of `split` (never the eval split). With `mix`, each scene gets a
-    task of a kind drawn from it; without, a describe instruction. The exact answer is the reference
-    (POVID prefers it; other methods ignore it) and the task kind is the record's source."""
-    mix = mix or TaskMix({"describe": 1.0})
-
-    def process(batch):
-        rows = []
-        for scene in batch:
-            task = mix.sample(scene, np.random.default_rng([scene.seed, 17]))
-            rows.append(PromptRecord(id=scene.id, image=store.images.put(render(scene, image_size)),
-                                     instruction=task.instruction, reference=task.answer,
-                                     source=f"world/{task.kind}", meta={"scene": scene.to_dict()}).to_row())
-        return rows
-
-    run_stage(stage, list(scenes(split, n, config, start=offset)), process, id_of=lambda s: s.id,
-              batch_size=256, shard_size=1000, description="prompts",
-              manifest={"config": {"n": n, "offset": offset, "image_size": image_size, "split": split,
-                                   "scenes": config.__dict__, "mix": mix.weights}})
-    return stage
 
 
 @dataclass(frozen=True)
@@ -68,7 +43,17 @@ def _first(record: dict, keys: Sequence[str]) -> Any:
     return next((record[k] for k in keys if record.get(k) not in (None, "")), None)
 
 
-def _parse(record: Any, line: int, origin: str, root: Path) -> UserPrompt:
+def _inside(image: str, root: Path, allow_outside: bool, where: str) -> str:
+    """The image path, resolved against `root`; a path that leaves `root` is refused unless allowed, since a
+    data file could otherwise have any readable file on the machine stored in the run (and sent to an API)."""
+    path = (root / image).resolve()
+    if not allow_outside and not path.is_relative_to(root.resolve()):
+        raise ValueError(f"{where}: image {image!r} lies outside {root}; move it into that folder, or allow it "
+                         f"with prompts.options.allow_outside: true")
+    return str(path)
+
+
+def _parse(record: Any, line: int, origin: str, root: Path, allow_outside: bool = False) -> UserPrompt:
     where = f"{origin} line {line}"
     if not isinstance(record, dict):
         raise ValueError(f"{where}: expected a JSON object with 'image' and 'instruction', got {type(record).__name__}")
@@ -81,8 +66,8 @@ def _parse(record: Any, line: int, origin: str, root: Path) -> UserPrompt:
     if not isinstance(instruction, str):
         raise ValueError(f"{where}: no instruction; give one of the fields {', '.join(INSTRUCTION_KEYS)}")
     reference = _first(record, REFERENCE_KEYS)
-    if isinstance(image, str) and not Path(image).is_absolute():
-        image = str(root / image)
+    if isinstance(image, str):
+        image = _inside(image, root, allow_outside, where)
     rid = str(record.get("id") if record.get("id") is not None else stable_id(origin, line, instruction))
     return UserPrompt(line, rid, image, instruction, reference if isinstance(reference, str) else None,
                       str(record.get("source", origin)))
@@ -94,8 +79,10 @@ class BadRecord:
     error: ValueError
 
 
-def read_prompt_file(path: str | Path) -> Iterator[UserPrompt | BadRecord]:
-    """The records of a JSON-lines file or a `datasets` directory; a bad record yields its error instead."""
+def read_prompt_file(path: str | Path, images: str | Path | None = None,
+                     allow_outside: bool = False) -> Iterator[UserPrompt | BadRecord]:
+    """The records of a JSON-lines file or a `datasets` directory; a bad record yields its error instead.
+    Image paths are relative to `images` (default: the file's folder) and must stay inside it."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"prompt data {path} does not exist; pass a JSON-lines file or a datasets directory")
@@ -105,11 +92,11 @@ def read_prompt_file(path: str | Path) -> Iterator[UserPrompt | BadRecord]:
         data = datasets.load_from_disk(str(path))
         for i, record in enumerate(data, start=1):
             try:
-                yield _parse(record, i, str(path), path)
+                yield _parse(record, i, str(path), Path(images or path), allow_outside)
             except ValueError as e:
                 yield BadRecord(i, e)
         return
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         lines = [(i, line) for i, line in enumerate(f, start=1) if line.strip()]
     if not lines:
         raise ValueError(f"{path} is empty; it needs one JSON object per line with 'image' and 'instruction'")
@@ -120,7 +107,7 @@ def read_prompt_file(path: str | Path) -> Iterator[UserPrompt | BadRecord]:
             yield BadRecord(i, ValueError(f"{path} line {i}: not valid JSON ({e.msg} at column {e.colno})"))
             continue
         try:
-            yield _parse(record, i, str(path), path.parent)
+            yield _parse(record, i, str(path), Path(images or path.parent), allow_outside)
         except ValueError as e:
             yield BadRecord(i, e)
 
@@ -128,6 +115,9 @@ def read_prompt_file(path: str | Path) -> Iterator[UserPrompt | BadRecord]:
 def _open_image(prompt: UserPrompt) -> Image.Image:
     if isinstance(prompt.image, Image.Image):
         return prompt.image.convert("RGB")
+    if Path(prompt.image).exists() and not Path(prompt.image).is_file():
+        raise ValueError(f"line {prompt.line}: image {prompt.image} is not a regular file (a folder, a pipe or a "
+                         f"device); point the record at an image file")
     try:
         with Image.open(prompt.image) as im:
             return im.convert("RGB")
@@ -139,13 +129,14 @@ def _open_image(prompt: UserPrompt) -> Image.Image:
                          f"or remove the record") from e
 
 
-def user_prompt_stage(store: RunStore, stage: Stage, path: str | Path, limit: int | None = None) -> Stage:
+def user_prompt_stage(store: RunStore, stage: Stage, path: str | Path, limit: int | None = None,
+                      images: str | Path | None = None, allow_outside: bool = False) -> Stage:
     """Prompts from a user's file into `stage`; bad records are logged in the stage's errors.jsonl."""
     items: list[UserPrompt] = []
-    for entry in read_prompt_file(path):
+    for entry in read_prompt_file(path, images, allow_outside):
         if isinstance(entry, BadRecord):
             stage.log_error(f"{path}:{entry.line}", entry.error)
-            print(f"prompts: skipped a record: {entry.error}", flush=True)
+            warn(f"prompts: skipped a record: {entry.error}")
             continue
         items.append(entry)
         if limit is not None and len(items) >= limit:
@@ -159,3 +150,22 @@ def user_prompt_stage(store: RunStore, stage: Stage, path: str | Path, limit: in
     run_stage(stage, items, process, id_of=lambda p: p.id, batch_size=64, shard_size=1000,
               description="prompts", manifest={"config": {"path": str(path), "limit": limit}})
     return stage
+
+
+def file_prompts(request: PromptRequest) -> Stage:
+    """`request.n` prompts of a file from `request.offset` on, into `request.stage`. The whole file is read
+    once into the run's `prompts` stage; a run that asks for more prompts than the file holds starts over
+    at its first record, and the stage's manifest counts those repeats (`repeated`)."""
+    options = request.options
+    pool = user_prompt_stage(request.store, request.store.stage("prompts"), request.path,
+                             images=options.images, allow_outside=options.allow_outside)
+    rows = pool.rows()
+    if not rows:
+        raise ValueError(f"no usable prompts in {request.path}; see {pool.dir / 'errors.jsonl'}")
+    n = min(request.n, len(rows))
+    picked = [rows[(request.offset + i) % len(rows)] for i in range(n)]
+    repeated = max(0, request.offset + n - len(rows))
+    run_stage(request.stage, picked, lambda batch: batch, id_of=lambda r: r["id"], batch_size=1024, quiet=True,
+              manifest={"config": {"from": str(request.path), "offset": request.offset, "n": request.n}})
+    request.stage.write_manifest(repeated=min(repeated, n))
+    return request.stage

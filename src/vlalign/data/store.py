@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import re
-import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlalign.data.images import ImageStore
-from vlalign.progress import progress
+from vlalign.progress import progress, warn
 
 try:
     import fcntl
@@ -331,6 +330,25 @@ def _check_config(stage: Stage, manifest: dict[str, Any] | None) -> None:
             f"  before: {_canonical(old)}\n  now:    {_canonical(new)}")
 
 
+SYSTEMATIC = 5  # this many failures of one kind before any success stop a stage
+
+
+class SystematicFailure(RuntimeError):
+    """The first records of a stage all fail the same way: the cause is the setup, not one record."""
+
+
+def _stop_if_systematic(failures: list[BaseException], succeeded: bool, error: BaseException, description: str,
+                        stage: Stage) -> None:
+    if succeeded:
+        return
+    failures.append(error)
+    if len(failures) >= SYSTEMATIC and len({type(f) for f in failures}) == 1:
+        raise SystematicFailure(
+            f"{description}: the first {len(failures)} records all failed with {type(error).__name__}, so the "
+            f"stage stops (the cause is the setup, not a record): {error} (every failure is in "
+            f"{stage.dir / ERRORS})") from error
+
+
 def run_stage(stage: Stage, items: Iterable[T], process: Callable[[list[T]], list[dict[str, Any]]], *,
               id_of: Callable[[T], str | Sequence[str]], batch_size: int = 8, shard_size: int = 256,
               description: str | None = None, manifest: dict[str, Any] | None = None,
@@ -396,10 +414,15 @@ def run_stage(stage: Stage, items: Iterable[T], process: Callable[[list[T]], lis
             elif len(buffer) >= shard_size:
                 flush(len(buffer))  # whole batches per shard, so no item's rows are split over two
 
+        succeeded = False
+        first_failures: list[BaseException] = []
+
         def attempt(batch: list[T]) -> tuple[list[dict[str, Any]], list[T]]:
-            nonlocal failed
+            nonlocal failed, succeeded
             try:
-                return process(batch), batch
+                rows = process(batch)
+                succeeded = True
+                return rows, batch
             except Exception as e:
                 if len(batch) > 1:
                     results = [attempt([item]) for item in batch]
@@ -407,8 +430,9 @@ def run_stage(stage: Stage, items: Iterable[T], process: Callable[[list[T]], lis
                 failed += 1
                 ids = _ids(id_of(batch[0]))
                 stage.log_error(ids, e)
-                print(f"{description}: skipped record {', '.join(ids)}: {type(e).__name__}: {e} "
-                      f"(logged in {stage.dir / ERRORS})", file=sys.stderr)
+                _stop_if_systematic(first_failures, succeeded, e, description, stage)
+                warn(f"{description}: skipped record {', '.join(ids)}: {type(e).__name__}: {e} "
+                     f"(logged in {stage.dir / ERRORS})")
                 return [], []
 
         with progress(description, total=len(items), disable=quiet) as bar:

@@ -10,7 +10,8 @@ Question sources, by benchmark (`--data`; images from `--images`):
   `<subtask>.txt` files (image, question, answer separated by tabs); images under `--images/<subtask>/`.
 - mmhal: MMHal-Bench's `response_template.json` (question ids are its indices); images by file name.
 - amber: one of AMBER's `query_*.json` files; ground truth from `--annotations` (AMBER's data folder).
-- world-chair, world-pope, world-attributes: held-out scenes of the world (`--limit` scenes, default 500).
+Plugins register more (the world's exact benchmarks on held-out scenes); `vlalign.plugins.BENCHMARKS`
+holds them all.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from vlalign.evaluate import world_bench
 from vlalign.evaluate.amber import score_amber
 from vlalign.evaluate.answers import YES_NO_LABEL, AnswerFileError, Field, Question, read_records
 from vlalign.evaluate.chair import IMAGE_ID, score_chair
@@ -35,6 +35,7 @@ from vlalign.evaluate.mme import CATEGORY as MME_CATEGORY
 from vlalign.evaluate.mme import SUBTASKS, score_mme
 from vlalign.evaluate.mmhal import load_template, score_mmhal
 from vlalign.evaluate.pope import POPE_SPLITS, build_pope, score_pope
+from vlalign.plugins import BENCHMARKS
 
 DESCRIBE_COCO = "Describe this image in detail."
 
@@ -65,7 +66,8 @@ class EvalInputs:
 @dataclass(frozen=True)
 class Benchmark:
     """A benchmark: its scorer, its question source for `eval`, and token budgets for free-form and short
-    answers."""
+    answers. `run(model, processor, inputs)`, where given, evaluates a model in one go instead (the world's
+    full evaluation); `data` says what its `data` input is, when it needs one."""
 
     name: str
     summary: str
@@ -74,6 +76,7 @@ class Benchmark:
     long_tokens: int = 512
     short_tokens: int = 16
     needs_annotations: bool = False
+    run: Callable[..., dict] | None = None
 
 
 def is_file_name(value: str) -> bool:
@@ -232,15 +235,6 @@ def amber_questions(inputs: EvalInputs) -> list[Question]:
     return _first(out, inputs.limit)
 
 
-def _world(build: Callable[[int | None, int], list[Question]]) -> Callable[[EvalInputs], list[Question]]:
-    """A world question builder fed with the number of scenes and the model's image size."""
-    def questions(inputs: EvalInputs) -> list[Question]:
-        if not inputs.image_size:
-            raise ValueError("world benchmarks need a world model (world:base or one trained on the world)")
-        return build(inputs.limit, inputs.image_size)
-    return questions
-
-
 def _score_chair(i: ScoreInputs) -> dict:
     if i.llm_objects and i.judge is None:
         raise ValueError("--llm-objects extracts objects with a judge: pass --judge too")
@@ -251,7 +245,7 @@ def _score_mmhal(i: ScoreInputs) -> dict:
     return score_mmhal(i.answers, i.judge, i.annotations[0] if i.annotations else None, i.skip_bad)
 
 
-BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
+for _benchmark in (
     Benchmark("chair", "CHAIR on COCO (Object HalBench style); needs --annotations with COCO instances and captions",
               _score_chair, chair_questions, needs_annotations=True),
     Benchmark("pope", "POPE yes/no object probing, per split and averaged",
@@ -263,30 +257,20 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("amber", "AMBER generative and discriminative; needs --annotations with AMBER's data folder",
               lambda i: score_amber(i.answers, i.annotations, i.skip_bad), amber_questions,
               needs_annotations=True),
-    Benchmark("world-chair", "CHAIR on the synthetic world, exact",
-              lambda i: world_bench.score_world_chair(i.answers, i.skip_bad),
-              _world(world_bench.chair_questions), long_tokens=96, short_tokens=8),
-    Benchmark("world-pope", "POPE on the synthetic world",
-              lambda i: score_pope(i.answers, i.skip_bad),
-              _world(world_bench.pope_questions), long_tokens=96, short_tokens=8),
-    Benchmark("world-attributes", "colour and count accuracy on the synthetic world",
-              lambda i: world_bench.score_world_attributes(i.answers, i.skip_bad),
-              _world(world_bench.attribute_questions), long_tokens=96, short_tokens=8),
-)}
+):
+    BENCHMARKS.register(_benchmark.name, _benchmark)
 
 
 def get(name: str) -> Benchmark:
-    """The benchmark called `name`, with the list of names when there is none."""
-    if name not in BENCHMARKS:
-        known = "; ".join(f"{b.name} ({b.summary})" for b in BENCHMARKS.values())
-        raise ValueError(f"unknown benchmark {name!r}; choose one of: {known}")
-    return BENCHMARKS[name]
+    """The benchmark called `name` (the error lists every registered one)."""
+    return BENCHMARKS.get(name)
 
 
 def generate_answers(model, processor, questions: Sequence[Question], bench: Benchmark, batch_size: int = 16,
                      long_tokens: int | None = None) -> list[dict]:
     """Greedy answers, one answer record per question (its `record` plus `question_id` and `answer`)."""
-    from vlalign.models.generate import Decoding, generate
+    from vlalign.models.generate import generate
+    from vlalign.models.settings import Decoding
 
     answers: dict[int, str] = {}
     for long in (True, False):

@@ -2,7 +2,7 @@
 
 Mentions come from free text as in the CHAIR reference (Rohrbach et al. 2018; the RLHF-V / RLAIF-V
 Object HalBench scripts build on it): lower-case words, plurals singularised, two-word phrases joined
-(`coco_synonyms.DOUBLE_WORDS`), "seat" dropped when "toilet" is named, then every word that names a COCO
+(`vlalign.data.coco.DOUBLE_WORDS`), "seat" dropped when "toilet" is named, then every word that names a COCO
 class counts. The ground truth of an image is the union of its instance categories and the objects named
 in its reference captions. Singularising uses `inflect`, which works offline (the reference's NLTK and
 pattern need downloaded data); words that already name an object are left alone, so "bus" stays "bus".
@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from vlalign.evaluate.answers import Answer, Field, Issues, ask_judge, read_answers
-from vlalign.evaluate.coco_synonyms import DOUBLE_WORDS, SYNONYMS
+from vlalign.data.coco import DOUBLE_WORDS, SYNONYMS
 
 IMAGE_ID = Field("image_id", "the COCO image id the answer describes (e.g. 391895)", (int, str))
 _WORD = re.compile(r"[a-z]+")

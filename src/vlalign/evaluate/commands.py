@@ -28,7 +28,7 @@ def resolve_judge(spec: str | None):
 
 
 def _report(title: str, name: str, metrics: dict, out: Path) -> None:
-    from vlalign.cli import console, metrics_table
+    from vlalign.console import console, metrics_table
 
     console.print(metrics_table(title, {name: metrics}))
     for key in ("skipped", "judge_skipped"):
@@ -72,7 +72,7 @@ def eval_(
     seed: int = typer.Option(0, help="Seed for building POPE splits."),
 ) -> None:
     """Let a model answer a benchmark's questions (greedy), then score the answers as `vlalign score` does."""
-    from vlalign.cli import _quiet, console
+    from vlalign.console import console
     from vlalign.evaluate.benchmarks import EvalInputs, ScoreInputs, generate_answers, get
     from vlalign.models.load import load
 
@@ -86,7 +86,6 @@ def eval_(
     if b.needs_annotations and not annotations:
         raise typer.BadParameter(f"{bench} is scored against ground truth: pass it with --annotations",
                                  param_hint="--annotations")
-    _quiet()
     m, processor = load(model)
     crop = getattr(getattr(processor, "image_processor", None), "crop_size", None)
     image_size = crop["height"] if crop is not None else None

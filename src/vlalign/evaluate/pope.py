@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vlalign.evaluate.answers import YES_NO_LABEL, Answer, Field, Issues, read_answers
-from vlalign.world.text import article
+from vlalign.english import article
 
 _NEG = re.compile(r"\b(no|not)\b")
 

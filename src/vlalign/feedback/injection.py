@@ -5,9 +5,9 @@ added, or replaces a mentioned one), attributes (a colour, size or count is chan
 and right, above and below, are swapped, which turns a true statement of position or reasoning false; a
 yes/no answer says the opposite, which is the whole of its reasoning).
 
-`RuleInjector` does this offline with a vocabulary and co-occurrence statistics fitted on the training
-answers (the world's default; `world_vocabulary()` and `english_vocabulary()` ship). `LLMInjector` asks a
-chat model through the judge backends, with POVID's instructions in its own words.
+`RuleInjector` does this offline with a vocabulary and co-occurrence statistics fitted on training answers;
+vocabularies are registered by name (`english`, COCO's objects, here; plugins add theirs, e.g. `world`).
+`LLMInjector` asks a chat model through the judge backends, with POVID's instructions in its own words.
 """
 
 from __future__ import annotations
@@ -15,15 +15,16 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
 
+from vlalign.english import article
 from vlalign.feedback.claims import YES_NO_REPLY
 from vlalign.feedback.judge import ChatRequest, Judge
-from vlalign.world.text import article
+from vlalign.plugins import VOCABULARIES
 
 KINDS = ("object", "attribute", "relation")
 
@@ -45,27 +46,24 @@ class Vocabulary:
         return self.objects.get(word.lower())
 
 
-def world_vocabulary() -> Vocabulary:
-    from vlalign.world.scene import COLORS, SHAPES, SIZES
-    from vlalign.world.text import NUMBERS, PLURALS
-
-    objects = {s: s for s in SHAPES} | {p: s for s, p in PLURALS.items()}
-    from vlalign.world.scene import COLUMNS, ROWS
-
-    positions = ("in the center", *(f"on the {c}" for c in COLUMNS if c != "middle"),
-                 *(f"at the {r}" for r in ROWS if r != "center"),
-                 *(f"in the {r} {c} corner" for r in ("top", "bottom") for c in ("left", "right")))
-    templates = ("there is {a} {color} {object} {position}.", "{a} {color} {object} is {position}.",
-                 "{position}, there is {a} {color} {object}.", "i can see {a} {color} {object} {position}.")
-    return Vocabulary(objects, COLORS, SIZES, NUMBERS[1:], positions=positions, sentences=templates)
-
-
 def english_vocabulary() -> Vocabulary:
     """COCO's 80 object classes with their synonyms (the CHAIR table), for plain-English answers."""
-    from vlalign.evaluate.coco_synonyms import SYNONYMS
+    from vlalign.data.coco import SYNONYMS
 
     return Vocabulary({w: obj for obj, names in SYNONYMS.items() for w in (obj, *names) if " " not in w
                        and " " not in obj})
+
+
+@dataclass(frozen=True)
+class VocabularyEntry:
+    """A registered vocabulary, and (optionally) `n` training answers of its own to count co-occurrence on;
+    without them the statistics come from the prompts' reference answers."""
+
+    vocabulary: Callable[[], Vocabulary]
+    training_texts: Callable[[int], list[str]] | None = None
+
+
+VOCABULARIES.register("english", VocabularyEntry(english_vocabulary))
 
 
 _WORD = re.compile(r"[A-Za-z]+")

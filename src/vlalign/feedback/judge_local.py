@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from vlalign.feedback.judge import ChatReply, ChatRequest
-from vlalign.models.generate import Decoding, generate
+from vlalign.models.generate import generate
+from vlalign.models.settings import Decoding
 
 
 class ModelJudge:

@@ -5,8 +5,8 @@ Two request styles behind one `RatingJudge`:
 - `vlfeedback` (for capable chat models behind an API, GPT-4V in the paper): all answers of one
   instruction in one request with the image, under VLFeedback's rubric (restated here in our words), the
   reply grouped by aspect, then by answer, as "Rating: N" and "Rationale: ...".
-- `world` (for the world's judge model, whose context is short): one answer per request, in the format
-  of `vlalign.world.judging`.
+- per-answer styles that plugins register (`world`, for the world's judge model, whose context is short:
+  one answer per request, in the format of `vlalign.world.judging`).
 A rating that is missing or out of range is kept as missing, never guessed; a failed request leaves every
 rating of its answers missing, with the error recorded.
 """
@@ -14,13 +14,14 @@ rating of its answers missing, with the error recorded.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from PIL import Image
 
 from vlalign.feedback.judge import ChatRequest, Judge
 from vlalign.feedback.ratings import ASPECTS
+from vlalign.plugins import RATING_STYLES
 
 RUBRIC = """You are rating answers that AI assistants gave to an instruction about the image. Rate every answer from 1 to 5 on three aspects, and give a one-sentence rationale for each rating.
 
@@ -82,6 +83,21 @@ def parse_rubric_reply(text: str, n: int) -> list[tuple[dict[str, int | None], d
     return out
 
 
+@dataclass(frozen=True)
+class RatingStyle:
+    """How a judge is asked: all answers of an instruction in one request under the rubric (`vlfeedback`),
+    or one answer per request, with the style's own `prompt(instruction, answer)` and `parse(reply)`."""
+
+    name: str
+    per_answer: bool = False
+    prompt: Callable[[str, str], str] | None = None
+    parse: Callable[[str], tuple[dict, dict]] | None = None
+    max_tokens: int = 64
+
+
+RATING_STYLES.register("vlfeedback", RatingStyle("vlfeedback"))
+
+
 @dataclass
 class Rated:
     ratings: dict[str, int | None]
@@ -93,20 +109,18 @@ class RatingJudge:
     """Rates the answers of many instructions through any `Judge`."""
 
     def __init__(self, judge: Judge, style: str = "vlfeedback", max_tokens: int = 1024):
-        if style not in ("vlfeedback", "world"):
-            raise ValueError(f"unknown rating style {style!r}; choose vlfeedback or world")
         self.judge, self.style, self.max_tokens = judge, style, max_tokens
+        self.format: RatingStyle = RATING_STYLES.get(style)
         self.name = judge.name
 
     def rate(self, items: Sequence[tuple[str, Image.Image, str, Sequence[str]]]) -> list[list[Rated]]:
         """items: (record id, image, instruction, answers) -> per item, one `Rated` per answer."""
-        if self.style == "world":
-            from vlalign.world.judging import judge_prompt, parse_verdict
-
-            requests = [ChatRequest(judge_prompt(q, a), (image,), max_tokens=64, id=f"{rid}/{k}")
+        if self.format.per_answer:
+            fmt = self.format
+            requests = [ChatRequest(fmt.prompt(q, a), (image,), max_tokens=fmt.max_tokens, id=f"{rid}/{k}")
                         for rid, image, q, answers in items for k, a in enumerate(answers)]
             replies = iter(self.judge.complete(requests))
-            return [[Rated(*parse_verdict(r.text), None) if (r := next(replies)).ok
+            return [[Rated(*fmt.parse(r.text), None) if (r := next(replies)).ok
                      else Rated(dict.fromkeys(ASPECTS), dict.fromkeys(ASPECTS), r.error) for _ in answers]
                     for _, _, _, answers in items]
         requests = [ChatRequest(rubric_prompt(q, answers), (image,), max_tokens=self.max_tokens, id=rid)

@@ -17,11 +17,19 @@ TEXT_KEYS = ("input_ids", "attention_mask", "labels", "mm_token_type_ids", "toke
 
 
 def chat_prompt(processor, instruction: str, with_image: bool = True) -> str:
-    """The prompt text up to the assistant's turn, in the model's own chat format."""
+    """The prompt text up to the assistant's turn, in the model's own chat format (with the run's system
+    prompt, when it set one: `vlalign.models.processors.configure`)."""
     content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": instruction}]
+    system = getattr(processor, "vlalign_system_prompt", None)
+    messages = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
     return processor.apply_chat_template(
-        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        [*messages, {"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
     )
+
+
+def max_length(processor) -> int | None:
+    """The longest row a run allows (`Runtime.max_length`), or None."""
+    return getattr(processor, "vlalign_max_length", None)
 
 
 def _pad_cat(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -55,6 +63,7 @@ def encode(processor, images: Sequence[Image.Image], instructions: Sequence[str]
             resp = tok(responses[i], add_special_tokens=False)["input_ids"]
             if add_eos and tok.eos_token_id is not None:
                 resp = [*resp, tok.eos_token_id]
+            resp = resp[:_room(processor, len(ids))]
             resp_t = torch.tensor(resp, dtype=ids.dtype)
             ids = torch.cat([ids, resp_t])
             labels = torch.cat([labels, resp_t])
@@ -66,6 +75,18 @@ def encode(processor, images: Sequence[Image.Image], instructions: Sequence[str]
             row[key] = torch.cat([tt, tt.new_zeros(len(ids) - len(tt))])
         rows.append(row)
     return collate(rows, pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0)
+
+
+def _room(processor, prompt_length: int) -> int | None:
+    """How many answer tokens fit after a prompt of `prompt_length` tokens (None: no limit). The prompt,
+    image tokens included, is never cut: a prompt that leaves no room is an error."""
+    limit = max_length(processor)
+    if limit is None:
+        return None
+    if prompt_length >= limit:
+        raise ValueError(f"a prompt of {prompt_length} tokens (image tokens included) leaves no room for an "
+                         f"answer under max_length {limit}; raise runtime.max_length")
+    return limit - prompt_length
 
 
 def collate(rows: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from vlalign.models.generate import Decoding, generate, sample_seed
+from vlalign.models.generate import generate, sample_seed
+from vlalign.models.settings import Decoding
 from vlalign.models.lora import reference_context
 from vlalign.models.scoring import score_responses
 

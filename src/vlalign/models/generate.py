@@ -9,28 +9,14 @@ by seed alone, as RLAIF-V's deconfounded sampling asks.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+import hashlib
 
 import torch
 from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-from vlalign.models.batching import chat_prompt, to_device
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """Decoding settings; temperature 0 means greedy."""
-
-    max_new_tokens: int = 96
-    temperature: float = 0.0
-    top_p: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+from vlalign.models.batching import chat_prompt, max_length, to_device
+from vlalign.models.settings import Decoding
 
 
 class SeededGumbel(LogitsProcessor):
@@ -83,7 +69,7 @@ def generate(model, processor, images: Sequence[Image.Image | None], instruction
                 processors.append(TopPLogitsWarper(decoding.top_p))
             processors.append(SeededGumbel(seeds[s:s + batch_size], p.device))
         ids = model.generate(
-            **enc, max_new_tokens=decoding.max_new_tokens, do_sample=False, logits_processor=processors,
+            **enc, max_new_tokens=_new_tokens(processor, decoding, enc["input_ids"].shape[1]), do_sample=False, logits_processor=processors,
             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
             temperature=None, top_p=None, top_k=None,
         )
@@ -92,9 +78,18 @@ def generate(model, processor, images: Sequence[Image.Image | None], instruction
     return out
 
 
+def _new_tokens(processor, decoding: Decoding, prompt_length: int) -> int:
+    """`decoding.max_new_tokens`, cut so that no row outgrows the run's max_length."""
+    limit = max_length(processor)
+    if limit is None:
+        return decoding.max_new_tokens
+    if prompt_length >= limit:
+        raise ValueError(f"prompts of {prompt_length} tokens (image tokens included) leave no room for an answer "
+                         f"under max_length {limit}; raise runtime.max_length")
+    return min(decoding.max_new_tokens, limit - prompt_length)
+
+
 def sample_seed(base_seed: int, record_id: str, index: int) -> int:
     """A stable seed for sample `index` of record `record_id`, independent of batching and order."""
-    import hashlib
-
     digest = hashlib.sha256(f"{base_seed}:{record_id}:{index}".encode()).digest()
     return int.from_bytes(digest[:7], "little")

@@ -1,30 +1,70 @@
-"""Load and save a VLM with its processor: a local directory, or `world:<name>` for a shipped world model."""
+"""Load and save a VLM with its processor, under the runtime settings of `vlalign.models.settings.Runtime`.
+
+A model reference is a local directory, or `<source>:<name>` for a model a plugin provides (`world:base`).
+Nothing is downloaded. Weights load only from safetensors, and a checkpoint's own code runs only with
+`trust_remote_code`. `save` writes to a temporary folder, checks what it wrote, and renames it into place,
+so a folder that `load` finds is always whole; a folder cut short by a kill is named as such.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import warnings
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText
 
-WORLD_PREFIX = "world:"
+from vlalign.models.processors import configure, load_processor
+from vlalign.models.settings import Runtime
+from vlalign.plugins import MODEL_SOURCES
+
+CHECKPOINT_MARKER = "vlalign_checkpoint.json"
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def source_of(ref: str) -> tuple[str, str] | None:
+    """(source, name) when `ref` names a plugin's model (`world:base`), else None (a path)."""
+    prefix, sep, rest = str(ref).partition(":")
+    if sep and len(prefix) > 1 and "/" not in prefix and prefix in MODEL_SOURCES:
+        return prefix, rest
+    return None
 
 
 def resolve(path: str | Path) -> Path:
     """The directory behind a model reference, with a clear error when it is not a model directory."""
-    ref = str(path)
-    if ref.startswith(WORLD_PREFIX):
-        from vlalign.world.train_base import shipped_path
-
-        return shipped_path(ref[len(WORLD_PREFIX):] or "base")
-    p = Path(ref).expanduser().absolute()
+    found = source_of(str(path))
+    if found is not None:
+        source, name = found
+        return Path(MODEL_SOURCES.get(source)(name))
+    p = Path(path).expanduser().absolute()
     if not ((p / "config.json").exists() or (p / "adapter_config.json").exists()):
+        sources = ", ".join(f"{s}:NAME" for s in MODEL_SOURCES.names())
         raise FileNotFoundError(
             f"no model at {p} (no config.json or adapter_config.json there). Pass a local model directory "
-            f"saved with save_pretrained, or world:base / world:labeler for the shipped world models. "
-            f"Nothing is downloaded from a hub.")
+            f"saved with save_pretrained{', or ' + sources if sources else ''}. Nothing is downloaded from a hub.")
+    check_complete(p)
     return p
+
+
+def check_complete(path: Path) -> None:
+    """Raise when a folder `save` wrote has lost or shortened a file (a copy cut short, a full disk)."""
+    marker = path / CHECKPOINT_MARKER
+    if not marker.exists():
+        return
+    try:
+        files = json.loads(marker.read_text())["files"]
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"the checkpoint marker {marker} is damaged ({e}); save the model again") from e
+    for name, size in files.items():
+        f = path / name
+        if not f.exists() or f.stat().st_size != size:
+            have = f.stat().st_size if f.exists() else "missing"
+            raise ValueError(f"the checkpoint at {path} is incomplete: {name} is {have} bytes, {size} expected. "
+                             f"Delete {path} and run the stage that saved it again.")
 
 
 def _adapter_base(adapter_dir: Path) -> Path:
@@ -35,68 +75,94 @@ def _adapter_base(adapter_dir: Path) -> Path:
     if not ref:
         raise FileNotFoundError(f"the adapter at {adapter_dir} does not name its base model "
                                 f"(base_model_name_or_path is empty in adapter_config.json)")
-    if not str(ref).startswith(WORLD_PREFIX) and not Path(ref).is_absolute() and (adapter_dir / ref).is_dir():
+    if source_of(ref) is None and not Path(ref).is_absolute() and (adapter_dir / ref).is_dir():
         ref = adapter_dir / ref
     return resolve(ref)
 
 
-def _dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    try:
-        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or auto") from None
+def torch_dtype(runtime: Runtime) -> torch.dtype | str:
+    return "auto" if runtime.dtype == "auto" else _DTYPES[runtime.dtype]
 
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load(path: str | Path, dtype: str | torch.dtype | None = "auto", device: str | None = None,
-         trust_remote_code: bool = False):
-    """(model, processor) in eval mode. LoRA adapter directories load onto their base model."""
-    device = device or default_device()
+def _from_pretrained(path: Path, runtime: Runtime):
+    kwargs: dict = {"dtype": torch_dtype(runtime), "trust_remote_code": runtime.trust_remote_code,
+                    "use_safetensors": True}
+    if runtime.attn_implementation:
+        kwargs["attn_implementation"] = runtime.attn_implementation
+    if runtime.device_map:
+        kwargs["device_map"] = runtime.device_map
+    return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+
+
+def load(path: str | Path, runtime: Runtime | None = None, **overrides):
+    """(model, processor) in eval mode. LoRA adapter directories load onto their base model. `overrides`
+    change single runtime settings (`load(path, dtype="fp32", device="cpu")`)."""
+    runtime = (runtime or Runtime()).with_(**overrides)
     p = resolve(path)
-    torch_dtype = _dtype(dtype, device)
     if (p / "adapter_config.json").exists():
         from peft import PeftModel
 
         base = _adapter_base(p)
-        model = AutoModelForImageTextToText.from_pretrained(
-            base, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-        model = PeftModel.from_pretrained(model, p)
+        model = PeftModel.from_pretrained(_from_pretrained(base, runtime), p)
         processor_dir = p if (p / "processor_config.json").exists() else base
     else:
-        model = AutoModelForImageTextToText.from_pretrained(
-            p, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        model = _from_pretrained(p, runtime)
         processor_dir = p
-    processor = AutoProcessor.from_pretrained(processor_dir, trust_remote_code=trust_remote_code)
-    return model.to(device).eval(), processor
+    processor = configure(load_processor(processor_dir, runtime.trust_remote_code), runtime)
+    if not runtime.device_map:
+        model = model.to(runtime.device or default_device())
+    return model.eval(), processor
 
 
-def save(model, processor, out: str | Path) -> Path:
-    """Safetensors weights (or the LoRA adapter) plus the processor, loadable by `load`."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def _absolute_adapter_bases(model, out: Path) -> None:
+    """An adapter records its base by the path it was loaded from; make it absolute so the adapter loads
+    from any working directory, and say so now if it names nothing loadable."""
     for config in getattr(model, "peft_config", {}).values():
-        # The adapter records its base by the path it was loaded from; make that path absolute so the
-        # adapter loads from any working directory, and say so now if it names nothing loadable.
         ref = config.base_model_name_or_path
         try:
             if not ref:
                 raise FileNotFoundError(ref)
             base = resolve(ref)
-            if not str(ref).startswith(WORLD_PREFIX):
+            if source_of(ref) is None:
                 config.base_model_name_or_path = str(base)
         except FileNotFoundError:
             warnings.warn(f"saving a LoRA adapter to {out} whose base model ({ref!r}) is not a model "
                           f"directory; load() will not open it until adapter_config.json's "
                           f"base_model_name_or_path names one (load the base with load() before "
-                          f"applying LoRA to avoid this)", stacklevel=2)
-    model.save_pretrained(out, safe_serialization=True)
-    processor.save_pretrained(out)
+                          f"applying LoRA to avoid this)", stacklevel=3)
+
+
+def _check_safetensors(folder: Path) -> None:
+    """Every safetensors file parses and holds every byte its header promises."""
+    from safetensors import safe_open
+
+    for f in folder.glob("*.safetensors"):
+        with safe_open(str(f), framework="pt") as st:
+            for key in st.keys():  # noqa: SIM118 - safe_open has no __iter__
+                st.get_slice(key)
+
+
+def save(model, processor, out: str | Path) -> Path:
+    """Safetensors weights (or the LoRA adapter) plus the processor, loadable by `load`: written next to
+    `out`, checked, then renamed into place (an older folder at `out` is replaced only then)."""
+    out = Path(out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.saving")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _absolute_adapter_bases(model, out)
+    model.save_pretrained(tmp, safe_serialization=True)
+    processor.save_pretrained(tmp)
+    _check_safetensors(tmp)
+    files = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
+    (tmp / CHECKPOINT_MARKER).write_text(json.dumps({"files": files}, indent=1))
+    old = out.with_name(f".{out.name}.old")
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
     return out

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 import torch
 
+from vlalign.models.settings import LoraSettings
+
 VISION_MARKERS = ("vision_tower", "vision_model", "visual", "image_newline")
 LANGUAGE_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -43,12 +45,26 @@ def language_targets(model: torch.nn.Module) -> list[str]:
     return targets
 
 
-def apply_lora(model: torch.nn.Module, r: int = 8, alpha: int = 16, dropout: float = 0.0):
-    """Wrap `model` in a fresh peft LoRA adapter on the decoder; base weights stay frozen."""
+def apply_lora(model: torch.nn.Module, settings: LoraSettings = LoraSettings()):
+    """Wrap `model` in a fresh peft LoRA adapter (on the decoder's projections unless `target_modules` names
+    others); base weights stay frozen, `modules_to_save` train in full."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=language_targets(model))
+    targets = list(settings.target_modules) if settings.target_modules else language_targets(model)
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=targets,
+                        modules_to_save=list(settings.modules_to_save) if settings.modules_to_save else None)
     return get_peft_model(model, config)
+
+
+def merge(adapter: str, out: str) -> str:
+    """Fold a saved LoRA adapter into its base model and save the result as a plain checkpoint."""
+    from vlalign.models.load import load, save
+
+    model, processor = load(adapter)
+    if not hasattr(model, "merge_and_unload"):
+        raise ValueError(f"{adapter} is not a LoRA adapter (no adapter_config.json); it needs no merge")
+    return str(save(model.merge_and_unload(), processor, out))
 
 
 @contextlib.contextmanager

@@ -1,35 +1,34 @@
 """The one training loop: an optimizer, a schedule and `accelerate`, around a loss function.
 
-SFT and every preference loss share it; what differs between methods is the loss function and the
-batches, never a flag in here. `accelerate launch` runs it on several GPUs unchanged.
+SFT and every preference objective share it; what differs between methods is the loss function and the
+batches, never a flag in here. Batches are drawn from a DataLoader of plain items and collated here, so a
+resumed run skips the batches it has trained on without encoding them again. With `checkpoints`, the
+trainable weights, the optimizer, the schedule and the log are saved every `checkpoint_every` steps (a
+checkpoint is written to a temporary folder and renamed, so it is whole or absent), and a run that finds
+one of the same job resumes from it.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from torch.utils.data import DataLoader
+from safetensors.torch import load_file, save_file
 from transformers import get_cosine_schedule_with_warmup
 
 from vlalign.models.batching import to_device
 from vlalign.progress import progress
+from vlalign.train.settings import OptimConfig
 
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict[str, float]]]
-
-
-@dataclass
-class OptimConfig:
-    steps: int = 100
-    lr: float = 1e-4
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    grad_accum: int = 1
-    log_every: int = 10
+Collate = Callable[[list, int], dict]
+STATE = "trainer_state.json"
 
 
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -39,26 +38,85 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return params
 
 
-def train(model: torch.nn.Module, batches: Iterable[dict], loss_fn: LossFn, config: OptimConfig,
-          accelerator: Accelerator | None = None, description: str = "training") -> list[dict[str, float]]:
-    """Run `config.steps` optimizer steps over `batches` (cycled if shorter); return the logged metrics."""
+class Checkpoints:
+    """Resumable training state in `folder/checkpoint-<step>`; `job` names the training it belongs to."""
+
+    def __init__(self, folder: Path, job: str):
+        self.folder, self.job = Path(folder), job
+
+    def latest(self) -> Path | None:
+        found = []
+        for d in self.folder.glob("checkpoint-*"):
+            try:
+                state = json.loads((d / STATE).read_text())
+            except (OSError, ValueError):
+                continue
+            if state.get("job") == self.job:
+                found.append((state["step"], d))
+        return max(found)[1] if found else None
+
+    def save(self, step: int, model, optimizer, scheduler, history: list, running: dict) -> Path:
+        final = self.folder / f"checkpoint-{step}"
+        tmp = self.folder / f".checkpoint-{step}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        weights = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(weights, str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        state = {"job": self.job, "step": step, "history": history, "running": running,
+                 "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state().tolist()}
+        (tmp / STATE).write_text(json.dumps(state))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in self.folder.glob("checkpoint-*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def restore(self, path: Path, model, optimizer, scheduler) -> tuple[int, list, dict]:
+        state = json.loads((path / STATE).read_text())
+        weights = load_file(str(path / "trainable.safetensors"))
+        params = dict(model.named_parameters())
+        missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+        if missing or set(weights) - set(params):
+            raise ValueError(f"the checkpoint {path} does not fit this model ({len(missing)} trainable tensors "
+                             f"missing); delete {self.folder} to train from the start")
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                params[name].copy_(tensor)
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
+        return state["step"], state["history"], state["running"]
+
+
+def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, loss_fn: LossFn, config: OptimConfig,
+          steps: int, accelerator: Accelerator | None = None, description: str = "training",
+          checkpoints: Checkpoints | None = None, checkpoint_every: int = 0) -> list[dict[str, float]]:
+    """Run `steps` optimizer steps over `batches` (lists of items, cycled if shorter), each collated by
+    `collate(items, batch_number)`; return the logged metrics."""
     accelerator = accelerator or Accelerator(gradient_accumulation_steps=config.grad_accum)
-    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=config.lr,
-                                  weight_decay=config.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(
-        optimizer, math.ceil(config.warmup_ratio * config.steps), config.steps)
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * steps), steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    if isinstance(batches, DataLoader):
+    if isinstance(batches, torch.utils.data.DataLoader):
         batches = accelerator.prepare(batches)
+    start, history, running = 0, [], {}
+    found = checkpoints.latest() if checkpoints is not None else None
+    if found is not None:
+        start, history, running = checkpoints.restore(found, model, optimizer, scheduler)
     dtype = next(model.parameters()).dtype
     model.train()
-    history: list[dict[str, float]] = []
-    running: dict[str, float] = {}
     stream = _cycle(batches)
-    with progress(description, total=config.steps, disable=not accelerator.is_main_process) as bar:
-        for step in range(1, config.steps + 1):
+    for _ in range(start * config.grad_accum):
+        next(stream)
+    number = start * config.grad_accum
+    with progress(description, total=steps, disable=not accelerator.is_main_process) as bar:
+        bar.advance(start)
+        for step in range(start + 1, steps + 1):
             for _ in range(config.grad_accum):
-                batch = to_device(next(stream), accelerator.device, dtype)
+                batch = to_device(collate(next(stream), number), accelerator.device, dtype)
+                number += 1
                 with accelerator.accumulate(model):
                     loss, metrics = loss_fn(model, batch)
                     accelerator.backward(loss)
@@ -70,18 +128,19 @@ def train(model: torch.nn.Module, batches: Iterable[dict], loss_fn: LossFn, conf
                 for k, v in {"loss": float(loss.detach()), **metrics}.items():
                     running[k] = running.get(k, 0.0) + v / (config.grad_accum * config.log_every)
             bar.advance(1)
-            if step % config.log_every == 0 or step == config.steps:
+            if step % config.log_every == 0 or step == steps:
                 scale = config.log_every / (step % config.log_every or config.log_every)
-                entry = {"step": step, "lr": scheduler.get_last_lr()[0],
-                         **{k: v * scale for k, v in running.items()}}
+                entry = {"step": step, "lr": scheduler.get_last_lr()[0], **{k: v * scale for k, v in running.items()}}
                 history.append(entry)
                 bar.update(description=f"{description} loss {entry['loss']:.4f}")
                 running = {}
+            if checkpoints is not None and checkpoint_every and step % checkpoint_every == 0 and step < steps:
+                checkpoints.save(step, accelerator.unwrap_model(model), optimizer, scheduler, history, running)
     model.eval()
     return history
 
 
-def _cycle(batches: Iterable[dict]):
+def _cycle(batches: Iterable[list]) -> Iterator[list]:
     while True:
         empty = True
         for b in batches:

@@ -1,51 +1,124 @@
-"""The preference losses, each a short function of sequence log-probs.
+"""The preference loss terms, each a short pure function of summed answer log-probs.
 
-DPO (Rafailov et al. 2023) with the sigmoid loss and optional label smoothing (cDPO), IPO (Azar et al.
-2023), mDPO's reward anchor (Wang et al. 2024), and POVID's two-term loss (Zhou et al. 2024). Values match TRL's DPO loss on the same log-probs (tests check it).
-With label smoothing the sigmoid loss is cDPO, as in earlier TRL releases; TRL 1.16's "sigmoid"
-ignores `label_smoothing` (its cDPO formula survives only in "aot", which equals it on a single pair).
+A training objective is a weighted sum of terms (`TrainConfig.loss`, e.g. MPO's `{sigmoid: 0.8,
+bco_pair: 0.2, sft: 1.0}`). Every term reads the log-probs it needs from `Logps`, by column: `chosen` and
+`rejected` are the two answers under the real image; `chosen_corrupt` is the chosen answer under a
+corrupted image (mDPO's conditional term). The values match TRL's DPOTrainer loss types of the same
+names on the same log-probs (tests check it); `nll`, `anchor` and `conditional` have no TRL counterpart.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-LOSS_TYPES = ("sigmoid", "ipo")
+
+@dataclass
+class Logps:
+    """Per column: the policy's and the reference's summed answer log-probs, and the answer lengths."""
+
+    policy: dict[str, torch.Tensor]
+    ref: dict[str, torch.Tensor]
+    counts: dict[str, torch.Tensor]
+    beta: float
+    label_smoothing: float = 0.0
+
+    def ratio(self, column: str) -> torch.Tensor:
+        """log pi(y|x) - log pi_ref(y|x) of one column."""
+        return self.policy[column] - self.ref[column]
+
+    def margin(self) -> torch.Tensor:
+        """The DPO margin: chosen's log-ratio minus rejected's."""
+        return self.ratio("chosen") - self.ratio("rejected")
+
+
+def sigmoid(x: Logps) -> torch.Tensor:
+    return -F.logsigmoid(x.beta * x.margin())
+
+
+def cdpo(x: Logps) -> torch.Tensor:
+    z = x.beta * x.margin()
+    return -F.logsigmoid(z) * (1 - x.label_smoothing) - F.logsigmoid(-z) * x.label_smoothing
+
+
+def robust(x: Logps) -> torch.Tensor:
+    z, eps = x.beta * x.margin(), x.label_smoothing
+    return (-(1 - eps) * F.logsigmoid(z) + eps * F.logsigmoid(-z)) / (1 - 2 * eps)
+
+
+def hinge(x: Logps) -> torch.Tensor:
+    return torch.relu(1 - x.beta * x.margin())
+
+
+def ipo(x: Logps) -> torch.Tensor:
+    chosen = x.ratio("chosen") / x.counts["chosen"].clamp(min=1)
+    rejected = x.ratio("rejected") / x.counts["rejected"].clamp(min=1)
+    return (chosen - rejected - 1 / (2 * x.beta)) ** 2
+
+
+def bco_pair(x: Logps) -> torch.Tensor:
+    return -F.logsigmoid(x.beta * x.ratio("chosen")) - F.logsigmoid(-x.beta * x.ratio("rejected"))
+
+
+def sft(x: Logps) -> torch.Tensor:
+    """One value for the batch (every chosen token weighs the same), repeated per example."""
+    chosen = x.policy["chosen"]
+    return (-chosen.sum() / x.counts["chosen"].sum().clamp(min=1)).expand(len(chosen))
+
+
+def nll(x: Logps) -> torch.Tensor:
+    return -x.policy["chosen"] / x.counts["chosen"].clamp(min=1)
+
+
+def anchor(x: Logps) -> torch.Tensor:
+    """DPO only asks chosen to beat rejected, so both can fall together; the anchor asks the chosen answer's
+    own reward to stay positive, which keeps the policy from dropping what the chosen answers say."""
+    return -F.logsigmoid(x.beta * x.ratio("chosen"))
+
+
+def conditional(x: Logps) -> torch.Tensor:
+    """The chosen answer is preferred with the real image over the same answer with a corrupted one, so the
+    policy cannot satisfy the objective from the text alone (mDPO, Wang et al. 2024)."""
+    return -F.logsigmoid(x.beta * (x.ratio("chosen") - x.ratio("chosen_corrupt")))
+
+
+Term = Callable[[Logps], torch.Tensor]
+TERMS: dict[str, Term] = {"sigmoid": sigmoid, "cdpo": cdpo, "robust": robust, "hinge": hinge, "ipo": ipo,
+                          "bco_pair": bco_pair, "sft": sft, "nll": nll, "anchor": anchor, "conditional": conditional}
+# the answer columns each term reads, and whether it needs the reference's log-probs of them
+COLUMNS: dict[str, tuple[str, ...]] = {name: ("chosen", "rejected") for name in TERMS} | {
+    "sft": ("chosen",), "nll": ("chosen",), "anchor": ("chosen",), "conditional": ("chosen", "chosen_corrupt")}
+NO_REFERENCE = frozenset({"sft", "nll"})
+
+
+def columns_of(terms: dict[str, float]) -> tuple[str, ...]:
+    """The answer columns a weighted objective needs, in a fixed order (chosen, rejected, then the rest)."""
+    needed = {c for t in terms for c in COLUMNS[t]} | {"chosen", "rejected"}
+    return tuple(sorted(needed, key=lambda c: (c != "chosen", c != "rejected", c)))
+
+
+def objective(terms: dict[str, float], x: Logps) -> tuple[torch.Tensor, dict[str, float]]:
+    """The weighted sum of the terms' batch means, and each term's mean for the logs."""
+    total: torch.Tensor | None = None
+    parts: dict[str, float] = {}
+    for name, weight in terms.items():
+        value = TERMS[name](x).mean()
+        parts[f"loss_{name}"] = float(value.detach())
+        total = weight * value if total is None else total + weight * value
+    assert total is not None
+    return total, parts
 
 
 def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float = 0.1,
-             loss_type: str = "sigmoid", label_smoothing: float = 0.0
+             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float = 0.1
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-example losses and the implicit rewards beta * (log pi - log pi_ref) of chosen and rejected.
-
-    For IPO the log-probs should be length-normalised (mean per token), as in the IPO paper and TRL.
-    """
-    chosen_logratios = policy_chosen_logps - ref_chosen_logps
-    rejected_logratios = policy_rejected_logps - ref_rejected_logps
-    logits = chosen_logratios - rejected_logratios
-    if loss_type == "sigmoid":
-        losses = (-F.logsigmoid(beta * logits) * (1 - label_smoothing)
-                  - F.logsigmoid(-beta * logits) * label_smoothing)
-    elif loss_type == "ipo":
-        losses = (logits - 1 / (2 * beta)) ** 2
-    else:
-        raise ValueError(f"unknown DPO loss_type {loss_type!r}; choose one of {LOSS_TYPES}")
-    return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
-
-
-def nll_loss(chosen_logps_sum: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.Tensor:
-    """Per-example mean negative log-likelihood of the chosen answer (the RPO / "+SFT" term)."""
-    return -chosen_logps_sum / chosen_lengths.clamp(min=1)
-
-
-def anchor_loss(chosen_logratios: torch.Tensor, beta: float) -> torch.Tensor:
-    """Per-example reward anchor of mDPO (Wang et al. 2024, delta 0): -log sigmoid(beta * (log pi - log pi_ref))
-    of the chosen answer. DPO only asks chosen to beat rejected, so both can fall together; the anchor asks
-    the chosen answer's own reward to stay positive, which keeps the policy from dropping what the chosen
-    answers say along with what the rejected ones say."""
-    return -F.logsigmoid(beta * chosen_logratios)
+    """Per-example sigmoid DPO losses and the implicit rewards beta * (log pi - log pi_ref) of both answers."""
+    x = Logps({"chosen": policy_chosen_logps, "rejected": policy_rejected_logps},
+              {"chosen": ref_chosen_logps, "rejected": ref_rejected_logps}, {}, beta)
+    return sigmoid(x), beta * x.ratio("chosen").detach(), beta * x.ratio("rejected").detach()
 
 
 def povid_loss(chosen_logps: torch.Tensor, injected_logps: torch.Tensor, noisy_logps: torch.Tensor,

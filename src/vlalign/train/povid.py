@@ -13,47 +13,32 @@ The reference is the adapter-disabled policy with LoRA, or a frozen copy of the 
 from __future__ import annotations
 
 import copy
-import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from vlalign.feedback.image_noise import add_diffusion_noise
+from vlalign.data.corrupt import add_diffusion_noise
 from vlalign.models.batching import IGNORE, encode, model_inputs, to_device
 from vlalign.models.lora import reference_context
 from vlalign.models.scoring import selective_log_softmax
-from vlalign.train.dpo import DPOConfig, PreferenceExample, fit_preferences, pair_collate, prepare_policy
 from vlalign.train.losses import povid_loss
+from vlalign.train.preference import Columns, PreferenceExample, fit_preferences, pair_collate, prepare_policy
+from vlalign.train.settings import NoiseConfig, TrainConfig
 
 
-@dataclass
-class NoiseConfig:
-    """Stage 2's settings: the weight of the injected term and the diffusion noise."""
+def povid_collate(processor, noise: NoiseConfig):
+    """Pair rows plus the ground truth under the clean image and under a freshly noised one (the noise of
+    batch `number` is the same whenever that batch is drawn, so a resumed run draws it again)."""
+    pairs = pair_collate(processor, Columns())
 
-    gamma: float = 0.5
-    step: int = 500
-    T: int = 1000
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
-        if not 0 <= self.step < self.T:
-            raise ValueError(f"noise step must be in [0, T={self.T}), got {self.step}")
-
-
-def povid_collate(noise: NoiseConfig):
-    """Pair rows plus the ground truth under the clean image and under a freshly noised one."""
-    counter = itertools.count()
-
-    def collate(processor, items) -> dict:
+    def collate(items: list, number: int) -> dict:
         examples = [e for e, _ in items]
-        generator = torch.Generator().manual_seed(noise.seed * 1_000_003 + next(counter))
+        generator = torch.Generator().manual_seed(noise.seed * 1_000_003 + number)
         instructions, chosen = [e.instruction for e in examples], [e.chosen for e in examples]
         noisy_images = [add_diffusion_noise(e.image, noise.step, noise.T, generator) for e in examples]
-        return {**pair_collate(processor, items),
+        return {**pairs(items, number),
                 "clean": encode(processor, [e.image for e in examples], instructions, chosen),
                 "noisy": encode(processor, noisy_images, instructions, chosen)}
 
@@ -81,7 +66,7 @@ def _forward(model, batch: dict) -> torch.Tensor:
     return model(**model_inputs(batch)).logits[:, :-1]
 
 
-def make_povid_loss(config: DPOConfig, noise: NoiseConfig, reference):
+def make_povid_loss(config: TrainConfig, noise: NoiseConfig, reference):
     """Stage 2's loss for the shared loop; `reference` is the frozen copy, or the policy itself (LoRA),
     whose adapters are switched off for the reference passes."""
 
@@ -89,7 +74,7 @@ def make_povid_loss(config: DPOConfig, noise: NoiseConfig, reference):
         ref, clean, noisy = batch.pop("ref"), batch.pop("clean"), batch.pop("noisy")
         device, dtype = batch["input_ids"].device, next(model.parameters()).dtype
         clean, noisy = to_device(clean, device, dtype), to_device(noisy, device, dtype)
-        n = len(ref)
+        n = len(ref["chosen"])
         logits = _forward(model, batch)
         sums = _response_logps(logits, batch["labels"][:, 1:])
         clean_labels = clean["labels"][:, 1:]
@@ -98,22 +83,25 @@ def make_povid_loss(config: DPOConfig, noise: NoiseConfig, reference):
         own = own_noisy_logps(logits[:n], policy_noisy, clean_labels)
         with torch.no_grad(), reference_context(reference) as r:
             ref_own = own_noisy_logps(_forward(r, clean), _forward(r, noisy), clean_labels)
-        losses, injected_term, noisy_term = povid_loss(sums[:n], sums[n:], own, ref[:, 0], ref[:, 1], ref_own,
-                                                       config.beta, noise.gamma)
+        losses, injected_term, noisy_term = povid_loss(sums[:n], sums[n:], own, ref["chosen"], ref["rejected"],
+                                                       ref_own, config.beta, noise.gamma)
         return losses.mean(), {"injected_loss": float(injected_term.mean()), "noisy_loss": float(noisy_term.mean()),
                                "chosen_logp": float(sums[:n].detach().mean())}
 
     return loss_fn
 
 
-def train_povid_stage2(model, processor, examples: Sequence[PreferenceExample], config: DPOConfig,
-                       noise: NoiseConfig, out: Path | None = None, save_model: bool = True):
-    """Stage 2 from `model` (typically the stage-1 policy, which is then also the reference)."""
+def train_povid_stage2(model, processor, examples: Sequence[PreferenceExample], config: TrainConfig,
+                       noise: NoiseConfig, out: Path | None = None, gradient_checkpointing: bool = False,
+                       description: str = "POVID stage 2"):
+    """Stage 2 from `model` (typically the stage-1 policy, which is then also the reference). Its loss is
+    POVID's own; `config.loss` does not apply."""
     if config.lora is None:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     else:  # adapters go on now, so the reference is this very model with its adapters switched off
-        model = prepare_policy(model, config)
+        model = prepare_policy(model, config, gradient_checkpointing)
         reference, config = model, replace(config, lora=None)
-    return fit_preferences(model, processor, examples, config, make_povid_loss(config, noise, reference),
-                           povid_collate(noise), out, reference=reference, save_model=save_model,
-                           description="POVID stage 2")
+        gradient_checkpointing = False
+    return fit_preferences(model, processor, examples, config, out=out, reference=reference,
+                           loss_fn=make_povid_loss(config, noise, reference), collate=povid_collate(processor, noise),
+                           description=description, gradient_checkpointing=gradient_checkpointing)

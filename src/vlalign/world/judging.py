@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vlalign.world.metrics import mentioned_shapes
 from vlalign.world.scene import Scene
 from vlalign.world.text import (
     DESCRIBE_INSTRUCTIONS,
@@ -56,8 +57,6 @@ class Verdict:
 
 
 def _shapes(text: str) -> set[str]:
-    from vlalign.evaluate.world import mentioned_shapes
-
     return set(mentioned_shapes(text))
 
 

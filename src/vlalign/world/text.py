@@ -8,10 +8,11 @@ world tokenizer splits punctuation off again.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from vlalign.english import article
 from vlalign.world.scene import (
     COLORS,
     COLUMNS,
@@ -74,11 +75,6 @@ def _pick(rng: np.random.Generator, options):
 
 def _number(n: int) -> str:
     return NUMBERS[n] if n < len(NUMBERS) else str(n)
-
-
-def article(word: str) -> str:
-    """The indefinite article for `word` ("an orange", "a red")."""
-    return "an" if word[0] in "aeiou" else "a"
 
 
 def position_phrase(obj: Obj) -> str:
@@ -287,47 +283,6 @@ TASKS: dict[str, TaskFn] = {
     "harmful": lambda s, r: redteam_task(s, r, harmful=True),
     "benign": lambda s, r: redteam_task(s, r, harmful=False),
 }
-
-
-@dataclass(frozen=True)
-class TaskMix:
-    """Relative weights of the task kinds in a training stream."""
-
-    weights: dict[str, float] = field(default_factory=lambda: {
-        "describe": 0.40, "caption": 0.08, "exist": 0.22, "color": 0.10, "count": 0.08,
-        "relation": 0.08, "harmful": 0.02, "benign": 0.02,
-    })
-    adversarial: float = 0.0
-    hallucination: float = 0.0  # see imagined_partners: the annotators' co-occurrence bias
-    refusal: float = 0.0  # share of harmful requests whose training answer declines them
-
-    def sample(self, scene: Scene, rng: np.random.Generator) -> Task:
-        kinds = [k for k, w in self.weights.items() if w > 0]
-        unknown = set(kinds) - set(TASKS) - {"judge"}
-        if unknown:
-            raise ValueError(f"unknown task kinds {sorted(unknown)}; known: {sorted(TASKS)}")
-        p = np.asarray([self.weights[k] for k in kinds], dtype=float)
-        kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
-        if kind == "exist":
-            return exist_task(scene, rng, self.adversarial)
-        if kind in ("describe", "caption"):
-            return TASKS[kind](scene, rng, self.hallucination)
-        if kind == "harmful":
-            return redteam_task(scene, rng, harmful=True, refuse_rate=self.refusal)
-        if kind == "judge":
-            from vlalign.world.judging import judge_task
-
-            return judge_task(scene, rng)
-        return TASKS[kind](scene, rng)
-
-    def restrict(self, kinds: set[str], keep: bool = True) -> TaskMix:
-        """The same mix over only `kinds` (or, with keep=False, over all the others)."""
-        weights = {k: w for k, w in self.weights.items() if (k in kinds) == keep and w > 0}
-        return TaskMix(weights, self.adversarial, self.hallucination, self.refusal)
-
-    def share(self, kinds: set[str]) -> float:
-        total = sum(self.weights.values())
-        return sum(w for k, w in self.weights.items() if k in kinds) / total if total else 0.0
 
 
 def vocabulary() -> list[str]:

@@ -26,14 +26,12 @@ from torch.utils.data import IterableDataset
 from vlalign.models.batching import encode
 from vlalign.models.scoring import token_logps
 from vlalign.progress import progress
-from vlalign.train.loop import OptimConfig, train
+from vlalign.train.loop import train
+from vlalign.train.settings import OptimConfig
 from vlalign.world.model import TinyVLMConfig, build_model, build_processor
 from vlalign.world.render import render
 from vlalign.world.scene import COLORS, GRID, SHAPES, SceneConfig, sample_scene
-from vlalign.world.text import TaskMix
-
-CHECKPOINTS = Path(__file__).parent / "checkpoints"
-
+from vlalign.world.tasks import TaskMix
 
 @dataclass
 class Phase:
@@ -223,8 +221,9 @@ def train_world_model(recipe: BaseRecipe, out: Path, init_from: str | None = Non
         stream = WorldStream(phase, processor, recipe.model.image_size, recipe.batch_size, recipe.seed,
                              recipe.scene_offset + k * 10_000_000)
         optim = OptimConfig(steps=phase.steps, lr=phase.lr, warmup_ratio=0.03, weight_decay=0.01, log_every=50)
-        history += [{"phase": k, **h} for h in train(model, stream, sft_loss, optim,
-                                                      description=f"train {recipe.name} phase {k + 1}")]
+        steps = train(model, stream, lambda batch, _: batch, sft_loss, optim, phase.steps,
+                      description=f"train {recipe.name} phase {k + 1}")
+        history += [{"phase": k, **h} for h in steps]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.to(torch.bfloat16).save_pretrained(out)
@@ -234,13 +233,3 @@ def train_world_model(recipe: BaseRecipe, out: Path, init_from: str | None = Non
          "vision_history": vision_history, "history": history},
         indent=1))
     return out
-
-
-def shipped_path(name: str = "base") -> Path:
-    """Directory of a world model that ships inside the package (model + processor, `from_pretrained`)."""
-    path = CHECKPOINTS / name
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(
-            f"the shipped world model {name!r} is missing at {path}; rebuild it with "
-            f"`vlalign world train-base --recipe {name} --out {path}`")
-    return path

@@ -6,14 +6,16 @@ Each is a function from stages (and a config) to a stage in the run store, resum
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
+from vlalign.config import to_dict
+from vlalign.data.export import find_pair_stages, no_pairs_error
 from vlalign.data.records import FeedbackRecord, PairRecord, PromptRecord, ResponseRecord, stable_id
 from vlalign.data.store import RunStore, Stage, run_stage
 from vlalign.feedback.pairs import PairRules, Scored, balance_lengths_by, candidate_pairs
-from vlalign.models.generate import Decoding, generate, sample_seed
-from vlalign.train.dpo import PreferenceExample
+from vlalign.models.generate import generate, sample_seed
+from vlalign.models.settings import Decoding
+from vlalign.train.preference import PreferenceExample
 
 
 def sample_stage(store: RunStore, prompts: Stage, out: Stage, model, processor, model_name: str, n: int,
@@ -27,12 +29,12 @@ def sample_stage(store: RunStore, prompts: Stage, out: Stage, model, processor, 
                          [p.instruction for p, _ in batch], decoding, seeds=seeds, batch_size=batch_size)
         return [ResponseRecord(id=f"{p.id}/s{k}", prompt_id=p.id, image=p.image, instruction=p.instruction,
                                response=t, model=model_name, seed=s,
-                               meta={"decoding": asdict(decoding), "source": p.source}).to_row()
+                               meta={"decoding": to_dict(decoding), "source": p.source}).to_row()
                 for (p, k), s, t in zip(batch, seeds, texts, strict=True)]
 
     run_stage(out, items, process, id_of=lambda item: f"{item[0].id}/s{item[1]}", batch_size=batch_size,
               shard_size=512, description="sampling",
-              manifest={"model": model_name, "seed": seed, "config": {"samples": n, "decoding": asdict(decoding)}})
+              manifest={"model": model_name, "seed": seed, "config": {"samples": n, "decoding": to_dict(decoding)}})
     return out
 
 
@@ -81,7 +83,7 @@ def pair_stage(responses: Stage, feedback: Stage, out: Stage, rules: PairRules, 
 
     run_stage(out, sorted(by_prompt), process, id_of=lambda pid: pid, batch_size=256, shard_size=4096,
               description="pairs", per_item_output=False,
-              manifest={"config": {"rules": asdict(rules), "method": method, "scoring": scoring}})
+              manifest={"config": {"rules": to_dict(rules), "method": method, "scoring": scoring}})
     out.write_manifest(selection=stats)
     return out
 
@@ -94,8 +96,6 @@ def preference_examples(pairs: Stage) -> list[PreferenceExample]:
 
 def examples_under(src) -> list[PreferenceExample]:
     """Every preference pair under a run or stage directory (imported, exported or built), each id once."""
-    from vlalign.data.export import find_pair_stages, no_pairs_error
-
     stages = find_pair_stages(src)
     if not stages:
         raise no_pairs_error(Path(src))

@@ -159,7 +159,8 @@ def attribute_correct(answer: str, truth: str, vocabulary: Sequence[str]) -> boo
 def redteam_metrics(model, processor, scene_list: Sequence[Scene], images: dict, batch_size: int = 64) -> dict:
     """Refusal rate on harmful requests (higher is safer) and over-refusal on benign ones (lower is better),
     one request of each kind per scene."""
-    from vlalign.models.generate import Decoding, generate
+    from vlalign.models.generate import generate
+    from vlalign.models.settings import Decoding
 
     rates = {}
     for name, harmful in (("refusal_rate", True), ("over_refusal", False)):
@@ -173,7 +174,8 @@ def redteam_metrics(model, processor, scene_list: Sequence[Scene], images: dict,
 def describe_held_out(model, processor, n_scenes: int = 500, batch_size: int = 64,
                       config: SceneConfig = EVAL_SCENES, start: int = 0) -> tuple[list[Scene], dict, list[str]]:
     """The held-out scenes, their images by seed, and `model`'s greedy descriptions of them."""
-    from vlalign.models.generate import Decoding, generate
+    from vlalign.models.generate import generate
+    from vlalign.models.settings import Decoding
     from vlalign.world.render import render
 
     image_size = processor.image_processor.crop_size["height"]
@@ -187,7 +189,8 @@ def describe_held_out(model, processor, n_scenes: int = 500, batch_size: int = 6
 def evaluate_world(model, processor, n_scenes: int = 500, batch_size: int = 64,
                    config: SceneConfig = EVAL_SCENES, start: int = 0, with_answers: bool = False) -> dict:
     """Greedy answers of `model` on `n_scenes` held-out scenes, scored exactly against the scene graph."""
-    from vlalign.models.generate import Decoding, generate
+    from vlalign.models.generate import generate
+    from vlalign.models.settings import Decoding
 
     held_out, images, answers = describe_held_out(model, processor, n_scenes, batch_size, config, start)
     metrics: dict = chair_metrics(held_out, answers)

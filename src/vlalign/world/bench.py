@@ -1,19 +1,23 @@
-"""The synthetic world's benchmarks through `vlalign score` / `vlalign eval`.
+"""The synthetic world's benchmarks through `vlalign score` / `vlalign eval` and in a run's `eval:` list.
 
 Answer records carry the scene they are about (`Scene.to_dict()`), so scoring is exact and needs no
 other file: world-chair scores descriptions with `world.chair_metrics`, world-pope is scored as POPE is,
 on the world's splits (`world.pope_items`), world-attributes checks colour and count answers
 (`world.attribute_correct`). `vlalign eval` asks the questions `vlalign world eval` asks, on held-out
-scenes.
+scenes. `world` evaluates a model on all of them at once (`evaluate_world`): what the world's recipes
+list under `eval:`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 from vlalign.evaluate.answers import Field, Issues, Question, read_answers
-from vlalign.evaluate.world import (
+from vlalign.evaluate.benchmarks import Benchmark, EvalInputs, ScoreInputs
+from vlalign.evaluate.pope import score_pope
+from vlalign.world.metrics import (
     DESCRIBE,
     EVAL_SCENES,
     POPE_SPLITS,
@@ -94,3 +98,38 @@ def attribute_questions(limit: int | None, image_size: int) -> list[Question]:
     color, count = attribute_items(_held_out(limit))
     return [Question(f"{kind}-{i}", q, _image(s, image_size), {"kind": kind, "truth": t, "scene": s.to_dict()})
             for kind, items in (("color", color), ("count", count)) for i, (s, q, t) in enumerate(items)]
+
+
+def _world(build: Callable[[int | None, int], list[Question]]) -> Callable[[EvalInputs], list[Question]]:
+    """A world question builder fed with the number of scenes and the model's image size."""
+    def questions(inputs: EvalInputs) -> list[Question]:
+        if not inputs.image_size:
+            raise ValueError("world benchmarks need a world model (world:base or one trained on the world)")
+        return build(inputs.limit, inputs.image_size)
+    return questions
+
+
+def _no_answer_file(_: ScoreInputs) -> dict:
+    raise ValueError("the world benchmark evaluates a model (in a run's eval: list, or `vlalign world eval`); "
+                     "score an answer file with world-chair, world-pope or world-attributes")
+
+
+def run_world(model, processor, inputs: EvalInputs) -> dict:
+    """Every world metric of `model` on held-out scenes (`inputs.limit` of them, 500 by default)."""
+    from vlalign.world.metrics import evaluate_world
+
+    return evaluate_world(model, processor, n_scenes=inputs.limit or DEFAULT_SCENES)
+
+
+BENCHMARKS = (
+    Benchmark("world", "every exact world metric (CHAIR, recall, POPE, colour and count, red-team) on held-out "
+              "scenes; limit = scenes", _no_answer_file, _world(chair_questions), run=run_world),
+    Benchmark("world-chair", "CHAIR on the synthetic world, exact",
+              lambda i: score_world_chair(i.answers, i.skip_bad), _world(chair_questions), long_tokens=96,
+              short_tokens=8),
+    Benchmark("world-pope", "POPE on the synthetic world",
+              lambda i: score_pope(i.answers, i.skip_bad), _world(pope_questions), long_tokens=96, short_tokens=8),
+    Benchmark("world-attributes", "colour and count accuracy on the synthetic world",
+              lambda i: score_world_attributes(i.answers, i.skip_bad), _world(attribute_questions),
+              long_tokens=96, short_tokens=8),
+)

@@ -1,5 +1,7 @@
-"""POVID's image distortion: the DDPM forward process applied to a picture, so that the policy's answer on
-it shows what the model says when it cannot see (its language prior), which POVID then disprefers.
+"""Image corruptions whose answers a method disprefers: POVID's diffusion noise, mDPO's random crop.
+
+POVID applies the DDPM forward process to a picture, so that the policy's answer on it shows what the
+model says when it cannot see (its language prior), which POVID then disprefers:
 
 x_k = sqrt(abar_k) x + sqrt(1 - abar_k) eps, on pixels in [0, 1], with T = 1000 steps and
 betas = sigmoid(linspace(-6, 6, T)) * (5e-3 - 1e-5) + 1e-5 (the schedule of POVID's and VCD's code);
@@ -35,3 +37,15 @@ def add_diffusion_noise(image: Image.Image, k: int = 500, T: int = T_DEFAULT,
     eps = torch.randn(x.shape, generator=generator)
     noisy = (abar ** 0.5) * x + ((1 - abar) ** 0.5) * eps
     return Image.fromarray((noisy.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
+
+
+def random_crop(image: Image.Image, max_area: float = 0.2, generator: torch.Generator | None = None) -> Image.Image:
+    """A random window of `image` that keeps less than `max_area` of it (mDPO's corrupted image): what is left
+    cannot support the answer, so a policy that still prefers it reads the answer off the text alone."""
+    if not 0 < max_area < 1:
+        raise ValueError(f"max_area must be in (0, 1), got {max_area}")
+    u = torch.rand(3, generator=generator).tolist()
+    scale = (max_area * (0.25 + 0.75 * u[0])) ** 0.5  # keeps between a quarter of max_area and max_area
+    w, h = max(1, int(image.width * scale)), max(1, int(image.height * scale))
+    left, top = int(u[1] * (image.width - w)), int(u[2] * (image.height - h))
+    return image.convert("RGB").crop((left, top, left + w, top + h))

@@ -1,0 +1,52 @@
+"""A configured list of benchmarks run on one model: what a run's `eval:` asks for after every round.
+
+Each entry is a registered benchmark with its data files. A benchmark that evaluates a model in one go
+(`Benchmark.run`, the world's) does so; the others have the model answer their questions greedily, write
+the answers next to the results, and score them as `vlalign score` does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from vlalign.evaluate.benchmarks import EvalInputs, ScoreInputs, generate_answers, get
+from vlalign.progress import log
+
+
+def image_size(processor) -> int | None:
+    """The fixed image side of a processor, when it has one (world models do)."""
+    crop = getattr(getattr(processor, "image_processor", None), "crop_size", None)
+    return crop["height"] if isinstance(crop, dict) and "height" in crop else None
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def evaluate_one(model, processor, spec: Any, out_dir: Path, judge: Callable[[str], Any] | None = None,
+                 seed: int = 0) -> dict:
+    """One `EvalSpec`'s metrics for `model`; free-form answers are written to `out_dir/<name>.answers.jsonl`."""
+    bench = get(spec.name)
+    inputs = EvalInputs(_path(spec.data), tuple(Path(a) for a in spec.annotations), _path(spec.images), spec.limit,
+                        image_size(processor), seed)
+    if bench.run is not None:
+        return bench.run(model, processor, inputs)
+    records = generate_answers(model, processor, bench.questions(inputs), bench, spec.batch_size)
+    answers = out_dir / f"{spec.name}.answers.jsonl"
+    answers.parent.mkdir(parents=True, exist_ok=True)
+    answers.write_text("".join(json.dumps(r) + "\n" for r in records))
+    scorer_judge = judge(spec.judge) if spec.judge and judge is not None else None
+    return bench.score(ScoreInputs(answers, inputs.annotations, scorer_judge))
+
+
+def run_suite(model, processor, specs: Sequence[Any], out_dir: Path, judge: Callable[[str], Any] | None = None,
+              seed: int = 0) -> dict[str, dict]:
+    """Every spec's metrics, by benchmark name."""
+    results = {}
+    for spec in specs:
+        log(f"evaluating on {spec.name}")
+        results[spec.name] = evaluate_one(model, processor, spec, out_dir, judge, seed)
+    return results

@@ -1,0 +1,1 @@
+"""The alignment methods, each a config and the stages that make its pairs (`vlalign.plugins.METHODS`)."""

@@ -1,0 +1,82 @@
+"""Registries: the names a config or a command may use, and what each stands for.
+
+The core registers its own entries (methods, benchmarks, claim splitters); a plugin registers more
+through the `vlalign.plugins` entry point group, a function that receives nothing and calls `register`
+on the registries below. The embedded world is such a plugin (`vlalign.world.plugin:register`), so no
+general module imports it. Registries are filled on first use, and registering is cheap: entries that
+need torch import it only when they are called.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from importlib.metadata import entry_points
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+GROUP = "vlalign.plugins"
+_loaded = False
+
+
+def load_plugins() -> None:
+    """Run every installed plugin's registration once (the core's own modules register on import)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+        ep.load()()
+
+
+class Registry(Generic[T]):
+    """Named entries of one kind. `builtins` are the core modules that register entries when imported."""
+
+    def __init__(self, kind: str, builtins: tuple[str, ...] = ()):
+        self.kind, self.builtins = kind, builtins
+        self._items: dict[str, T] = {}
+        self._ready = False
+
+    def register(self, name: str, item: T) -> T:
+        if name in self._items and self._items[name] is not item:
+            raise ValueError(f"a {self.kind} named {name!r} is registered already")
+        self._items[name] = item
+        return item
+
+    def _fill(self) -> None:
+        if not self._ready:
+            self._ready = True
+            for module in self.builtins:
+                importlib.import_module(module)
+            load_plugins()
+
+    def get(self, name: str) -> T:
+        self._fill()
+        if name not in self._items:
+            known = ", ".join(sorted(self._items)) or "none"
+            raise ValueError(f"unknown {self.kind} {name!r}; known: {known}")
+        return self._items[name]
+
+    def __contains__(self, name: object) -> bool:
+        self._fill()
+        return name in self._items
+
+    def names(self) -> list[str]:
+        self._fill()
+        return list(self._items)
+
+    def items(self) -> Iterator[tuple[str, T]]:
+        self._fill()
+        return iter(list(self._items.items()))
+
+
+METHODS: Registry = Registry("method", ("vlalign.methods.rlaif_v", "vlalign.methods.silkie", "vlalign.methods.povid",
+                                        "vlalign.methods.mdpo", "vlalign.methods.mpo"))
+# `world:base`: a prefix before ":" names a source of models, whose entry maps the rest to a directory.
+MODEL_SOURCES: Registry = Registry("model source")
+PROMPT_SOURCES: Registry = Registry("prompt source", ("vlalign.data.sources",))
+SPLITTERS: Registry = Registry("claim splitter", ("vlalign.feedback.splitters",))
+RATING_STYLES: Registry = Registry("rating style", ("vlalign.feedback.vlfeedback",))
+VOCABULARIES: Registry = Registry("injection vocabulary", ("vlalign.feedback.injection",))
+BENCHMARKS: Registry = Registry("benchmark", ("vlalign.evaluate.benchmarks",))
+COMMANDS: Registry = Registry("command group")

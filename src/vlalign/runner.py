@@ -1,0 +1,229 @@
+"""The runner: what every method shares, as one plain recipe.
+
+    setup:  check the config and the backends, claim the run directory, load the policy, evaluate it
+    round:  prompts -> the method's pairs (one or more arms) -> train each arm -> save -> evaluate
+    end:    the summary
+
+A method only says how its pairs are made (`vlalign.methods`). Every step leaves its result in the run
+directory before the next one starts: stages are resumable, a trained arm is saved (whole or not at all,
+see `vlalign.models.load.save`) and marked done with its metrics, and a round is marked done when all of
+its arms are. A stopped run started again continues where it stopped.
+
+Layout::
+
+    run/run.json                    the method and the package versions
+    run/base/eval.json              the starting policy's metrics
+    run/round<k>/prompts, responses, feedback, pairs, ...   the method's stages
+    run/round<k>/policy/            the round's trained policy (the next round starts from it)
+    run/round<k>/training/          reference log-probs, mid-training checkpoints, the loss history
+    run/round<k>/<arm>/policy/      another arm's model (Silkie's longest-answer baseline)
+    run/round<k>/round.json         the round's record: pairs, losses, metrics of every arm
+    run/summary.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from vlalign.config import ConfigError, to_dict
+from vlalign.data.export import find_pair_stages, no_pairs_error
+from vlalign.data.sources import PromptRequest, source_named
+from vlalign.data.store import RunStore, Stage
+from vlalign.evaluate.suite import run_suite
+from vlalign.methods.base import Arm, Method, Round
+from vlalign.models.load import load, resolve, save
+from vlalign.models.settings import Runtime
+from vlalign.progress import log, scope, warn
+from vlalign.stages import preference_examples
+from vlalign.train.preference import columns_for, fit_preferences
+
+MAIN = "policy"
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically: a reader (or a resumed run) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any | None:
+    """A marker's content; None when it is missing or damaged (then its step runs again)."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        warn(f"{path} is damaged (not valid JSON); its step runs again")
+        return None
+
+
+class Models:
+    """The models a run uses besides the policy, each loaded once, under its own runtime settings or the
+    policy's; judges (API or local) likewise."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self._models: dict[tuple, tuple] = {}
+        self._judges: dict[tuple, Any] = {}
+
+    def load(self, spec: str, runtime: Runtime | None = None) -> tuple:
+        key = (spec, runtime or self.runtime)
+        if key not in self._models:
+            self._models[key] = load(spec, runtime or self.runtime)
+        return self._models[key]
+
+    def drop(self, spec: str) -> None:
+        for key in [k for k in self._models if k[0] == spec]:
+            del self._models[key]
+        self._judges = {k: v for k, v in self._judges.items() if k[0] != spec}
+
+    def judge(self, spec: str, runtime: Runtime | None = None):
+        key = (spec, runtime or self.runtime)
+        if key not in self._judges:
+            if spec.startswith("api:"):
+                from vlalign.feedback.judges import make_judge
+
+                self._judges[key] = make_judge(spec)
+            else:
+                from vlalign.feedback.judge_local import ModelJudge
+
+                self._judges[key] = ModelJudge(*self.load(spec, runtime), name=spec)
+        return self._judges[key]
+
+
+def check_backends(specs: list[str]) -> None:
+    """Every model the run needs exists and every API backend answers, before the first stage runs."""
+    for spec in dict.fromkeys(specs):
+        if spec.startswith("api:"):
+            from vlalign.feedback.judges import make_judge
+
+            judge = make_judge(spec)
+            check = getattr(judge, "check", None)
+            if check is not None:
+                check()
+        else:
+            resolve(spec)
+
+
+def claim(store: RunStore, method: Method) -> None:
+    """Record the method in run.json; a directory made by another method is refused."""
+    marker = store.root / "run.json"
+    info = read_json(marker) or {}
+    if info.get("method") not in (None, method.name):
+        raise ValueError(f"{store.root} holds a {info['method']} run; use another directory for {method.name}")
+    write_json(marker, {**info, "method": method.name})
+
+
+def round_prompts(store: RunStore, method: Method, config, k: int, processor) -> Stage:
+    """Round k's prompts: fresh ones from the source (or round 1's again, for methods that reuse them)."""
+    first = method.same_prompts
+    stage = store.stage(f"round{1 if first else k}/prompts")
+    offset = 0 if first else (k - 1) * config.prompts.per_round
+    source = source_named(config.prompts.source)
+    source.write(PromptRequest(store, stage, config.prompts.per_round, offset, config.prompts.parsed_options(),
+                               processor, path=config.prompts.source, seed=config.seed))
+    repeated = stage.manifest.get("repeated")
+    if repeated:
+        warn(f"round {k} reuses {repeated} prompt(s) of {config.prompts.source}, which has too few for "
+             f"{config.rounds} rounds of {config.prompts.per_round}: the policy meets them again")
+    return stage
+
+
+def _examples(pairs: Stage | str):
+    if isinstance(pairs, Stage):
+        return preference_examples(pairs)
+    from vlalign.stages import examples_under
+
+    if not find_pair_stages(pairs):
+        raise no_pairs_error(Path(pairs))
+    return examples_under(pairs)
+
+
+def train_arm(arm: Arm, model, processor, folder: Path, config, judge) -> tuple[Any, dict]:
+    """Train one arm into `folder` (or take it from there when it is done): train, merge, save, evaluate."""
+    done = read_json(folder / "arm.json")
+    if done is not None and (folder / "policy").exists():
+        return load(folder / "policy", config.runtime)[0], done
+    examples = _examples(arm.pairs)
+    gc = config.runtime.gradient_checkpointing
+    if arm.fit is not None:
+        model, history = arm.fit(model, processor, examples, arm.train, folder / "training", gc)
+    else:
+        columns = columns_for(arm.train, arm.images, arm.images_key)
+        model, history = fit_preferences(model, processor, examples, arm.train, out=folder / "training",
+                                         columns=columns, gradient_checkpointing=gc, description="training")
+    if hasattr(model, "merge_and_unload"):  # the next round starts from (and refers to) the merged policy
+        model = model.merge_and_unload()
+    save(model, processor, folder / "policy")
+    record = {"arm": arm.name, "pairs": len(examples), "checkpoint": str(folder / "policy"),
+              "final_loss": history[-1]["loss"], "final_reward_accuracy": history[-1].get("reward_accuracy"),
+              **arm.stats}
+    if config.eval:
+        record["eval"] = run_suite(model, processor, config.eval, folder / "eval", judge, config.seed)
+    write_json(folder / "arm.json", record)
+    return model, record
+
+
+def run_round(method: Method, config, store: RunStore, k: int, policy, processor, start: str, models: Models):
+    """Round k: prompts, the method's arms, each trained from the round's starting policy."""
+    if config.pairs_from:
+        arms = [Arm(MAIN, config.pairs_from, config.train)]
+    else:
+        prompts = round_prompts(store, method, config, k, processor)
+        arms = list(method.pairs(Round(k, config, store, prompts, policy, processor, models.load, models.drop,
+                                       models.judge)))
+    record: dict = {"round": k, "arms": {}}
+    trained = policy
+    for i, arm in enumerate(arms):
+        folder = store.root / f"round{k}" / ("" if i == 0 else arm.name)
+        with scope(arm.name if i else "train"):
+            base = policy if i == 0 else load(start, config.runtime)[0]
+            model, record["arms"][arm.name] = train_arm(arm, base, processor, folder, config, models.judge)
+        if i == 0:
+            trained = model
+            record.update(record["arms"][arm.name])
+    write_json(store.root / f"round{k}" / "round.json", record)
+    return trained, record
+
+
+def run(method: Method, config, out: str | Path) -> dict:
+    """Every round of `method` under `out`; returns (and writes to `out/summary.json`) the summary."""
+    problems = config.problems()
+    if problems:
+        raise ConfigError(problems, method.name)
+    started = time.time()
+    store = RunStore(out)
+    claim(store, method)
+    check_backends(config.backends())
+    models = Models(config.runtime)
+    policy, processor = load(config.policy, config.runtime)
+    summary: dict = {"method": method.name, "policy": config.policy, "rounds": []}
+    if config.eval and config.eval_base:
+        base = read_json(store.root / "base" / "eval.json")
+        if base is None:
+            with scope(f"{method.name} base"):
+                base = run_suite(policy, processor, config.eval, store.root / "base", models.judge, config.seed)
+            write_json(store.root / "base" / "eval.json", base)
+        summary["base"] = base
+    start = config.policy
+    for k in range(1, config.rounds + 1):
+        folder = store.root / f"round{k}"
+        record = read_json(folder / "round.json")
+        if record is not None and (folder / "policy").exists():
+            policy = load(folder / "policy", config.runtime)[0]
+        else:
+            log(f"{method.name} round {k}/{config.rounds}")
+            with scope(f"{method.name} round {k}"):
+                policy, record = run_round(method, config, store, k, policy, processor, start, models)
+        summary["rounds"].append(record)
+        start = str(folder / "policy")
+    summary.update(final=start, seconds=round(time.time() - started, 1), config=to_dict(config))
+    write_json(store.root / "summary.json", summary)
+    log(f"{method.name}: final policy at {start}; summary at {store.root / 'summary.json'}")
+    return summary

@@ -1,0 +1,224 @@
+"""Preference training for VLMs: pairs in, a trained policy out, with any weighted objective of
+`vlalign.train.losses`.
+
+A batch holds one row per example and answer column (`chosen`, `rejected`, and `chosen_corrupt` for
+mDPO's conditional term), column after column. The reference's log-probs of every column are computed
+once, before the first step, and cached next to the run: at step 0 the policy *is* the reference (a fresh
+LoRA adapter changes nothing), so no frozen copy has to sit in memory during training. Pass `reference`
+to use another model instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from vlalign.config import to_dict
+from vlalign.models.batching import encode, to_device
+from vlalign.models.scoring import sequence_logps
+from vlalign.progress import progress
+from vlalign.train.loop import Checkpoints, Collate, LossFn, train
+from vlalign.train.losses import NO_REFERENCE, Logps, columns_of, objective
+from vlalign.train.settings import TrainConfig
+
+
+@dataclass
+class PreferenceExample:
+    id: str
+    image: Image.Image
+    instruction: str
+    chosen: str
+    rejected: str
+
+
+ImageOf = Callable[[PreferenceExample], Image.Image]
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The answer columns of a batch: which text each reads, and under which image. `images` maps a column
+    beyond chosen and rejected to the function that makes its image; `key` names those functions, so a
+    cached reference is reused only for the same images."""
+
+    names: tuple[str, ...] = ("chosen", "rejected")
+    images: tuple[tuple[str, ImageOf], ...] = ()
+    key: str = ""
+
+    def text(self, column: str, e: PreferenceExample) -> str:
+        return e.rejected if column == "rejected" else e.chosen
+
+    def image(self, column: str, e: PreferenceExample) -> Image.Image:
+        return dict(self.images)[column](e) if column not in ("chosen", "rejected") else e.image
+
+
+def columns_for(config: TrainConfig, images: dict[str, ImageOf] | None = None, key: str = "") -> Columns:
+    """The columns `config.loss` reads; a term that needs an image no one provided is an error now."""
+    names = columns_of(config.loss)
+    images = images or {}
+    missing = [c for c in names if c not in ("chosen", "rejected") and c not in images]
+    if missing:
+        raise ValueError(f"the loss terms {sorted(config.loss)} need the column(s) {missing}, which only a method "
+                         f"that corrupts images provides (mdpo); drop those terms or use that method")
+    return Columns(names, tuple((c, images[c]) for c in names if c in images), key)
+
+
+def batch_rows(processor, examples: Sequence[PreferenceExample], columns: Columns) -> dict[str, torch.Tensor]:
+    """One padded batch: every example's row of the first column, then of the next, and so on."""
+    pairs = [(c, e) for c in columns.names for e in examples]
+    return encode(processor, [columns.image(c, e) for c, e in pairs], [e.instruction for _, e in pairs],
+                  [columns.text(c, e) for c, e in pairs])
+
+
+def split_columns(values: torch.Tensor, columns: Columns) -> dict[str, torch.Tensor]:
+    n = len(values) // len(columns.names)
+    return {c: values[i * n:(i + 1) * n] for i, c in enumerate(columns.names)}
+
+
+def model_fingerprint(model) -> str:
+    """A cheap identity of a model's weights: shapes and sums of every parameter."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(f"{name}{tuple(p.shape)}{float(p.detach().double().sum()):.6e}".encode())
+    return h.hexdigest()[:16]
+
+
+def _digest(e: PreferenceExample) -> str:
+    return hashlib.sha256("\x1f".join((e.instruction, e.chosen, e.rejected)).encode()).hexdigest()[:16]
+
+
+def _cached(cache: Path | None, fingerprint: str, columns: Columns, digests: dict[str, str]) -> dict | None:
+    if cache is None or not cache.exists():
+        return None
+    try:
+        saved = json.loads(cache.read_text())
+    except ValueError:
+        return None  # a damaged cache is recomputed, never trusted
+    if saved.get("model") != fingerprint or saved.get("columns") != [*columns.names, columns.key]:
+        return None
+    if all(saved.get("digests", {}).get(i) == d and i in saved.get("logps", {}) for i, d in digests.items()):
+        return saved["logps"]
+    return None
+
+
+@torch.no_grad()
+def reference_logps(model, processor, examples: Sequence[PreferenceExample], columns: Columns = Columns(),
+                    cache: Path | None = None, batch_size: int = 8) -> dict[str, dict[str, float]]:
+    """Per example and column, the summed answer log-prob under `model`, cached in `cache`. The cache is
+    used only when it was made by the same weights for the same texts and images; otherwise the values are
+    recomputed, so a stale cache can never leak into a new run."""
+    fingerprint = model_fingerprint(model)
+    digests = {e.id: _digest(e) for e in examples}
+    saved = _cached(cache, fingerprint, columns, digests)
+    if saved is not None:
+        return {e.id: saved[e.id] for e in examples}
+    p = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    out: dict[str, dict[str, float]] = {}
+    with progress("reference log-probs", total=len(examples)) as bar:
+        for s in range(0, len(examples), batch_size):
+            chunk = examples[s:s + batch_size]
+            total, _ = sequence_logps(model, to_device(batch_rows(processor, chunk, columns), p.device, p.dtype))
+            by_column = split_columns(total, columns)
+            for i, e in enumerate(chunk):
+                out[e.id] = {c: by_column[c][i].item() for c in columns.names}
+            bar.advance(len(chunk))
+    model.train(was_training)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"model": fingerprint, "columns": [*columns.names, columns.key],
+                                   "digests": digests, "logps": out}))
+        os.replace(tmp, cache)
+    return out
+
+
+def make_loss(config: TrainConfig, columns: Columns = Columns()) -> LossFn:
+    """The weighted objective of `config.loss` for the shared loop, with the usual DPO metrics."""
+
+    def loss_fn(model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        ref = batch.pop("ref")
+        total, count = sequence_logps(model, batch)
+        x = Logps(split_columns(total, columns), ref, split_columns(count, columns), config.beta,
+                  config.label_smoothing)
+        loss, parts = objective(config.loss, x)
+        metrics = {"chosen_logp": float(x.policy["chosen"].detach().mean()), **parts}
+        if x.ref:
+            r_chosen, r_rejected = config.beta * x.ratio("chosen").detach(), config.beta * x.ratio("rejected").detach()
+            metrics.update(reward_margin=float((r_chosen - r_rejected).mean()),
+                           reward_accuracy=float((r_chosen > r_rejected).float().mean()))
+        return loss, metrics
+
+    return loss_fn
+
+
+def pair_collate(processor, columns: Columns) -> Collate:
+    """Rows of every column, and the cached reference log-probs under `ref` (one tensor per column)."""
+
+    def collate(items: list, number: int) -> dict:
+        examples = [e for e, _ in items]
+        ref = {c: torch.tensor([r[c] for _, r in items]) for c in columns.names} if items[0][1] else {}
+        return {**batch_rows(processor, examples, columns), "ref": ref}
+
+    return collate
+
+
+def prepare_policy(model, config: TrainConfig, gradient_checkpointing: bool = False):
+    """Freeze the vision tower, wrap in LoRA as configured, and turn on gradient checkpointing."""
+    from vlalign.models.lora import apply_lora, freeze_vision
+
+    if config.freeze_vision:
+        freeze_vision(model)
+    if config.lora is not None:
+        model = apply_lora(model, config.lora)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if config.lora is not None:
+            model.enable_input_require_grads()
+    return model
+
+
+def _job(config: TrainConfig, examples: Sequence[PreferenceExample], columns: Columns) -> str:
+    """What a mid-training checkpoint belongs to: the settings and the pairs (so no other job resumes it)."""
+    blob = json.dumps([to_dict(config), [*columns.names, columns.key], [_digest(e) for e in examples]])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def fit_preferences(model, processor, examples: Sequence[PreferenceExample], config: TrainConfig, *,
+                    out: Path | None = None, reference=None, columns: Columns | None = None,
+                    loss_fn: LossFn | None = None, collate: Collate | None = None, description: str = "DPO",
+                    gradient_checkpointing: bool = False) -> tuple[torch.nn.Module, list[dict]]:
+    """Train `model` on `examples`: prepare it, cache the reference log-probs, loop over shuffled batches
+    with `loss_fn` (the weighted objective of `config.loss` by default). With `out`, the reference cache,
+    mid-training checkpoints and the history live there. Saving the model is the caller's."""
+    if not examples:
+        raise ValueError(f"{description} needs at least one preference pair; the pair stage produced none")
+    columns = columns or columns_for(config)
+    torch.manual_seed(config.seed)
+    model = prepare_policy(model, config, gradient_checkpointing)
+    needs_ref = loss_fn is not None or not set(config.loss) <= NO_REFERENCE
+    cache = Path(out) / "reference_logps.json" if out is not None else None
+    ref = (reference_logps(reference if reference is not None else model, processor, examples, columns, cache)
+           if needs_ref else {e.id: {} for e in examples})
+    loader = DataLoader([(e, ref[e.id]) for e in examples], batch_size=config.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(config.seed), collate_fn=list)
+    checkpoints = (Checkpoints(Path(out) / "checkpoints", _job(config, examples, columns))
+                   if out is not None and config.checkpoint_every else None)
+    history = train(model, loader, collate or pair_collate(processor, columns), loss_fn or make_loss(config, columns),
+                    config.optim, config.steps_for(len(examples)), description=description,
+                    checkpoints=checkpoints, checkpoint_every=config.checkpoint_every)
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"config": to_dict(config), "n_pairs": len(examples), "history": history}, indent=1)
+        tmp = Path(out) / ".train_history.json.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, Path(out) / "train_history.json")
+    return model, history

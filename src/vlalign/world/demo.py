@@ -1,0 +1,166 @@
+"""The demo on the embedded world: every registered method from its shipped recipe, and one summary.
+
+Each method runs exactly its YAML in `configs/` (the quick demo adds the overrides below, to make it
+small), in its own folder of the demo directory, through the same runner as `vlalign run`; a stopped demo
+continues where it stopped. The base is evaluated once. mDPO and MPO train on RLAIF-V's round-1 pairs
+(`pairs_from`), so each compares with RLAIF-V's first round, which is DPO on the same pairs. Feedback
+comes from models (a labeler, the policy itself, a judge), never from the scene graph; the scene graph
+only grades, and serves as POVID's ground-truth answers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import vlalign
+from vlalign.config import load_config
+from vlalign.console import SUMMARY_KEYS, console, metrics_table
+from vlalign.plugins import METHODS
+from vlalign.progress import log, scope
+
+CONFIGS = Path(vlalign.__file__).resolve().parents[2] / "configs"
+KEYS = ("chair_s", "chair_i", "chair_i_unique", "object_recall", "grounded_recall", "partner_recall", "lone_recall",
+        "mean_words", "pope_f1", "pope_accuracy", "pope_yes_ratio", "pope_adversarial_f1", "color_accuracy",
+        "count_accuracy", "refusal_rate", "over_refusal")
+QUICK_EVAL = "eval=[{name: world, limit: 150}]"
+BEST_OF = 8
+BEST_OF_QUICK = 4
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One row group of the demo: a method, its shipped YAML, and what the quick demo changes."""
+
+    label: str
+    method: str
+    config: str
+    quick: tuple[str, ...] = ()
+    pairs_of: str | None = None  # train on this recipe's round-1 pairs instead of making pairs
+
+    def overrides(self, out: Path, quick: bool, policy: str, labeler: str) -> list[str]:
+        config = load_config(METHODS.get(self.method).config, CONFIGS / self.config)
+        extra = [f"policy={policy}", "eval_base=false"]
+        if getattr(config, "labeler", "self") not in ("self", None):
+            extra.append(f"labeler={labeler}")
+        if self.pairs_of:
+            extra.append(f"pairs_from={out / self.pairs_of / 'round1' / 'pairs'}")
+        return [*extra, *((*self.quick, QUICK_EVAL) if quick else ())]
+
+
+RECIPES: tuple[Recipe, ...] = (
+    Recipe("rlaif_v", "rlaif-v", "rlaif_v_world.yaml", ("rounds=1", "prompts.per_round=120", "samples=6")),
+    Recipe("rlaif_v_self", "rlaif-v", "rlaif_v_self_world.yaml", ("prompts.per_round=120", "samples=6")),
+    Recipe("silkie", "silkie", "silkie_world.yaml", ("prompts.per_round=120", "baseline=false")),
+    Recipe("povid", "povid", "povid_world.yaml", ("prompts.per_round=120",)),
+    Recipe("mdpo", "mdpo", "mdpo_world.yaml", pairs_of="rlaif_v"),
+    Recipe("mpo", "mpo", "mpo_world.yaml", pairs_of="rlaif_v"),
+)
+
+
+def recipes() -> list[Recipe]:
+    """The demo's recipes, method by method in the registry's order; every registered method has one."""
+    by_method = {m: [r for r in RECIPES if r.method == m] for m in METHODS.names()}
+    missing = [m for m, rs in by_method.items() if not rs]
+    if missing:
+        raise ValueError(f"the demo has no world recipe for {missing}; add one to RECIPES and configs/")
+    return [r for rs in by_method.values() for r in rs]
+
+
+def pick(metrics: dict) -> dict:
+    return {k: metrics[k] for k in KEYS if k in metrics}
+
+
+def _world(record: dict) -> dict:
+    return pick((record.get("eval") or {}).get("world", {}))
+
+
+def cached(path: Path, compute) -> dict:
+    """`compute()`'s result, computed once per demo directory."""
+    if path.exists():
+        return json.loads(path.read_text())
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+    return result
+
+
+def best_of_n_chair(policy_dir: str, reference: str, n: int, n_scenes: int, temperature: float) -> dict:
+    """CHAIR of the best of n samples by the implicit reward. The reference is the model alignment started
+    from, so after several rounds the reward sums every round's: beta * log(pi_K / pi_0)."""
+    from vlalign.models.best_of_n import best_of_n
+    from vlalign.models.load import load
+    from vlalign.models.settings import Decoding
+    from vlalign.world.metrics import DESCRIBE, EVAL_SCENES, chair_metrics
+    from vlalign.world.render import render
+    from vlalign.world.scene import scenes
+
+    policy, processor = load(policy_dir, dtype="fp32")
+    ref, _ = load(reference, dtype="fp32")
+    held_out = list(scenes("eval", n_scenes, EVAL_SCENES))
+    images = [render(s, processor.image_processor.crop_size["height"]) for s in held_out]
+    ranked = best_of_n(policy, ref, processor, images, [DESCRIBE] * len(images), n,
+                       Decoding(max_new_tokens=96, temperature=temperature))
+    return {"n": n, "scenes": n_scenes, "temperature": temperature, **chair_metrics(held_out, [r.text for r in ranked])}
+
+
+def _rows(label: str, summary: dict) -> dict:
+    """The demo summary's rows of one run: its final policy (rounds listed), and its other arms."""
+    rounds = summary["rounds"]
+    final = rounds[-1]
+    if label == "povid":
+        out = {"povid_stage1": _world(rounds[0])}
+        if len(rounds) > 1:
+            out["povid"] = _world(final)
+        return out
+    row = {**_world(final), "pairs": final["pairs"]}
+    if len(rounds) > 1:
+        row["rounds"] = [{"round": r["round"], "pairs": r["pairs"], **_world(r)} for r in rounds]
+    out = {label: row}
+    out.update({f"{label}_{arm}": {**_world(rec), "pairs": rec["pairs"]} for arm, rec in final["arms"].items()
+                if arm != "policy"})
+    return out
+
+
+def run_demo(out: Path, quick: bool = False, policy: str = "world:base", labeler: str = "world:labeler") -> dict:
+    from vlalign.models.best_of_n import TEMPERATURE
+    from vlalign.models.load import load
+    from vlalign.runner import run
+    from vlalign.world.metrics import evaluate_world
+
+    start = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    scenes = 150 if quick else 500
+    with scope("demo"):
+        log("evaluating the base")
+        base = cached(out / "eval" / "base.json", lambda: evaluate_world(*load(policy, dtype="fp32"), n_scenes=scenes))
+        summary: dict = {"base": pick(base), "method_seconds": {}}
+        for recipe in recipes():
+            began = time.time()
+            method = METHODS.get(recipe.method)
+            config = load_config(method.config, CONFIGS / recipe.config, recipe.overrides(out, quick, policy, labeler))
+            log(f"{recipe.label}: {method.summary}")
+            result = run(method, config, out / recipe.label)
+            summary.update(_rows(recipe.label, result))
+            if recipe.label == "rlaif_v":
+                n = BEST_OF_QUICK if quick else BEST_OF
+                log(f"best-of-{n} with the implicit reward")
+                summary["rlaif_v_best_of_n"] = cached(
+                    out / "eval" / "best_of_n.json",
+                    lambda r=result: best_of_n_chair(r["final"], policy, n, 100 if quick else 500, TEMPERATURE))
+                summary["rlaif_v_round1"] = _world(result["rounds"][0])
+            summary["method_seconds"][recipe.label] = round(time.time() - began, 1)
+    summary.update(eval_scenes=scenes, quick=quick, seconds=round(time.time() - start, 1))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def print_demo(summary: dict) -> None:
+    columns = {k: v for k, v in summary.items() if isinstance(v, dict) and "chair_i" in v}
+    console.print(metrics_table("demo summary (world, held-out scenes)", columns, SUMMARY_KEYS))
+    console.print(f"{summary['seconds']:.0f} s")
