@@ -162,7 +162,7 @@ def chair_reader(parse: str = "official") -> Reader:
     return Reader(Vocabulary.official(), tokens, tools, parse)
 
 
-def _image_key(value: int | str) -> int | str:
+def image_key(value: int | str) -> int | str:
     """COCO ids are integers; "391895" in an answer file means the same image."""
     return int(value) if isinstance(value, str) and value.strip().isdigit() else value
 
@@ -317,7 +317,7 @@ def truths_of(answers: Sequence[Answer], truth: CocoTruth, issues: Issues,
     an error (or skipped), or with `empty_when_missing` (the official codes) has no objects at all."""
     kept, truths, missing = [], [], []
     for a in answers:
-        key = _image_key(a["image_id"])
+        key = image_key(a["image_id"])
         if key in truth.objects:
             kept.append(a)
             truths.append(truth.objects[key])
@@ -346,7 +346,7 @@ def score_chair(answers_path: str | Path, annotations: Sequence[str | Path], jud
     issues = Issues(str(answers_path), skip=skip_bad)
     answers = read_answers(answers_path, [IMAGE_ID], issues)
     reader = chair_reader(parse)
-    truth = CocoTruth.load(annotations, reader, {_image_key(a["image_id"]) for a in answers})
+    truth = CocoTruth.load(annotations, reader, {image_key(a["image_id"]) for a in answers})
     known, truths, missing = truths_of(answers, truth, issues, empty_when_missing=parse == "official")
     judged = Issues(str(answers_path), skip=True)
     if judge is None:

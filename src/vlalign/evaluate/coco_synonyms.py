@@ -124,19 +124,22 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "toothbrush": (),
 }
 
-# Qualifiers that would otherwise fire for "person" ("baby elephant", "passenger jet").
+# Qualifiers that would otherwise fire for "person" ("baby elephant", "passenger jet"), and the two
+# phrases that name one object each; every CHAIR variant joins these.
 _ANIMALS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "animal", "cub")
-_VEHICLES = ("jet", "train")
+QUALIFIED: dict[str, str] = {
+    **{f"{q} {a}": a for a in _ANIMALS for q in ("baby", "adult")},
+    **{f"passenger {v}": v for v in ("jet", "train")},
+    "bow tie": "tie",
+    "toilet seat": "toilet",
+}
 
 DOUBLE_WORDS: dict[str, str] = {
     **{phrase: phrase for words in ([k, *v] for k, v in SYNONYMS.items()) for phrase in words
        if phrase.count(" ") == 1},
     "home plate": "home plate",
     "train track": "train track",
-    **{f"{q} {a}": a for a in _ANIMALS for q in ("baby", "adult")},
-    **{f"passenger {v}": v for v in _VEHICLES},
-    "bow tie": "tie",
-    "toilet seat": "toilet",
+    **QUALIFIED,
 }
 
 # The official CHAIR code (`utils/chair.py` with `data/synonyms.txt`) reads its list with `split(', ')`;
@@ -154,10 +157,7 @@ OFFICIAL_DOUBLE_WORDS: dict[str, str] = {
                       "baseball bat", "baseball glove", "tennis racket", "wine glass", "hot dog", "cell phone",
                       "mobile phone", "teddy bear", "hair drier", "potted plant", "bow tie", "laptop computer",
                       "stove top oven", "home plate", "train track")},
-    **{f"{q} {a}": a for a in _ANIMALS for q in ("baby", "adult")},
-    **{f"passenger {v}": v for v in _VEHICLES},
-    "bow tie": "tie",
-    "toilet seat": "toilet",
+    **QUALIFIED,
     "wine glas": "wine glass",
 }
 
