@@ -47,6 +47,11 @@ def _report(title: str, name: str, metrics: dict, out: Path) -> None:
     for key in ("skipped", "judge_skipped"):
         if metrics.get(key):
             console.print(f"[yellow]{key}:[/yellow] {metrics[key]} (lines: {metrics[f'{key}_lines']})")
+    if "parse" in metrics:
+        console.print(f"parse: {metrics['parse']}" + (f"; extractor: {metrics['extractor']}" if "extractor" in metrics
+                                                       else ""))
+    for why in metrics.get("approximate_because", ()):
+        console.print(f"[yellow]approximate:[/yellow] {why}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=1))
     console.print(f"wrote {out}")

@@ -114,7 +114,8 @@ def singularizer() -> tuple[Callable[[str], str], Tool]:
 
     return singular, Tool("inflect singular", False,
                           "pattern's singularize is not installed (pip install 'vlalign[benchmarks]' brings "
-                          "PatternLite): plurals are singularised by inflect, which keeps 'bus' as 'bus'")
+                          "PatternLite): plurals are singularised by inflect, which differs on some words "
+                          "(pattern makes 'glass' 'glas')")
 
 
 @lru_cache(maxsize=1)
