@@ -311,10 +311,33 @@ def llm_mentions(answers: Sequence[Answer], judge, phrase_objects: Callable[[str
     return [extracted.get(a.line, []) for a in answers]
 
 
+@dataclass
+class Scored:
+    """An answer file read against COCO: the answers kept, their ground truth, the images no annotation
+    file lists, and where bad lines went."""
+
+    answers: list[Answer]
+    truths: list[set[str]]
+    missing: list
+    truth: CocoTruth
+    issues: Issues
+
+
+def read_against_coco(answers_path: str | Path, annotations: Sequence[str | Path], reader: Reader,
+                      skip_bad: bool) -> Scored:
+    """The answers (`image_id` on every line) and the ground truth of their images, read by `reader`. An
+    image no annotation file lists is an error (robust) or has no objects at all (official, as the
+    reference codes)."""
+    issues = Issues(str(answers_path), skip=skip_bad)
+    answers = read_answers(answers_path, [IMAGE_ID], issues)
+    truth = CocoTruth.load(annotations, reader, {image_key(a["image_id"]) for a in answers})
+    known, truths, missing = truths_of(answers, truth, issues, empty_when_missing=reader.parse == "official")
+    return Scored(known, truths, missing, truth, issues)
+
+
 def truths_of(answers: Sequence[Answer], truth: CocoTruth, issues: Issues,
               empty_when_missing: bool) -> tuple[list[Answer], list[set[str]], list]:
-    """The answers kept, their ground truth, and the image ids no annotation file lists. Such an image is
-    an error (or skipped), or with `empty_when_missing` (the official codes) has no objects at all."""
+    """The answers kept, their ground truth, and the image ids no annotation file lists."""
     kept, truths, missing = [], [], []
     for a in answers:
         key = image_key(a["image_id"])
@@ -343,11 +366,9 @@ def missing_report(missing: list) -> dict:
 def score_chair(answers_path: str | Path, annotations: Sequence[str | Path], judge=None,
                 skip_bad: bool = False, parse: str = "official") -> dict:
     """CHAIR metrics of an answer file (`image_id` on every line) against COCO annotations."""
-    issues = Issues(str(answers_path), skip=skip_bad)
-    answers = read_answers(answers_path, [IMAGE_ID], issues)
     reader = chair_reader(parse)
-    truth = CocoTruth.load(annotations, reader, {image_key(a["image_id"]) for a in answers})
-    known, truths, missing = truths_of(answers, truth, issues, empty_when_missing=parse == "official")
+    scored = read_against_coco(answers_path, annotations, reader, skip_bad)
+    known, truths = scored.answers, scored.truths
     judged = Issues(str(answers_path), skip=True)
     if judge is None:
         mentions: list = [reader.mentions(a.answer) for a in known]
@@ -359,5 +380,5 @@ def score_chair(answers_path: str | Path, annotations: Sequence[str | Path], jud
     metrics.update(reader.report())
     if judge is not None:
         metrics["extractor"] = f"judge:{judge.name}"
-    metrics["ground_truth"] = truth.sources
-    return {**metrics, **missing_report(missing), **issues.report(), **judged.report("judge_skipped")}
+    metrics["ground_truth"] = scored.truth.sources
+    return {**metrics, **missing_report(scored.missing), **scored.issues.report(), **judged.report("judge_skipped")}

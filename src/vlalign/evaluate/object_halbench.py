@@ -27,17 +27,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vlalign.evaluate import textkit
-from vlalign.evaluate.answers import AnswerFileError, Issues, check_parse, read_answers
+from vlalign.evaluate.answers import AnswerFileError, Issues, check_parse
 from vlalign.evaluate.chair import (
-    IMAGE_ID,
-    CocoTruth,
     Reader,
     Vocabulary,
     chair_reader,
-    image_key,
     llm_mentions,
     missing_report,
-    truths_of,
+    read_against_coco,
 )
 from vlalign.evaluate.coco_synonyms import QUALIFIED, REFINED_ADDITIONS, SYNONYMS
 
@@ -101,16 +98,13 @@ def score_object_halbench(answers_path: str | Path, annotations: Sequence[str | 
     """Object HalBench metrics of an answer file (`image_id`, and `question` for the judge) against COCO."""
     if judge is None:
         raise AnswerFileError("Object HalBench extracts objects with a judge: pass one (--judge on the command line)")
-    issues = Issues(str(answers_path), skip=skip_bad)
-    answers = read_answers(answers_path, [IMAGE_ID], issues)
     reader = halbench_reader(parse)
-    truth = CocoTruth.load(annotations, reader, {image_key(a["image_id"]) for a in answers})
-    known, truths, missing = truths_of(answers, truth, issues, empty_when_missing=parse == "official")
+    scored = read_against_coco(answers_path, annotations, reader, skip_bad)
     judged = Issues(str(answers_path), skip=True)
-    texts = [a.answer.replace("Assistant:", "").strip() for a in known]
-    mentions = llm_mentions(known, judge, reader.vocab.phrase_objects, judged)
-    kept = [(t, g, m) for t, g, m in zip(texts, truths, mentions, strict=True) if m is not None]
+    texts = [a.answer.replace("Assistant:", "").strip() for a in scored.answers]
+    mentions = llm_mentions(scored.answers, judge, reader.vocab.phrase_objects, judged)
+    kept = [(t, g, m) for t, g, m in zip(texts, scored.truths, mentions, strict=True) if m is not None]
     judged.require(kept)
     metrics = halbench_metrics([m for *_, m in kept], [g for _, g, _ in kept], [t for t, *_ in kept])
-    metrics.update({**reader.report(), "judge": judge.name, "ground_truth": truth.sources})
-    return {**metrics, **missing_report(missing), **issues.report(), **judged.report("judge_skipped")}
+    metrics.update({**reader.report(), "judge": judge.name, "ground_truth": scored.truth.sources})
+    return {**metrics, **missing_report(scored.missing), **scored.issues.report(), **judged.report("judge_skipped")}
