@@ -7,8 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from vlalign.evaluate import textkit
 from vlalign.evaluate.answers import AnswerFileError
-from vlalign.evaluate.chair import CocoTruth, Vocabulary, parse_object_list, score_chair, singular
+from vlalign.evaluate.chair import (
+    CocoTruth,
+    Vocabulary,
+    chair_reader,
+    parse_object_list,
+    score_chair,
+    singular,
+)
 from vlalign.feedback.judge import ChatReply
 
 DATA = Path(__file__).parent / "data" / "bench"
@@ -35,16 +43,22 @@ def test_mentions(text, objects):
 
 
 def test_ground_truth_joins_instances_and_captions():
-    truth = CocoTruth.load([COCO], VOCAB)
+    truth = CocoTruth.load([COCO], chair_reader("robust"))
     # image 1: instances dog, person; caption "A man walks his dog past a bench." adds bench
     assert truth.objects[1] == {"dog", "person", "bench"}
     # image 2: instances dining table, chair (twice); caption "A table with cups on it." adds cup
     assert truth.objects[2] == {"dining table", "chair", "cup"}
     assert truth.objects[3] == {"car", "traffic light"}
+    assert truth.objects[4] == {"car", "bus"}  # instances car; caption "A bus behind a car."
+    # official reading: pattern turns the caption's "bus" into "bu", which names nothing
+    assert CocoTruth.load([COCO], chair_reader("official")).objects[4] == {"car"}
 
 
-def test_chair_by_hand():
-    m = score_chair(DATA / "chair_answers.jsonl", [COCO / "instances_val2014.json", COCO / "captions_val2014.json"])
+@pytest.mark.parametrize("parse", ["robust", "official"])
+def test_chair_by_hand(parse):
+    # plain words only: both readings find the same mentions and ground truth here
+    m = score_chair(DATA / "chair_answers.jsonl", [COCO / "instances_val2014.json", COCO / "captions_val2014.json"],
+                    parse=parse)
     # answer 1: man, dogs, bench, cat*        -> 4 mentions, 1 hallucinated; distinct 4, 1 bad; right 3 of 3
     # answer 2: table, chairs, cat*, table, cat* -> 5 mentions, 2 hallucinated; distinct 3, 1 bad; right 2 of 3
     # answer 3: no object                     -> 0 mentions;                               right 0 of 2
@@ -54,7 +68,39 @@ def test_chair_by_hand():
     assert m["chair_i_unique"] == pytest.approx(2 / 7)
     assert m["recall"] == pytest.approx(5 / 8)
     assert m["mean_words"] == pytest.approx((14 + 16 + 5) / 3)
-    assert (m["n_answers"], m["n_mentions"], m["extractor"]) == (3, 9, "rules")
+    assert (m["n_answers"], m["n_mentions"], m["parse"]) == (3, 9, parse)
+
+
+def test_official_chair_quirks_by_hand():
+    # chair_quirks.jsonl, read as the official code does (lower-case, word_tokenize, pattern's singularize):
+    # 1 (image 4; truth {car}: the caption's "bus" is "bu") "A bus and two buses.": "bus" -> "bu" names
+    #   nothing, "buses" -> "bus" -> bus, not in the truth: 1 mention, 1 hallucinated
+    # 2 (image 1; truth person, dog, bench) "A man rides a motor bike past an iPhone and a cheesecake.":
+    #   "motor bike" is joined but the list only has " motor bike"; "iphone" is not "iPhone"; "cheesecake" is
+    #   not " cheesecake": only man -> person, right
+    # 3 (image 5, in no annotation file: empty truth) "A dog next to a wine glass.": "glass" -> "glas",
+    #   "wine glas" -> wine glass; dog and wine glass both hallucinated
+    # No abbreviation, initial or number ends a sentence, so Punkt's English data cannot change the tokens.
+    m = score_chair(DATA / "chair_quirks.jsonl", [COCO])
+    assert m["chair_s"] == pytest.approx(2 / 3, abs=1e-12)
+    assert m["chair_i"] == pytest.approx(3 / 4, abs=1e-12)
+    assert (m["n_mentions"], m["images_without_annotations"], m["images_without_annotations_ids"]) == (4, 1, [5])
+    assert m["parse"] == "official" and "pattern.singularize" in m["extractor"]
+    # CI has NLTK without its punkt_tab data: then the figures say they are approximate, and why
+    assert m["approximate"] is not textkit.nltk_has(textkit.PUNKT)
+    if m["approximate"]:
+        assert any("punkt_tab" in why for why in m["approximate_because"])
+
+
+def test_robust_chair_quirks_by_hand():
+    # robust: "bus" stays bus (and the caption's bus is in the truth of image 4), the repaired list finds
+    # motor bike (motorcycle), iphone (cell phone) and cheesecake (cake), and image 5 is an error
+    with pytest.raises(AnswerFileError, match=r"line 3: image_id 5 is in none of the annotation files"):
+        score_chair(DATA / "chair_quirks.jsonl", [COCO], parse="robust")
+    m = score_chair(DATA / "chair_quirks.jsonl", [COCO], parse="robust", skip_bad=True)
+    # 1: bus, bus (right); 2: person (right), motorcycle, cell phone, cake (wrong) -> CHAIR_s 1/2, CHAIR_i 3/6
+    assert (m["chair_s"], m["chair_i"], m["n_mentions"]) == pytest.approx((0.5, 0.5, 6))
+    assert m["skipped"] == {"image_without_annotation": 1} and "approximate" not in m
 
 
 def test_image_without_annotation_names_the_line(tmp_path):
@@ -62,8 +108,8 @@ def test_image_without_annotation_names_the_line(tmp_path):
     path.write_text('{"question_id": 1, "image_id": 1, "answer": "A dog."}\n'
                     '{"question_id": 2, "image_id": 99, "answer": "A cat."}\n')
     with pytest.raises(AnswerFileError, match=r"line 2: image_id 99 is in none of the annotation files"):
-        score_chair(path, [COCO])
-    m = score_chair(path, [COCO], skip_bad=True)
+        score_chair(path, [COCO], parse="robust")
+    m = score_chair(path, [COCO], skip_bad=True, parse="robust")
     assert m["skipped"] == {"image_without_annotation": 1}
     assert m["n_answers"] == 1 and m["chair_s"] == 0.0  # "A dog." on image 1 is right
     with pytest.raises(FileNotFoundError, match="no COCO annotation file"):
@@ -106,7 +152,7 @@ def test_llm_variant_with_a_judge(tmp_path):
     def reply(prompt):
         return next(v for k, v in replies.items() if k in prompt)
 
-    m = score_chair(path, [COCO], judge=ScriptedJudge(reply))
+    m = score_chair(path, [COCO], judge=ScriptedJudge(reply), parse="robust")
     # 1: man, dog, bench, cat* (4 words, 1 bad); 2: table, chair, cat* ("cat" once; "dog bed" is no object)
     # 3: none; 4 and 5 dropped (failed request, reply with no JSON list)
     assert m["chair_i"] == pytest.approx(2 / 7)

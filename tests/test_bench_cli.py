@@ -19,9 +19,13 @@ DATA = Path(__file__).parent / "data" / "bench"
 
 @pytest.mark.parametrize("bench, answers, extra, key, value", [
     ("pope", "pope_answers.jsonl", [], "popular_f1", 0.8),  # worked out in test_bench_pope
+    ("pope", "pope_quirks.jsonl", [], "random_accuracy", 0.2),  # official reading, test_bench_pope
+    ("pope", "pope_quirks.jsonl", ["--parse", "robust"], "random_accuracy", 0.7),
     ("mme", "mme_answers.jsonl", [], "total", 175.0),  # worked out in test_bench_mme
     ("chair", "chair_answers.jsonl", ["--annotations", str(DATA / "coco")], "chair_i", 3 / 9),
-    ("amber", "amber_answers.jsonl", ["--annotations", str(DATA / "amber")], "amber_score", 0.7),
+    ("chair", "chair_quirks.jsonl", ["--annotations", str(DATA / "coco")], "chair_s", 2 / 3),  # test_bench_chair
+    ("amber", "amber_answers.jsonl", ["--annotations", str(DATA / "amber"), "--parse", "robust"], "amber_score", 0.7),
+    ("amber", "amber_official_answers.jsonl", ["--annotations", str(DATA / "amber")], "existence_f1_pct", 39.9),
 ])
 def test_score_writes_metrics_and_prints_a_table(tmp_path, bench, answers, extra, key, value):
     out = tmp_path / "m" / "metrics.json"
@@ -29,7 +33,16 @@ def test_score_writes_metrics_and_prints_a_table(tmp_path, bench, answers, extra
     assert result.exit_code == 0, result.output
     metrics = json.loads(out.read_text())
     assert metrics["benchmark"] == bench and metrics[key] == pytest.approx(value)
+    assert metrics["parse"] == ("robust" if "robust" in extra else "official")
     assert key in result.output  # the table (stderr is mixed into the runner's output)
+    if metrics.get("approximate"):
+        assert "approximate" in result.output  # said where the figures are read, not only in the JSON
+
+
+def test_unknown_parse_mode_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(app, ["score", "pope", "--answers", str(DATA / "pope_answers.jsonl"),
+                                      "--out", str(tmp_path / "m.json"), "--parse", "strict"])
+    assert result.exit_code == 2 and "unknown parse mode 'strict'" in result.output
 
 
 def test_score_reports_bad_lines(tmp_path):

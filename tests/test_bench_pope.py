@@ -7,13 +7,16 @@ from pathlib import Path
 import pytest
 
 from vlalign.evaluate.answers import AnswerFileError
-from vlalign.evaluate.pope import build_pope, score_pope
+from vlalign.evaluate.pope import build_pope, parse_yes_no, parse_yes_no_official, score_pope
 
 DATA = Path(__file__).parent / "data" / "bench"
 
 
-def test_pope_by_hand():
-    m = score_pope(DATA / "pope_answers.jsonl")
+@pytest.mark.parametrize("parse", ["official", "robust"])
+def test_pope_by_hand(parse):
+    # every answer here reads the same under both rules (worked out line by line below)
+    m = score_pope(DATA / "pope_answers.jsonl", parse=parse)
+    assert m["parse"] == parse
     # random: TP (yes/yes), TN, FN ("There is not a cat"), FP -> acc 2/4, P 1/2, R 1/2, F1 1/2, yes 2/4
     assert [m[f"random_{k}"] for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")] == \
         pytest.approx([0.5, 0.5, 0.5, 0.5, 0.5])
@@ -28,6 +31,43 @@ def test_pope_by_hand():
     assert m["f1"] == pytest.approx((0.5 + 0.8 + 1.0) / 3)
     assert m["yes_ratio"] == pytest.approx((0.5 + 0.75 + 0.5) / 3)
     assert (m["random_n"], m["popular_n"], m["adversarial_n"]) == (4, 4, 2)
+
+
+# The official rule (POPE's evaluate.py, LLaVA's eval_pope.py): text before the first ".", commas deleted,
+# split on single spaces; "no" iff a piece is exactly No, not or no. The robust rule lower-cases and looks
+# for the words no / not (commas become spaces).
+@pytest.mark.parametrize("answer, official, robust", [
+    ("NO", True, False),  # the piece "NO" is none of No / not / no
+    ("Not really.", True, False),  # "Not" is capitalised
+    ("No!", True, False),  # the piece is "No!"
+    ("(no)", True, False),
+    ("no-one is there", True, False),  # "no-one" is one piece
+    ("No\nThere is none", True, False),  # pieces "No\nThere", "is", "none"
+    ("", True, True),  # empty answers are yes
+    ("There is not a dog, no.", False, False),
+    ("nope, no", False, False),  # comma deleted: "nope no" -> piece "no"
+    ("Yes,no", True, False),  # comma deleted: "Yesno" (robust: "yes no")
+    ("Yes. No", True, True),  # only the first sentence counts
+    (" no", False, False),  # the leading space gives an empty piece, then "no"
+])
+def test_official_and_robust_yes_no(answer, official, robust):
+    assert (parse_yes_no_official(answer), parse_yes_no(answer)) == (official, robust)
+
+
+def test_pope_quirks_by_hand():
+    # pope_quirks.jsonl holds the ten answers above (same order); labels: no x 8, then yes, yes.
+    # official reads: yes x 7, no ("There is not a dog, no."), no ("nope, no"), yes ("Yes,no")
+    #   TP 1 (Yes,no), FP 7, TN 1, FN 1 -> acc 2/10, P 1/8, R 1/2, F1 = 2PR/(P+R) = (1/8)/(5/8) = 0.2, yes 8/10
+    m = score_pope(DATA / "pope_quirks.jsonl")
+    assert [m[f"random_{k}"] for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")] == \
+        pytest.approx([0.2, 1 / 8, 0.5, 0.2, 0.8], abs=1e-12)
+    assert m["parse"] == "official"
+    # robust reads no for all but the empty answer: TP 0, FP 1 (the empty one), TN 7, FN 2 -> acc 0.7, P = R = F1 = 0
+    r = score_pope(DATA / "pope_quirks.jsonl", parse="robust")
+    assert [r[f"random_{k}"] for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")] == \
+        pytest.approx([0.7, 0.0, 0.0, 0.0, 0.1], abs=1e-12)
+    with pytest.raises(ValueError, match="unknown parse mode 'strict'; use one of official, robust"):
+        score_pope(DATA / "pope_quirks.jsonl", parse="strict")
 
 
 def test_unknown_category_names_the_line(tmp_path):

@@ -124,17 +124,47 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "toothbrush": (),
 }
 
-# Qualifiers that would otherwise fire for "person" ("baby elephant", "passenger jet").
+# Qualifiers that would otherwise fire for "person" ("baby elephant", "passenger jet"), and the two
+# phrases that name one object each; every CHAIR variant joins these.
 _ANIMALS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "animal", "cub")
-_VEHICLES = ("jet", "train")
+QUALIFIED: dict[str, str] = {
+    **{f"{q} {a}": a for a in _ANIMALS for q in ("baby", "adult")},
+    **{f"passenger {v}": v for v in ("jet", "train")},
+    "bow tie": "tie",
+    "toilet seat": "toilet",
+}
 
 DOUBLE_WORDS: dict[str, str] = {
     **{phrase: phrase for words in ([k, *v] for k, v in SYNONYMS.items()) for phrase in words
        if phrase.count(" ") == 1},
     "home plate": "home plate",
     "train track": "train track",
-    **{f"{q} {a}": a for a in _ANIMALS for q in ("baby", "adult")},
-    **{f"passenger {v}": v for v in _VEHICLES},
-    "bow tie": "tie",
-    "toilet seat": "toilet",
+    **QUALIFIED,
+}
+
+# The official CHAIR code (`utils/chair.py` with `data/synonyms.txt`) reads its list with `split(', ')`;
+# three of its entries can therefore never match a lower-cased token: "motor bike" and "cheesecake" carry
+# a leading space (a double space in the file) and "iPhone" a capital. The table above repairs them; the
+# official mode keeps them as the file has them.
+OFFICIAL_SPELLINGS: dict[str, str] = {"motor bike": " motor bike", "cheesecake": " cheesecake", "iphone": "iPhone"}
+
+# The two-word phrases the official CHAIR code joins before looking words up (its `coco_double_words`
+# plus its qualifier rules). "dining table" is not among them, so it counts through "table"; pattern's
+# singularize turns "glass" into "glas", hence "wine glas".
+OFFICIAL_DOUBLE_WORDS: dict[str, str] = {
+    **{p: p for p in ("motor bike", "motor cycle", "air plane", "traffic light", "street light", "traffic signal",
+                      "stop light", "fire hydrant", "stop sign", "parking meter", "suit case", "sports ball",
+                      "baseball bat", "baseball glove", "tennis racket", "wine glass", "hot dog", "cell phone",
+                      "mobile phone", "teddy bear", "hair drier", "potted plant", "bow tie", "laptop computer",
+                      "stove top oven", "home plate", "train track")},
+    **QUALIFIED,
+    "wine glas": "wine glass",
+}
+
+# RLAIF-V's Object HalBench reads RLHF-V's `synonyms_refine.txt`: the official list with the leading
+# spaces stripped ("iPhone" keeps its capital) and these words added.
+REFINED_ADDITIONS: dict[str, tuple[str, ...]] = {
+    "person": ("brother", "pedestrian"),
+    "dining table": ("coffee table",),
+    "remote": ("remote control",),
 }

@@ -24,6 +24,17 @@ class AnswerFileError(ValueError):
     """A record that cannot be scored; the message names the file, the line and the fix."""
 
 
+PARSE_MODES = ("official", "robust")
+
+
+def check_parse(parse: str) -> str:
+    """`parse` when it names a scoring mode: official (the benchmark's own script, quirks included) or
+    robust (vlalign's reading of what a person would mean); else an error that lists them."""
+    if parse not in PARSE_MODES:
+        raise ValueError(f"unknown parse mode {parse!r}; use one of {', '.join(PARSE_MODES)}")
+    return parse
+
+
 @dataclass(frozen=True)
 class Field:
     """A field every record must carry. `help` says what it holds and is quoted in errors."""

@@ -10,6 +10,8 @@ Question sources, by benchmark (`--data`; images from `--images`):
   `<subtask>.txt` files (image, question, answer separated by tabs); images under `--images/<subtask>/`.
 - mmhal: MMHal-Bench's `response_template.json` (question ids are its indices); images by file name.
 - amber: one of AMBER's `query_*.json` files; ground truth from `--annotations` (AMBER's data folder).
+- object-halbench: as chair (RLHF-V's 300 prompts with inline images); a judge extracts the objects.
+
 Plugins register more (the world's exact benchmarks on held-out scenes); `vlalign.plugins.BENCHMARKS`
 holds them all.
 """
@@ -34,6 +36,7 @@ from vlalign.evaluate.chair import IMAGE_ID, score_chair
 from vlalign.evaluate.mme import CATEGORY as MME_CATEGORY
 from vlalign.evaluate.mme import SUBTASKS, score_mme
 from vlalign.evaluate.mmhal import load_template, score_mmhal
+from vlalign.evaluate.object_halbench import score_object_halbench
 from vlalign.evaluate.pope import POPE_SPLITS, build_pope, score_pope
 from vlalign.plugins import BENCHMARKS
 
@@ -49,6 +52,7 @@ class ScoreInputs:
     judge: object = None
     llm_objects: bool = False
     skip_bad: bool = False
+    parse: str = "official"
 
 
 @dataclass(frozen=True)
@@ -238,25 +242,30 @@ def amber_questions(inputs: EvalInputs) -> list[Question]:
 def _score_chair(i: ScoreInputs) -> dict:
     if i.llm_objects and i.judge is None:
         raise ValueError("--llm-objects extracts objects with a judge: pass --judge too")
-    return score_chair(i.answers, i.annotations, i.judge if i.llm_objects else None, i.skip_bad)
+    return score_chair(i.answers, i.annotations, i.judge if i.llm_objects else None, i.skip_bad, i.parse)
 
 
 def _score_mmhal(i: ScoreInputs) -> dict:
-    return score_mmhal(i.answers, i.judge, i.annotations[0] if i.annotations else None, i.skip_bad)
+    return score_mmhal(i.answers, i.judge, i.annotations[0] if i.annotations else None, i.skip_bad,
+                       parse=i.parse)
 
 
 for _benchmark in (
     Benchmark("chair", "CHAIR on COCO (Object HalBench style); needs --annotations with COCO instances and captions",
               _score_chair, chair_questions, needs_annotations=True),
     Benchmark("pope", "POPE yes/no object probing, per split and averaged",
-              lambda i: score_pope(i.answers, i.skip_bad), pope_questions),
+              lambda i: score_pope(i.answers, i.skip_bad, i.parse), pope_questions),
     Benchmark("mme", "MME perception and cognition (acc and acc+ per subtask)",
-              lambda i: score_mme(i.answers, i.skip_bad), mme_questions),
+              lambda i: score_mme(i.answers, i.skip_bad, i.parse), mme_questions),
     Benchmark("mmhal", "MMHal-Bench, 0-6 ratings by a judge (--judge); --annotations response_template.json",
               _score_mmhal, mmhal_questions),
     Benchmark("amber", "AMBER generative and discriminative; needs --annotations with AMBER's data folder",
-              lambda i: score_amber(i.answers, i.annotations, i.skip_bad), amber_questions,
+              lambda i: score_amber(i.answers, i.annotations, i.skip_bad, parse=i.parse), amber_questions,
               needs_annotations=True),
+    Benchmark("object-halbench", "Object HalBench as RLAIF-V reports it (CHAIR, objects extracted by --judge); "
+              "needs --annotations with COCO instances and captions",
+              lambda i: score_object_halbench(i.answers, i.annotations, i.judge, i.skip_bad, i.parse),
+              chair_questions, needs_annotations=True),
 ):
     BENCHMARKS.register(_benchmark.name, _benchmark)
 

@@ -1,28 +1,41 @@
 """CHAIR on COCO images (Object HalBench style): which objects an answer names that the image lacks.
 
-Mentions come from free text as in the CHAIR reference (Rohrbach et al. 2018; the RLHF-V / RLAIF-V
-Object HalBench scripts build on it): lower-case words, plurals singularised, two-word phrases joined
-(`vlalign.data.coco.DOUBLE_WORDS`), "seat" dropped when "toilet" is named, then every word that names a COCO
-class counts. The ground truth of an image is the union of its instance categories and the objects named
-in its reference captions. Singularising uses `inflect`, which works offline (the reference's NLTK and
-pattern need downloaded data); words that already name an object are left alone, so "bus" stays "bus".
+An answer's mentions are its words that name a COCO class, after plurals are singularised, two-word
+phrases joined (`vlalign.data.coco`) and "seat" dropped when "toilet" is named; the ground truth of an image
+is the union of its instance categories and the objects its reference captions mention the same way.
+CHAIR_s is the share of answers with a hallucinated mention, CHAIR_i the share of mentions that are.
+
+Two modes (`parse`):
+- official (default), as the CHAIR code most papers run (Rohrbach et al. 2018, `utils/chair.py`):
+  NLTK's `word_tokenize` on the lower-cased text, pattern's `singularize` on every token (so "bus"
+  becomes "bu" and a bus counts nothing, "glass" becomes "glas"), the official two-word list, and the
+  synonym list as its file reads, with its three entries that never match (`vlalign.data.coco.
+  OFFICIAL_SPELLINGS`); an image that no annotation file lists has empty ground truth, so everything
+  its answer names is a hallucination (counted in `images_without_annotations`). Where NLTK's Punkt data
+  or pattern is missing, the closest installed tool runs and the output says the figures are
+  approximate (`vlalign.evaluate.textkit`).
+- robust: lower-case words (`[a-z]+`), singularised by `inflect` with vocabulary words left alone (so
+  "bus" stays "bus"), the repaired synonym list, all two-word synonyms joined; an image missing from the
+  annotation files is an error (the wrong split was passed).
 
 Optionally (RLAIF-V's variant) a judge lists the objects an answer mentions and those phrases are mapped
 to COCO classes; without spaCy's tagger a phrase maps through its two-word phrases, else through its last
-word unless the word before it also names an object ("dog bed" is not a bed).
+word unless the word before it also names an object ("dog bed" is not a bed). `object_halbench` scores
+that variant as RLAIF-V reports it.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
-from vlalign.evaluate.answers import Answer, Field, Issues, ask_judge, read_answers
-from vlalign.data.coco import DOUBLE_WORDS, SYNONYMS
+from vlalign.evaluate import textkit
+from vlalign.evaluate.answers import Answer, Field, Issues, ask_judge, check_parse, read_answers
+from vlalign.data.coco import DOUBLE_WORDS, OFFICIAL_DOUBLE_WORDS, OFFICIAL_SPELLINGS, SYNONYMS
 
 IMAGE_ID = Field("image_id", "the COCO image id the answer describes (e.g. 391895)", (int, str))
 _WORD = re.compile(r"[a-z]+")
@@ -57,10 +70,20 @@ class Vocabulary:
     keep: frozenset[str]
 
     @classmethod
-    def coco(cls) -> Vocabulary:
-        synonyms = {w: obj for obj, names in SYNONYMS.items() for w in (obj, *names)}
-        keep = frozenset(t for phrase in (*synonyms, *DOUBLE_WORDS) for t in phrase.split())
-        return cls(synonyms, DOUBLE_WORDS, keep)
+    def coco(cls, spellings: dict[str, str] | None = None, double_words: dict[str, str] = DOUBLE_WORDS,
+             extra: dict[str, tuple[str, ...]] | None = None) -> Vocabulary:
+        """The COCO vocabulary: repaired by default; `spellings` respells entries as another list has
+        them, `extra` adds words to classes, `double_words` replaces the joined phrases."""
+        spellings, extra = spellings or {}, extra or {}
+        synonyms = {spellings.get(w, w): obj for obj, names in SYNONYMS.items()
+                    for w in (obj, *names, *extra.get(obj, ()))}
+        keep = frozenset(t for phrase in (*synonyms, *double_words) for t in phrase.split())
+        return cls(synonyms, double_words, keep)
+
+    @classmethod
+    def official(cls) -> Vocabulary:
+        """The vocabulary of the official CHAIR code, entries that never match included."""
+        return cls.coco(OFFICIAL_SPELLINGS, OFFICIAL_DOUBLE_WORDS)
 
     def _joined(self, tokens: list[str]) -> list[str]:
         out, i = [], 0
@@ -79,9 +102,13 @@ class Vocabulary:
             tokens = [t for t in tokens if t != "seat"]
         return [(t, self.synonyms[t]) for t in tokens if t in self.synonyms]
 
+    def mentions_in(self, tokens: list[str]) -> list[tuple[str, str]]:
+        """(word, object) for every object mention in a list of singular tokens, in order."""
+        return self._named(self._joined(tokens))
+
     def mentions(self, text: str) -> list[tuple[str, str]]:
-        """(word, object) for every object mention in free text, in order."""
-        return self._named(self._joined(words(text, self.keep)))
+        """(word, object) for every object mention in free text (robust words), in order."""
+        return self.mentions_in(words(text, self.keep))
 
     def phrase_objects(self, phrase: str) -> list[tuple[str, str]]:
         """(word, object) named by one extracted object phrase such as "two small dogs"."""
@@ -95,7 +122,47 @@ class Vocabulary:
         return self._named(tokens[-1:])
 
 
-def _image_key(value: int | str) -> int | str:
+@dataclass(frozen=True)
+class Reader:
+    """How one mode finds the object mentions of a text, and which tools it ran."""
+
+    vocab: Vocabulary
+    tokens: Callable[[str], list[str]]
+    tools: tuple[textkit.Tool, ...]
+    parse: str
+
+    def mentions(self, text: str) -> list[tuple[str, str]]:
+        return self.vocab.mentions_in(self.tokens(text))
+
+    def report(self) -> dict:
+        """`parse`, `extractor`, and in official mode whether the figures are approximate."""
+        tools = textkit.report(self.tools)
+        return {"parse": self.parse, **(tools if self.parse == "official" else {"extractor": tools["extractor"]})}
+
+
+def official_tokens(lower: bool = True) -> tuple[Callable[[str], list[str]], tuple[textkit.Tool, ...]]:
+    """The official CHAIR tokens: `word_tokenize` of the (lower-cased) text, each token singularised."""
+    tokenize, tokenizer = textkit.word_tokenizer()
+    singularize, singularizer = textkit.singularizer()
+    cached = lru_cache(maxsize=65536)(singularize)
+
+    def tokens(text: str) -> list[str]:
+        return [cached(t) for t in tokenize(text.lower() if lower else text)]
+
+    return tokens, (tokenizer, singularizer)
+
+
+def chair_reader(parse: str = "official") -> Reader:
+    """The mentions reader of a mode (see the module notes)."""
+    if check_parse(parse) == "robust":
+        vocab = Vocabulary.coco()
+        return Reader(vocab, partial(words, keep=vocab.keep), (textkit.Tool("vlalign words (inflect)", True),),
+                      parse)
+    tokens, tools = official_tokens()
+    return Reader(Vocabulary.official(), tokens, tools, parse)
+
+
+def image_key(value: int | str) -> int | str:
     """COCO ids are integers; "391895" in an answer file means the same image."""
     return int(value) if isinstance(value, str) and value.strip().isdigit() else value
 
@@ -124,9 +191,10 @@ class CocoTruth:
     sources: list[str]
 
     @classmethod
-    def load(cls, paths: Iterable[str | Path], vocab: Vocabulary, image_ids: set | None = None) -> CocoTruth:
-        """From COCO `instances_*.json` and `captions_*.json` files (or folders holding them); with
-        `image_ids`, only those images are kept."""
+    def load(cls, paths: Iterable[str | Path], reader: Reader, image_ids: set | None = None) -> CocoTruth:
+        """From COCO `instances_*.json` and `captions_*.json` files (or folders holding them), captions read
+        by `reader`; with `image_ids`, only those images are kept."""
+        vocab = reader.vocab
         objects: dict[int | str, set[str]] = {}
         sources = []
         files = _annotation_files(paths)
@@ -153,7 +221,7 @@ class CocoTruth:
             else:
                 for a in data["annotations"]:
                     if a["image_id"] in objects:
-                        objects[a["image_id"]].update(obj for _, obj in vocab.mentions(a["caption"]))
+                        objects[a["image_id"]].update(obj for _, obj in reader.mentions(a["caption"]))
                 sources.append(f"captions:{path.name}")
         return cls(objects, sources)
 
@@ -215,10 +283,11 @@ def parse_object_list(text: str) -> list[str] | None:
     return None
 
 
-def llm_mentions(answers: Sequence[Answer], judge, vocab: Vocabulary,
+def llm_mentions(answers: Sequence[Answer], judge, phrase_objects: Callable[[str], list[tuple[str, str]]],
                  issues: Issues) -> list[list[tuple[str, str]] | None]:
-    """Mentions from objects a judge extracts (RLAIF-V). Answers of three words or fewer name nothing, as
-    in the reference; a failed or unparsable judge reply gives None and is counted in `issues`."""
+    """Mentions from objects a judge extracts (RLAIF-V), each phrase mapped by `phrase_objects` and each
+    word counted once. Answers of three words or fewer name nothing, as in the reference; a failed or
+    unparsable judge reply gives None and is counted in `issues`."""
     from vlalign.feedback.judge import ChatRequest
 
     long = [a for a in answers if len(a.answer.split()) > 3]
@@ -236,37 +305,80 @@ def llm_mentions(answers: Sequence[Answer], judge, vocab: Vocabulary,
             continue
         seen: dict[str, tuple[str, str]] = {}
         for p in phrases:
-            for word, obj in vocab.phrase_objects(p):
+            for word, obj in phrase_objects(p):
                 seen.setdefault(word, (word, obj))
         extracted[a.line] = list(seen.values())
     return [extracted.get(a.line, []) for a in answers]
 
 
-def score_chair(answers_path: str | Path, annotations: Sequence[str | Path], judge=None,
-                skip_bad: bool = False) -> dict:
-    """CHAIR metrics of an answer file (`image_id` on every line) against COCO annotations."""
+@dataclass
+class Scored:
+    """An answer file read against COCO: the answers kept, their ground truth, the images no annotation
+    file lists, and where bad lines went."""
+
+    answers: list[Answer]
+    truths: list[set[str]]
+    missing: list
+    truth: CocoTruth
+    issues: Issues
+
+
+def read_against_coco(answers_path: str | Path, annotations: Sequence[str | Path], reader: Reader,
+                      skip_bad: bool) -> Scored:
+    """The answers (`image_id` on every line) and the ground truth of their images, read by `reader`. An
+    image no annotation file lists is an error (robust) or has no objects at all (official, as the
+    reference codes)."""
     issues = Issues(str(answers_path), skip=skip_bad)
     answers = read_answers(answers_path, [IMAGE_ID], issues)
-    vocab = Vocabulary.coco()
-    truth = CocoTruth.load(annotations, vocab, {_image_key(a["image_id"]) for a in answers})
-    known = []
+    truth = CocoTruth.load(annotations, reader, {image_key(a["image_id"]) for a in answers})
+    known, truths, missing = truths_of(answers, truth, issues, empty_when_missing=reader.parse == "official")
+    return Scored(known, truths, missing, truth, issues)
+
+
+def truths_of(answers: Sequence[Answer], truth: CocoTruth, issues: Issues,
+              empty_when_missing: bool) -> tuple[list[Answer], list[set[str]], list]:
+    """The answers kept, their ground truth, and the image ids no annotation file lists."""
+    kept, truths, missing = [], [], []
     for a in answers:
-        if _image_key(a["image_id"]) not in truth.objects:
+        key = image_key(a["image_id"])
+        if key in truth.objects:
+            kept.append(a)
+            truths.append(truth.objects[key])
+        elif empty_when_missing:
+            missing.append(a["image_id"])
+            kept.append(a)
+            truths.append(set())
+        else:
             issues(a.line, "image_without_annotation",
                    f"image_id {a['image_id']!r} is in none of the annotation files ({', '.join(truth.sources)}); "
                    f"pass the instances and captions files of the split it comes from (e.g. *_val2014.json)")
-        else:
-            known.append(a)
-    issues.require(known)
+    issues.require(kept)
+    return kept, truths, missing
+
+
+def missing_report(missing: list) -> dict:
+    """How many answers' images no annotation file lists (official modes score them with empty truth)."""
+    if not missing:
+        return {}
+    return {"images_without_annotations": len(missing), "images_without_annotations_ids": missing[:10]}
+
+
+def score_chair(answers_path: str | Path, annotations: Sequence[str | Path], judge=None,
+                skip_bad: bool = False, parse: str = "official") -> dict:
+    """CHAIR metrics of an answer file (`image_id` on every line) against COCO annotations."""
+    reader = chair_reader(parse)
+    scored = read_against_coco(answers_path, annotations, reader, skip_bad)
+    known, truths = scored.answers, scored.truths
     judged = Issues(str(answers_path), skip=True)
     if judge is None:
-        mentions: list = [vocab.mentions(a.answer) for a in known]
+        mentions: list = [reader.mentions(a.answer) for a in known]
     else:
-        mentions = llm_mentions(known, judge, vocab, judged)
-    kept = [(a, m) for a, m in zip(known, mentions, strict=True) if m is not None]
+        mentions = llm_mentions(known, judge, reader.vocab.phrase_objects, judged)
+    kept = [(a, t, m) for a, t, m in zip(known, truths, mentions, strict=True) if m is not None]
     judged.require(kept)
-    metrics = chair_from_mentions([m for _, m in kept], [truth.objects[_image_key(a["image_id"])] for a, _ in kept],
-                                  [a.answer for a, _ in kept])
-    metrics["extractor"] = f"judge:{judge.name}" if judge is not None else "rules"
-    metrics["ground_truth"] = truth.sources
-    return {**metrics, **issues.report(), **judged.report("judge_skipped")}
+    metrics = chair_from_mentions([m for *_, m in kept], [t for _, t, _ in kept], [a.answer for a, *_ in kept])
+    metrics.update(reader.report())
+    if judge is not None:
+        metrics["extractor"] = f"judge:{judge.name}"
+    metrics["ground_truth"] = scored.truth.sources
+    return {**metrics, **missing_report(scored.missing), **scored.issues.report(), **judged.report("judge_skipped")}

@@ -8,11 +8,24 @@ from pathlib import Path
 
 import typer
 
-BENCH_HELP = "Benchmark: chair, pope, mme, mmhal, amber, world-chair, world-pope or world-attributes."
+BENCH_HELP = ("Benchmark: chair, pope, mme, mmhal, amber, object-halbench, world-chair, world-pope or "
+              "world-attributes.")
 ANNOTATIONS_HELP = ("Ground truth the benchmark needs (repeatable): chair: COCO instances_*.json and "
                     "captions_*.json (or their folder); amber: AMBER's data folder; mmhal: response_template.json.")
 JUDGE_HELP = "Judge backend for mmhal and --llm-objects, as vlalign.feedback.judges.make_judge reads it."
 SKIP_HELP = "Count bad lines in the metrics (skipped) instead of stopping at the first."
+PARSE_HELP = ("official: the benchmark's own script, quirks included (the figures papers report); robust: "
+              "vlalign's reading of what an answer means. See the README's benchmark scoring modes.")
+
+
+def check_parse_option(value: str) -> str:
+    """The --parse value, or a usage error that lists the modes."""
+    from vlalign.evaluate.answers import check_parse
+
+    try:
+        return check_parse(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--parse") from e
 
 
 def resolve_judge(spec: str | None):
@@ -34,6 +47,11 @@ def _report(title: str, name: str, metrics: dict, out: Path) -> None:
     for key in ("skipped", "judge_skipped"):
         if metrics.get(key):
             console.print(f"[yellow]{key}:[/yellow] {metrics[key]} (lines: {metrics[f'{key}_lines']})")
+    if "parse" in metrics:
+        console.print(f"parse: {metrics['parse']}" + (f"; extractor: {metrics['extractor']}" if "extractor" in metrics
+                                                       else ""))
+    for why in metrics.get("approximate_because", ()):
+        console.print(f"[yellow]approximate:[/yellow] {why}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=1))
     console.print(f"wrote {out}")
@@ -47,12 +65,14 @@ def score(
     judge: str = typer.Option(None, help=JUDGE_HELP),
     llm_objects: bool = typer.Option(False, "--llm-objects", help="chair: the judge extracts objects (RLAIF-V)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_HELP),
+    parse: str = typer.Option("official", "--parse", help=PARSE_HELP, callback=check_parse_option),
 ) -> None:
     """Score an answer file of any model on a benchmark, without loading a model."""
     from vlalign.evaluate.benchmarks import ScoreInputs, get
 
     b = get(bench)
-    metrics = b.score(ScoreInputs(answers, tuple(annotations or ()), resolve_judge(judge), llm_objects, skip_bad))
+    metrics = b.score(ScoreInputs(answers, tuple(annotations or ()), resolve_judge(judge), llm_objects, skip_bad,
+                                  parse))
     _report(f"{bench}: {answers.name}", bench, {"benchmark": bench, **metrics, "answers": str(answers)}, out)
 
 
@@ -70,6 +90,7 @@ def eval_(
     batch_size: int = typer.Option(16, min=1, help="Questions per generation batch."),
     max_new_tokens: int = typer.Option(None, min=1, help="Tokens for free-form answers (yes/no answers get few)."),
     seed: int = typer.Option(0, help="Seed for building POPE splits."),
+    parse: str = typer.Option("official", "--parse", help=PARSE_HELP, callback=check_parse_option),
 ) -> None:
     """Let a model answer a benchmark's questions (greedy), then score the answers as `vlalign score` does."""
     from vlalign.console import console
@@ -78,8 +99,8 @@ def eval_(
 
     b = get(bench)
     judge_obj = resolve_judge(judge)
-    if b.name == "mmhal" and judge_obj is None:
-        raise typer.BadParameter("MMHal-Bench is scored by a judge; pass --judge", param_hint="--judge")
+    if b.name in ("mmhal", "object-halbench") and judge_obj is None:
+        raise typer.BadParameter(f"{bench} is scored by a judge; pass --judge", param_hint="--judge")
     annotations = list(annotations or ())
     if b.name == "amber" and not annotations and data is not None:
         annotations = [data.parent.parent]
@@ -95,5 +116,5 @@ def eval_(
     answers = answers or out.with_name(f"{out.stem}.answers.jsonl")
     answers.parent.mkdir(parents=True, exist_ok=True)
     answers.write_text("".join(json.dumps(r) + "\n" for r in records))
-    metrics = b.score(ScoreInputs(answers, tuple(annotations), judge_obj, llm_objects))
+    metrics = b.score(ScoreInputs(answers, tuple(annotations), judge_obj, llm_objects, parse=parse))
     _report(f"{bench}: {model}", bench, {"benchmark": bench, "model": model, **metrics, "answers": str(answers)}, out)

@@ -6,6 +6,8 @@ otherwise its first four characters decide ("yes" in them means yes, else "no" i
 answers of a subtask, acc+ the share of its images with both questions right; a subtask scores
 100 * (acc + acc+), perception sums 10 subtasks (at most 2000), cognition 4 (at most 800).
 The reference pairs questions by line order; here they are paired by `image` within a subtask.
+This reading is both modes' (`parse` official and robust give the same figures): it already agrees with
+the reference on every answer.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from vlalign.evaluate.answers import YES_NO_LABEL, Answer, Field, Issues, read_answers
+from vlalign.evaluate.answers import YES_NO_LABEL, Answer, Field, Issues, check_parse, read_answers
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork",
               "OCR")
@@ -44,8 +46,9 @@ def subtask_scores(rows: list[Answer]) -> dict[str, float]:
             "other": sum(parse_mme(a.answer) == "other" for a in rows)}
 
 
-def score_mme(answers_path: str | Path, skip_bad: bool = False) -> dict:
+def score_mme(answers_path: str | Path, skip_bad: bool = False, parse: str = "official") -> dict:
     """MME metrics of an answer file (`category`, `image` and `label` on every line)."""
+    check_parse(parse)
     issues = Issues(str(answers_path), skip=skip_bad)
     answers = read_answers(answers_path, [CATEGORY, IMAGE, YES_NO_LABEL], issues)
     groups: dict[tuple[str, str], list[Answer]] = defaultdict(list)
@@ -71,4 +74,4 @@ def score_mme(answers_path: str | Path, skip_bad: bool = False) -> dict:
         out[f"{name}_subtasks"] = len(present)
     out["total"] = out["perception"] + out["cognition"]
     out["other"] = sum(per_task.get(f"{s}_other", 0) for s in SUBTASKS)
-    return {**out, **per_task, **issues.report()}
+    return {**out, **per_task, "parse": parse, **issues.report()}

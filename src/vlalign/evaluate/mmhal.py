@@ -7,7 +7,8 @@ and a reply with none or several scores 0, as in the reference (counted here in 
 failed judge request is not scored at all and is counted in `judge_skipped`. Hallucination rate is the
 share of ratings below 3. The reference groups question types by position (i % 8); here each record
 names its `question_type`. The prompt says what the reference's says in other words, without its
-five worked examples; pass `template` to use another.
+five worked examples; pass `template` to use another. Both modes (`parse`) read ratings this way: fed
+the same judge replies, it gives the reference's figures.
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from vlalign.evaluate.answers import Answer, AnswerFileError, Field, Issues, ask_judge, read_answers, validate
+from vlalign.evaluate.answers import (
+    Answer,
+    AnswerFileError,
+    Field,
+    Issues,
+    ask_judge,
+    check_parse,
+    read_answers,
+    validate,
+)
 
 QUESTION_TYPES = ("attribute", "adversarial", "comparison", "counting", "relation", "environment", "holistic",
                   "other")
@@ -92,8 +102,9 @@ def _with_template(answers: Sequence[Answer], template: list[dict], issues: Issu
 
 
 def score_mmhal(answers_path: str | Path, judge, data: str | Path | None = None, skip_bad: bool = False,
-                template: str = RUBRIC_PROMPT) -> dict:
+                template: str = RUBRIC_PROMPT, parse: str = "official") -> dict:
     """Judge every answer (optionally completed from MMHal-Bench's template) and summarise the ratings."""
+    check_parse(parse)
     if judge is None:
         raise AnswerFileError("MMHal-Bench is scored by a judge: pass one (--judge on the command line)")
     issues = Issues(str(answers_path), skip=skip_bad)
@@ -132,4 +143,5 @@ def score_mmhal(answers_path: str | Path, judge, data: str | Path | None = None,
     if unparsable:
         out["unparsable_question_ids"] = unparsable
     out["judge"] = judge.name
+    out["parse"] = parse
     return {**out, **issues.report(), **judged.report("judge_skipped")}

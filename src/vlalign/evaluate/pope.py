@@ -1,4 +1,12 @@
-"""POPE: yes/no object probing. Parsing follows the reference evaluation; metrics treat "yes" as positive.
+"""POPE: yes/no object probing; metrics treat "yes" as positive.
+
+Two readings of an answer (`parse`):
+- official (default), the rule of POPE's `evaluate.py` and LLaVA's `eval_pope.py`: keep the text before
+  the first ".", delete commas, split on single spaces; the answer is "no" exactly when one of the pieces
+  is `No`, `not` or `no` (case-sensitive), and "yes" otherwise, empty answers included. So "NO",
+  "Not really.", "No!", "(no)" and "No\nThere" read as yes.
+- robust: the first sentence, lower-cased, with commas as spaces; a word "no" or "not" in it means no.
+  It reads what a person would, and is what the world's own POPE uses.
 
 Also scores answer files per split and builds the three splits from any object annotations."""
 
@@ -9,16 +17,26 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from vlalign.evaluate.answers import YES_NO_LABEL, Answer, Field, Issues, read_answers
+from vlalign.evaluate.answers import YES_NO_LABEL, Answer, Field, Issues, check_parse, read_answers
 from vlalign.english import article
 
 _NEG = re.compile(r"\b(no|not)\b")
 
 
 def parse_yes_no(answer: str) -> bool:
-    """True for yes. As POPE's reference code: keep the first sentence; a "no" or "not" in it means no."""
+    """True for yes, by the robust reading: a "no" or "not" word in the first sentence, in any case, means no."""
     first = answer.strip().split(".")[0].lower().replace(",", " ")
     return _NEG.search(first) is None
+
+
+def parse_yes_no_official(answer: str) -> bool:
+    """True for yes, by the official reading (see the module notes)."""
+    pieces = answer.split(".")[0].replace(",", "").split(" ")
+    return not any(p in _OFFICIAL_NO for p in pieces)
+
+
+_OFFICIAL_NO = frozenset({"No", "not", "no"})
+PARSERS = {"official": parse_yes_no_official, "robust": parse_yes_no}
 
 
 def pope_metrics(predicted_yes: Sequence[bool], label_yes: Sequence[bool]) -> dict[str, float]:
@@ -48,27 +66,29 @@ METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
 CATEGORY = Field("category", "the POPE split of the question", choices=POPE_SPLITS, lower=True)
 
 
-def score_pope_answers(answers: Sequence[Answer]) -> dict:
+def score_pope_answers(answers: Sequence[Answer], parse: str = "official") -> dict:
     """Metrics per split (`random_f1`, ...) and their mean over the splits present (`f1`, ...)."""
+    read = PARSERS[check_parse(parse)]
     out: dict = {}
     present = [s for s in POPE_SPLITS if any(a["category"] == s for a in answers)]
     for split in present:
         rows = [a for a in answers if a["category"] == split]
-        m = pope_metrics([parse_yes_no(a.answer) for a in rows], [a["label"] == "yes" for a in rows])
+        m = pope_metrics([read(a.answer) for a in rows], [a["label"] == "yes" for a in rows])
         out.update({f"{split}_{k}": v for k, v in m.items()})
         out[f"{split}_n"] = len(rows)
     for k in METRICS:
         out[k] = sum(out[f"{s}_{k}"] for s in present) / len(present)
     out["splits"] = present
+    out["parse"] = parse
     return out
 
 
-def score_pope(answers_path: str | Path, skip_bad: bool = False) -> dict:
+def score_pope(answers_path: str | Path, skip_bad: bool = False, parse: str = "official") -> dict:
     """POPE metrics of an answer file (`label` yes/no and `category` on every line)."""
     issues = Issues(str(answers_path), skip=skip_bad)
     answers = read_answers(answers_path, [YES_NO_LABEL, CATEGORY], issues)
     issues.require(answers)
-    return {**score_pope_answers(answers), **issues.report()}
+    return {**score_pope_answers(answers, parse), **issues.report()}
 
 
 def _question(template: str, obj: str) -> str:
