@@ -11,7 +11,7 @@ from vlalign.cli import app
 from vlalign.evaluate.answers import AnswerFileError
 from vlalign.evaluate.benchmarks import BENCHMARKS, EvalInputs
 from vlalign.evaluate.pope import score_pope
-from vlalign.evaluate.world_bench import score_world_attributes, score_world_chair
+from vlalign.world.bench import score_world_attributes, score_world_chair
 from vlalign.world.scene import Obj, Scene
 
 

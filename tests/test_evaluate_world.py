@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vlalign.evaluate.pope import parse_yes_no, pope_metrics
-from vlalign.evaluate.world import (
+from vlalign.world.metrics import (
     POPE_SPLITS,
     attribute_correct,
     attribute_items,
@@ -186,7 +186,7 @@ def test_attribute_correct(answer, truth, vocab, ok):
 def test_evaluate_world_smoke(tiny_world_model_dir):
     """End to end on the random tiny model: every metric is present and in range, and the CHAIR numbers
     are those of the answers it returns."""
-    from vlalign.evaluate.world import evaluate_world
+    from vlalign.world.metrics import evaluate_world
     from vlalign.models.load import load
 
     model, processor = load(tiny_world_model_dir, dtype="float32", device="cpu")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 import vlalign.feedback.labeler as labeler_mod
-from vlalign.feedback.claims import Claim, SentenceClaims, WorldClaims, sentences
+from vlalign.feedback.claims import Claim, SentenceClaims, sentences
+from vlalign.world.claims import WorldClaims
 from vlalign.feedback.labeler import LabeledClaim, ResponseFeedback, label_responses
 from vlalign.feedback.pairs import (
     PairRules,
@@ -300,12 +301,13 @@ def test_llm_claims_failed_request_names_the_record():
 
 
 def test_make_splitter_llm_needs_a_judge():
-    from vlalign.feedback.claims import make_splitter
+    from vlalign.feedback.splitters import make_splitter
 
     with pytest.raises(ValueError, match="needs a judge"):
         make_splitter("llm")
     with pytest.raises(ValueError, match="unknown claim splitter"):
         make_splitter("regex")
+    assert type(make_splitter("world")).__name__ == "WorldClaims"  # the world plugin's, found by name
 
 
 def test_length_balancing_by_source_sets_each_sources_threshold_alone():

@@ -318,9 +318,9 @@ def test_imported_pairs_train_with_vlalign_dpo(rlaif_parquet, tmp_path, tiny_wor
     result = CliRunner().invoke(app, ["dpo", str(run), "--policy", str(tiny_world_model_dir), "--out", str(out),
                                       "--config", str(config), "--epochs", "2"])
     assert result.exit_code == 0, result.output
-    history = json.loads((out / "train_history.json").read_text())
+    history = json.loads((out / "training" / "train_history.json").read_text())
     assert history["n_pairs"] == 2 and history["config"]["epochs"] == 2 and len(history["history"]) == 2
-    assert (out / "model.safetensors").exists()
+    assert (out / "policy" / "model.safetensors").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
     result = CliRunner().invoke(app, ["dpo", str(empty), "--policy", str(tiny_world_model_dir), "--out", str(out)])

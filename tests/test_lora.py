@@ -18,6 +18,7 @@ from vlalign.models.lora import (
     language_targets,
     reference_context,
 )
+from vlalign.models.settings import LoraSettings
 from vlalign.world.render import render
 from vlalign.world.scene import sample_scene
 
@@ -74,7 +75,7 @@ def test_lora_targets_are_decoder_projections_only(model_and_processor):
     # the CLIP tower has q/k/v projections of its own, and none of them are targets
     assert any(is_vision_parameter(n) and n.endswith("q_proj") for n, _ in model.named_modules())
 
-    lora = apply_lora(model, r=4, alpha=8)
+    lora = apply_lora(model, LoraSettings(r=4, alpha=8))
     trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and not is_vision_parameter(n) for n in trainable)
     assert len(trainable) == 2 * len(targets)  # A and B per target
@@ -83,7 +84,7 @@ def test_lora_targets_are_decoder_projections_only(model_and_processor):
 def test_reference_context_is_the_base_model(model_and_processor, batch):
     model, _ = model_and_processor
     base = _logits(model, batch)
-    lora = apply_lora(model, r=4)
+    lora = apply_lora(model, LoraSettings(r=4))
     assert torch.allclose(_logits(lora, batch), base, atol=1e-6)
     _perturb_lora(lora)
     adapted = _logits(lora, batch)
@@ -100,7 +101,7 @@ def test_reference_context_is_the_base_model(model_and_processor, batch):
 def test_adapter_dir_saves_and_loads_back(model_and_processor, batch, tmp_path, tiny_world_model_dir):
     model, processor = model_and_processor
     base = _logits(model, batch)
-    lora = apply_lora(model, r=4)
+    lora = apply_lora(model, LoraSettings(r=4))
     _perturb_lora(lora)
     adapted = _logits(lora, batch)
     out = save(lora, processor, tmp_path / "adapter")
@@ -123,7 +124,7 @@ def test_adapter_of_a_relatively_loaded_base_loads_from_anywhere(tiny_world_mode
     """A base loaded by a relative path is recorded by its absolute path, so the adapter opens elsewhere."""
     monkeypatch.chdir(tiny_world_model_dir.parent)
     model, processor = load(tiny_world_model_dir.name, dtype="float32", device="cpu")
-    lora = apply_lora(model, r=4)
+    lora = apply_lora(model, LoraSettings(r=4))
     _perturb_lora(lora)
     adapted = _logits(lora, batch)
     save(lora, processor, tmp_path / "adapter")
@@ -138,7 +139,7 @@ def test_adapter_of_an_unsaved_base_warns_and_fails_clearly(model_and_processor,
     _, processor = model_and_processor
     config = TinyVLMConfig(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32, text_layers=1,
                            text_heads=2, text_intermediate=64)
-    lora = apply_lora(build_model(processor, config), r=4)  # built in code: no directory to point at
+    lora = apply_lora(build_model(processor, config), LoraSettings(r=4))  # built in code: no directory to point at
     with pytest.warns(UserWarning, match="base model"):
         save(lora, processor, tmp_path / "adapter")
     with pytest.raises(FileNotFoundError, match="base"):

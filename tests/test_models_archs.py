@@ -23,8 +23,9 @@ from vlalign.models.lora import (
     reference_context,
 )
 from vlalign.models.scoring import NO_WORDS, YES_WORDS, answer_token_ids, score_responses, yes_probability
-from vlalign.train.dpo import DPOConfig, LoraSettings, PreferenceExample, train_dpo
-from vlalign.train.loop import OptimConfig
+from vlalign.models.settings import LoraSettings
+from vlalign.train.preference import PreferenceExample, fit_preferences
+from vlalign.train.settings import OptimConfig, TrainConfig
 
 INSTRUCTIONS = ["describe the image.", "is there a red circle?", "what color is the square?",
                 "describe this picture."]
@@ -173,7 +174,7 @@ def test_freeze_vision_then_lora_reference_is_base(arch, images):
     assert targets and not any(VISION_MODULE[arch] in t.split(".") for t in targets)
     batch = encode(processor, images, INSTRUCTIONS, RESPONSES)
     base = _logits(model, batch)
-    lora = apply_lora(model, r=4)
+    lora = apply_lora(model, LoraSettings(r=4))
     trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert torch.allclose(_logits(lora, batch), base, atol=1e-5)  # a fresh adapter (B = 0) changes nothing
@@ -193,9 +194,9 @@ def test_one_dpo_step_changes_trainable_weights(arch, lora, images):
     model, processor = ARCHS[arch](seed=2)
     examples = [PreferenceExample(id=f"p{i}", image=images[i], instruction=INSTRUCTIONS[i], chosen=RESPONSES[i],
                                   rejected=RESPONSES[(i + 1) % len(RESPONSES)]) for i in range(2)]
-    config = DPOConfig(batch_size=2, epochs=1.0, lora=lora, optim=OptimConfig(lr=1e-2, warmup_ratio=0.0, log_every=1))
+    config = TrainConfig(batch_size=2, epochs=1.0, lora=lora, optim=OptimConfig(lr=1e-2, warmup_ratio=0.0, log_every=1))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trained, history = train_dpo(model, processor, examples, config)
+    trained, history = fit_preferences(model, processor, examples, config)
     assert len(history) == 1
     assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at step 1
     after = dict(trained.named_parameters())

@@ -14,25 +14,26 @@ import torch
 from PIL import Image
 
 import vlalign.train.povid as povid
-from vlalign.feedback.image_noise import add_diffusion_noise, alpha_bar, sigmoid_betas
+from vlalign.data.corrupt import add_diffusion_noise, alpha_bar, sigmoid_betas
 from vlalign.feedback.injection import (
     Injection,
     LLMInjector,
     RuleInjector,
     english_vocabulary,
     fit_cooccurrence,
-    world_vocabulary,
 )
 from vlalign.feedback.judge import ChatReply
 from vlalign.models.batching import IGNORE, encode, model_inputs
 from vlalign.models.load import load
-from vlalign.train.dpo import DPOConfig, LoraSettings, PreferenceExample
-from vlalign.train.loop import OptimConfig
+from vlalign.models.settings import LoraSettings
 from vlalign.train.losses import dpo_loss, povid_loss
-from vlalign.train.povid import NoiseConfig, own_noisy_logps, train_povid_stage2
+from vlalign.train.povid import own_noisy_logps, train_povid_stage2
+from vlalign.train.preference import PreferenceExample
+from vlalign.train.settings import NoiseConfig, OptimConfig, TrainConfig
 from vlalign.world.render import render
 from vlalign.world.scene import COLORS, sample_scene
 from vlalign.world.text import NUMBERS
+from vlalign.world.vocabulary import world_vocabulary
 
 LN2 = math.log(2.0)
 
@@ -261,8 +262,8 @@ def test_train_povid_stage2_two_steps(tiny_world_model_dir, pov_examples, monkey
     gaps = _spy_reference(monkeypatch, original, probe)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     # 2 examples, batch 2, 2 epochs -> steps_for = round(2 * 2 / 2) = 2 optimizer steps, both logged
-    config = DPOConfig(batch_size=2, epochs=2.0, lora=lora,
-                       optim=OptimConfig(lr=1e-3, warmup_ratio=0.0, log_every=1))
+    config = TrainConfig(batch_size=2, epochs=2.0, lora=lora,
+                         optim=OptimConfig(lr=1e-3, warmup_ratio=0.0, log_every=1))
     trained, history = train_povid_stage2(model, processor, pov_examples, config, NoiseConfig(gamma=0.5, step=500))
 
     assert [h["step"] for h in history] == [1, 2]

@@ -28,13 +28,13 @@ from vlalign.world.scene import (
     sample_scene,
     scenes,
 )
+from vlalign.world.tasks import TaskMix
 from vlalign.world.text import (
     NUMBERS,
     PLURALS,
     REFUSAL,
     SINGULARS,
     TASKS,
-    TaskMix,
     caption_task,
     color_task,
     count_task,
@@ -290,7 +290,7 @@ def test_imagined_partners_are_matching_pieces_next_to_their_source():
 
 
 def test_annotator_noise_only_touches_descriptions():
-    from vlalign.world.text import TaskMix
+    from vlalign.world.tasks import TaskMix
 
     noisy, clean = TaskMix({"count": 1.0}, hallucination=1.0), TaskMix({"count": 1.0})
     for scene in _text_scenes()[:30]:
@@ -298,7 +298,8 @@ def test_annotator_noise_only_touches_descriptions():
 
 
 def test_refusal_knob_sets_the_share_of_declined_harmful_requests():
-    from vlalign.world.text import TaskMix, is_refusal
+    from vlalign.world.tasks import TaskMix
+    from vlalign.world.text import is_refusal
 
     for rate, expect in ((0.0, 0), (1.0, 50)):
         mix = TaskMix({"harmful": 1.0}, refusal=rate)

@@ -102,32 +102,10 @@ QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>
                 "<|image_pad|>", "<|video_pad|>", "<unk>")
 
 
-def qwen2_vl_processor_class():
-    """An image-only subclass of Qwen2VLProcessor, registered with AutoProcessor so that `load` finds it.
-
-    transformers builds every Qwen2-VL processor with a video processor, and its video processors need
-    torchvision, which CPU machines here lack (the PyPI wheel is built against CUDA torch). Images go
-    through Qwen2VLProcessor's own code unchanged; only the video half is left out."""
-    from transformers import PreTrainedConfig, Qwen2VLProcessor
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING, AutoProcessor
-
-    for cls in PROCESSOR_MAPPING._extra_content.values():
-        if getattr(cls, "__name__", None) == "ImageOnlyQwen2VLProcessor":
-            return cls
-
-    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-    class _ImageOnlyQwen2VLConfig(PreTrainedConfig):
-        model_type = "vlalign_test_image_only_qwen2_vl"
-
-    AutoProcessor.register(_ImageOnlyQwen2VLConfig, ImageOnlyQwen2VLProcessor)
-    return ImageOnlyQwen2VLProcessor
-
-
 def build_qwen2_vl(seed: int = 0):
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil, Qwen2VLProcessor
+
+    from vlalign.models.processors import make_processor
 
     tok = word_tokenizer(QWEN_SPECIAL, bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>", unk="<unk>",
                          extra_special={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
@@ -140,8 +118,9 @@ def build_qwen2_vl(seed: int = 0):
         size={"shortest_edge": 16 * 16, "longest_edge": 48 * 48},
         patch_size=patch, temporal_patch_size=2, merge_size=merge,
     )
-    processor = qwen2_vl_processor_class()(image_processor=image_processor, tokenizer=tok,
-                                           chat_template=QWEN_CHAT_TEMPLATE)
+    # The real processor class; without torchvision its video half is left out (vlalign.models.processors).
+    processor = make_processor(Qwen2VLProcessor, image_processor=image_processor, tokenizer=tok,
+                               chat_template=QWEN_CHAT_TEMPLATE)
     hidden, heads = 32, 2
     config = Qwen2VLConfig(
         text_config=dict(

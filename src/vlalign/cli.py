@@ -146,27 +146,32 @@ def import_(
 def dpo(
     pairs: Path = typer.Argument(..., help="A run or stage directory holding preference pairs (built or imported)."),
     policy: str = typer.Option(..., help="The model to train: a directory or world:<name>."),
-    out: Path = typer.Option(..., help="Where to save the trained model (or LoRA adapter) and its history."),
+    out: Path = typer.Option(..., help="Folder for the trained model (out/policy) and its training (out/training)."),
     config: Path = typer.Option(None, help="YAML of training settings (loss, beta, lora, optim, ...)."),
-    overrides: list[str] = typer.Argument(None, help="Dotted overrides of the training settings: beta=0.2.",
+    beta: float = typer.Option(None, help="Shorthand for the override beta=..."),
+    epochs: float = typer.Option(None, help="Shorthand for the override epochs=..."),
+    dtype: str = typer.Option("auto", help="auto (the checkpoint's), bf16, fp16 or fp32."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides of the training settings: loss={sft: 1.0}.",
                                           show_default=False),
 ) -> None:
-    """Train a policy on the preference pairs under a run directory (any objective of `train.loss`)."""
+    """Train a policy on the preference pairs under a run directory (any objective of `loss`)."""
     from vlalign.config import load_config
+    from vlalign.models.settings import Runtime
     from vlalign.train.settings import TrainConfig
 
-    settings = load_config(TrainConfig, config, list(overrides or []))
+    shorthands = [f"{k}={v}" for k, v in (("beta", beta), ("epochs", epochs)) if v is not None]
+    settings = load_config(TrainConfig, config, [*shorthands, *(overrides or [])])
+    runtime = Runtime(dtype=dtype)
     from vlalign.models.load import load, save
     from vlalign.stages import examples_under
     from vlalign.train.preference import fit_preferences
 
     examples = examples_under(pairs)
-    model, processor = load(policy)
+    model, processor = load(policy, runtime)
     console.print(f"training on {len(examples)} pairs from {pairs}")
-    model, history = fit_preferences(model, processor, examples, settings, out=out)
-    save(model, processor, out)
+    model, history = fit_preferences(model, processor, examples, settings, out=out / "training")
     console.print(f"final loss {history[-1]['loss']:.4f}")
-    print(out)
+    print(save(model, processor, out / "policy"))
 
 
 @app.command("generate")

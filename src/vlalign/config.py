@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import inspect
 import io
+import operator
 import textwrap
 import tokenize
 import types
@@ -48,7 +49,7 @@ def _optional(annotation: Any) -> tuple[Any, bool]:
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         allows_none = len(args) < len(typing.get_args(annotation))
-        return (args[0] if len(args) == 1 else typing.Union[tuple(args)]), allows_none
+        return (args[0] if len(args) == 1 else functools.reduce(operator.or_, args)), allows_none
     return annotation, annotation is Any
 
 
@@ -66,13 +67,14 @@ class _Checker:
         self.problems.append(f"{where or '(top)'}: {message}")
         return _MISSING
 
-    def value(self, annotation: Any, value: Any, where: str) -> Any:
+    def value(self, annotation: Any, value: Any, where: str, base: Any = None) -> Any:
+        """`value` as `annotation`; `base` is what a nested dataclass's keys left out keep (its current value)."""
         annotation, allows_none = _optional(annotation)
         if value is None:
             return None if allows_none else self.fail(where, f"must be set (a {_type_name(annotation)}), got null")
         origin = typing.get_origin(annotation)
         if dataclasses.is_dataclass(annotation):
-            return self.dataclass(annotation, value, where)
+            return self.dataclass(annotation, value, where, base if isinstance(base, annotation) else None)
         if origin is typing.Union or origin is types.UnionType:
             for option in typing.get_args(annotation):
                 trial = _Checker()
@@ -105,6 +107,11 @@ class _Checker:
             ok = isinstance(value, int) and not isinstance(value, bool)
             return value if ok else self.fail(where, f"expected an integer, got {value!r}")
         if annotation is float:
+            if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             return float(value) if ok else self.fail(where, f"expected a number, got {value!r}")
         if annotation is str:
@@ -114,7 +121,11 @@ class _Checker:
                 where, f"expected {annotation.__name__}, got {value!r}")
         return value
 
-    def dataclass(self, cls: type, data: Any, where: str) -> Any:
+    def dataclass(self, cls: type, data: Any, where: str, base: Any = None) -> Any:
+        """`cls` from the keys in `data`; the others keep `base`'s values (or the class defaults), and a nested
+        dataclass given in part keeps the rest of its own current value, so `train: {beta: 0.2}` changes
+        beta and nothing else of the method's training recipe. Mappings that are values (a loss, a mix)
+        are replaced whole."""
         if isinstance(data, cls):
             return data
         shorthand = getattr(cls, "SHORTHAND", None)
@@ -128,7 +139,11 @@ class _Checker:
         for key in unknown:
             self.fail(_join(where, key), f"unknown setting for {cls.__name__}; known: {', '.join(names)}")
         before = len(self.problems)
-        kwargs = {k: self.value(hints[k], v, _join(where, k)) for k, v in data.items() if k in names}
+        current = base if base is not None else _defaults(cls)
+        kwargs = {k: self.value(hints[k], v, _join(where, k), current.get(k) if isinstance(current, dict)
+                                else getattr(current, k)) for k, v in data.items() if k in names}
+        if base is not None:
+            kwargs = {**{k: getattr(base, k) for k in names if k not in data}, **kwargs}
         broken = len(self.problems) > before or bool(unknown)
         try:  # a field that failed takes its default, so the checks of the others still run
             out = cls(**{k: v for k, v in kwargs.items() if v is not _MISSING})
@@ -137,11 +152,22 @@ class _Checker:
         return _MISSING if broken else out
 
 
-def from_dict(cls: type[T], data: dict | None, where: str = "", source: str = "") -> T:
-    """`cls` built from `data` (nested dicts become nested dataclasses), or a `ConfigError` listing every
+def _defaults(cls: type) -> dict[str, Any]:
+    """The default value of every field of `cls` that has one."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def from_dict(cls: type[T], data: dict | None, where: str = "", source: str = "", base: T | None = None) -> T:
+    """`cls` built from `data` on top of `base` (default: the class defaults), or a `ConfigError` listing every
     unknown key, wrong type and refused value."""
     checker = _Checker()
-    out = checker.dataclass(cls, data or {}, where)
+    out = checker.dataclass(cls, data or {}, where, base)
     if checker.problems:
         raise ConfigError(checker.problems, source)
     return out
@@ -168,14 +194,6 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
     return out
 
 
-def merge(base: dict, top: dict) -> dict:
-    """`top` over `base`, mappings merged key by key (an override of `train.beta` keeps `train.epochs`)."""
-    out = dict(base)
-    for key, value in top.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
@@ -195,7 +213,19 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: dict | 
     data = read_yaml(path) if path is not None else {}
     if isinstance(overrides, (list, tuple)):
         overrides = parse_overrides(overrides)
-    return from_dict(cls, merge(data, overrides or {}), source=str(path or ""))
+    problems: list[str] = []
+    try:
+        config = from_dict(cls, data, source=str(path or ""))
+    except ConfigError as e:
+        problems, config = e.problems, None
+    if overrides:
+        try:
+            config = from_dict(cls, overrides, base=config)
+        except ConfigError as e:
+            problems += [f"(override) {p}" for p in e.problems]
+    if problems:
+        raise ConfigError(problems, str(path or ""))
+    return config
 
 
 def to_dict(config: Any) -> Any:
@@ -213,7 +243,7 @@ def to_dict(config: Any) -> Any:
 
 # ---- documentation: the comments next to the fields ----
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _own_comments(cls: type) -> dict[str, str]:
     """Field name -> the comment on its line(s), or the comment lines right above it, in `cls`'s own source."""
     try:

@@ -57,6 +57,8 @@ class Registry(Generic[T]):
             raise ValueError(f"unknown {self.kind} {name!r}; known: {known}")
         return self._items[name]
 
+    __getitem__ = get
+
     def __contains__(self, name: object) -> bool:
         self._fill()
         return name in self._items

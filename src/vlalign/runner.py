@@ -172,12 +172,9 @@ def train_arm(arm: Arm, model, processor, folder: Path, config, judge) -> tuple[
 
 def run_round(method: Method, config, store: RunStore, k: int, policy, processor, start: str, models: Models):
     """Round k: prompts, the method's arms, each trained from the round's starting policy."""
-    if config.pairs_from:
-        arms = [Arm(MAIN, config.pairs_from, config.train)]
-    else:
-        prompts = round_prompts(store, method, config, k, processor)
-        arms = list(method.pairs(Round(k, config, store, prompts, policy, processor, models.load, models.drop,
-                                       models.judge)))
+    prompts = None if config.pairs_from else round_prompts(store, method, config, k, processor)
+    arms = list(method.pairs(Round(k, config, store, prompts, policy, processor, models.load, models.drop,
+                                   models.judge)))
     record: dict = {"round": k, "arms": {}}
     trained = policy
     for i, arm in enumerate(arms):

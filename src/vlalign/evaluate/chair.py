@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
 
+from vlalign.data.coco import DOUBLE_WORDS, OFFICIAL_DOUBLE_WORDS, OFFICIAL_SPELLINGS, SYNONYMS
 from vlalign.evaluate import textkit
 from vlalign.evaluate.answers import Answer, Field, Issues, ask_judge, check_parse, read_answers
-from vlalign.data.coco import DOUBLE_WORDS, OFFICIAL_DOUBLE_WORDS, OFFICIAL_SPELLINGS, SYNONYMS
 
 IMAGE_ID = Field("image_id", "the COCO image id the answer describes (e.g. 391895)", (int, str))
 _WORD = re.compile(r"[a-z]+")

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from vlalign.data.coco import QUALIFIED, REFINED_ADDITIONS, SYNONYMS
 from vlalign.evaluate import textkit
 from vlalign.evaluate.answers import AnswerFileError, Issues, check_parse
 from vlalign.evaluate.chair import (
@@ -36,7 +37,6 @@ from vlalign.evaluate.chair import (
     missing_report,
     read_against_coco,
 )
-from vlalign.data.coco import QUALIFIED, REFINED_ADDITIONS, SYNONYMS
 
 PHRASE_TOOL = textkit.Tool("vlalign phrase rules", False,
                            "RLAIF-V maps each extracted phrase with spaCy's en_core_web_trf; here its two-word "

@@ -38,12 +38,12 @@ class Scored:
 class PairRules:
     """RLAIF-V's defaults: score gap >= 1, at most 2 pairs per prompt, no identical texts, lengths balanced."""
 
-    min_gap: float = 1.0
-    max_per_prompt: int | None = 2
-    drop_identical: bool = True
-    length_balance: bool = True
+    min_gap: float = 1.0  # a pair's scores differ by at least this much
+    max_per_prompt: int | None = 2  # pairs kept per prompt, drawn with a seed of the prompt (null: all)
+    drop_identical: bool = True  # two identical answers make no pair
+    length_balance: bool = True  # RLAIF-V's length balancing, within each prompt source
     claim_balance: bool = False  # the chosen answer makes at least as many claims as the rejected one
-    seed: int = 0
+    seed: int = 0  # of the per-prompt draw
 
     def __post_init__(self) -> None:
         if self.min_gap < 0:

@@ -111,7 +111,7 @@ class Arm:
     next round starts from; other arms (a baseline) train from the same start and are evaluated beside it."""
 
     name: str
-    pairs: Stage
+    pairs: Stage | str  # a stage of this run, or a run / stage directory (pairs_from)
     train: TrainConfig
     fit: Callable | None = None  # a trainer of its own (POVID's stage 2), else the weighted objective
     images: dict[str, Callable] | None = None  # images of extra answer columns (mDPO's corrupted image)
@@ -126,7 +126,7 @@ class Round:
     k: int
     config: Any
     store: RunStore
-    prompts: Stage
+    prompts: Stage | None  # None with pairs_from
     policy: Any
     processor: Any
     load: Callable[..., tuple]  # load(spec, runtime=None) -> (model, processor), cached per run
@@ -135,6 +135,11 @@ class Round:
 
     def stage(self, name: str) -> Stage:
         return self.store.stage(f"round{self.k}/{name}")
+
+    @property
+    def given_pairs(self) -> str | None:
+        """The pairs `pairs_from` names (a run or stage directory), when the method makes none itself."""
+        return self.config.pairs_from
 
     @property
     def policy_name(self) -> str:

@@ -113,7 +113,7 @@ def _stage2(c: POVIDConfig):
 def pairs(r: Round) -> list[Arm]:
     """The same injected pairs both rounds (`same_prompts`), under stage 1's DPO and then stage 2's loss."""
     c: POVIDConfig = r.config
-    stage = injection_stage(r, r.store.stage("pairs"))
+    stage = r.given_pairs or injection_stage(r, r.store.stage("pairs"))
     if r.k == 1:
         return [Arm("policy", stage, c.train)]
     return [Arm("policy", stage, c.stage2, fit=_stage2(c))]

@@ -80,6 +80,8 @@ def labeled_pairs(r: Round):
     from vlalign.stages import pair_stage, sample_stage
 
     c: RLAIFVConfig = r.config
+    if r.given_pairs:
+        return r.given_pairs, {}
     responses = sample_stage(r.store, r.prompts, r.stage("responses"), r.policy, r.processor, r.policy_name,
                              c.samples, c.decoding, c.seed + r.k, c.batch_size)
     own = c.labeler == SELF

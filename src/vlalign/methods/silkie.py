@@ -224,6 +224,8 @@ def pairs(r: Round) -> list[Arm]:
     from vlalign.stages import pair_stage
 
     c: SilkieConfig = r.config
+    if r.given_pairs:
+        return [Arm("policy", r.given_pairs, c.train)]
     responses = pool_stage(r, r.stage("responses"))
     judge = RatingJudge(r.judge(c.judge, c.judge_runtime), style=c.judge_style)
     feedback = rating_stage(r, responses, r.stage("feedback"), judge, claim_counting(r))

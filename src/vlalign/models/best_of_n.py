@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from PIL import Image
 
 from vlalign.models.generate import generate, sample_seed
-from vlalign.models.settings import Decoding
 from vlalign.models.lora import reference_context
 from vlalign.models.scoring import score_responses
+from vlalign.models.settings import Decoding
 
 # Sampling temperature of best-of-N: at 0.7 the world's samples start so far behind the greedy answer that
 # even the best of 8 is worse than it (CHAIR_i 0.042 against 0.036); at 0.3 the best of 8 beats it.

@@ -8,8 +8,8 @@ by seed alone, as RLAIF-V's deconfounded sampling asks.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import hashlib
+from collections.abc import Sequence
 
 import torch
 from PIL import Image

@@ -152,7 +152,7 @@ def run_demo(out: Path, quick: bool = False, policy: str = "world:base", labeler
                 log(f"best-of-{n} with the implicit reward")
                 summary["rlaif_v_best_of_n"] = cached(
                     out / "eval" / "best_of_n.json",
-                    lambda r=result: best_of_n_chair(r["final"], policy, n, 100 if quick else 500, TEMPERATURE))
+                    lambda r=result, n=n: best_of_n_chair(r["final"], policy, n, 100 if quick else 500, TEMPERATURE))
                 summary["rlaif_v_round1"] = _world(result["rounds"][0])
             summary["method_seconds"][recipe.label] = round(time.time() - began, 1)
     summary.update(eval_scenes=scenes, quick=quick, seconds=round(time.time() - start, 1))

@@ -10,7 +10,15 @@ from __future__ import annotations
 from vlalign.data.sources import PromptRequest, PromptSource
 from vlalign.feedback.injection import VocabularyEntry
 from vlalign.feedback.vlfeedback import RatingStyle
-from vlalign.plugins import BENCHMARKS, COMMANDS, MODEL_SOURCES, PROMPT_SOURCES, RATING_STYLES, SPLITTERS, VOCABULARIES
+from vlalign.plugins import (
+    BENCHMARKS,
+    COMMANDS,
+    MODEL_SOURCES,
+    PROMPT_SOURCES,
+    RATING_STYLES,
+    SPLITTERS,
+    VOCABULARIES,
+)
 from vlalign.world import bench
 from vlalign.world.claims import WorldClaims
 from vlalign.world.judging import judge_prompt, parse_verdict

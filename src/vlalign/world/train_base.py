@@ -33,6 +33,7 @@ from vlalign.world.render import render
 from vlalign.world.scene import COLORS, GRID, SHAPES, SceneConfig, sample_scene
 from vlalign.world.tasks import TaskMix
 
+
 @dataclass
 class Phase:
     """One supervised phase: a task mix on a scene distribution, with its own learning-rate schedule."""

@@ -1,0 +1,218 @@
+"""Preference training on the tiny random world model: the reference cache (named columns), first-step loss
+values, learning, optim.steps, mid-training checkpoints, mDPO's corrupted column, saving."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+import vlalign.train.preference as preference
+from vlalign.models.batching import encode
+from vlalign.models.load import load, save
+from vlalign.models.scoring import sequence_logps
+from vlalign.models.settings import LoraSettings
+from vlalign.train.preference import Columns, PreferenceExample, columns_for, fit_preferences, reference_logps
+from vlalign.train.settings import OptimConfig, TrainConfig
+from vlalign.world.render import render
+from vlalign.world.scene import PARTNERS, sample_scene
+
+N_PAIRS = 8
+
+
+@pytest.fixture(scope="module")
+def examples() -> list[PreferenceExample]:
+    out = []
+    for i in range(N_PAIRS):
+        scene = sample_scene(i, "prompts")
+        obj = scene.objects[0]
+        wrong = PARTNERS[obj.shape]
+        out.append(PreferenceExample(
+            id=f"pair-{i}", image=render(scene, 48), instruction="describe the image.",
+            chosen=f"there is a {obj.color} {obj.shape}.", rejected=f"there is a {obj.color} {wrong} and a star."))
+    return out
+
+
+@pytest.fixture
+def model_and_processor(tiny_world_model_dir):
+    return load(tiny_world_model_dir, dtype="float32", device="cpu")
+
+
+def _config(steps_epochs: float = 1.0, lr: float = 1e-4, **kw) -> TrainConfig:
+    # batch_size == N_PAIRS: the first step sees every pair, so its loss can be computed by hand
+    return TrainConfig(batch_size=N_PAIRS, epochs=steps_epochs, optim=OptimConfig(lr=lr, warmup_ratio=0.0, log_every=1),
+                       **kw)
+
+
+def test_reference_cache_written_and_reused(model_and_processor, examples, tmp_path, monkeypatch,
+                                            tiny_world_model_dir):
+    model, processor = model_and_processor
+    out = tmp_path / "dpo"
+    fit_preferences(model, processor, examples, _config(), out=out)
+    saved = json.loads((out / "reference_logps.json").read_text())
+    assert sorted(saved["logps"]) == sorted(e.id for e in examples)
+    assert saved["columns"] == ["chosen", "rejected", ""]
+    assert all(v["chosen"] < 0 and v["rejected"] < 0 for v in saved["logps"].values())
+    history = json.loads((out / "train_history.json").read_text())
+    assert history["n_pairs"] == N_PAIRS and len(history["history"]) == 1
+
+    # A second run into the same directory reads the cache: the only forward is the one training step.
+    calls = []
+
+    def counting(model, batch):
+        calls.append(torch.is_grad_enabled())
+        return sequence_logps(model, batch)
+
+    monkeypatch.setattr(preference, "sequence_logps", counting)
+    model2, processor2 = load(tiny_world_model_dir, dtype="float32", device="cpu")
+    fit_preferences(model2, processor2, examples, _config(), out=out)
+    assert calls == [True]  # one training forward (with grad), no reference forward (no grad)
+
+
+def test_reference_cache_values_are_used_and_recomputed_when_stale(model_and_processor, examples, tmp_path):
+    model, processor = model_and_processor
+    cache = tmp_path / "reference_logps.json"
+    reference_logps(model, processor, examples, cache=cache)
+    saved = json.loads(cache.read_text())
+    planted = {**saved, "logps": {e.id: {"chosen": -1.0, "rejected": -2.0} for e in examples}}
+    cache.write_text(json.dumps(planted))
+    ref = reference_logps(model, processor, examples, cache=cache)
+    assert all(ref[e.id] == {"chosen": -1.0, "rejected": -2.0} for e in examples)
+
+    # Another model, edited text under the same id, other columns, a missing id: each is recomputed.
+    stale = [({**planted, "model": "another-model"}, examples, Columns()),
+             (planted, [replace(examples[0], chosen=examples[0].chosen + " extra"), *examples[1:]], Columns()),
+             (planted, examples, Columns(("chosen", "rejected", "chosen_corrupt"),
+                                         (("chosen_corrupt", lambda e: e.image),), key="same")),
+             ({**planted, "logps": {k: v for k, v in planted["logps"].items() if k != examples[0].id}}, examples,
+              Columns())]
+    for content, exs, columns in stale:
+        cache.write_text(json.dumps(content))
+        assert reference_logps(model, processor, exs, columns, cache)[exs[1].id]["chosen"] != -1.0
+    # a damaged cache file is recomputed, never trusted
+    cache.write_text("{not json")
+    ref = reference_logps(model, processor, examples, cache=cache)
+    e = examples[1]
+    with torch.no_grad():
+        total, _ = sequence_logps(model, encode(processor, [e.image], [e.instruction], [e.chosen]))
+    assert ref[e.id]["chosen"] == pytest.approx(float(total[0]), abs=1e-4)
+
+
+def test_first_step_loss_and_nll_term(model_and_processor, examples, tmp_path):
+    """At step 1 the policy equals the reference, so the sigmoid loss is log 2 for every pair; the NLL term
+    adds w * mean(-chosen_sum / chosen_len) over the same (reference) log-probs."""
+    model, processor = model_and_processor
+    out = tmp_path / "nll"
+    _, history = fit_preferences(model, processor, examples,
+                                 _config(loss={"sigmoid": 1.0, "nll": 0.5}, lora=LoraSettings(r=4)), out=out)
+    cache = json.loads((out / "reference_logps.json").read_text())["logps"]
+    lengths = {e.id: len(processor.tokenizer(e.chosen, add_special_tokens=False)["input_ids"]) + 1 for e in examples}
+    mean_nll = sum(-cache[i]["chosen"] / lengths[i] for i in cache) / len(cache)
+    assert history[0]["loss"] == pytest.approx(math.log(2) + 0.5 * mean_nll, abs=1e-4)
+    assert history[0]["loss_sigmoid"] == pytest.approx(math.log(2), abs=1e-5)
+    assert history[0]["reward_margin"] == pytest.approx(0.0, abs=1e-5)
+    assert history[0]["chosen_logp"] == pytest.approx(sum(v["chosen"] for v in cache.values()) / len(cache), abs=1e-4)
+
+
+def test_sft_only_needs_no_reference(model_and_processor, examples, monkeypatch):
+    model, processor = model_and_processor
+    monkeypatch.setattr(preference, "reference_logps", lambda *a, **k: pytest.fail("sft needs no reference"))
+    _, history = fit_preferences(model, processor, examples, _config(loss={"sft": 1.0}))
+    assert history[0]["loss"] > 0 and "reward_margin" not in history[0]
+
+
+def test_ipo_first_step_and_training(model_and_processor, examples):
+    """IPO at zero margin: (0 - 1/(2 beta))^2 = 1/(4 beta^2) = 1 for beta = 0.5; then it trains (finite, lower)."""
+    model, processor = model_and_processor
+    _, history = fit_preferences(model, processor, examples,
+                                 _config(steps_epochs=6, lr=1e-3, beta=0.5, loss={"ipo": 1.0}))
+    assert history[0]["loss"] == pytest.approx(1.0, abs=1e-4)
+    assert len(history) == 6 and all(math.isfinite(h["loss"]) for h in history)
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_training_makes_margin_positive(model_and_processor, examples):
+    model, processor = model_and_processor
+    before = reference_logps(model, processor, examples)
+    config = _config(steps_epochs=10, lr=2e-3, beta=0.1)
+    trained, history = fit_preferences(model, processor, examples, config)
+    after = reference_logps(trained, processor, examples)
+    margins = [config.beta * ((after[e.id]["chosen"] - before[e.id]["chosen"])
+                              - (after[e.id]["rejected"] - before[e.id]["rejected"])) for e in examples]
+    assert all(m > 0 for m in margins), margins
+    assert history[-1]["reward_margin"] > 0 and history[-1]["loss"] < math.log(2)
+
+
+def test_optim_steps_is_honoured(model_and_processor, examples):
+    """optim.steps wins over epochs (it used to be recomputed from epochs)."""
+    model, processor = model_and_processor
+    config = replace(_config(steps_epochs=1), optim=OptimConfig(steps=3, lr=1e-4, warmup_ratio=0.0, log_every=1))
+    _, history = fit_preferences(model, processor, examples, config)
+    assert [h["step"] for h in history] == [1, 2, 3]
+
+
+def test_a_killed_training_resumes_from_its_checkpoint(examples, tmp_path, tiny_world_model_dir, monkeypatch):
+    """Stopped after step 3 of 6 with a checkpoint every 2 steps, a rerun resumes at step 2 and ends with the
+    same weights and losses as a run that was never stopped."""
+    config = replace(_config(steps_epochs=6, lr=1e-3), batch_size=4, checkpoint_every=2)
+
+    def fresh():
+        return load(tiny_world_model_dir, dtype="float32", device="cpu")
+
+    whole, whole_history = fit_preferences(*fresh(), examples, config, out=tmp_path / "whole")
+    real_step = torch.optim.AdamW.step
+    steps = {"n": 0}
+
+    def stop_after_three(self, *args, **kwargs):
+        steps["n"] += 1
+        if steps["n"] > 3:
+            raise KeyboardInterrupt("killed")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", stop_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        fit_preferences(*fresh(), examples, config, out=tmp_path / "killed")
+    assert [p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()] == ["checkpoint-2"]
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    resumed, history = fit_preferences(*fresh(), examples, config, out=tmp_path / "killed")
+    assert [h["step"] for h in history] == [h["step"] for h in whole_history]
+    assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in whole_history], abs=1e-6)
+    for (name, a), (_, b) in zip(whole.named_parameters(), resumed.named_parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_conditional_term_needs_a_corrupted_image(model_and_processor, examples):
+    model, processor = model_and_processor
+    with pytest.raises(ValueError, match="chosen_corrupt"):
+        fit_preferences(model, processor, examples, _config(loss={"sigmoid": 1.0, "conditional": 1.0}))
+    grey = columns_for(_config(loss={"conditional": 1.0}), {"chosen_corrupt": lambda e: e.image.convert("L")})
+    assert grey.names == ("chosen", "rejected", "chosen_corrupt")
+    _, history = fit_preferences(model, processor, examples, _config(loss={"conditional": 1.0}), columns=grey)
+    assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy = reference at step 1
+
+
+def test_empty_examples_raise(model_and_processor):
+    model, processor = model_and_processor
+    with pytest.raises(ValueError, match="at least one preference pair"):
+        fit_preferences(model, processor, [], _config())
+
+
+@pytest.mark.parametrize("lora", [None, LoraSettings(r=4)])
+def test_saved_model_loads_back(model_and_processor, examples, tmp_path, lora, tiny_world_model_dir):
+    model, processor = model_and_processor
+    out = tmp_path / "saved"
+    trained, _ = fit_preferences(model, processor, examples, _config(steps_epochs=2, lr=1e-3, lora=lora))
+    save(trained, processor, out)
+    assert (out / ("adapter_config.json" if lora else "config.json")).exists()
+    reloaded, processor2 = load(out, dtype="float32", device="cpu")
+    e = examples[0]
+    batch = encode(processor2, [e.image], [e.instruction], [e.chosen])
+    with torch.no_grad():
+        a = sequence_logps(trained.eval(), batch)[0]
+        b = sequence_logps(reloaded, batch)[0]
+        base = sequence_logps(load(tiny_world_model_dir, dtype="float32", device="cpu")[0], batch)[0]
+    assert float(a) == pytest.approx(float(b), abs=1e-4)
+    assert abs(float(a) - float(base)) > 1e-3  # what was saved is the trained model, not the base

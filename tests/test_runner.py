@@ -1,0 +1,266 @@
+"""Every method through the one runner on tiny world models: RLAIF-V rounds and resuming them, Silkie through
+a judge behind a real localhost OpenAI-compatible server, POVID's two stages, mDPO and MPO on fixed pairs,
+evaluation per round, and a kill during a save. These check the wiring, the run store and resumption; the
+quality bars are measured by `vlalign demo`."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+
+import pytest
+
+import vlalign.runner as runner
+from vlalign.config import ConfigError, load_config
+from vlalign.data.records import FeedbackRecord, PairRecord, ResponseRecord
+from vlalign.data.store import Stage
+from vlalign.feedback.judge import ChatReply
+from vlalign.plugins import METHODS
+from vlalign.serve import make_server
+
+TINY_TRAIN = ["train.batch_size=4", "train.epochs=1", "train.optim.lr=1e-3", "train.optim.log_every=1"]
+
+
+def _config(method: str, *overrides: str):
+    return load_config(METHODS.get(method).config, None, list(overrides))
+
+
+def _rlaif_v(*extra: str):
+    """The shipped base (a random model names no objects, so its answers hold no claims to label)."""
+    return _config("rlaif-v", "policy=world:base", "runtime.dtype=fp32", "labeler=self", "rounds=2",
+                   "prompts.source=world", "prompts.per_round=6", "samples=3", "decoding.max_new_tokens=48",
+                   "decoding.temperature=1.0", "splitter=world", "batch_size=8", *TINY_TRAIN, *extra)
+
+
+def _rows(stage_dir):
+    return Stage(stage_dir).rows()
+
+
+def _shard_times(stage_dir):
+    return {p.name: p.stat().st_mtime_ns for p in stage_dir.glob("shard-*.parquet")}
+
+
+def test_rlaif_v_rounds_then_resume_by_round_and_by_stage(tmp_path, monkeypatch):
+    method, config = METHODS.get("rlaif-v"), _rlaif_v()
+    calls = {"n": 0}
+    real_fit = runner.fit_preferences
+
+    def train_then_fail_in_round_two(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("stopped during round 2's training")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "fit_preferences", train_then_fail_in_round_two)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(method, config, tmp_path)
+    assert (tmp_path / "round1" / "round.json").exists() and (tmp_path / "round1" / "policy").exists()
+    assert not (tmp_path / "round2" / "policy").exists()
+    round1_responses = _shard_times(tmp_path / "round1" / "responses")
+    round2_feedback = _shard_times(tmp_path / "round2" / "feedback")
+    assert round1_responses and round2_feedback
+
+    monkeypatch.setattr(runner, "fit_preferences", real_fit)
+    summary = runner.run(method, config, tmp_path)
+    # round 1 came back from disk, round 2 resumed after its finished stages: nothing sampled or labeled twice
+    assert _shard_times(tmp_path / "round1" / "responses") == round1_responses
+    assert _shard_times(tmp_path / "round2" / "feedback") == round2_feedback
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    for r in summary["rounds"]:
+        assert r["responses"] == 6 * 3 and r["pairs"] >= 1
+    # round 2 sampled fresh prompts, from the policy of round 1
+    prompts = [{row["id"] for row in _rows(tmp_path / f"round{k}" / "prompts")} for k in (1, 2)]
+    assert not prompts[0] & prompts[1]
+    assert {r["model"] for r in _rows(tmp_path / "round2" / "responses")} == {"policy@round2"}
+    feedback = [FeedbackRecord.from_row(f) for f in _rows(tmp_path / "round2" / "feedback")]
+    assert {f.meta["labeler"] for f in feedback} == {"policy@round2"}  # self-alignment
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["config"]["labeler"] == "self" and len(on_disk["rounds"]) == 2
+    assert on_disk["final"] == str(tmp_path / "round2" / "policy")
+
+
+def test_rlaif_v_sampling_is_deconfounded_and_reproducible(tmp_path):
+    method, config = METHODS.get("rlaif-v"), _rlaif_v("rounds=1")
+    runner.run(method, config, tmp_path / "a")
+    runner.run(method, config, tmp_path / "b")
+    a, b = (sorted(_rows(tmp_path / k / "round1" / "responses"), key=lambda r: r["id"]) for k in "ab")
+    assert [(r["id"], r["seed"], r["response"]) for r in a] == [(r["id"], r["seed"], r["response"]) for r in b]
+    by_prompt: dict[str, list] = {}
+    for r in a:
+        by_prompt.setdefault(r["prompt_id"], []).append(r)
+    for rs in by_prompt.values():
+        assert len({r["seed"] for r in rs}) == 3  # one recorded seed per sample
+        decodings = {json.dumps(ResponseRecord.from_row(r).meta["decoding"], sort_keys=True) for r in rs}
+        assert len(decodings) == 1  # identical decoding
+
+
+def test_evaluation_runs_on_the_base_and_after_every_round(tmp_path):
+    config = _rlaif_v("rounds=1", "eval=[{name: world, limit: 4}]")
+    summary = runner.run(METHODS.get("rlaif-v"), config, tmp_path)
+    assert 0 <= summary["base"]["world"]["chair_i"] <= 1 and summary["base"]["world"]["n_scenes"] == 4
+    assert summary["rounds"][0]["eval"]["world"]["n_scenes"] == 4
+    round_json = json.loads((tmp_path / "round1" / "round.json").read_text())
+    assert round_json["eval"] == summary["rounds"][0]["eval"]
+
+
+def test_another_method_in_the_same_directory_is_refused(tmp_path):
+    runner.run(METHODS.get("rlaif-v"), _rlaif_v("rounds=1"), tmp_path)
+    with pytest.raises(ValueError, match="holds a rlaif-v run"):
+        runner.run(METHODS.get("mpo"), _config("mpo", "policy=world:base", f"pairs_from={tmp_path}"), tmp_path)
+
+
+def test_missing_settings_are_reported_before_anything_loads(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "load", lambda *a, **k: pytest.fail("nothing may load before the config is whole"))
+    with pytest.raises(ConfigError) as e:
+        runner.run(METHODS.get("rlaif-v"), _config("rlaif-v"), tmp_path)
+    text = str(e.value)
+    assert "policy: not set" in text and "prompts.source: not set" in text and "labeler: not set" in text
+    assert "judge" in text  # the default splitter (llm) asks a judge no one named
+
+
+def test_a_kill_during_a_save_never_leaves_a_checkpoint_that_is_used(tmp_path, monkeypatch):
+    """Killed while the round's policy is written, a run leaves only a temporary folder; a rerun trains the
+    round again and saves it whole."""
+    import vlalign.models.load as load_mod
+
+    real = load_mod._check_safetensors
+
+    def die_while_saving(folder):
+        raise KeyboardInterrupt("killed during the save")
+
+    monkeypatch.setattr(load_mod, "_check_safetensors", die_while_saving)
+    method, config = METHODS.get("rlaif-v"), _rlaif_v("rounds=1")
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(method, config, tmp_path)
+    assert not (tmp_path / "round1" / "policy").exists() and (tmp_path / "round1" / ".policy.saving").exists()
+    assert not (tmp_path / "round1" / "round.json").exists() and not (tmp_path / "round1" / "arm.json").exists()
+    monkeypatch.setattr(load_mod, "_check_safetensors", real)
+    summary = runner.run(method, config, tmp_path)
+    assert summary["rounds"][0]["checkpoint"] == str(tmp_path / "round1" / "policy")
+    load_mod.check_complete(tmp_path / "round1" / "policy")
+
+
+def test_a_truncated_checkpoint_is_named_with_the_fix(tmp_path):
+    runner.run(METHODS.get("rlaif-v"), _rlaif_v("rounds=1"), tmp_path)
+    weights = tmp_path / "round1" / "policy" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    from vlalign.models.load import load
+
+    with pytest.raises(ValueError, match="incomplete.*Delete"):
+        load(tmp_path / "round1" / "policy")
+
+
+class LengthJudge:
+    """A judge for the server: rates each listed answer by its length (longer is more helpful, and faithful
+    up to 12 words), in VLFeedback's reply format, leaving one rating out when an answer says 'star'."""
+
+    name = "length-judge"
+
+    def complete(self, requests):
+        replies = []
+        for r in requests:
+            answers = re.findall(r"<answer \d+> (.*)", r.prompt)
+            blocks = []
+            for aspect in ("Helpfulness", "Ethical Considerations", "Visual Faithfulness"):
+                blocks.append(f"#### {aspect}")
+                for k, a in enumerate(answers, start=1):
+                    n = len(a.split())
+                    rating = min(5, 1 + n // 4) if aspect != "Visual Faithfulness" else (5 if n <= 12 else 2)
+                    if "star" in a and aspect == "Helpfulness":
+                        continue
+                    blocks.append(f"##### Answer {k}\nRating: {rating}\nRationale: {n} words.")
+            replies.append(ChatReply("\n".join(blocks), prompt_tokens=10, completion_tokens=20))
+        return replies
+
+
+@pytest.fixture
+def judge_server():
+    server = make_server(LengthJudge(), port=0, model_name="length-judge")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"api:length-judge@http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def test_silkie_pool_judge_pairs_train(tiny_world_model_dir, tmp_path, judge_server):
+    model = str(tiny_world_model_dir)
+    pool = (f"pool=[{{model: {model}, max_new_tokens: 8}}, {{model: {model}, temperature: 1.0, max_new_tokens: 16}},"
+            f" {{model: {model}, name: long, temperature: 1.0, max_new_tokens: 30}}]")
+    config = _config("silkie", f"policy={model}", "runtime.dtype=fp32", "prompts.source=world",
+                     "prompts.per_round=6", "prompts.options={mix: {describe: 0.5, exist: 0.5}}", f"judge={judge_server}",
+                     "judge_style=vlfeedback", pool, "answers_per_prompt=3", "claim_balance=[world/describe]",
+                     "splitter=world", *TINY_TRAIN)
+    summary = runner.run(METHODS.get("silkie"), config, tmp_path)
+    responses = _rows(tmp_path / "round1" / "responses")
+    assert len(responses) == 6 * 3
+    by_prompt: dict[str, set] = {}
+    for r in responses:
+        by_prompt.setdefault(r["prompt_id"], set()).add(r["model"])
+    assert all(len(models) == 3 for models in by_prompt.values())  # each answer from a different member
+    feedback = {f.response_id: f for f in map(FeedbackRecord.from_row, _rows(tmp_path / "round1" / "feedback"))}
+    texts = {r["id"]: r["response"] for r in responses}
+    for rid, f in feedback.items():
+        ratings = f.details["ratings"]
+        if "star" in texts[rid]:
+            assert ratings["Helpfulness"] is None and f.score is None  # missing, never guessed
+        else:
+            assert f.score == pytest.approx(sum(ratings.values()) / 3)
+    sources = {r["id"]: r["source"] for r in _rows(tmp_path / "round1" / "prompts")}
+    for f in feedback.values():  # claims are counted for the answers to descriptions, for claim balance
+        assert ("claims" in f.details) == (sources[f.prompt_id] == "world/describe")
+    claims = {f.response_id: len(f.details.get("claims", [])) for f in feedback.values()}
+    for p in map(PairRecord.from_row, _rows(tmp_path / "round1" / "pairs")):
+        assert p.chosen_score > p.rejected_score
+        assert claims[p.meta["chosen_id"]] >= claims[p.meta["rejected_id"]]
+    arms = summary["rounds"][0]["arms"]
+    assert arms["policy"]["pairs"] == len(_rows(tmp_path / "round1" / "pairs")) > 0
+    assert arms["longest"]["pairs"] == len(_rows(tmp_path / "round1" / "longest" / "pairs")) > 0
+    assert (tmp_path / "round1" / "longest" / "policy" / "config.json").exists()
+    usage = arms["policy"]["judge_usage"]
+    assert usage["requests"] == 6 and usage["failures"] == 0
+    again = runner.run(METHODS.get("silkie"), config, tmp_path)  # resumes from the finished stages and models
+    assert again["rounds"] == summary["rounds"]
+
+
+def test_silkie_counts_claims_only_for_the_configured_sources():
+    from vlalign.methods.silkie import ClaimCounting
+    from vlalign.world.claims import WorldClaims
+
+    counting = ClaimCounting("world", ["world/describe"], {"p1"}, WorldClaims())
+    answers = [ResponseRecord(id="p1/a", prompt_id="p1", image="", instruction="describe the image.",
+                              response="there is a red circle and a blue square. there is no star.", model="a"),
+               ResponseRecord(id="p2/a", prompt_id="p2", image="", instruction="is there a star?",
+                              response="no.", model="a")]
+    assert counting(answers) == [["there is a red circle.", "there is a blue square.", "there is no star."], None]
+    assert counting.describe() == {"splitter": "world", "sources": ["world/describe"]}
+
+
+def test_povid_two_stages_from_injected_pairs(tiny_world_model_dir, tmp_path):
+    config = _config("povid", f"policy={tiny_world_model_dir}", "runtime.dtype=fp32", "prompts.source=world",
+                     "prompts.per_round=8", "vocabulary=world", "cooccurrence_texts=200", *TINY_TRAIN,
+                     "stage2.batch_size=4", "stage2.optim.lr=1e-3", "stage2.optim.log_every=1")
+    summary = runner.run(METHODS.get("povid"), config, tmp_path)
+    pairs = _rows(tmp_path / "pairs")
+    assert [r["pairs"] for r in summary["rounds"]] == [8, 8]
+    for p in map(PairRecord.from_row, pairs):
+        assert p.chosen != p.rejected and p.meta["edits"]
+    history = json.loads((tmp_path / "round2" / "training" / "train_history.json").read_text())["history"]
+    assert all("noisy_loss" in h and "injected_loss" in h for h in history)
+    assert not (tmp_path / "round2" / "prompts").exists()  # both stages train on round 1's prompts
+
+
+@pytest.mark.parametrize(("method", "term"), [("mdpo", "loss_conditional"), ("mpo", "loss_bco_pair")])
+def test_mdpo_and_mpo_train_on_another_runs_pairs(tmp_path, method, term):
+    runner.run(METHODS.get("rlaif-v"), _rlaif_v("rounds=1"), tmp_path / "rlaif_v")
+    pairs = tmp_path / "rlaif_v" / "round1" / "pairs"
+    config = _config(method, "policy=world:base", "runtime.dtype=fp32", f"pairs_from={pairs}", *TINY_TRAIN)
+    summary = runner.run(METHODS.get(method), config, tmp_path / method)
+    assert summary["rounds"][0]["pairs"] == len(_rows(pairs)) > 0
+    history = json.loads((tmp_path / method / "round1" / "training" / "train_history.json").read_text())
+    assert term in history["history"][0]
+    if method == "mdpo":
+        cache = json.loads((tmp_path / method / "round1" / "training" / "reference_logps.json").read_text())
+        assert cache["columns"][:3] == ["chosen", "rejected", "chosen_corrupt"]
