@@ -1,0 +1,118 @@
+"""Tiny models of real architectures, saved as real checkpoints, through the runner: every family loads in a
+fresh process as its own processor class and runs `generate` and an RLAIF-V round there; a run with
+`runtime: {dtype: bf16}` loads, samples, labels and trains in bf16."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_archs import ARCHS, random_image
+
+import vlalign.feedback.labeler as labeler_mod
+import vlalign.stages as stages
+import vlalign.train.preference as preference
+from vlalign.config import load_config
+from vlalign.models.load import save
+from vlalign.plugins import METHODS
+from vlalign.runner import Models, run
+
+HERE = Path(__file__).resolve().parent
+
+
+def prompt_file(folder: Path, n: int = 6) -> Path:
+    """A user's prompt file: images next to it, one JSON object per line, relative paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        random_image(i, size=32 + 4 * i).save(folder / f"img{i}.png")
+        lines.append(json.dumps({"id": f"q{i}", "image": f"img{i}.png", "instruction": "describe the image."}))
+    (folder / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    return folder / "prompts.jsonl"
+
+
+def round_overrides(model: Path, prompts: Path) -> list[str]:
+    """One small RLAIF-V round on user prompts. A random model's answers name shapes at random, and the world's
+    labeler tells whether a random image shows them, so the answers' scores differ and make pairs."""
+    return [f"policy={model}", "labeler=world:labeler", f"prompts.source={prompts}", "prompts.per_round=6",
+            "rounds=1", "samples=4", "decoding.max_new_tokens=12", "decoding.temperature=1.0", "splitter=world",
+            "rules.length_balance=false", "train.batch_size=4", "train.optim.lr=1e-3", "batch_size=8"]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> dict[str, Path]:
+    out = {}
+    for name, build in ARCHS.items():
+        model, processor = build()
+        out[name] = save(model, processor, tmp_path_factory.mktemp(name) / "model")
+    return out
+
+
+FRESH = """
+import json, subprocess, sys
+from vlalign.models.load import load
+model, processor = load(sys.argv[1])
+print(json.dumps({"processor": type(processor).__name__}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_a_saved_checkpoint_generates_and_runs_a_round_in_a_fresh_process(arch, saved, tmp_path):
+    model = saved[arch]
+    prompts = prompt_file(tmp_path / "data")
+    expected = {"llava": "LlavaProcessor", "qwen2_vl": "Qwen2VLProcessor", "idefics3": "Idefics3Processor"}[arch]
+    loaded = subprocess.run([sys.executable, "-c", FRESH, str(model)], capture_output=True, text=True, timeout=300)
+    assert json.loads(loaded.stdout.splitlines()[-1])["processor"] == expected, loaded.stderr
+    answers = tmp_path / "answers.jsonl"
+    gen = subprocess.run([sys.executable, "-m", "vlalign.cli", "generate", "--model", str(model), "--prompts",
+                          str(prompts), "--out", str(answers), "--max-new-tokens", "8"],
+                         capture_output=True, text=True, timeout=300)
+    assert gen.returncode == 0, gen.stderr
+    rows = [json.loads(line) for line in answers.read_text().splitlines()]
+    assert [r["question_id"] for r in rows] == [f"q{i}" for i in range(6)]
+    assert all(r["instruction"] == "describe the image." and r["model"] == str(model) for r in rows)
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "vlalign.cli", "run", "rlaif-v", "--out", str(out),
+                           *round_overrides(model, prompts)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"][0]["responses"] == 24 and summary["rounds"][0]["pairs"] > 0
+    assert (out / "round1" / "policy" / "config.json").exists()
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
+def test_bf16_runtime_loads_samples_labels_and_trains_in_bf16(arch, saved, tmp_path, monkeypatch):
+    seen: dict[str, set] = {"sample": set(), "label": set(), "train": set(), "pixels": set()}
+
+    def spy(where, fn, dtype_of):
+        def wrapped(model, *args, **kwargs):
+            seen[where].add(next(model.parameters()).dtype)
+            if where == "train":
+                batch = args[0]
+                seen["pixels"] |= {v.dtype for k, v in batch.items() if "pixel" in k}
+            return dtype_of(fn(model, *args, **kwargs))
+        return wrapped
+
+    same = lambda out: out  # noqa: E731
+    monkeypatch.setattr(stages, "generate", spy("sample", stages.generate, same))
+    monkeypatch.setattr(labeler_mod, "yes_probability", spy("label", labeler_mod.yes_probability, same))
+    monkeypatch.setattr(preference, "sequence_logps", spy("train", preference.sequence_logps, same))
+    model = saved[arch]
+    prompts = prompt_file(tmp_path / "data")
+    # the labeler (world:labeler, a bf16 checkpoint) loads through the run's runtime settings too
+    overrides = [*round_overrides(model, prompts), "runtime.dtype=bf16"]
+    config = load_config(METHODS.get("rlaif-v").config, None, overrides)
+    summary = run(METHODS.get("rlaif-v"), config, tmp_path / "run")
+    assert summary["rounds"][0]["pairs"] > 0
+    assert seen["sample"] == seen["label"] == seen["train"] == seen["pixels"] == {torch.bfloat16}
+    saved_config = json.loads((tmp_path / "run" / "round1" / "policy" / "config.json").read_text())
+    assert saved_config["dtype"] == "bfloat16"
+    # every other model of a run (labeler, judge, pool) inherits the runtime: an fp32 checkpoint loads in bf16
+    assert json.loads((model / "config.json").read_text())["dtype"] == "float32"
+    other, _ = Models(config.runtime).load(str(model))
+    assert {p.dtype for p in other.parameters()} == {torch.bfloat16}
