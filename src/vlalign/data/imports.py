@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from vlalign.data.records import PairRecord, ResponseRecord, stable_id
 from vlalign.data.store import ERRORS, RunStore, Stage, StageResult, run_stage
@@ -308,13 +308,13 @@ def _read_regular(path: Path, where: str) -> bytes:
                         f"--images") from None
     except OSError as e:
         raise BadRecord(f"{where}: image {path} cannot be opened ({e.strerror})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_IMAGE_BYTES:
+        os.close(fd)
+        what = "is not a regular file (a folder, FIFO or device)" if not stat.S_ISREG(info.st_mode) else \
+            f"is {info.st_size:,} bytes, over the {MAX_IMAGE_BYTES:,} an import reads"
+        raise BadRecord(f"{where}: image {path} {what}; point the record at an image file")
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise BadRecord(f"{where}: image {path} is not a regular file (a folder, FIFO or device); point the "
-                            f"record at an image file")
-        if info.st_size > MAX_IMAGE_BYTES:
-            raise BadRecord(f"{where}: image {path} is {info.st_size:,} bytes, over {MAX_IMAGE_BYTES:,}")
         return f.read()
 
 
@@ -322,6 +322,8 @@ def _decode(data: bytes, where: str, what: str) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return im.convert("RGB")
+    except UnidentifiedImageError:
+        raise BadRecord(f"{where}: {what} is not an image (no format Pillow reads); replace the file") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise BadRecord(f"{where}: {what} is not a readable image ({type(e).__name__}: {e})") from None
 
