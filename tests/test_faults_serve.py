@@ -40,7 +40,7 @@ def slow_server():
     def start(seconds: float, **kw):
         judge = SlowJudge(seconds)
         server = make_server(judge, port=0, model_name="slow", **kw)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         running.append(server)
         return server, judge
 
@@ -85,7 +85,9 @@ def test_abandoned_requests_are_not_generated(slow_server, monkeypatch):
     _send_and_hang_up(server.server_port, "gone")
     busy.join()
     patient = _client(server).complete([ChatRequest("patient", id="patient")])[0]
-    assert impatient.text is None and "APITimeoutError" in impatient.error
+    # the client gave up (or, at the same instant, the server told it it had waited too long)
+    assert impatient.text is None
+    assert "APITimeoutError" in impatient.error or "waited longer than its timeout" in impatient.error
     assert patient.text == "tneitap"
     assert judge.seen == ["busy", "patient"]  # neither the timed-out nor the vanished client was generated for
     assert server.batcher.dropped == 2

@@ -10,6 +10,7 @@ or mid-body).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -18,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -154,21 +155,30 @@ class FaultServer(ThreadingHTTPServer):
         return script[min(n, len(script) - 1)]
 
 
-@pytest.fixture
-def fault_server() -> Iterator:
-    """`fault_server(scripts, ...)` starts a `FaultServer` in a thread; all are shut down after the test."""
+@contextlib.contextmanager
+def fault_servers() -> Iterator[Callable[..., FaultServer]]:
+    """`start(scripts, ...)` runs a `FaultServer` in a thread; all are shut down on leaving. Each suite
+    wraps it in its own `fault_server` fixture."""
     running = []
 
     def start(scripts: dict[str, list], **kw) -> FaultServer:
         server = FaultServer(scripts, **kw)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         running.append(server)
         return server
 
-    yield start
-    for server in running:
-        server.shutdown()
-        server.server_close()
+    try:
+        yield start
+    finally:
+        for server in running:
+            server.shutdown()
+            server.server_close()
+
+
+@pytest.fixture
+def fault_server() -> Iterator[Callable[..., FaultServer]]:
+    with fault_servers() as start:
+        yield start
 
 
 def _post(url: str, prompt: str, timeout: float = 5) -> tuple[int, str]:

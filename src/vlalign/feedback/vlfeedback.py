@@ -74,7 +74,7 @@ class Rated:
 _HEADER = re.compile(r"^\s*#{2,4}\s*\**\s*(helpfulness|ethical considerations|visual faithfulness)\b.*$",
                      re.IGNORECASE | re.MULTILINE)
 _ENTRY = re.compile(r"^\s*#{3,6}\s*\**\s*(?:output for\s+)?(?:answer|text)\s*(\d+)\b.*$", re.IGNORECASE | re.MULTILINE)
-_RATING = re.compile(r"^\s*\**\s*rating\**\s*:\s*\**\s*([^\n]*)", re.IGNORECASE | re.MULTILINE)
+_RATING = re.compile(r"^[ \t]*\**[ \t]*rating\**[ \t]*:[ \t]*\**[ \t]*([^\n]*)", re.IGNORECASE | re.MULTILINE)
 _RATIONALE = re.compile(r"rationale\**\s*:\s*\**\s*(.+)", re.IGNORECASE)
 _RATING_TOKEN = re.compile(r"\**(?P<n>[0-9]{1,3})(?:/(?P<of>[0-9]{1,3}))?\**[.,;:!)]*")
 NO_RATING = "the reply gives no usable rating"
