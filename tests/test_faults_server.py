@@ -4,7 +4,7 @@ that it serves each fault as scripted (so a passing client test means the client
 Each chat request is matched to a script by a substring of its prompt; a script is a list of faults served
 in order to that prompt's successive requests, its last one repeated. A fault is a `Reply` (a completion
 with that text), a `Status` (an error status with headers and a body, which may echo the request's
-headers), a `Raw` 200 body, a `Hang` (no answer for a while), or a `Drop` (the connection closed unanswered,
+headers), a `Raw` 200 body, an `EchoReply` (the request's headers sent back in a 200), a `Hang` (no answer for a while), or a `Drop` (the connection closed unanswered,
 or mid-body).
 """
 
@@ -44,6 +44,13 @@ class Status:
 class Raw:
     body: str
     content_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class EchoReply:
+    """A 200 completion whose text is the request's headers, or (`raw`) a non-JSON body holding them."""
+
+    raw: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         self.server.bodies.append(body)
+        self.server.headers.append(dict(self.headers.items()))
         fault = self.server.next_fault(_prompt(body))
         if isinstance(fault, Reply):
             self._send(200, completion(fault.text, fault.usage))
@@ -112,6 +120,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._status(fault)
         elif isinstance(fault, Raw):
             self._send(200, fault.body, fault.content_type)
+        elif isinstance(fault, EchoReply):
+            headers = json.dumps(dict(self.headers.items()))
+            self._send(200, f"<pre>{headers}</pre>" if fault.raw else completion(headers),
+                       "text/html" if fault.raw else "application/json")
         elif isinstance(fault, Hang):
             time.sleep(fault.seconds)
             self._send(200, completion("too late"))
@@ -140,6 +152,7 @@ class FaultServer(ThreadingHTTPServer):
         self.served, self.models = served, models
         self.hits: Counter[str] = Counter()
         self.bodies: list[dict] = []
+        self.headers: list[dict] = []  # of each chat request, as received
         self._lock = threading.Lock()
 
     @property
