@@ -164,7 +164,7 @@ def test_settings_come_from_make_judge_and_are_checked():
     assert judge.client.timeout == 7.5
     default = make_judge("api:m@http://127.0.0.1:1/v1")
     assert (default.concurrency, default.timeout, default.max_retries) == (8, 120.0, 5)
-    for bad in ({"concurrency": 0}, {"timeout": 0}, {"max_retries": -1}, {"timeout": "fast"}):
+    for bad in ({"concurrency": 0}, {"timeout": 0}, {"max_retries": -1}, {"timeout": "fast"}, {"max_retries": 2.5}):
         with pytest.raises(ValueError, match="judge setting"):
             make_judge("api:m@http://127.0.0.1:1/v1", **bad)
 

@@ -223,9 +223,12 @@ class _Transient:
     wait: float | None = None
 
 
-def _at_least(name: str, value: float, minimum: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= minimum:
-        raise ValueError(f"judge setting {name}={value!r} must be a number >= {minimum:g}")
+def _at_least(name: str, value: float, minimum: float, whole: bool = False) -> None:
+    """Refuse a setting that would misbehave later (no workers, a zero timeout, a fractional retry count)."""
+    kinds = (int,) if whole else (int, float)
+    if not isinstance(value, kinds) or isinstance(value, bool) or not value >= minimum:
+        kind = "a whole number" if whole else "a number"
+        raise ValueError(f"judge setting {name}={value!r} must be {kind} >= {minimum:g}")
 
 
 class OpenAIJudge:
@@ -236,9 +239,9 @@ class OpenAIJudge:
                  max_backoff: float = 60.0):
         from openai import OpenAI
 
-        for name, value, minimum in (("concurrency", concurrency, 1), ("max_retries", max_retries, 0),
-                                     ("timeout", timeout, 1e-3), ("backoff", backoff, 0),
-                                     ("max_backoff", max_backoff, 0)):
+        _at_least("concurrency", concurrency, 1, whole=True)
+        _at_least("max_retries", max_retries, 0, whole=True)
+        for name, value, minimum in (("timeout", timeout, 1e-3), ("backoff", backoff, 0), ("max_backoff", max_backoff, 0)):
             _at_least(name, value, minimum)
         self.name = f"api:{model}"
         self.model, self.concurrency, self.max_retries = model, int(concurrency), int(max_retries)
