@@ -102,6 +102,10 @@ def _one_question(text: str) -> str | None:
 Outcome = list[Claim] | JudgeError
 
 
+def _failed(key: str, reply: ChatReply) -> JudgeError:
+    return JudgeError(f"record {key}: the claim splitter's judge failed: {reply.error}")
+
+
 class LLMClaims:
     """The LLM-prompted splitter: `split_many(answers, instructions)` -> the claims of each answer."""
 
@@ -114,7 +118,7 @@ class LLMClaims:
 
     def _facts(self, reply: ChatReply, key: str) -> list[str] | JudgeError:
         if not reply.ok:
-            return JudgeError(f"record {key}: the claim splitter's judge failed: {reply.error}")
+            return _failed(key, reply)
         problem = list_problem(reply.text or "")
         if problem:
             return JudgeError(f"record {key}: the claim splitter's reply has no list of facts ({problem})")
@@ -136,7 +140,7 @@ class LLMClaims:
         single = []
         for i, reply in zip(asked, replies, strict=True):
             if not reply.ok:
-                out[i] = JudgeError(f"record {keys[i]}: the claim splitter's judge failed: {reply.error}")
+                out[i] = _failed(keys[i], reply)
                 continue
             questions = [] if list_problem(reply.text or "") else [_question(q) for q in parse_list(reply.text or "")]
             if len(questions) == len(facts[i]):
