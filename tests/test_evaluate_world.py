@@ -186,8 +186,8 @@ def test_attribute_correct(answer, truth, vocab, ok):
 def test_evaluate_world_smoke(tiny_world_model_dir):
     """End to end on the random tiny model: every metric is present and in range, and the CHAIR numbers
     are those of the answers it returns."""
-    from vlalign.world.metrics import evaluate_world
     from vlalign.models.load import load
+    from vlalign.world.metrics import evaluate_world
 
     model, processor = load(tiny_world_model_dir, dtype="float32", device="cpu")
     m = evaluate_world(model, processor, n_scenes=3, batch_size=4, with_answers=True)

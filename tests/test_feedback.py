@@ -6,7 +6,6 @@ import pytest
 
 import vlalign.feedback.labeler as labeler_mod
 from vlalign.feedback.claims import Claim, SentenceClaims, sentences
-from vlalign.world.claims import WorldClaims
 from vlalign.feedback.labeler import LabeledClaim, ResponseFeedback, label_responses
 from vlalign.feedback.pairs import (
     PairRules,
@@ -16,6 +15,7 @@ from vlalign.feedback.pairs import (
     candidate_pairs,
     shortening,
 )
+from vlalign.world.claims import WorldClaims
 from vlalign.world.render import render
 from vlalign.world.scene import sample_scene
 

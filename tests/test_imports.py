@@ -141,9 +141,11 @@ def test_import_povid_and_round_trip(povid_source, tmp_path):
     assert all(r["conversations"][0]["value"].startswith("<image>\n") for r in exported)
     assert sorted(p.name for p in (out / "images").iterdir()) == sorted(
         f"{content_hash(im)}.png" for im in (RED, BLUE))
-    again = import_povid(out / "povid.json", tmp_path / "run2", out / "images")
-    assert _triples(again) == EXPECTED_POVID
-    assert again.errors() == []
+    # the export imports back with --images naming the export folder, or with no --images at all
+    for run, folder in (("run2", out), ("run3", None)):
+        again = import_povid(out / "povid.json", tmp_path / run, folder)
+        assert _triples(again) == EXPECTED_POVID
+        assert again.errors() == [] and again.manifest["import"]["skipped"] == 0
     # the export's ids are the pair ids, which the re-import keeps as prompt ids
     assert {r["prompt_id"] for r in again.rows()} == {r["id"] for r in stage.rows()}
 

@@ -401,7 +401,10 @@ def test_rating_judge_vlfeedback_style(picture):
     assert rated[0][1].rationales[VF] == "Wrong colours everywhere." and rated[0][1].error is None
     assert len(rated[1]) == 3
     assert all(r.ratings == NONE3 and r.error == "record b: boom" for r in rated[1])
-    assert rated[2][0].ratings == NONE3 and rated[2][0].error is None  # answered, but unparsable
+    # answered, but unparsable: missing, with the reason, never guessed
+    assert rated[2][0].ratings == NONE3
+    assert rated[2][0].error == ("no usable rating for Helpfulness, Visual Faithfulness, Ethical Considerations "
+                                 "(the reply has none of the rubric's sections: 'no ratings here')")
     assert [r.id for r in judge.requests] == ["a", "b", "c"]
     assert judge.requests[1].prompt == rubric_prompt("what color?", ["red.", "blue.", "green."])
     with pytest.raises(ValueError, match="unknown rating style"):

@@ -309,3 +309,24 @@ def test_stage_resumes_after_a_real_kill(tmp_path):
     assert set(counts) == {worker.item_id(i) for i in range(n)}
     assert set(counts.values()) == {1}
     assert stage.is_complete and stage.manifest["counts"]["rows"] == n
+
+
+def test_a_stage_whose_first_records_all_fail_alike_stops_with_that_error(tmp_path):
+    """The same exception on every record from the start is the setup's fault: the stage stops and says so,
+    instead of skipping every record; failures that differ by record are skipped one by one."""
+    from vlalign.data.store import SYSTEMATIC, SystematicFailure
+
+    store = RunStore(tmp_path / "run")
+
+    def broken(batch):
+        raise AttributeError("TokenizersBackend has no attribute tokenizer")
+
+    with pytest.raises(SystematicFailure, match="first 5 records all failed with AttributeError.*TokenizersBackend"):
+        run_stage(store.stage("a"), list(range(20)), broken, id_of=str, batch_size=4, quiet=True)
+    assert len(store.stage("a").errors()) == SYSTEMATIC
+
+    def bad_records(batch):
+        raise ValueError(f"record {batch[0]}: no image")
+
+    result = run_stage(store.stage("b"), list(range(8)), bad_records, id_of=str, batch_size=1, quiet=True)
+    assert result.failed == 8 and result.written == 0

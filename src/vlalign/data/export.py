@@ -141,7 +141,8 @@ def _copy_image(stage: Stage, hash: str, folder: Path) -> str:
 
 
 def export_povid(src: str | Path, out: str | Path) -> Path:
-    """POVID's format: `out/povid.json` (id, image, conversations, rejected_conversations) and `out/images/`."""
+    """POVID's format: `out/povid.json` (id, image, conversations, rejected_conversations) and `out/images/`;
+    image paths are relative to `out`, so the export imports back as it is (`--images out`, or no --images)."""
     src, out = Path(src), Path(out)
     stage_dirs = find_pair_stages(src)
     if not stage_dirs:
@@ -154,7 +155,7 @@ def export_povid(src: str | Path, out: str | Path) -> Path:
                 continue
             seen.add(row["id"])
             human = {"from": "human", "value": f"<image>\n{row['instruction']}"}
-            records.append({"id": row["id"], "image": _copy_image(stage, row["image"], out / "images"),
+            records.append({"id": row["id"], "image": f"images/{_copy_image(stage, row['image'], out / 'images')}",
                             "conversations": [human, {"from": "gpt", "value": row["chosen"]}],
                             "rejected_conversations": [human, {"from": "gpt", "value": row["rejected"]}]})
     _write_json_atomic(out / "povid.json", records)

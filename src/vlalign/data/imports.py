@@ -1,213 +1,590 @@
 """Import released preference data into a run directory, ready to train on or to export.
 
 - `rlaif-v`: the RLAIF-V-Dataset parquet files (`ds_name`, `image` {bytes, path}, `question`, `chosen`,
-  `rejected`, `origin_dataset`, `origin_split`, `idx`, `image_path`), read a row group at a time so the
-  images never all sit in memory.
-- `povid`: POVID's JSON (a list, or JSON lines) of `id`, `image` (a file under `--images`),
+  `rejected`, `origin_dataset`, `origin_split`, `idx`, `image_path`), or the same records as JSON / JSON
+  lines (image bytes base64-encoded); the kind of each file is read from its first bytes, not its name.
+- `povid`: POVID's JSON (a list, or JSON lines) of `id`, `image` (a file under the images folder),
   `conversations` and `rejected_conversations` (human turn with `<image>`, then the gpt turn).
 - `vlfeedback`: VLFeedback records (`id`, `prompt`, `models`, `img_path`, `completions` with `model`,
   `response` and `annotations` of three aspects, each `{Rating, Rationale}`, ratings as strings); the
   responses and their ratings are stored, and pairs are built with VLFeedback's rule.
 
-A record that cannot be used (a missing field, a missing image) is logged in the stage's errors.jsonl
-with its position and skipped; the rest of the file is imported.
+Every record is checked before anything of it is stored: text fields must be non-empty strings of valid
+UTF-8 (at most `MAX_TEXT` characters), a POVID turn's value must be text, `completions` a non-empty list of
+completions, an id unique in the file (a second record with the same id is skipped, whether it repeats the
+first or contradicts it). Image paths stay inside the images folder (`--images`, else the data file's own
+folder) unless `allow_outside=True`, and only regular files are opened (a FIFO would hang the import).
+A record that fails any check, or whose image is missing or unreadable, is skipped: logged once in the
+errors.jsonl of the stage that read it, with its position and the reason, and counted; the rest is
+imported. The returned stage's manifest says how many were skipped under `import` (`records`, `skipped`,
+`errors`: the log that lists them). Files may start with a UTF-8 byte-order mark; a JSON list cut short
+imports the records before the cut and reports where it broke.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import json
+import os
+import stat
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from vlalign.data.records import PairRecord, ResponseRecord, stable_id
-from vlalign.data.store import RunStore, Stage, run_stage
+from vlalign.data.store import ERRORS, RunStore, Stage, StageResult, run_stage
 from vlalign.feedback.pairs import PairRules
 from vlalign.feedback.ratings import ASPECTS
 
-
-def _image(value: Any, images_dir: Path | None, where: str) -> Image.Image:
-    """An image from bytes ({bytes, path} as in parquet), or from a path (relative to `images_dir`)."""
-    if isinstance(value, dict) and value.get("bytes"):
-        return Image.open(io.BytesIO(value["bytes"])).convert("RGB")
-    path = value.get("path") if isinstance(value, dict) else value
-    if not path:
-        raise ValueError(f"{where}: no image (neither bytes nor a path)")
-    full = Path(path) if Path(path).is_absolute() or images_dir is None else images_dir / path
-    if not full.exists():
-        raise FileNotFoundError(f"{where}: image {full} does not exist; pass the folder that holds the "
-                                f"images with --images")
-    with Image.open(full) as im:
-        return im.convert("RGB")
+MAX_TEXT = 1_000_000  # characters in one text field: far beyond any real answer, short of a broken file
+MAX_IMAGE_BYTES = 256 * 2 ** 20
+PARQUET_MAGIC = b"PAR1"
 
 
-def _json_records(path: Path) -> Iterator[tuple[int, Any]]:
-    """(position, record) of a JSON list or a JSON-lines file; positions are 1-based lines or indices."""
-    text = path.read_text(encoding="utf-8")
+class BadRecord(ValueError):
+    """A record that cannot be imported; the message names its position, what is wrong and the fix."""
+
+
+# ---------------------------------------------------------------- reading source files
+
+
+def _regular_file(path: Path) -> None:
+    """Refuse what is not a plain file (a FIFO or device would block the import for ever)."""
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise ValueError(f"{path} is not a regular file; pass a data file (or, for rlaif-v, a folder of them)")
+
+
+def _read_text(path: Path) -> str:
+    """The file as text, without a byte-order mark; bytes that are not UTF-8 are kept as lone surrogates,
+    so the record holding them is rejected by `_text` while the others are read."""
+    _regular_file(path)
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
     if not text.strip():
         raise ValueError(f"{path} is empty")
-    if text.lstrip().startswith("["):
-        yield from enumerate(json.loads(text), start=1)
+    return text
+
+
+def _position(text: str, pos: int) -> str:
+    return f"line {text.count(chr(10), 0, pos) + 1} column {pos - text.rfind(chr(10), 0, pos)}"
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def _array_records(text: str, name: str) -> Iterator[tuple[int, Any]]:
+    """The items of a JSON list one at a time, so a list cut short or broken midway still gives the records
+    before the break, and then one error that says where it broke."""
+    decoder, pos, i = json.JSONDecoder(), _skip_space(text, text.index("[") + 1), 0
+    if text.startswith("]", pos):
         return
+    while True:
+        i += 1
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            yield i, BadRecord(f"{name} record {i}: not valid JSON at {_position(text, e.pos)} ({e.msg}); the "
+                               f"records after it cannot be read either: repair the file there (is it truncated?)")
+            return
+        yield i, value
+        pos = _skip_space(text, pos)
+        if text.startswith(",", pos):
+            pos = _skip_space(text, pos + 1)
+            continue
+        if text.startswith("]", pos) and not text[pos + 1:].strip():
+            return
+        what = "the file ends before the list is closed" if pos >= len(text) else \
+            f"unexpected text at {_position(text, pos)}"
+        yield i + 1, BadRecord(f"{name} after record {i}: {what}; repair the file (is it truncated?)")
+        return
+
+
+def _line_records(text: str, name: str) -> Iterator[tuple[int, Any]]:
     for i, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
                 yield i, json.loads(line)
             except json.JSONDecodeError as e:
-                yield i, ValueError(f"{path} line {i}: not valid JSON ({e.msg})")
+                yield i, BadRecord(f"{name} line {i}: not valid JSON ({e.msg} at column {e.colno})")
 
 
-def _require(record: dict, keys: tuple[str, ...], where: str) -> None:
+def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """(position, record) of a JSON list, one JSON object, or JSON lines; positions are 1-based indices
+    (a list) or lines (JSON lines). An unreadable record is an exception in place of the record."""
+    text = _read_text(path)
+    start = text.lstrip()
+    if start.startswith("["):
+        records = _array_records(text, path.name)
+    elif start.startswith("{") and _one_object(text):
+        records = iter([(1, json.loads(text))])
+    else:
+        records = _line_records(text, path.name)
+    for i, record in records:
+        yield f"{path.name} record {i}", record
+
+
+def _one_object(text: str) -> bool:
+    """Whether the whole text is a single (pretty-printed) JSON object rather than JSON lines."""
+    try:
+        return isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        yield path.name, BadRecord(f"{path}: not a readable Parquet file ({e}); replace it with a complete copy")
+        return
+    for g in range(parquet.num_row_groups):
+        try:
+            rows = parquet.read_row_group(g).to_pylist()
+        except (pa.ArrowException, OSError) as e:
+            yield f"{path.name} group {g}", BadRecord(f"{path} row group {g} cannot be read ({e})")
+            continue
+        for i, row in enumerate(rows):
+            yield f"{path.name} group {g} row {i}", row
+
+
+def _file_kind(path: Path) -> str:
+    """'parquet' or 'json', from the file's first bytes."""
+    _regular_file(path)
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(PARQUET_MAGIC):
+        return "parquet"
+    if head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] in (b"[", b"{"):
+        return "json"
+    raise ValueError(f"{path} is neither Parquet (RLAIF-V-Dataset's files, which begin with 'PAR1') nor JSON / "
+                     f"JSON lines; pass the dataset's .parquet files, or the same records as JSON")
+
+
+def _rlaif_v_records(src: Path) -> Iterator[tuple[str, Any]]:
+    files = sorted(p for p in src.rglob("*") if p.suffix in (".parquet", ".json", ".jsonl")) if src.is_dir() else [src]
+    if not files:
+        raise FileNotFoundError(f"no .parquet, .json or .jsonl files under {src}")
+    for f in files:
+        yield from _parquet_rows(f) if _file_kind(f) == "parquet" else _json_records(f)
+
+
+# ---------------------------------------------------------------- field checks
+
+
+def _object(record: Any, where: str) -> dict:
     if isinstance(record, Exception):
         raise record
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        raise BadRecord(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def _storable_text(value: str, where: str, name: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRecord(f"{where}: field {name!r} holds bytes that are not valid UTF-8 text; re-encode the file "
+                        f"as UTF-8") from None
+    return value
+
+
+def _text(record: dict, key: str, where: str, required: bool = True, name: str | None = None) -> str:
+    """A text field: a non-empty string of valid UTF-8 within `MAX_TEXT` (or "" when optional and absent)."""
+    name = name or key
+    value = record.get(key)
+    if value is None and not required:
+        return ""
+    if value is None:
+        raise BadRecord(f"{where}: missing field(s) {name}")
+    if not isinstance(value, str):
+        raise BadRecord(f"{where}: field {name!r} must be text, got {type(value).__name__} {_short(value)}")
+    if required and not value.strip():
+        raise BadRecord(f"{where}: field {name!r} is empty")
+    if len(value) > MAX_TEXT:
+        raise BadRecord(f"{where}: field {name!r} is {len(value):,} characters long, over the {MAX_TEXT:,} an "
+                        f"import accepts; is the file intact?")
+    return _storable_text(value, where, name)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+def _record_id(record: dict, where: str) -> str | None:
+    """The record's own id (text or a whole number), or None when it has none."""
+    value = record.get("id")
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise BadRecord(f"{where}: field 'id' must be text or a whole number, got {type(value).__name__} "
+                        f"{_short(value)}")
+    return _storable_text(str(value), where, "id")
+
+
+def _meta(values: dict, where: str) -> dict:
+    """Metadata as the record stores it (JSON text): JSON values whose text is valid UTF-8."""
+    try:
+        json.dumps(values, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRecord(f"{where}: a metadata field holds bytes that are not valid UTF-8 text") from None
+    except (TypeError, ValueError) as e:
+        raise BadRecord(f"{where}: a metadata field cannot be stored as JSON ({e})") from None
+    return values
+
+
+def _image_value(value: Any, where: str, name: str) -> bytes | str:
+    """Image bytes ({bytes, path} as in parquet, base64 text in JSON) or a path, checked for its type."""
+    if isinstance(value, dict):
+        data = value.get("bytes")
+        if isinstance(data, (bytes, bytearray)) and data:
+            return bytes(data)
+        if isinstance(data, str) and data:
+            try:
+                return base64.b64decode(data, validate=True)
+            except binascii.Error:
+                raise BadRecord(f"{where}: {name}.bytes is text but not base64") from None
+        value = value.get("path")
+    if isinstance(value, str) and value.strip():
+        return _storable_text(value, where, name)
+    if value is None or value == "":
+        raise BadRecord(f"{where}: no image (neither bytes nor a path)")
+    raise BadRecord(f"{where}: field {name!r} must be a path or image bytes, got {type(value).__name__}")
+
+
+def _require(record: dict, keys: tuple[str, ...], where: str) -> None:
+    """All the fields a format needs are there, or one error naming every missing one."""
     missing = [k for k in keys if record.get(k) in (None, "")]
     if missing:
-        raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
+        raise BadRecord(f"{where}: missing field(s) {', '.join(missing)}")
 
 
-def _parquet_rows(src: Path) -> Iterator[tuple[str, dict]]:
-    import pyarrow.parquet as pq
-
-    files = sorted(src.rglob("*.parquet")) if src.is_dir() else [src]
-    if not files:
-        raise FileNotFoundError(f"no .parquet files under {src}")
-    for f in files:
-        parquet = pq.ParquetFile(f)
-        for g in range(parquet.num_row_groups):
-            for i, row in enumerate(parquet.read_row_group(g).to_pylist()):
-                yield f"{f.name} group {g} row {i}", row
+def _distinct(where: str, chosen: str, rejected: str) -> None:
+    if chosen.strip() == rejected.strip():
+        raise BadRecord(f"{where}: the chosen and rejected answers are the same text, which teaches nothing")
 
 
-def import_rlaif_v(src: str | Path, out: str | Path, images: str | Path | None = None) -> Stage:
-    store = RunStore(out)
-    stage = store.stage("pairs")
-    items = list(_parquet_rows(Path(src)))
-
-    def process(batch):
-        rows = []
-        for where, r in batch:
-            _require(r, ("question", "chosen", "rejected"), where)
-            pid = stable_id("rlaif-v", r.get("ds_name"), r.get("idx"), r.get("image_path"), r["question"])
-            image = store.images.put(_image(r.get("image") or r.get("image_path"), _dir(images), where))
-            rows.append(PairRecord(
-                id=stable_id("rlaif-v-pair", pid, r["chosen"], r["rejected"]), prompt_id=pid, image=image,
-                instruction=r["question"], chosen=r["chosen"], rejected=r["rejected"], method="rlaif_v",
-                meta={k: r.get(k) for k in ("ds_name", "origin_dataset", "origin_split", "idx", "image_path")}).to_row())
-        return rows
-
-    run_stage(stage, items, process, id_of=lambda item: item[0], per_item_output=False, batch_size=64,
-              description="import rlaif-v", manifest={"config": {"format": "rlaif-v", "src": str(src)}})
-    return stage
+# ---------------------------------------------------------------- images
 
 
-def _turn(conversation: list, speaker: str, where: str) -> str:
-    for turn in conversation or []:
-        if turn.get("from") == speaker:
-            return str(turn.get("value", ""))
-    raise ValueError(f"{where}: no '{speaker}' turn in the conversation")
+@dataclass(frozen=True)
+class ImageFolder:
+    """Where a data file's image paths point: inside `root` (the folder the user named, else the data file's
+    own), never elsewhere unless `allow_outside`; and only regular files, read without blocking."""
+
+    root: Path
+    allow_outside: bool = False
+
+    def open(self, value: bytes | str, where: str) -> Image.Image:
+        if isinstance(value, bytes):
+            return _decode(value, where, "the image bytes")
+        path = self._resolve(value, where)
+        return _decode(_read_regular(path, where), where, str(path))
+
+    def _resolve(self, name: str, where: str) -> Path:
+        path = Path(name)
+        full = (path if path.is_absolute() else self.root / path).resolve()
+        if not self.allow_outside and not full.is_relative_to(self.root.resolve()):
+            raise BadRecord(f"{where}: image {name!r} lies outside {self.root}; image paths in a data file must "
+                            f"stay inside the images folder (--images), or import with allow_outside=True")
+        return full
 
 
-def import_povid(src: str | Path, out: str | Path, images: str | Path | None = None) -> Stage:
-    store = RunStore(out)
-    stage = store.stage("pairs")
-    src = Path(src)
-    items = [(f"{src.name} record {i}", r) for i, r in _json_records(src)]
+def _read_regular(path: Path, where: str) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise BadRecord(f"{where}: image {path} does not exist; pass the folder that holds the images with "
+                        f"--images") from None
+    except OSError as e:
+        raise BadRecord(f"{where}: image {path} cannot be opened ({e.strerror})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_IMAGE_BYTES:
+        os.close(fd)
+        what = "is not a regular file (a folder, FIFO or device)" if not stat.S_ISREG(info.st_mode) else \
+            f"is {info.st_size:,} bytes, over the {MAX_IMAGE_BYTES:,} an import reads"
+        raise BadRecord(f"{where}: image {path} {what}; point the record at an image file")
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
 
-    def process(batch):
-        rows = []
-        for where, r in batch:
-            _require(r, ("image", "conversations", "rejected_conversations"), where)
-            question = _turn(r["conversations"], "human", where).replace("<image>", "").strip()
-            chosen = _turn(r["conversations"], "gpt", where)
-            rejected = _turn(r["rejected_conversations"], "gpt", where)
-            pid = str(r.get("id") or stable_id("povid", r["image"], question))
-            rows.append(PairRecord(
-                id=stable_id("povid-pair", pid, chosen, rejected), prompt_id=pid,
-                image=store.images.put(_image(r["image"], _dir(images), where)), instruction=question,
-                chosen=chosen, rejected=rejected, method="povid", meta={"image_file": r["image"]}).to_row())
-        return rows
 
-    run_stage(stage, items, process, id_of=lambda item: item[0], per_item_output=False, batch_size=64,
-              description="import povid", manifest={"config": {"format": "povid", "src": str(src)}})
-    return stage
+def _decode(data: bytes, where: str, what: str) -> Image.Image:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.convert("RGB")
+    except UnidentifiedImageError:
+        raise BadRecord(f"{where}: {what} is not an image (no format Pillow reads); replace the file") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise BadRecord(f"{where}: {what} is not a readable image ({type(e).__name__}: {e})") from None
+
+
+# ---------------------------------------------------------------- records of each format
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """A checked preference pair (POVID, RLAIF-V). `key` must be unique in the import."""
+
+    key: str
+    id: str
+    prompt_id: str
+    image: bytes | str
+    question: str
+    chosen: str
+    rejected: str
+    method: str
+    meta: dict
+
+    def row(self, image: str) -> dict:
+        return PairRecord(id=self.id, prompt_id=self.prompt_id, image=image, instruction=self.question,
+                          chosen=self.chosen, rejected=self.rejected, method=self.method, meta=self.meta).to_row()
+
+
+def _rlaif_v_pair(record: Any, where: str) -> _Pair:
+    r = _object(record, where)
+    _require(r, ("question", "chosen", "rejected"), where)
+    question, chosen, rejected = (_text(r, k, where) for k in ("question", "chosen", "rejected"))
+    _distinct(where, chosen, rejected)
+    image = _image_value(r.get("image") or r.get("image_path"), where, "image")
+    meta = _meta({k: r.get(k) for k in ("ds_name", "origin_dataset", "origin_split", "idx", "image_path")}, where)
+    pid = stable_id("rlaif-v", r.get("ds_name"), r.get("idx"), r.get("image_path"), question)
+    pair_id = stable_id("rlaif-v-pair", pid, chosen, rejected)
+    return _Pair(pair_id, pair_id, pid, image, question, chosen, rejected, "rlaif_v", meta)
+
+
+def _turn(record: dict, conversation: str, speaker: str, where: str) -> str:
+    turns = record.get(conversation)
+    if not isinstance(turns, list) or not turns:
+        raise BadRecord(f"{where}: field {conversation!r} must be a non-empty list of turns")
+    for k, turn in enumerate(turns):
+        if isinstance(turn, dict) and turn.get("from") == speaker:
+            return _text(turn, "value", where, name=f"{conversation}[{k}].value")
+    raise BadRecord(f"{where}: no '{speaker}' turn in {conversation!r}")
+
+
+def _povid_pair(record: Any, where: str) -> _Pair:
+    r = _object(record, where)
+    _require(r, ("image", "conversations", "rejected_conversations"), where)
+    image = _text(r, "image", where)
+    question = _turn(r, "conversations", "human", where).replace("<image>", "").strip()
+    if not question:
+        raise BadRecord(f"{where}: the human turn of 'conversations' asks nothing (only '<image>')")
+    chosen = _turn(r, "conversations", "gpt", where)
+    rejected = _turn(r, "rejected_conversations", "gpt", where)
+    _distinct(where, chosen, rejected)
+    own = _record_id(r, where)
+    pid = own or stable_id("povid", image, question)
+    pair_id = stable_id("povid-pair", pid, chosen, rejected)
+    return _Pair(own or pair_id, pair_id, pid, image, question, chosen, rejected, "povid", {"image_file": image})
+
+
+@dataclass(frozen=True)
+class _Completion:
+    model: str
+    response: str
+    ratings: dict
+    rationales: dict
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    """A checked VLFeedback record: one instruction and image with its rated completions."""
+
+    key: str
+    image: str
+    instruction: str
+    completions: tuple[_Completion, ...]
 
 
 def parse_rating(value: Any) -> int | None:
-    """A 1-5 rating from VLFeedback's string form ("4"); anything else (missing, "N/A", 7) is None."""
-    try:
-        rating = int(str(value).strip())
-    except (TypeError, ValueError):
+    """A 1-5 rating from VLFeedback's string form ("4") or a whole number; anything else ("N/A", "4.5", 7,
+    missing) is None: a missing rating, never a guessed one."""
+    from vlalign.feedback.vlfeedback import rating_value
+
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
         return None
-    return rating if 1 <= rating <= 5 else None
+    token = str(value).strip()
+    return rating_value(token) if len(token.split()) == 1 else None
 
 
-def _completions(record: Any, where: str) -> Iterator[tuple[str, str, int, dict]]:
-    _require(record, ("prompt", "img_path", "completions"), where)
-    pid = str(record.get("id") or stable_id("vlfeedback", record["img_path"], record["prompt"]))
-    for k, completion in enumerate(record["completions"]):
-        yield pid, f"{pid}/{k}", k, completion if isinstance(completion, dict) else {}
+def _annotations(completion: dict, where: str) -> tuple[dict, dict]:
+    notes = completion.get("annotations") or {}
+    if not isinstance(notes, dict):
+        raise BadRecord(f"{where}: 'annotations' must be an object of aspects, got {type(notes).__name__}")
+    ratings, rationales = {}, {}
+    for aspect in ASPECTS:
+        note = notes.get(aspect) or {}
+        if not isinstance(note, dict):
+            raise BadRecord(f"{where}: annotation {aspect!r} must be an object with Rating and Rationale")
+        ratings[aspect] = parse_rating(note.get("Rating"))
+        rationales[aspect] = _text(note, "Rationale", where, required=False, name=f"{aspect}.Rationale") or None
+    return ratings, rationales
+
+
+def _completion(value: Any, where: str) -> _Completion:
+    if not isinstance(value, dict):
+        raise BadRecord(f"{where}: expected a completion object, got {type(value).__name__}")
+    return _Completion(_text(value, "model", where, required=False), _text(value, "response", where),
+                       *_annotations(value, where))
+
+
+def _vlfeedback_prompt(record: Any, where: str) -> _Prompt:
+    r = _object(record, where)
+    _require(r, ("prompt", "img_path", "completions"), where)
+    instruction, image = _text(r, "prompt", where), _text(r, "img_path", where)
+    completions = r["completions"]
+    if not isinstance(completions, list) or not completions:
+        raise BadRecord(f"{where}: 'completions' must be a non-empty list of completions, got "
+                        f"{type(completions).__name__} {_short(completions)}")
+    checked = tuple(_completion(c, f"{where} completion {k}") for k, c in enumerate(completions))
+    return _Prompt(_record_id(r, where) or stable_id("vlfeedback", image, instruction), image, instruction, checked)
+
+
+# ---------------------------------------------------------------- checking a whole file
+
+
+Checked = tuple[str, Any]  # (position, a checked record or the BadRecord that says why it is skipped)
+
+
+def _check(records: Iterator[tuple[str, Any]], check: Callable[[Any, str], Any]) -> list[Checked]:
+    """Every record checked, and each key kept by its first record: a later one with the same key is
+    skipped (it repeats the first or contradicts it; keeping either silently would be a guess). Records
+    that failed come first, so the batches of good records are never redone for a bad one."""
+    out: list[Checked] = []
+    first: dict[str, tuple[str, Any]] = {}
+    for where, record in records:
+        try:
+            checked = check(record, where)
+        except BadRecord as e:
+            out.append((where, e))
+            continue
+        if checked.key in first:
+            seen_where, seen = first[checked.key]
+            how = "repeats" if seen == checked else "has the same id as, but different content from,"
+            out.append((where, BadRecord(f"{where}: {how} {seen_where} (id {checked.key!r}); give every record "
+                                         f"its own id, or remove the copy")))
+            continue
+        first[checked.key] = (where, checked)
+        out.append((where, checked))
+    return sorted(out, key=lambda item: not isinstance(item[1], BadRecord))
+
+
+def _usable(item: Checked) -> Any:
+    if isinstance(item[1], Exception):
+        raise item[1]
+    return item[1]
+
+
+def _run(stage: Stage, items: list[Checked], process: Callable[[list[Checked]], list[dict]], what: str,
+         manifest: dict) -> StageResult:
+    return run_stage(stage, items, process, id_of=lambda item: item[0], per_item_output=False, batch_size=64,
+                     description=what, manifest=manifest)
+
+
+def _record_import(stage: Stage, records: int, result: StageResult, log: Stage) -> None:
+    """The import's own count in the manifest of the stage it returns: skipped records are counted once, in
+    the stage that read them (`errors`), which for VLFeedback is not the pairs stage."""
+    stage.write_manifest(**{"import": {"records": records, "skipped": result.failed,
+                                       "errors": str(log.dir / ERRORS)}})
+
+
+def _folder(images: str | Path | None, src: Path, allow_outside: bool) -> ImageFolder:
+    return ImageFolder(Path(images) if images is not None else (src if src.is_dir() else src.parent), allow_outside)
+
+
+def _import_pairs(src: Path, out: str | Path, images: ImageFolder, records: list[Checked], format: str) -> Stage:
+    store = RunStore(out)
+    stage = store.stage("pairs")
+
+    def process(batch: list[Checked]) -> list[dict]:
+        rows = []
+        for item in batch:
+            pair = _usable(item)
+            rows.append(pair.row(store.images.put(images.open(pair.image, item[0]))))
+        return rows
+
+    result = _run(stage, records, process, f"import {format}", {"config": {"format": format, "src": str(src)}})
+    _record_import(stage, len(records), result, stage)
+    return stage
+
+
+def import_rlaif_v(src: str | Path, out: str | Path, images: str | Path | None = None,
+                   allow_outside: bool = False) -> Stage:
+    src = Path(src)
+    return _import_pairs(src, out, _folder(images, src, allow_outside),
+                         _check(_rlaif_v_records(src), _rlaif_v_pair), "rlaif-v")
+
+
+def import_povid(src: str | Path, out: str | Path, images: str | Path | None = None,
+                 allow_outside: bool = False) -> Stage:
+    src = Path(src)
+    return _import_pairs(src, out, _folder(images, src, allow_outside), _check(_json_records(src), _povid_pair),
+                         "povid")
 
 
 def import_vlfeedback(src: str | Path, out: str | Path, images: str | Path | None = None,
-                      rules: PairRules | None = None, aspect: str | None = None) -> Stage:
+                      rules: PairRules | None = None, aspect: str | None = None, allow_outside: bool = False) -> Stage:
     """Responses into `responses`, their ratings into `feedback`, pairs into `pairs` (VLFeedback's rule:
-    every two responses of a prompt with different mean ratings; `aspect` pairs by one aspect instead)."""
+    every two responses of a prompt with different mean ratings; `aspect` pairs by one aspect instead).
+    Records are checked, and their images read, in the responses stage; only those it stored get feedback."""
     from vlalign.feedback.ratings import rating_feedback, rating_score, vlfeedback_rules
     from vlalign.stages import pair_stage
 
-    store = RunStore(out)
-    src = Path(src)
-    items = [(f"{src.name} record {i}", r) for i, r in _json_records(src)]
+    score = rating_score(aspect)  # an unknown aspect is refused before anything is written
+    store, src = RunStore(out), Path(src)
+    folder = _folder(images, src, allow_outside)
+    records = _check(_json_records(src), _vlfeedback_prompt)
     manifest = {"config": {"format": "vlfeedback", "src": str(src)}}
 
-    def responses(batch):
+    def responses(batch: list[Checked]) -> list[dict]:
         rows = []
-        for where, r in batch:
-            image = None
-            for pid, rid, _, c in _completions(r, where):
-                image = image or store.images.put(_image(r["img_path"], _dir(images), where))
-                rows.append(ResponseRecord(id=rid, prompt_id=pid, image=image, instruction=r["prompt"],
-                                           response=c.get("response", ""), model=c.get("model", "")).to_row())
+        for item in batch:
+            p = _usable(item)
+            image = store.images.put(folder.open(p.image, item[0]))
+            rows += [ResponseRecord(id=f"{p.key}/{k}", prompt_id=p.key, image=image, instruction=p.instruction,
+                                    response=c.response, model=c.model).to_row() for k, c in enumerate(p.completions)]
         return rows
 
-    def feedback(batch):
-        rows = []
-        for where, r in batch:
-            for pid, rid, _, c in _completions(r, where):
-                notes = c.get("annotations") or {}
-                rows.append(rating_feedback(
-                    rid, pid, {a: parse_rating((notes.get(a) or {}).get("Rating")) for a in ASPECTS},
-                    {a: (notes.get(a) or {}).get("Rationale") for a in ASPECTS}, judge="vlfeedback"))
-        return rows
+    def feedback(batch: list[Checked]) -> list[dict]:
+        return [rating_feedback(f"{p.key}/{k}", p.key, c.ratings, c.rationales, judge="vlfeedback")
+                for p in map(_usable, batch) for k, c in enumerate(p.completions)]
 
-    stages = {}
-    for name, process in (("responses", responses), ("feedback", feedback)):
-        stages[name] = store.stage(name)
-        run_stage(stages[name], items, process, id_of=lambda item: item[0], per_item_output=False, batch_size=64,
-                  description=f"import vlfeedback {name}", manifest=manifest)
-    return pair_stage(stages["responses"], stages["feedback"], store.stage("pairs"), rules or vlfeedback_rules(),
-                      method="vlfeedback", score=rating_score(aspect), scoring=aspect or "mean rating")
-
-
-def _dir(images: str | Path | None) -> Path | None:
-    return Path(images) if images is not None else None
+    read = store.stage("responses")
+    result = _run(read, records, responses, "import vlfeedback responses", manifest)
+    stored = read.done_items()
+    _run(store.stage("feedback"), [it for it in records if it[0] in stored], feedback, "import vlfeedback feedback",
+         manifest)
+    pairs = pair_stage(read, store.stage("feedback"), store.stage("pairs"), rules or vlfeedback_rules(),
+                       method="vlfeedback", score=score, scoring=aspect or "mean rating")
+    _record_import(pairs, len(records), result, read)
+    return pairs
 
 
 IMPORTERS: dict[str, Callable[..., Stage]] = {
     "rlaif-v": import_rlaif_v, "povid": import_povid, "vlfeedback": import_vlfeedback}
 
 
-def import_data(format: str, src: str | Path, out: str | Path, images: str | Path | None = None) -> Stage:
-    """`vlalign import --format FORMAT SRC --out DIR`."""
+def import_data(format: str, src: str | Path, out: str | Path, images: str | Path | None = None,
+                allow_outside: bool = False) -> Stage:
+    """`vlalign import --format FORMAT SRC --out DIR`; the stage's manifest counts the records skipped
+    (`manifest["import"]["skipped"]`, listed in `manifest["import"]["errors"]`)."""
     try:
         importer = IMPORTERS[format]
     except KeyError:
         raise ValueError(f"unknown import format {format!r}; choose one of {', '.join(IMPORTERS)}") from None
     if not Path(src).exists():
         raise FileNotFoundError(f"{src} does not exist")
-    return importer(src, out, images)
+    if images is not None and not Path(images).is_dir():
+        raise NotADirectoryError(f"the images folder {images} is not a folder; pass the folder that holds the "
+                                 f"images with --images")
+    return importer(src, out, images, allow_outside=allow_outside)

@@ -330,11 +330,13 @@ def _check_config(stage: Stage, manifest: dict[str, Any] | None) -> None:
             f"  before: {_canonical(old)}\n  now:    {_canonical(new)}")
 
 
-SYSTEMATIC = 5  # this many failures of one kind before any success stop a stage
+SYSTEMATIC = 5  # this many identical failures before any success stop a stage
 
 
 class SystematicFailure(RuntimeError):
-    """The first records of a stage all fail the same way: the cause is the setup, not one record."""
+    """The first records of a stage all fail with the same error: the cause is the setup (a processor that
+    cannot encode, a missing backend), not a record, so skipping every record would only hide it. Bad
+    records fail with messages that name them, so they never look alike."""
 
 
 def _stop_if_systematic(failures: list[BaseException], succeeded: bool, error: BaseException, description: str,
@@ -342,7 +344,7 @@ def _stop_if_systematic(failures: list[BaseException], succeeded: bool, error: B
     if succeeded:
         return
     failures.append(error)
-    if len(failures) >= SYSTEMATIC and len({type(f) for f in failures}) == 1:
+    if len(failures) >= SYSTEMATIC and len({(type(f), str(f)) for f in failures}) == 1:
         raise SystematicFailure(
             f"{description}: the first {len(failures)} records all failed with {type(error).__name__}, so the "
             f"stage stops (the cause is the setup, not a record): {error} (every failure is in "

@@ -70,7 +70,7 @@ First explain your judgement briefly. Then give exactly one rating on the last l
 {answer}
 """
 
-_RATING = re.compile(r"rating: ([0-6])")
+_RATING = re.compile(r"rating: ([0-6])(?![0-9]|[.,][0-9])")  # a whole number: "rating: 10" or "4.5" is none
 
 
 def parse_rating(text: str) -> int | None:

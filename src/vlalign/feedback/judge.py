@@ -58,3 +58,8 @@ class Judge(Protocol):
 
 class JudgeError(RuntimeError):
     """A judge's answer that cannot be used (unparsable, out of range); the message names the record."""
+
+
+class JudgeUnavailable(RuntimeError):
+    """A judge that cannot be used at all (endpoint unreachable, key refused, model not served); the message
+    names the endpoint (credentials masked) and the fix. Raised by a judge's `check()` before a run."""

@@ -1,29 +1,94 @@
 """A judge behind any OpenAI-compatible chat endpoint (GPT-4o, vLLM, SGLang, Ollama, `vlalign serve`).
 
-Requests run concurrently up to `concurrency`; a 429, a 5xx, a timeout or a dropped connection is retried
-with exponential backoff (honouring Retry-After) up to `max_retries` times; any other failure, or one that
-outlives its retries, comes back as a `ChatReply` with the error, naming the request's record. Token use
-is accumulated in `usage`. The API key is read from an environment variable and never stored in a config,
-a manifest or a log line.
+Requests run concurrently up to `concurrency`, each with a `timeout`. A 429, a 5xx, a timeout, a dropped
+connection or a reply whose body is not a chat completion (HTML from a proxy, invalid JSON, no choices)
+is retried with exponential backoff, honouring Retry-After (seconds or an HTTP date), up to
+`max_retries` times. Any other failure, or one that outlives its retries, comes back as a `ChatReply`
+with the reason, naming the request's record: one bad reply never fails the rest of the batch. Token use
+is accumulated in `usage`.
+
+The API key is read from an environment variable and never stored in a config, a manifest or a log line:
+every error string this client makes is passed through `redact_secrets` (the key, a password or key in
+the base URL, Authorization header values), and URLs are shown as `safe_url` prints them. `check()`
+asks the endpoint for its models before a run spends anything on it.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
+import math
 import os
 import random
+import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from PIL import Image
 
-from vlalign.feedback.judge import ChatReply, ChatRequest
+from vlalign.feedback.judge import ChatReply, ChatRequest, JudgeUnavailable
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+DEFAULT_URL = "https://api.openai.com/v1"
+CHECK_TIMEOUT = 10.0
+MASK = "***"
+_EXCERPT = 160
+
+_SECRET_NAME = r"(?:proxy-)?authorization|x-api-key|api[-_]?key|access[-_]?token|token|password|passwd|secret"
+_SECRET_FIELD = re.compile(
+    rf"""(?<![A-Za-z0-9])(?P<name>{_SECRET_NAME})(?P<sep>["']?\s*[:=]\s*["']?)(?:(?:bearer|basic)\s+)?[^\s"',;&}}\]]+""",
+    re.IGNORECASE)
+_SCHEME_TOKEN = re.compile(r"\b(?P<scheme>bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE)
+_USERINFO = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)[^/\s@]+@", re.IGNORECASE)
+_SECRET_QUERY = re.compile(rf"^(?:{_SECRET_NAME}|key|sig|signature)$", re.IGNORECASE)
+
+
+def redact_secrets(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with secrets masked: the given values (an API key, a URL password) wherever they occur, and
+    whatever looks like one: Authorization / api-key fields and headers, Bearer and Basic tokens, the
+    userinfo of URLs. For error strings and URLs, which may echo what a request carried."""
+    text = _USERINFO.sub(rf"\g<scheme>{MASK}@", mask_values(text, secrets))
+    text = _SECRET_FIELD.sub(lambda m: f"{m['name']}{m['sep']}{MASK}", text)
+    return _SCHEME_TOKEN.sub(rf"\g<scheme> {MASK}", text)
+
+
+def mask_values(text: str, secrets: Iterable[str]) -> str:
+    """`text` with each of `secrets` masked wherever it occurs (longest first, so no piece of one is left);
+    values shorter than 4 characters are left alone, as masking them would garble the text."""
+    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
+
+
+def safe_url(url: Any) -> str:
+    """The URL fit to show: no user or password, secret-looking query values masked."""
+    parts = urlsplit(str(url))
+    netloc = parts.netloc.rpartition("@")[2]
+    query = urlencode([(k, MASK if _SECRET_QUERY.match(k) else v)
+                       for k, v in parse_qsl(parts.query, keep_blank_values=True)])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def url_secrets(url: str | None) -> list[str]:
+    """What a URL carries that must never be shown: its userinfo, user, password (plain and percent-decoded),
+    and the Basic credentials an HTTP client derives from them."""
+    if not url:
+        return []
+    parts = urlsplit(url)
+    found = [v for k, v in parse_qsl(parts.query) if _SECRET_QUERY.match(k)]
+    userinfo = parts.netloc.rpartition("@")[0]
+    if userinfo:
+        plain = unquote(userinfo)
+        found += [userinfo, plain, *plain.split(":", 1), base64.b64encode(plain.encode()).decode("ascii")]
+    return [s for s in found if s]
 
 
 def image_data_url(image: Image.Image) -> str:
@@ -39,6 +104,97 @@ def chat_messages(request: ChatRequest) -> list[dict]:
     content.append({"type": "text", "text": request.prompt})
     messages = [{"role": "system", "content": request.system}] if request.system else []
     return [*messages, {"role": "user", "content": content}]
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asks a client to wait (`retry-after-ms`, or `Retry-After` in seconds or as an HTTP
+    date); None when it asks nothing usable (absent, negative, not a number, not a date)."""
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) / scale
+        except ValueError:
+            continue
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    return _seconds_until(headers.get("retry-after"))
+
+
+def _seconds_until(date: str | None) -> float | None:
+    """Seconds from now until an HTTP date (0 for one in the past), or None when `date` is not one."""
+    if not date:
+        return None
+    try:
+        when = parsedate_to_datetime(date)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def excerpt(text: Any, secrets: Iterable[str] = (), limit: int = _EXCERPT) -> str:
+    """A short quotable piece of a body, so an error shows what came back without pasting a page; secrets
+    are masked before it is cut, so no piece of one survives the cut."""
+    text = " ".join(redact_secrets(str(text), secrets).split())
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+class BadReply(ValueError):
+    """A 200 reply whose body is not a usable chat completion; `retry` says whether asking again may help."""
+
+    def __init__(self, reason: str, retry: bool):
+        super().__init__(reason)
+        self.retry = retry
+
+
+def _count(value: Any) -> int:
+    """A token count from a usage object; anything but a non-negative integer counts as 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def parse_completion(body: str, secrets: Iterable[str] = ()) -> tuple[str, int, int]:
+    """(text, prompt tokens, completion tokens) of a chat completion body; `BadReply` says what is wrong,
+    quoting the body with `secrets` masked."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise BadReply(f"the reply is not JSON: {excerpt(body, secrets) if body.strip() else 'an empty body'}", True) from None
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise BadReply(f"the reply holds no choices: {excerpt(body, secrets)}", True)
+    message = choices[0].get("message")
+    if not isinstance(message, dict):
+        raise BadReply(f"the reply's first choice has no message: {excerpt(body, secrets)}", True)
+    content = message.get("content")
+    if content is None:
+        why = choices[0].get("finish_reason") or message.get("refusal") or "none given"
+        raise BadReply(f"the reply holds no text (finish_reason: {excerpt(why, secrets)})", False)
+    if not isinstance(content, str):
+        raise BadReply(f"the reply's content is a {type(content).__name__}, not text: {excerpt(body, secrets)}", True)
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    return content, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+
+
+def _error_message(body: Any, secrets: Iterable[str] = ()) -> str:
+    """The message of an error reply: its `error.message` when it has one, else a piece of the body."""
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        message = error.get("message") if isinstance(error, dict) else error
+        if isinstance(message, str) and message:
+            return excerpt(message, secrets)
+    return excerpt(body, secrets) if body else "no body"
+
+
+def _connection_failure(url: str, error: BaseException) -> str:
+    """What went wrong with the connection, with the low-level reason (refused, reset, DNS, cut short) that
+    the SDK's own message ("Connection error.") hides."""
+    inner = error.__cause__ or error.__context__
+    cause = f"{type(inner).__name__}: {inner}" if inner is not None and str(inner) else type(error).__name__
+    if inner is None or "connect" in type(inner).__name__.lower():
+        return f"cannot reach {url} ({cause})"
+    return f"the connection to {url} broke before a complete reply ({cause})"
 
 
 @dataclass
@@ -59,6 +215,22 @@ class Usage:
         return {k: getattr(self, k) for k in ("requests", "failures", "retries", "prompt_tokens", "completion_tokens")}
 
 
+@dataclass
+class _Transient:
+    """A failed attempt worth repeating, with the server's requested wait when it gave one."""
+
+    reason: str
+    wait: float | None = None
+
+
+def _at_least(name: str, value: float, minimum: float, whole: bool = False) -> None:
+    """Refuse a setting that would misbehave later (no workers, a zero timeout, a fractional retry count)."""
+    kinds = (int,) if whole else (int, float)
+    if not isinstance(value, kinds) or isinstance(value, bool) or not value >= minimum:
+        kind = "a whole number" if whole else "a number"
+        raise ValueError(f"judge setting {name}={value!r} must be {kind} >= {minimum:g}")
+
+
 class OpenAIJudge:
     """`complete(requests)` against `base_url` with `model`; see the module docstring for failure handling."""
 
@@ -67,57 +239,133 @@ class OpenAIJudge:
                  max_backoff: float = 60.0):
         from openai import OpenAI
 
+        _at_least("concurrency", concurrency, 1, whole=True)
+        _at_least("max_retries", max_retries, 0, whole=True)
+        for name, value, minimum in (("timeout", timeout, 1e-3), ("backoff", backoff, 0), ("max_backoff", max_backoff, 0)):
+            _at_least(name, value, minimum)
         self.name = f"api:{model}"
-        self.model, self.concurrency, self.max_retries = model, max(1, concurrency), max_retries
-        self.backoff, self.max_backoff = backoff, max_backoff
+        self.model, self.concurrency, self.max_retries = model, int(concurrency), int(max_retries)
+        self.timeout, self.backoff, self.max_backoff = float(timeout), backoff, max_backoff
+        self.api_key_env, self.url = api_key_env, safe_url(base_url or DEFAULT_URL)
         key = os.environ.get(api_key_env)
         if not key and base_url is None:
             raise ValueError(f"no API key: set the environment variable {api_key_env} (or point base_url at a "
                              f"local server, which needs none)")
-        self.client = OpenAI(api_key=key or "unused", base_url=base_url, timeout=timeout, max_retries=0)
+        self._secrets = [s for s in (key, *url_secrets(base_url)) if s]
+        self.client = OpenAI(api_key=key or "unused", base_url=base_url, timeout=self.timeout, max_retries=0)
         self.usage = Usage()
 
-    def _wait(self, attempt: int, error: Exception) -> float:
-        retry_after = getattr(getattr(error, "response", None), "headers", {}).get("retry-after")
-        try:
-            if retry_after is not None:
-                return min(float(retry_after), self.max_backoff)
-        except ValueError:
-            pass
+    def __repr__(self) -> str:
+        return f"OpenAIJudge({self.model!r}, {self.url!r}, concurrency={self.concurrency}, timeout={self.timeout:g})"
+
+    def redact(self, text: str) -> str:
+        """`text` with this judge's key and URL credentials masked, and anything else that looks secret."""
+        return redact_secrets(text, self._secrets)
+
+    def _wait(self, attempt: int, asked: float | None) -> float:
+        if asked is not None:
+            return min(asked, self.max_backoff)
         return min(self.backoff * 2 ** attempt, self.max_backoff) * (0.5 + random.random() / 2)
 
-    def _one(self, request: ChatRequest) -> ChatReply:
+    def _attempt(self, request: ChatRequest) -> ChatReply | _Transient:
+        """One try: a reply (text, or a failure not worth repeating) or a transient failure."""
         import openai
 
+        try:
+            raw = self.client.chat.completions.with_raw_response.create(
+                model=self.model, messages=chat_messages(request), max_tokens=request.max_tokens,
+                temperature=request.temperature)
+            text, prompt_tokens, completion_tokens = parse_completion(raw.text, self._secrets)
+        except openai.APITimeoutError:
+            return _Transient(f"APITimeoutError: no reply from {self.url} within the timeout of {self.timeout:g} s")
+        except openai.APIConnectionError as e:
+            return _Transient(f"APIConnectionError: {_connection_failure(self.url, e)}")
+        except openai.APIStatusError as e:
+            reason = f"HTTP {e.status_code}: {_error_message(e.body, self._secrets)}"
+            if e.status_code in RETRY_STATUS:
+                return _Transient(reason, retry_after(e.response.headers))
+            return ChatReply(None, reason + self._hint(e.status_code))
+        except BadReply as e:
+            return _Transient(str(e)) if e.retry else ChatReply(None, str(e))
+        # a server that echoes the request's headers must not hand the key back inside a reply either
+        return ChatReply(mask_values(text, self._secrets), None, prompt_tokens, completion_tokens)
+
+    def _hint(self, status: int) -> str:
+        """What to do about a client error that no retry will fix."""
+        if status in (401, 403):
+            return f" (the endpoint refused the API key: set {self.api_key_env} to a valid key)"
+        if status == 404:
+            return f" (check the model name {self.model!r} and the base URL {self.url})"
+        return ""
+
+    def _failed(self, request: ChatRequest, reason: str, attempts: int = 0) -> ChatReply:
+        self.usage.add(requests=1, failures=1)
+        tries = f" after {attempts} attempts" if attempts else ""
+        return ChatReply(None, self.redact(f"record {request.id or '?'}: {self.name} failed{tries}: {reason}"))
+
+    def _one(self, request: ChatRequest) -> ChatReply:
         for attempt in range(self.max_retries + 1):
-            try:
-                response = self.client.chat.completions.create(
-                    model=self.model, messages=chat_messages(request), max_tokens=request.max_tokens,
-                    temperature=request.temperature)
-            except (openai.APITimeoutError, openai.APIConnectionError, openai.APIStatusError) as e:
-                status = getattr(e, "status_code", None)
-                retryable = status is None or status in RETRY_STATUS
-                if retryable and attempt < self.max_retries:
-                    self.usage.add(retries=1)
-                    time.sleep(self._wait(attempt, e))
-                    continue
-                self.usage.add(requests=1, failures=1)
-                what = f"HTTP {status}" if status is not None else type(e).__name__
-                tries = f" after {attempt + 1} attempts" if retryable else ""
-                return ChatReply(None, f"record {request.id or '?'}: {self.name} failed{tries}: {what}: {e}")
-            usage = response.usage
-            prompt_tokens = getattr(usage, "prompt_tokens", 0) or 0
-            completion_tokens = getattr(usage, "completion_tokens", 0) or 0
-            self.usage.add(requests=1, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
-            text = response.choices[0].message.content if response.choices else None
-            if text is None:
-                self.usage.add(failures=1)
-                return ChatReply(None, f"record {request.id or '?'}: {self.name} returned no text")
-            return ChatReply(text, None, prompt_tokens, completion_tokens)
-        raise AssertionError("unreachable")
+            outcome = self._attempt(request)
+            if isinstance(outcome, ChatReply):
+                if not outcome.ok:
+                    return self._failed(request, outcome.error or "no reason given")
+                self.usage.add(requests=1, prompt_tokens=outcome.prompt_tokens,
+                               completion_tokens=outcome.completion_tokens)
+                return outcome
+            if attempt < self.max_retries:
+                self.usage.add(retries=1)
+                time.sleep(self._wait(attempt, outcome.wait))
+        return self._failed(request, outcome.reason, attempts=self.max_retries + 1)
+
+    def _guarded(self, request: ChatRequest) -> ChatReply:
+        """`_one`, with anything unforeseen turned into this request's failure rather than the batch's."""
+        try:
+            return self._one(request)
+        except Exception as e:
+            return self._failed(request, f"unexpected {type(e).__name__}: {e}")
 
     def complete(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
         if not requests:
             return []
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
-            return list(pool.map(self._one, requests))
+            return list(pool.map(self._guarded, requests))
+
+    def check(self, timeout: float = CHECK_TIMEOUT) -> list[str]:
+        """Ask the endpoint for its models (GET /models) and return their ids, so a run learns before its
+        first stage that the endpoint is unreachable, refuses the key or does not serve `model`; raises
+        `JudgeUnavailable` naming the URL and the fix."""
+        import openai
+
+        try:
+            raw = self.client.with_options(timeout=timeout, max_retries=0).models.with_raw_response.list()
+        except openai.APITimeoutError:
+            raise self._unavailable(f"{self.url} did not answer GET /models within {timeout:g} s",
+                                    "check that the server is up and not overloaded") from None
+        except openai.APIConnectionError as e:
+            raise self._unavailable(_connection_failure(self.url, e), "start the server, or fix the "
+                                    "base URL (api:MODEL@URL in the judge spec, or OPENAI_BASE_URL)") from None
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+            raise self._unavailable(f"{self.url} refused the API key (HTTP {e.status_code}: "
+                                    f"{_error_message(e.body, self._secrets)})", f"set {self.api_key_env} to a valid key") from None
+        except openai.NotFoundError:
+            return []  # it answers but lists no models: requests will say whether `model` is served
+        except openai.APIStatusError as e:
+            raise self._unavailable(f"{self.url} answered GET /models with HTTP {e.status_code}: "
+                                    f"{_error_message(e.body, self._secrets)}", "check the base URL and the server") from None
+        return self._served(raw.text)
+
+    def _served(self, body: str) -> list[str]:
+        try:
+            listed = json.loads(body).get("data")
+            ids = [m["id"] for m in listed if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        except (ValueError, AttributeError, TypeError):
+            raise self._unavailable(f"{self.url}/models answered with {excerpt(body, self._secrets)}, not a model list",
+                                    "point the base URL at an OpenAI-compatible endpoint (it usually ends in "
+                                    "/v1)") from None
+        if ids and self.model not in ids:
+            raise self._unavailable(f"{self.url} does not serve model {self.model!r}; it serves "
+                                    f"{', '.join(ids[:20])}", "name one of them in the judge spec (api:MODEL@URL)")
+        return ids
+
+    def _unavailable(self, what: str, fix: str) -> JudgeUnavailable:
+        return JudgeUnavailable(self.redact(f"judge {self.name}: {what}: {fix}"))

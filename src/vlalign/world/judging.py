@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vlalign.feedback.vlfeedback import first_token, rating_value, split_sections
 from vlalign.world.metrics import mentioned_shapes
 from vlalign.world.scene import Scene
 from vlalign.world.text import (
@@ -154,16 +155,22 @@ def judge_task(scene: Scene, rng: np.random.Generator) -> Task:
     return Task("judge", judge_prompt(task.instruction, answer), rate(scene, task, answer, correct, on_topic).text())
 
 
-_ASPECT = re.compile(r"(faithfulness|helpfulness|ethics)\s*:(.*?)rating\s*:\s*([0-9])", re.DOTALL)
+_ASPECT = re.compile(r"(faithfulness|helpfulness|ethics)\s*:")
+_VERDICT_RATING = re.compile(r"rating\s*:")
 
 
 def parse_verdict(text: str) -> tuple[dict[str, int | None], dict[str, str | None]]:
-    """Ratings and rationales in a world judge's reply; an aspect it did not rate (or rated outside 1-5)
-    is None, never guessed."""
+    """Ratings and rationales in a world judge's reply. Each aspect's part runs to the next aspect's name, and
+    holds its rationale and one "rating: N"; an aspect that is not rated there once with a whole number in
+    1-5 ("rating: four", "-3", "4.5", "10", two ratings, or rated twice differently) is None, never guessed."""
+    found: dict[str, list[tuple[int | None, str]]] = {}
+    for word, part in split_sections(_ASPECT, text.lower()):
+        pieces = _VERDICT_RATING.split(part)
+        rating = rating_value(first_token(pieces[1])) if len(pieces) == 2 else None
+        found.setdefault(ASPECT_WORDS[word], []).append((rating, pieces[0].strip()))
     ratings: dict[str, int | None] = dict.fromkeys(ASPECT_WORDS.values())
     rationales: dict[str, str | None] = dict.fromkeys(ASPECT_WORDS.values())
-    for word, rationale, rating in _ASPECT.findall(text.lower()):
-        aspect = ASPECT_WORDS[word]
-        if ratings[aspect] is None and 1 <= int(rating) <= 5:
-            ratings[aspect], rationales[aspect] = int(rating), rationale.strip()
+    for aspect, verdicts in found.items():
+        if len({r for r, _ in verdicts}) == 1 and verdicts[0][0] is not None:
+            ratings[aspect], rationales[aspect] = verdicts[0]
     return ratings, rationales
