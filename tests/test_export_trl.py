@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from vlalign.data.export import export, export_trl, find_pair_stages
 from vlalign.data.records import PairRecord, PromptRecord, stable_id
 from vlalign.data.store import RunStore, run_stage
+from vlalign.formats.export import export, export_trl, find_pair_stages
 from vlalign.world.render import render
 from vlalign.world.scene import sample_scene
 from vlalign.world.text import caption, describe_task

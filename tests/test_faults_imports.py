@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from vlalign.data.imports import MAX_TEXT, import_data
 from vlalign.data.store import RunStore
+from vlalign.formats.imports import MAX_TEXT, import_data
 
 H, VF, E = "Helpfulness", "Visual Faithfulness", "Ethical Considerations"
 BAD_BYTES = "@@not-utf8@@"  # replaced by bytes that are not UTF-8 once the file is encoded

@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from vlalign.data.export import export_povid, export_vlfeedback
 from vlalign.data.images import content_hash
-from vlalign.data.imports import import_data, import_povid, import_rlaif_v, import_vlfeedback, parse_rating
 from vlalign.data.store import RunStore
 from vlalign.feedback.ratings import ASPECTS
+from vlalign.formats.export import export_povid, export_vlfeedback
+from vlalign.formats.imports import import_data, import_povid, import_rlaif_v, import_vlfeedback, parse_rating
 
 H, VF, E = "Helpfulness", "Visual Faithfulness", "Ethical Considerations"
 

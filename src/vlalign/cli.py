@@ -121,7 +121,7 @@ def export(
     format: str = typer.Option("trl", help="trl (a datasets directory), povid or vlfeedback (JSON + images)."),
 ) -> None:
     """Export preference pairs (or rated responses) in another tool's format."""
-    from vlalign.data.export import export as run_export
+    from vlalign.formats.export import export as run_export
 
     print(run_export(src, out, format))
 
@@ -134,7 +134,7 @@ def import_(
     images: Path = typer.Option(None, help="Folder the records' image paths are relative to."),
 ) -> None:
     """Import released preference data into a run directory, ready to train on or export."""
-    from vlalign.data.imports import import_data
+    from vlalign.formats.imports import import_data
 
     stage = import_data(format, src, out, images)
     console.print(f"imported {stage.counts()['rows']} pairs into {stage.dir}; "

@@ -30,9 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from vlalign.config import ConfigError, to_dict
-from vlalign.data.export import find_pair_stages, no_pairs_error
 from vlalign.data.sources import PromptRequest, source_named
-from vlalign.data.store import RunStore, Stage
+from vlalign.data.store import RunStore, Stage, find_pair_stages, no_pairs_error
 from vlalign.evaluate.suite import run_suite
 from vlalign.methods.base import Arm, Method, Round
 from vlalign.models.load import load, resolve, save

@@ -9,9 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vlalign.config import to_dict
-from vlalign.data.export import find_pair_stages, no_pairs_error
 from vlalign.data.records import FeedbackRecord, PairRecord, PromptRecord, ResponseRecord, stable_id
-from vlalign.data.store import RunStore, Stage, run_stage
+from vlalign.data.store import RunStore, Stage, find_pair_stages, no_pairs_error, run_stage
 from vlalign.feedback.pairs import PairRules, Scored, balance_lengths_by, candidate_pairs
 from vlalign.models.generate import generate, sample_seed
 from vlalign.models.settings import Decoding

@@ -14,14 +14,16 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from vlalign.data.records import PromptRecord, stable_id
-from vlalign.data.sources import PromptRequest
 from vlalign.data.store import RunStore, Stage, run_stage
 from vlalign.progress import warn
+
+if TYPE_CHECKING:
+    from vlalign.data.sources import PromptRequest
 
 INSTRUCTION_KEYS = ("instruction", "question", "prompt")
 REFERENCE_KEYS = ("reference", "answer", "gt_answer")

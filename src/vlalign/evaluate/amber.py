@@ -45,7 +45,7 @@ from pathlib import Path
 
 from vlalign.evaluate import textkit
 from vlalign.evaluate.answers import Answer, Issues, check_parse, read_answers
-from vlalign.evaluate.chair import singular
+from vlalign.evaluate.textkit import singular
 
 DIMENSIONS = {
     "discriminative-hallucination": "existence",

@@ -36,24 +36,10 @@ from pathlib import Path
 from vlalign.data.coco import DOUBLE_WORDS, OFFICIAL_DOUBLE_WORDS, OFFICIAL_SPELLINGS, SYNONYMS
 from vlalign.evaluate import textkit
 from vlalign.evaluate.answers import Answer, Field, Issues, ask_judge, check_parse, read_answers
+from vlalign.evaluate.textkit import singular
 
 IMAGE_ID = Field("image_id", "the COCO image id the answer describes (e.g. 391895)", (int, str))
 _WORD = re.compile(r"[a-z]+")
-
-
-@lru_cache(maxsize=1)
-def _inflect():
-    import inflect
-
-    return inflect.engine()
-
-
-@lru_cache(maxsize=65536)
-def singular(word: str, keep: frozenset[str] = frozenset()) -> str:
-    """`word` in the singular; words in `keep` (vocabulary words such as "bus", "tennis") stay as they are."""
-    if word in keep or len(word) < 3:
-        return word
-    return _inflect().singular_noun(word) or word
 
 
 def words(text: str, keep: frozenset[str] = frozenset()) -> list[str]:

@@ -105,13 +105,26 @@ def _pattern_inflect():
 
 
 @lru_cache(maxsize=1)
+def _inflect():
+    import inflect
+
+    return inflect.engine()
+
+
+@lru_cache(maxsize=65536)
+def singular(word: str, keep: frozenset[str] = frozenset()) -> str:
+    """`word` in the singular; words in `keep` (vocabulary words such as "bus", "tennis") stay as they are."""
+    if word in keep or len(word) < 3:
+        return word
+    return _inflect().singular_noun(word) or word
+
+
+@lru_cache(maxsize=1)
 def singularizer() -> tuple[Callable[[str], str], Tool]:
     """pattern's `singularize` (from PatternLite); without it, `inflect`'s singular nouns."""
     module = _pattern_inflect() if has_module("pattern") else None
     if module is not None:
         return module.singularize, Tool("pattern.singularize", True)
-    from vlalign.evaluate.chair import singular
-
     return singular, Tool("inflect singular", False,
                           "pattern's singularize is not installed (pip install 'vlalign[benchmarks]' brings "
                           "PatternLite): plurals are singularised by inflect, which differs on some words "
@@ -138,8 +151,6 @@ def lemmatizer() -> tuple[Callable[[str], str], Tool]:
         from nltk.stem import WordNetLemmatizer
 
         return WordNetLemmatizer().lemmatize, Tool("wordnet lemmatizer", True)
-    from vlalign.evaluate.chair import singular
-
     def lemmatize(word: str) -> str:
         return singular(word) if word.islower() else word
 

@@ -18,11 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import pyarrow.parquet as pq
 
-from vlalign.data.store import SHARD_GLOB, Stage, stage_dirs
-
-PAIR_COLUMNS = ("chosen", "rejected")
+from vlalign.data.store import Stage, find_pair_stages, no_pairs_error, stage_dirs
 
 _TEXT_PART = {"type": datasets.Value("string"), "text": datasets.Value("string")}
 _MESSAGES = datasets.List({"role": datasets.Value("string"), "content": datasets.List(_TEXT_PART)})
@@ -35,37 +32,6 @@ TRL_FEATURES = datasets.Features({
     "rejected": _MESSAGES,
     "images": datasets.List(datasets.Image()),
 })
-
-
-def _shard_dirs(src: Path) -> list[Path]:
-    """`src` itself when it is a stage with shards, else the stages with shards under it (nested too)."""
-    if any(src.glob(SHARD_GLOB)):
-        return [src]
-    return [d for d in stage_dirs(src) if any(d.glob(SHARD_GLOB))]
-
-
-def _holds_pairs(stage_dir: Path) -> bool:
-    columns = set(pq.read_schema(sorted(stage_dir.glob(SHARD_GLOB))[0]).names)
-    return set(PAIR_COLUMNS) <= columns
-
-
-def find_pair_stages(src: str | Path) -> list[Path]:
-    """Stage folders under `src` (a run folder, or one stage folder) whose rows are preference pairs."""
-    src = Path(src)
-    if not src.exists():
-        raise FileNotFoundError(f"{src} does not exist; pass a run directory or one of its stage directories")
-    if not src.is_dir():
-        raise NotADirectoryError(f"{src} is a file; pass a run directory or one of its stage directories")
-    return [d for d in _shard_dirs(src) if _holds_pairs(d)]
-
-
-def no_pairs_error(src: Path) -> ValueError:
-    stages = [str(d.relative_to(src)) for d in _shard_dirs(src)]
-    seen = f"the stages there ({', '.join(stages)}) hold other records" if stages else "no stage there has rows yet"
-    return ValueError(
-        f"no preference pairs found under {src}: looked for stage directories (shard-*.parquet) whose rows "
-        f"have 'chosen' and 'rejected' columns, in {src} itself and in the folders below it, but {seen}. "
-        f"Pass a run directory after its pairs stage has run, or that stage's directory.")
 
 
 def _user(instruction: str) -> list[dict[str, Any]]:
