@@ -45,11 +45,12 @@ def main() -> None:
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     from vlalign.models.best_of_n import best_of_n
-    from vlalign.models.generate import Decoding, generate, sample_seed
+    from vlalign.models.generate import generate, sample_seed
     from vlalign.models.scoring import yes_probability
-    from vlalign.train.dpo import DPOConfig, LoraSettings, PreferenceExample, train_dpo
-    from vlalign.train.loop import OptimConfig
-    from vlalign.train.povid import NoiseConfig, train_povid_stage2
+    from vlalign.models.settings import Decoding, LoraSettings
+    from vlalign.train.povid import train_povid_stage2
+    from vlalign.train.preference import PreferenceExample, fit_preferences
+    from vlalign.train.settings import NoiseConfig, OptimConfig, TrainConfig
     from vlalign.world.model import TinyVLMConfig, build_processor
     from vlalign.world.render import render
     from vlalign.world.scene import scenes
@@ -95,9 +96,9 @@ def main() -> None:
     step("P(yes) of 16 questions, 1 pass", lambda: yes_probability(
         model, processor, images * 4, ["is there a red circle in the image?"] * 16, batch_size=16))
     examples = [PreferenceExample(f"e{i}", images[i], prompts[i], truths[i], truths[(i + 1) % 4]) for i in range(4)]
-    lora = DPOConfig(batch_size=2, epochs=1, lora=LoraSettings(r=16, alpha=32),
-                     optim=OptimConfig(lr=1e-5, warmup_ratio=0.0, log_every=1))
-    model, history = step("LoRA DPO, 2 steps of 2 pairs", lambda: train_dpo(model, processor, examples, lora))
+    lora = TrainConfig(batch_size=2, epochs=1, lora=LoraSettings(r=16, alpha=32),
+                       optim=OptimConfig(lr=1e-5, warmup_ratio=0.0, log_every=1))
+    model, history = step("LoRA DPO, 2 steps of 2 pairs", lambda: fit_preferences(model, processor, examples, lora))
     print(f"  DPO losses: {[round(h['loss'], 4) for h in history]}", flush=True)
     model = model.merge_and_unload()
     model, history = step("POVID stage 2 (LoRA), 2 steps", lambda: train_povid_stage2(

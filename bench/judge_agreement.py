@@ -16,11 +16,12 @@ from itertools import combinations
 
 import numpy as np
 
-from vlalign.evaluate.world import EVAL_SCENES
-from vlalign.feedback.judges import make_judge
 from vlalign.feedback.ratings import ASPECTS, mean_rating
 from vlalign.feedback.vlfeedback import RatingJudge
+from vlalign.models.settings import Runtime
+from vlalign.runner import Models
 from vlalign.world.judging import candidate_answer, candidate_task, rate
+from vlalign.world.metrics import EVAL_SCENES
 from vlalign.world.render import render
 from vlalign.world.scene import scenes
 
@@ -31,7 +32,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=300, help="scenes; each gets --answers candidate answers")
     ap.add_argument("--answers", type=int, default=3)
     args = ap.parse_args()
-    judge = RatingJudge(make_judge(args.judge), style="world")
+    judge = RatingJudge(Models(Runtime(dtype="fp32")).judge(args.judge), style="world")  # as the world recipes run it
     truth, items = [], []
     for scene in scenes("dev", args.items, EVAL_SCENES):
         rng = np.random.default_rng([scene.seed, 5])

@@ -13,11 +13,12 @@ import argparse
 
 import numpy as np
 
-from vlalign.evaluate.world import EVAL_SCENES
-from vlalign.feedback.claims import WorldClaims
 from vlalign.feedback.labeler import label_responses
-from vlalign.models.generate import Decoding, generate, sample_seed
+from vlalign.models.generate import generate, sample_seed
 from vlalign.models.load import load
+from vlalign.models.settings import Decoding
+from vlalign.world.claims import WorldClaims
+from vlalign.world.metrics import EVAL_SCENES
 from vlalign.world.render import render
 from vlalign.world.scene import COLORS, SHAPES, scenes
 from vlalign.world.text import DESCRIBE_INSTRUCTIONS
@@ -44,8 +45,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=200)
     ap.add_argument("--samples", type=int, default=2)
     args = ap.parse_args()
-    policy, processor = load(args.policy, dtype="float32")
-    labeler, labeler_processor = load(args.labeler, dtype="float32")
+    policy, processor = load(args.policy, dtype="fp32")
+    labeler, labeler_processor = load(args.labeler, dtype="fp32")
     held_out = [s for s in scenes("dev", args.prompts, EVAL_SCENES) for _ in range(args.samples)]
     images = [render(s, processor.image_processor.crop_size["height"]) for s in held_out]
     seeds = [sample_seed(0, s.id, k % args.samples) for k, s in enumerate(held_out)]

@@ -18,8 +18,8 @@ import numpy as np
 
 from vlalign.data.records import FeedbackRecord, PairRecord, PromptRecord, ResponseRecord
 from vlalign.data.store import Stage
-from vlalign.evaluate.world import mentioned_shapes
 from vlalign.world.judging import rate
+from vlalign.world.metrics import mentioned_shapes
 from vlalign.world.scene import Scene
 from vlalign.world.text import Task
 
@@ -30,9 +30,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="a Silkie run directory (vlalign silkie --out, or DEMO/silkie)")
     run = ap.parse_args().run
-    prompts = {p.id: p for p in map(PromptRecord.from_row, Stage(f"{run}/prompts").rows())
+    prompts = {p.id: p for p in map(PromptRecord.from_row, Stage(f"{run}/round1/prompts").rows())
                if p.source.endswith("/describe")}
-    responses = {r.id: r for r in map(ResponseRecord.from_row, Stage(f"{run}/responses").rows())
+    responses = {r.id: r for r in map(ResponseRecord.from_row, Stage(f"{run}/round1/responses").rows())
                  if r.prompt_id in prompts}
 
     truth: dict[str, tuple[dict, float, int]] = {}  # response id -> (graph's ratings, recall, false objects)
@@ -44,7 +44,7 @@ def main() -> None:
         truth[r.id] = ratings, len(named & scene.shapes) / len(scene.shapes), len(named - scene.shapes)
 
     by_model = defaultdict(list)
-    for f in map(FeedbackRecord.from_row, Stage(f"{run}/feedback").rows()):
+    for f in map(FeedbackRecord.from_row, Stage(f"{run}/round1/feedback").rows()):
         judged = f.details.get("ratings") or {}
         if f.response_id in truth and judged.get(F) is not None and judged.get(H) is not None:
             true, recall, false = truth[f.response_id]
@@ -56,7 +56,7 @@ def main() -> None:
               f"            {a[:, 2].mean():.2f} / {a[:, 3].mean():.2f}  {np.mean(a[:, 2] == a[:, 3]):.2f}"
               f"          {a[:, 4].mean():.3f}  {a[:, 5].mean():.2f}")
     pairs = []
-    for p in map(PairRecord.from_row, Stage(f"{run}/pairs").rows()):
+    for p in map(PairRecord.from_row, Stage(f"{run}/round1/pairs").rows()):
         if p.prompt_id in prompts:
             (_, rc, fc), (_, rr, fr) = truth[p.meta["chosen_id"]], truth[p.meta["rejected_id"]]
             pairs.append((rc, rr, fc, fr, len(p.chosen.split()), len(p.rejected.split())))

@@ -21,12 +21,13 @@ from pathlib import Path
 from vlalign.config import from_dict
 from vlalign.data.records import PairRecord, PromptRecord
 from vlalign.data.store import Stage
-from vlalign.evaluate.world import chair_metrics, describe_held_out
-from vlalign.feedback.claims import WorldClaims
+from vlalign.methods.silkie import SilkieConfig
 from vlalign.models.load import load
-from vlalign.pipelines.silkie import SilkieConfig
-from vlalign.pipelines.stages import preference_examples
-from vlalign.train.dpo import DPOConfig, train_dpo
+from vlalign.stages import preference_examples
+from vlalign.train.preference import fit_preferences
+from vlalign.train.settings import TrainConfig
+from vlalign.world.claims import WorldClaims
+from vlalign.world.metrics import chair_metrics, describe_held_out
 
 POLICY = ("world:base", "world:base@t1.0")  # the pool members that are the policy itself
 _claims = WorldClaims()
@@ -40,22 +41,25 @@ def _claim_balanced(p: PairRecord, source: dict[str, str]) -> bool:
     return not _describe(p, source) or len(_claims(p.chosen)) >= len(_claims(p.rejected))
 
 
-# name -> (which pairs to keep, how the DPO recipe changes)
-VARIANTS: dict[str, tuple[Callable[[PairRecord, dict], bool], dict]] = {
-    "as-run": (lambda p, s: True, {}),
-    "no-anchor": (lambda p, s: True, {"anchor_weight": 0.0}),
-    "describe-only": (_describe, {}),
-    "claim-balanced-descriptions": (_claim_balanced, {}),
-    "without-small": (lambda p, s: "world:small" not in (p.meta["chosen_model"], p.meta["rejected_model"]), {}),
-    "policy-vs-policy": (lambda p, s: p.meta["chosen_model"] in POLICY and p.meta["rejected_model"] in POLICY, {}),
-    "nll-3": (lambda p, s: True, {"nll_weight": 3.0}),
-    "lr-2e-5": (lambda p, s: True, {"optim": {"lr": 2e-5}}),
+def _same(t: TrainConfig) -> TrainConfig:
+    return t
+
+
+def _without(term: str) -> Callable[[TrainConfig], TrainConfig]:
+    return lambda t: replace(t, loss={k: w for k, w in t.loss.items() if k != term})
+
+
+# name -> (which pairs to keep, how the training recipe changes)
+VARIANTS: dict[str, tuple[Callable[[PairRecord, dict], bool], Callable[[TrainConfig], TrainConfig]]] = {
+    "as-run": (lambda p, s: True, _same),
+    "no-anchor": (lambda p, s: True, _without("anchor")),
+    "describe-only": (_describe, _same),
+    "claim-balanced-descriptions": (_claim_balanced, _same),
+    "without-small": (lambda p, s: "world:small" not in (p.meta["chosen_model"], p.meta["rejected_model"]), _same),
+    "policy-vs-policy": (lambda p, s: p.meta["chosen_model"] in POLICY and p.meta["rejected_model"] in POLICY, _same),
+    "nll-3": (lambda p, s: True, lambda t: replace(t, loss={**t.loss, "nll": 3.0})),
+    "lr-2e-5": (lambda p, s: True, lambda t: replace(t, optim=replace(t.optim, lr=2e-5))),
 }
-
-
-def _recipe(base: DPOConfig, change: dict) -> DPOConfig:
-    optim = replace(base.optim, **change.get("optim", {}))
-    return replace(base, **{k: v for k, v in change.items() if k != "optim"}, optim=optim)
 
 
 def _row(m: dict) -> str:
@@ -65,7 +69,7 @@ def _row(m: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run", help="a finished Silkie run directory (vlalign silkie --out, or DEMO/silkie)")
+    ap.add_argument("run", help="a finished Silkie run directory (vlalign run silkie --out, or DEMO/silkie)")
     ap.add_argument("--scenes", type=int, default=300, help="held-out scenes to describe")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
     args = ap.parse_args()
@@ -74,11 +78,11 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     config = from_dict(SilkieConfig, json.loads((Path(args.run) / "summary.json").read_text())["config"])
-    source = {p.id: p.source for p in map(PromptRecord.from_row, Stage(f"{args.run}/prompts").rows())}
-    records = [PairRecord.from_row(r) for r in Stage(f"{args.run}/pairs").rows()]
-    examples = preference_examples(Stage(f"{args.run}/pairs"))
+    source = {p.id: p.source for p in map(PromptRecord.from_row, Stage(f"{args.run}/round1/prompts").rows())}
+    records = [PairRecord.from_row(r) for r in Stage(f"{args.run}/round1/pairs").rows()]
+    examples = preference_examples(Stage(f"{args.run}/round1/pairs"))
 
-    policy, processor = load(config.policy, dtype="float32")
+    policy, processor = load(config.policy, config.runtime)
     held_out, _, answers = describe_held_out(policy, processor, args.scenes)
     base = chair_metrics(held_out, answers)
     print(f"{'variant':30s} {'pairs':>5s}  CHAIR_i  CHAIR_s  recall  grounded  partner  lone   words  seconds")
@@ -87,7 +91,7 @@ def main() -> None:
         keep, change = VARIANTS[name]
         start = time.time()
         chosen = [e for e, p in zip(examples, records, strict=True) if keep(p, source)]
-        model, _ = train_dpo(load(config.policy, dtype="float32")[0], processor, chosen, _recipe(config.dpo, change))
+        model, _ = fit_preferences(load(config.policy, config.runtime)[0], processor, chosen, change(config.train))
         m = chair_metrics(held_out, describe_held_out(model, processor, args.scenes)[2])
         print(f"{name:30s} {len(chosen):5d}  {_row(m)}  {time.time() - start:5.0f}", flush=True)
 
