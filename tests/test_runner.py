@@ -14,7 +14,7 @@ import pytest
 import vlalign.runner as runner
 from vlalign.config import ConfigError, load_config
 from vlalign.data.records import FeedbackRecord, PairRecord, ResponseRecord
-from vlalign.data.store import Stage
+from vlalign.data.store import RunStore, Stage
 from vlalign.feedback.judge import ChatReply
 from vlalign.plugins import METHODS
 from vlalign.serve import make_server
@@ -264,3 +264,37 @@ def test_mdpo_and_mpo_train_on_another_runs_pairs(tmp_path, method, term):
     if method == "mdpo":
         cache = json.loads((tmp_path / method / "round1" / "training" / "reference_logps.json").read_text())
         assert cache["columns"][:3] == ["chosen", "rejected", "chosen_corrupt"]
+
+
+def test_an_unreachable_api_backend_stops_the_run_before_its_first_stage(tmp_path, monkeypatch):
+    from vlalign.feedback.judge import JudgeUnavailable
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    config = _rlaif_v("rounds=1", "splitter=llm", "judge=api:gpt-4o@http://127.0.0.1:9/v1", "api.timeout=2")
+    with pytest.raises(JudgeUnavailable, match="127.0.0.1:9"):
+        runner.run(METHODS.get("rlaif-v"), config, tmp_path)
+    assert not (tmp_path / "round1").exists()  # nothing was sampled for a run that could not finish
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(ValueError, match="OPENAI_API_KEY"):
+        runner.run(METHODS.get("rlaif-v"), _rlaif_v("rounds=1", "splitter=llm", "judge=api:gpt-4o"), tmp_path)
+
+
+def test_a_prompt_file_too_short_for_the_rounds_is_reused_with_a_warning(tmp_path, capsys):
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = []
+    for i in range(4):
+        Image.new("RGB", (48, 48), (40 * i, 90, 200)).save(data / f"{i}.png")
+        lines.append(json.dumps({"image": f"{i}.png", "instruction": "describe the image in detail."}))
+    (data / "p.jsonl").write_text("\n".join(lines) + "\n")
+    config = _rlaif_v(f"prompts.source={data / 'p.jsonl'}", "prompts.per_round=3", "rounds=2")
+    store = RunStore(tmp_path / "run")
+    first = runner.round_prompts(store, METHODS.get("rlaif-v"), config, 1, None)
+    assert "reuses" not in capsys.readouterr().err
+    second = runner.round_prompts(store, METHODS.get("rlaif-v"), config, 2, None)
+    assert "round 2 reuses 2 prompt(s)" in capsys.readouterr().err
+    ids = [{r["id"] for r in stage.rows()} for stage in (first, second)]
+    assert len(ids[1]) == 3 and len(ids[0] & ids[1]) == 2  # the file's 4 records, cycled

@@ -131,14 +131,16 @@ def import_(
     src: Path = typer.Argument(..., help="The released data: a parquet file/folder, or a JSON / JSON-lines file."),
     out: Path = typer.Option(..., help="Run directory to write the pairs (and responses) into."),
     format: str = typer.Option(..., help="rlaif-v, povid or vlfeedback."),
-    images: Path = typer.Option(None, help="Folder the records' image paths are relative to."),
+    images: Path = typer.Option(None, help="Folder the records' image paths are relative to, and must stay in "
+                                           "(default: the data file's folder)."),
 ) -> None:
     """Import released preference data into a run directory, ready to train on or export."""
     from vlalign.formats.imports import import_data
 
     stage = import_data(format, src, out, images)
-    console.print(f"imported {stage.counts()['rows']} pairs into {stage.dir}; "
-                  f"{stage.manifest.get('errors', 0)} records skipped (see {stage.dir / 'errors.jsonl'})")
+    report = stage.manifest.get("import", {})
+    console.print(f"imported {stage.counts()['rows']} pairs into {stage.dir}; {report.get('skipped', 0)} records "
+                  f"skipped (see {report.get('errors', stage.dir / 'errors.jsonl')})")
     print(stage.dir)
 
 

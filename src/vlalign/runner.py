@@ -33,7 +33,7 @@ from vlalign.config import ConfigError, to_dict
 from vlalign.data.sources import PromptRequest, source_named
 from vlalign.data.store import RunStore, Stage, find_pair_stages, no_pairs_error
 from vlalign.evaluate.suite import run_suite
-from vlalign.methods.base import Arm, Method, Round
+from vlalign.methods.base import ApiSettings, Arm, Method, Round
 from vlalign.models.load import load, resolve, save
 from vlalign.models.settings import Runtime
 from vlalign.progress import log, scope, warn
@@ -66,8 +66,8 @@ class Models:
     """The models a run uses besides the policy, each loaded once, under its own runtime settings or the
     policy's; judges (API or local) likewise."""
 
-    def __init__(self, runtime: Runtime):
-        self.runtime = runtime
+    def __init__(self, runtime: Runtime, api: ApiSettings | None = None):
+        self.runtime, self.api = runtime, api or ApiSettings()
         self._models: dict[tuple, tuple] = {}
         self._judges: dict[tuple, Any] = {}
 
@@ -88,7 +88,8 @@ class Models:
             if spec.startswith("api:"):
                 from vlalign.feedback.judges import make_judge
 
-                self._judges[key] = make_judge(spec)
+                a = self.api
+                self._judges[key] = make_judge(spec, a.concurrency, timeout=a.timeout, max_retries=a.max_retries)
             else:
                 from vlalign.feedback.judge_local import ModelJudge
 
@@ -96,16 +97,14 @@ class Models:
         return self._judges[key]
 
 
-def check_backends(specs: list[str]) -> None:
-    """Every model the run needs exists and every API backend answers, before the first stage runs."""
+def check_backends(specs: list[str], models: Models) -> None:
+    """Every model the run needs exists, and every API backend has its key and answers, before the first
+    stage runs (not after hours of sampling)."""
+    from vlalign.feedback.judges import check_judge
+
     for spec in dict.fromkeys(specs):
         if spec.startswith("api:"):
-            from vlalign.feedback.judges import make_judge
-
-            judge = make_judge(spec)
-            check = getattr(judge, "check", None)
-            if check is not None:
-                check()
+            check_judge(models.judge(spec))
         else:
             resolve(spec)
 
@@ -196,8 +195,8 @@ def run(method: Method, config, out: str | Path) -> dict:
     started = time.time()
     store = RunStore(out)
     claim(store, method)
-    check_backends(config.backends())
-    models = Models(config.runtime)
+    models = Models(config.runtime, config.api)
+    check_backends(config.backends(), models)
     policy, processor = load(config.policy, config.runtime)
     summary: dict = {"method": method.name, "policy": config.policy, "rounds": []}
     if config.eval and config.eval_base:

@@ -70,7 +70,10 @@ def _parse(record: Any, line: int, origin: str, root: Path, allow_outside: bool 
     reference = _first(record, REFERENCE_KEYS)
     if isinstance(image, str):
         image = _inside(image, root, allow_outside, where)
-    rid = str(record.get("id") if record.get("id") is not None else stable_id(origin, line, instruction))
+    # without an id of its own, a record is named by what it holds and where it sits in its file, never by
+    # where the file lies: moving the data keeps its ids (and so its samples' seeds and a run's resume)
+    written = record.get("image") if isinstance(record.get("image"), str) else None
+    rid = str(record.get("id") if record.get("id") is not None else stable_id(line, written, instruction))
     return UserPrompt(line, rid, image, instruction, reference if isinstance(reference, str) else None,
                       str(record.get("source", origin)))
 

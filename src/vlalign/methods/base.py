@@ -68,6 +68,20 @@ class EvalSpec:
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    """How the run talks to OpenAI-compatible endpoints (api:MODEL[@URL] judges, labelers, pool members)."""
+
+    concurrency: int = 8  # requests in flight at once, per backend
+    timeout: float = 120.0  # seconds a request may take before it is retried
+    max_retries: int = 5  # retries of a 429, a 5xx, a timeout or a broken reply (with backoff)
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.timeout <= 0 or self.max_retries < 0:
+            raise ValueError(f"need concurrency >= 1, timeout > 0 and max_retries >= 0; got {self.concurrency}, "
+                             f"{self.timeout}, {self.max_retries}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """The keys every method shares."""
 
@@ -80,6 +94,7 @@ class RunConfig:
     eval_base: bool = True  # evaluate the starting policy too, before the first round
     pairs_from: str | None = None  # train on the pairs under this run or stage directory instead of making them (one round)
     batch_size: int = 16  # items per batch in the sampling and labeling stages
+    api: ApiSettings = field(default_factory=ApiSettings)  # settings of every API backend the run calls
     seed: int = 0  # every sample's seed derives from it and the record id
 
     def __post_init__(self) -> None:
