@@ -92,3 +92,13 @@ def test_a_config_error_comes_before_any_model_library(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "rouns: unknown setting" in result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_config_reference_page_is_what_config_show_prints():
+    from typer.testing import CliRunner
+
+    from vlalign.cli import app
+
+    result = CliRunner().invoke(app, ["config", "show", "--markdown"])
+    assert result.exit_code == 0, result.output
+    assert (ROOT / "docs" / "configs.md").read_text() == result.stdout, "regenerate: vlalign config show --markdown"

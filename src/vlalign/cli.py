@@ -92,15 +92,31 @@ for _name in METHODS.names():
 
 @config_app.command("show")
 def config_show(
-    method: str = typer.Argument(..., help="The method: " + ", ".join(METHODS.names()) + "."),
+    method: str = typer.Argument(None, help="The method: " + ", ".join(METHODS.names()) + " (default: all)."),
     config: Path = typer.Option(None, help="Show this YAML recipe with the defaults filled in."),
+    markdown: bool = typer.Option(False, "--markdown", help="As the Markdown page docs/configs.md is."),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
 ) -> None:
     """Print a method's full config as YAML: every key, its value and what it does."""
     from vlalign.config import describe
 
-    m, settings = load_method_config(method, config, overrides)
-    print(f"# {m.name}: {m.summary}\n" + describe(settings), end="")
+    if method is None and (config or overrides):
+        raise typer.BadParameter("name the method whose config to show", param_hint="METHOD")
+    pages = []
+    for name in [method] if method else METHODS.names():
+        m, settings = load_method_config(name, config, overrides)
+        text = describe(settings)
+        pages.append(f"## {m.name}\n\n{m.summary}.\n\n```yaml\n{text}```\n" if markdown
+                     else f"# {m.name}: {m.summary}\n{text}")
+    head = ("# Config reference\n\nEvery key of every method, with its default and what it does (the output of "
+            "`vlalign config show --markdown`; a test keeps this page equal to it). Defaults are each method's "
+            "general recipe; the world's recipes are the YAML files in `configs/`.\n\n") if markdown else ""
+    if markdown:
+        from vlalign.train.settings import TERM_HELP
+
+        pages.append("## Loss terms\n\n| term | what it is |\n|---|---|\n"
+                     + "".join(f"| `{k}` | {v} |\n" for k, v in TERM_HELP.items()))
+    print(head + "\n".join(pages), end="")
 
 
 @app.command("merge")

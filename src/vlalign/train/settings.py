@@ -52,7 +52,9 @@ class OptimConfig:
 class TrainConfig:
     """Preference training: the objective (weighted terms), batches and optimizer, LoRA, checkpoints."""
 
-    loss: dict[str, float] = field(default_factory=lambda: {"sigmoid": 1.0})  # term: weight (see TERM_HELP)
+    # term: weight, the objective is their weighted sum; terms: sigmoid, cdpo, robust, hinge, ipo, bco_pair,
+    # sft, nll, anchor, conditional (docs/configs.md says what each is)
+    loss: dict[str, float] = field(default_factory=lambda: {"sigmoid": 1.0})
     beta: float = 0.1  # strength of the KL tie to the reference in every reward-based term
     label_smoothing: float = 0.0  # share of preferences assumed flipped (cdpo, robust)
     batch_size: int = 8  # pairs per batch
