@@ -298,3 +298,34 @@ def test_a_prompt_file_too_short_for_the_rounds_is_reused_with_a_warning(tmp_pat
     assert "round 2 reuses 2 prompt(s)" in capsys.readouterr().err
     ids = [{r["id"] for r in stage.rows()} for stage in (first, second)]
     assert len(ids[1]) == 3 and len(ids[0] & ids[1]) == 2  # the file's 4 records, cycled
+
+
+def test_a_run_on_user_data_gets_pope_and_chair_every_round(tmp_path):
+    """eval: names real benchmarks with their data files; a run on a user's prompt file scores the base and
+    every round on them (here POPE's question files and CHAIR against COCO's annotations, on four images)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    coco = Path(__file__).parent / "data" / "bench" / "coco"
+    images = tmp_path / "val2014"
+    images.mkdir()
+    questions, prompts = [], []
+    for i in range(1, 5):
+        name = f"COCO_val2014_{i:012d}.jpg"
+        Image.new("RGB", (60, 48), (50 * i, 120, 90)).save(images / name)
+        questions.append(json.dumps({"question_id": i, "image": name, "text": "Is there a dog in the image?",
+                                     "label": "yes" if i % 2 else "no"}))
+        prompts.append(json.dumps({"image": name, "instruction": "describe the image in detail."}))
+    (tmp_path / "coco_pope_random.json").write_text("\n".join(questions) + "\n")
+    (tmp_path / "chair.jsonl").write_text("".join(json.dumps({"image_id": i}) + "\n" for i in range(1, 5)))
+    (images / "prompts.jsonl").write_text("\n".join(prompts) + "\n")
+    evals = (f"eval=[{{name: pope, data: {tmp_path / 'coco_pope_random.json'}, images: {images}}}, "
+             f"{{name: chair, data: {tmp_path / 'chair.jsonl'}, images: {images}, annotations: [{coco}]}}]")
+    config = _rlaif_v(f"prompts.source={images / 'prompts.jsonl'}", "prompts.per_round=4", "rounds=1", evals)
+    summary = runner.run(METHODS.get("rlaif-v"), config, tmp_path / "run")
+    for metrics in (summary["base"], summary["rounds"][0]["eval"]):
+        assert set(metrics) == {"pope", "chair"}
+        assert metrics["pope"]["random_n"] == 4 and 0 <= metrics["pope"]["accuracy"] <= 1
+        assert 0 <= metrics["chair"]["chair_s"] <= 1
+    assert (tmp_path / "run" / "round1" / "eval" / "pope.answers.jsonl").exists()

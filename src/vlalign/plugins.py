@@ -10,6 +10,7 @@ need torch import it only when they are called.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Iterator
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
@@ -32,8 +33,8 @@ def load_plugins() -> None:
 class Registry(Generic[T]):
     """Named entries of one kind. `builtins` are the core modules that register entries when imported."""
 
-    def __init__(self, kind: str, builtins: tuple[str, ...] = ()):
-        self.kind, self.builtins = kind, builtins
+    def __init__(self, kind: str, builtins: tuple[str, ...] = (), packages: tuple[str, ...] = ()):
+        self.kind, self.builtins, self.packages = kind, builtins, packages
         self._items: dict[str, T] = {}
         self._ready = False
 
@@ -48,6 +49,10 @@ class Registry(Generic[T]):
             self._ready = True
             for module in self.builtins:
                 importlib.import_module(module)
+            for package in self.packages:  # every module of the package registers its entries
+                path = importlib.import_module(package).__path__
+                for info in sorted(pkgutil.iter_modules(path), key=lambda i: i.name):
+                    importlib.import_module(f"{package}.{info.name}")
             load_plugins()
 
     def get(self, name: str) -> T:
@@ -72,8 +77,8 @@ class Registry(Generic[T]):
         return iter(list(self._items.items()))
 
 
-METHODS: Registry = Registry("method", ("vlalign.methods.rlaif_v", "vlalign.methods.silkie", "vlalign.methods.povid",
-                                        "vlalign.methods.mdpo", "vlalign.methods.mpo"))
+METHODS: Registry = Registry("method", ("vlalign.methods.rlaif_v", "vlalign.methods.silkie", "vlalign.methods.povid"),
+                             packages=("vlalign.methods",))
 # `world:base`: a prefix before ":" names a source of models, whose entry maps the rest to a directory.
 MODEL_SOURCES: Registry = Registry("model source")
 PROMPT_SOURCES: Registry = Registry("prompt source", ("vlalign.data.sources",))

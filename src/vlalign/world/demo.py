@@ -117,9 +117,8 @@ def _rows(label: str, summary: dict) -> dict:
         if len(rounds) > 1:
             out["povid"] = _world(final)
         return out
-    row = {**_world(final), "pairs": final["pairs"]}
-    if len(rounds) > 1:
-        row["rounds"] = [{"round": r["round"], "pairs": r["pairs"], **_world(r)} for r in rounds]
+    row = {**_world(final), "pairs": final["pairs"],
+           "rounds": [{"round": r["round"], "pairs": r["pairs"], **_world(r)} for r in rounds]}
     out = {label: row}
     out.update({f"{label}_{arm}": {**_world(rec), "pairs": rec["pairs"]} for arm, rec in final["arms"].items()
                 if arm != "policy"})
