@@ -212,6 +212,43 @@ class CocoTruth:
         return cls(objects, sources)
 
 
+@dataclass
+class Tally:
+    """CHAIR's counts over answers, one answer at a time: mentions and hallucinated mentions, the same per
+    distinct object, answers with a hallucination or with any object, and objects found of all present."""
+
+    mentions: int = 0
+    hallucinated: int = 0
+    unique: int = 0
+    unique_bad: int = 0
+    bad_answers: int = 0
+    with_objects: int = 0
+    right: int = 0
+    truth: int = 0
+
+    def add(self, found: Sequence[str], truth: set[str]) -> list[str]:
+        """Count one answer's mentioned objects against the objects really there; returns the false ones."""
+        bad = [o for o in found if o not in truth]
+        self.mentions += len(found)
+        self.hallucinated += len(bad)
+        self.unique += len(set(found))
+        self.unique_bad += len(set(bad))
+        self.bad_answers += bool(bad)
+        self.with_objects += bool(found)
+        self.right += len(set(found) & truth)
+        self.truth += len(truth)
+        return bad
+
+    def chair_i(self) -> float:
+        return self.hallucinated / self.mentions if self.mentions else 0.0
+
+    def chair_i_unique(self) -> float:
+        return self.unique_bad / self.unique if self.unique else 0.0
+
+    def recall(self) -> float:
+        return self.right / self.truth if self.truth else 0.0
+
+
 def chair_from_mentions(mentions: Sequence[Sequence[tuple[str, str]]], truths: Sequence[set[str]],
                         texts: Sequence[str]) -> dict[str, float]:
     """CHAIR_s, CHAIR_i per mention and per distinct object of an answer, and recall, from mentions.
@@ -219,27 +256,18 @@ def chair_from_mentions(mentions: Sequence[Sequence[tuple[str, str]]], truths: S
     `chair_s_refine` counts only answers that mention some object (RLAIF-V's "response hallucination");
     recall pools, as Object HalBench does: distinct right objects over all ground-truth objects."""
     n = len(texts)
-    mentioned = hallucinated = uniq = uniq_bad = bad_answers = with_objects = right = truth_total = 0
+    tally = Tally()
     for found, truth in zip(mentions, truths, strict=True):
-        objs = [obj for _, obj in found]
-        bad = [o for o in objs if o not in truth]
-        mentioned += len(objs)
-        hallucinated += len(bad)
-        uniq += len(set(objs))
-        uniq_bad += len(set(bad))
-        bad_answers += bool(bad)
-        with_objects += bool(objs)
-        right += len(set(objs) & truth)
-        truth_total += len(truth)
+        tally.add([obj for _, obj in found], truth)
     return {
-        "chair_s": bad_answers / n if n else 0.0,
-        "chair_s_refine": bad_answers / with_objects if with_objects else 0.0,
-        "chair_i": hallucinated / mentioned if mentioned else 0.0,
-        "chair_i_unique": uniq_bad / uniq if uniq else 0.0,
-        "recall": right / truth_total if truth_total else 0.0,
+        "chair_s": tally.bad_answers / n if n else 0.0,
+        "chair_s_refine": tally.bad_answers / tally.with_objects if tally.with_objects else 0.0,
+        "chair_i": tally.chair_i(),
+        "chair_i_unique": tally.chair_i_unique(),
+        "recall": tally.recall(),
         "mean_words": sum(len(t.split()) for t in texts) / n if n else 0.0,
         "n_answers": n,
-        "n_mentions": mentioned,
+        "n_mentions": tally.mentions,
     }
 
 

@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from vlalign.evaluate.chair import Tally
 from vlalign.evaluate.pope import parse_yes_no, pope_metrics
 from vlalign.world.scene import COLORS, PARTNERS, SHAPES, Scene, SceneConfig, scenes
 from vlalign.world.text import NUMBERS, SINGULARS, existence_question, is_refusal, redteam_task, split_words
@@ -58,35 +59,28 @@ def chair_metrics(scene_list: Sequence[Scene], answers: Sequence[str]) -> dict[s
     """
     if len(scene_list) != len(answers):
         raise ValueError(f"{len(scene_list)} scenes but {len(answers)} answers")
-    mentions = hallucinated = uniq = uniq_hal = covered = grounded = present_total = hal_answers = words = 0
+    tally, grounded, words = Tally(), 0, 0
     by_partner = [[0, 0], [0, 0]]  # [partner present?] -> [covered, present]
     for scene, answer in zip(scene_list, answers, strict=True):
         objects = mentioned_objects(answer)
         found = [shape for _, shape in objects]
         present = scene.shapes
-        bad = [s for s in found if s not in present]
-        mentions += len(found)
-        hallucinated += len(bad)
-        uniq += len(set(found))
-        uniq_hal += len(set(bad))
-        hal_answers += bool(bad)
-        covered += len(present & set(found))
+        tally.add(found, present)
         named = set(objects)
         grounded += len({o.shape for o in scene.objects if (o.color, o.shape) in named})
         for shape in present:
             counts = by_partner[PARTNERS[shape] in present]
             counts[0] += shape in found
             counts[1] += 1
-        present_total += len(present)
         words += len([w for w in split_words(answer) if w[0].isalnum()])
     n = max(len(answers), 1)
     (lone, n_lone), (partnered, n_partnered) = by_partner
     return {
-        "chair_s": hal_answers / n,
-        "chair_i": hallucinated / mentions if mentions else 0.0,
-        "chair_i_unique": uniq_hal / uniq if uniq else 0.0,
-        "object_recall": covered / present_total if present_total else 0.0,
-        "grounded_recall": grounded / present_total if present_total else 0.0,
+        "chair_s": tally.bad_answers / n,
+        "chair_i": tally.chair_i(),
+        "chair_i_unique": tally.chair_i_unique(),
+        "object_recall": tally.recall(),
+        "grounded_recall": grounded / tally.truth if tally.truth else 0.0,
         "partner_recall": partnered / n_partnered if n_partnered else 0.0,
         "lone_recall": lone / n_lone if n_lone else 0.0,
         "mean_words": words / n,
