@@ -15,7 +15,7 @@ import typer
 
 from vlalign.console import SUMMARY_KEYS, console, metrics_table
 from vlalign.evaluate.commands import eval_, score
-from vlalign.plugins import COMMANDS, METHODS
+from vlalign.plugins import METHODS, add_commands
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Align vision-language models with AI feedback (RLAIF-V, VLFeedback/Silkie, POVID, mDPO, MPO).")
@@ -276,12 +276,7 @@ def serve(
         server.shutdown()
 
 
-def _plugin_commands() -> None:
-    for _, add in COMMANDS.items():
-        add(app)
-
-
-_plugin_commands()
+add_commands(app)
 
 
 def _quiet() -> None:

@@ -2,7 +2,8 @@
 
 The core registers its own entries (methods, benchmarks, claim splitters); a plugin registers more
 through the `vlalign.plugins` entry point group, a function that receives nothing and calls `register`
-on the registries below. The embedded world is such a plugin (`vlalign.world.plugin:register`), so no
+on the registries below, and adds commands through the `vlalign.commands` group, a function that
+receives the CLI's typer app (kept apart, so the command line starts without loading the registries). The embedded world is such a plugin (`vlalign.world.plugin:register`), so no
 general module imports it. Registries are filled on first use, and registering is cheap: entries that
 need torch import it only when they are called.
 """
@@ -16,25 +17,23 @@ from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
-GROUP = "vlalign.plugins"
-_loaded = False
 
 
-def load_plugins() -> None:
-    """Run every installed plugin's registration once (the core's own modules register on import)."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
-        ep.load()()
+def _run_group(group: str, *args) -> None:
+    for ep in sorted(entry_points(group=group), key=lambda e: e.name):
+        ep.load()(*args)
+
+
+def add_commands(app) -> None:
+    """Let every installed plugin add its commands to the command line."""
+    _run_group("vlalign.commands", app)
 
 
 class Registry(Generic[T]):
     """Named entries of one kind. `builtins` are the core modules that register entries when imported."""
 
-    def __init__(self, kind: str, builtins: tuple[str, ...] = (), packages: tuple[str, ...] = ()):
-        self.kind, self.builtins, self.packages = kind, builtins, packages
+    def __init__(self, kind: str, group: str, builtins: tuple[str, ...] = (), packages: tuple[str, ...] = ()):
+        self.kind, self.group, self.builtins, self.packages = kind, group, builtins, packages
         self._items: dict[str, T] = {}
         self._ready = False
 
@@ -53,7 +52,7 @@ class Registry(Generic[T]):
                 path = importlib.import_module(package).__path__
                 for info in sorted(pkgutil.iter_modules(path), key=lambda i: i.name):
                     importlib.import_module(f"{package}.{info.name}")
-            load_plugins()
+            _run_group(self.group)
 
     def get(self, name: str) -> T:
         self._fill()
@@ -77,13 +76,12 @@ class Registry(Generic[T]):
         return iter(list(self._items.items()))
 
 
-METHODS: Registry = Registry("method", ("vlalign.methods.rlaif_v", "vlalign.methods.silkie", "vlalign.methods.povid"),
-                             packages=("vlalign.methods",))
+METHODS: Registry = Registry("method", "vlalign.methods", ("vlalign.methods.rlaif_v", "vlalign.methods.silkie",
+                                                           "vlalign.methods.povid"), packages=("vlalign.methods",))
 # `world:base`: a prefix before ":" names a source of models, whose entry maps the rest to a directory.
-MODEL_SOURCES: Registry = Registry("model source")
-PROMPT_SOURCES: Registry = Registry("prompt source", ("vlalign.data.sources",))
-SPLITTERS: Registry = Registry("claim splitter", ("vlalign.feedback.splitters",))
-RATING_STYLES: Registry = Registry("rating style", ("vlalign.feedback.vlfeedback",))
-VOCABULARIES: Registry = Registry("injection vocabulary", ("vlalign.feedback.injection",))
-BENCHMARKS: Registry = Registry("benchmark", ("vlalign.evaluate.benchmarks",))
-COMMANDS: Registry = Registry("command group")
+MODEL_SOURCES: Registry = Registry("model source", "vlalign.model_sources")
+PROMPT_SOURCES: Registry = Registry("prompt source", "vlalign.prompt_sources", ("vlalign.data.sources",))
+SPLITTERS: Registry = Registry("claim splitter", "vlalign.splitters", ("vlalign.feedback.splitters",))
+RATING_STYLES: Registry = Registry("rating style", "vlalign.rating_styles", ("vlalign.feedback.vlfeedback",))
+VOCABULARIES: Registry = Registry("injection vocabulary", "vlalign.vocabularies", ("vlalign.feedback.injection",))
+BENCHMARKS: Registry = Registry("benchmark", "vlalign.benchmarks", ("vlalign.evaluate.benchmarks",))
