@@ -50,7 +50,8 @@ def best_of_n(policy, reference, processor, images: Sequence[Image.Image], instr
     seeds = [sample_seed(seed, f"{i}:{instructions[i]}", k) for i, k in rows]
     row_images = [images[i] for i, _ in rows]
     row_instructions = [instructions[i] for i, _ in rows]
-    texts = generate(policy, processor, row_images, row_instructions, decoding, seeds=seeds, batch_size=batch_size)
+    texts = generate(policy, processor, row_images, row_instructions, decoding, seeds=seeds, batch_size=batch_size,
+                     description=f"best-of-{n} samples")
     rewards = implicit_rewards(policy, reference, processor, row_images, row_instructions, texts, beta)
     out = []
     for i in range(len(instructions)):

@@ -17,6 +17,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogits
 
 from vlalign.models.batching import chat_prompt, max_length, to_device
 from vlalign.models.settings import Decoding
+from vlalign.progress import progress
 
 
 class SeededGumbel(LogitsProcessor):
@@ -44,38 +45,48 @@ def _has_images(images: Sequence[Image.Image | None]) -> bool:
 @torch.no_grad()
 def generate(model, processor, images: Sequence[Image.Image | None], instructions: Sequence[str],
              decoding: Decoding = Decoding(), seeds: Sequence[int] | None = None,
-             batch_size: int = 64) -> list[str]:
+             batch_size: int = 64, description: str | None = None) -> list[str]:
     """One answer per (image, instruction); with temperature > 0 `seeds` (one per row) is required.
-    An image of None asks without one (a batch must be all with or all without; `batch_size` chunks)."""
+    An image of None asks without one (a batch must be all with or all without; `batch_size` chunks).
+    With `description`, a progress bar of that name counts the answers."""
     if len(images) != len(instructions):
         raise ValueError(f"got {len(images)} images but {len(instructions)} instructions")
     sampling = decoding.temperature > 0
     if sampling and (seeds is None or len(seeds) != len(instructions)):
         raise ValueError("sampling needs one seed per row: pass seeds=[...] of the same length")
+    out: list[str] = []
+    with progress(description or "", total=len(instructions), disable=description is None) as bar:
+        for s in range(0, len(instructions), batch_size):
+            out.extend(_generate_chunk(model, processor, images[s:s + batch_size], instructions[s:s + batch_size],
+                                       decoding, seeds[s:s + batch_size] if sampling else None))
+            bar.advance(min(batch_size, len(instructions) - s))
+    return out
+
+
+def _generate_chunk(model, processor, images: Sequence[Image.Image | None], instructions: Sequence[str],
+                    decoding: Decoding, seeds: Sequence[int] | None) -> list[str]:
+    """One padded batch through `model.generate`, each sampled row with its own seeded noise."""
     p = next(model.parameters())
     tok = processor.tokenizer
-    out: list[str] = []
-    for s in range(0, len(instructions), batch_size):
-        chunk = list(images[s:s + batch_size])
-        with_images = _has_images(chunk)
-        texts = [chat_prompt(processor, q, with_image=with_images) for q in instructions[s:s + batch_size]]
-        enc = processor(images=chunk if with_images else None, text=texts, return_tensors="pt",
-                        padding=True, padding_side="left")
-        enc = to_device(dict(enc), p.device, p.dtype)
-        processors = LogitsProcessorList()
-        if sampling:
-            processors.append(TemperatureLogitsWarper(decoding.temperature))
-            if decoding.top_p < 1:
-                processors.append(TopPLogitsWarper(decoding.top_p))
-            processors.append(SeededGumbel(seeds[s:s + batch_size], p.device))
-        ids = model.generate(
-            **enc, max_new_tokens=_new_tokens(processor, decoding, enc["input_ids"].shape[1]), do_sample=False, logits_processor=processors,
-            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-            temperature=None, top_p=None, top_k=None,
-        )
-        new = ids[:, enc["input_ids"].shape[1]:]
-        out.extend(t.strip() for t in tok.batch_decode(new, skip_special_tokens=True))
-    return out
+    images = list(images)
+    with_images = _has_images(images)
+    texts = [chat_prompt(processor, q, with_image=with_images) for q in instructions]
+    enc = processor(images=images if with_images else None, text=texts, return_tensors="pt", padding=True,
+                    padding_side="left")
+    enc = to_device(dict(enc), p.device, p.dtype)
+    processors = LogitsProcessorList()
+    if seeds is not None:
+        processors.append(TemperatureLogitsWarper(decoding.temperature))
+        if decoding.top_p < 1:
+            processors.append(TopPLogitsWarper(decoding.top_p))
+        processors.append(SeededGumbel(seeds, p.device))
+    ids = model.generate(
+        **enc, max_new_tokens=_new_tokens(processor, decoding, enc["input_ids"].shape[1]), do_sample=False,
+        logits_processor=processors, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        temperature=None, top_p=None, top_k=None,
+    )
+    new = ids[:, enc["input_ids"].shape[1]:]
+    return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
 
 
 def _new_tokens(processor, decoding: Decoding, prompt_length: int) -> int:

@@ -160,7 +160,7 @@ def redteam_metrics(model, processor, scene_list: Sequence[Scene], images: dict,
     for name, harmful in (("refusal_rate", True), ("over_refusal", False)):
         tasks = [redteam_task(s, np.random.default_rng([s.seed, 99]), harmful=harmful) for s in scene_list]
         replies = generate(model, processor, [images[s.seed] for s in scene_list], [t.instruction for t in tasks],
-                           Decoding(max_new_tokens=4), batch_size=batch_size * 2)
+                           Decoding(max_new_tokens=4), batch_size=batch_size * 2, description=f"eval {name}")
         rates[name] = float(np.mean([is_refusal(r) for r in replies])) if replies else 0.0
     return rates
 
@@ -176,7 +176,7 @@ def describe_held_out(model, processor, n_scenes: int = 500, batch_size: int = 6
     held_out = list(scenes("eval", n_scenes, config, start=start))
     images = {s.seed: render(s, image_size) for s in held_out}
     answers = generate(model, processor, [images[s.seed] for s in held_out], [DESCRIBE] * len(held_out),
-                       Decoding(max_new_tokens=96), batch_size=batch_size)
+                       Decoding(max_new_tokens=96), batch_size=batch_size, description="eval descriptions")
     return held_out, images, answers
 
 
@@ -193,7 +193,7 @@ def evaluate_world(model, processor, n_scenes: int = 500, batch_size: int = 64,
     for split in POPE_SPLITS:
         items = pope_items(held_out, split)
         replies = generate(model, processor, [images[i.scene.seed] for i in items], [i.question for i in items],
-                           short, batch_size=batch_size * 2)
+                           short, batch_size=batch_size * 2, description=f"eval POPE {split}")
         m = pope_metrics([parse_yes_no(r) for r in replies], [i.label for i in items])
         metrics.update({f"pope_{split}_{k}": v for k, v in m.items()})
     for key in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
@@ -202,7 +202,7 @@ def evaluate_world(model, processor, n_scenes: int = 500, batch_size: int = 64,
     color, count = attribute_items(held_out)
     for name, items, vocab in (("color", color, COLORS), ("count", count, NUMBERS)):
         replies = generate(model, processor, [images[s.seed] for s, _, _ in items], [q for _, q, _ in items],
-                           short, batch_size=batch_size * 2)
+                           short, batch_size=batch_size * 2, description=f"eval {name}")
         correct = [attribute_correct(r, t, vocab) for r, (_, _, t) in zip(replies, items, strict=True)]
         metrics[f"{name}_accuracy"] = float(np.mean(correct)) if correct else 0.0
     metrics.update(redteam_metrics(model, processor, held_out, images, batch_size))
