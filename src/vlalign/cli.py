@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from vlalign.console import SUMMARY_KEYS, console, metrics_table
+from vlalign.console import console, models_table
 from vlalign.evaluate.commands import eval_, score
 from vlalign.plugins import METHODS, add_commands
 
@@ -55,7 +55,7 @@ def print_summary(summary: dict, out: Path) -> None:
             if metrics:
                 columns[f"round {r['round']}" + ("" if arm == "policy" else f" {arm}")] = metrics
     if columns:
-        console.print(metrics_table(f"{summary['method']} (world, held-out scenes)", columns, SUMMARY_KEYS))
+        console.print(models_table(f"{summary['method']} (world, held-out scenes)", columns))
     for r in summary["rounds"]:
         for arm, record in r["arms"].items():
             console.print(f"round {r['round']} {arm}: {record['pairs']} pairs, model at {record['checkpoint']}")

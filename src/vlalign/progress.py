@@ -5,13 +5,15 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-console = Console(stderr=True)
+# A terminal gets its own width; a pipe or a log file 100 columns, wide enough for the tables.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 100)
 _scopes: list[str] = []
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import vlalign
 from vlalign.config import load_config
-from vlalign.console import SUMMARY_KEYS, console, metrics_table
+from vlalign.console import console, models_table
 from vlalign.plugins import METHODS
 from vlalign.progress import log, scope
 
@@ -161,5 +161,5 @@ def run_demo(out: Path, quick: bool = False, policy: str = "world:base", labeler
 
 def print_demo(summary: dict) -> None:
     columns = {k: v for k, v in summary.items() if isinstance(v, dict) and "chair_i" in v}
-    console.print(metrics_table("demo summary (world, held-out scenes)", columns, SUMMARY_KEYS))
+    console.print(models_table("demo summary (world, held-out scenes)", columns))
     console.print(f"{summary['seconds']:.0f} s")
