@@ -113,3 +113,26 @@ def test_trl_dpo_trainer_trains_on_the_export_as_it_is(tmp_path, tiny_world_mode
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     changed = [n for n, p in trainer.model.named_parameters() if n in before and not torch.equal(p, before[n])]
     assert any("language_model" in n for n in changed) and any("vision" in n for n in changed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["qwen2_vl", "idefics3"])
+def test_trl_trains_on_the_export_with_other_families(tmp_path, arch):
+    """The export carries no model-specific tokens, so TRL's DPOTrainer trains on it with any family's
+    processor (here tiny Qwen2-VL and Idefics3 checkpoints, saved as real ones)."""
+    from tiny_archs import ARCHS
+    from trl import DPOConfig, DPOTrainer
+
+    from vlalign.models.load import save
+    from vlalign.models.processors import load_processor
+
+    model, processor = ARCHS[arch]()
+    path = save(model, processor, tmp_path / arch)
+    store = build_run(tmp_path / "run", n_pairs=4)
+    dataset = datasets.load_from_disk(str(export_trl(store.root, tmp_path / "trl")))
+    args = DPOConfig(output_dir=str(tmp_path / "dpo"), per_device_train_batch_size=2, max_steps=2,
+                     learning_rate=1e-3, logging_steps=1, report_to=[], save_strategy="no", bf16=False, use_cpu=True)
+    trainer = DPOTrainer(model=str(path), args=args, train_dataset=dataset, processing_class=load_processor(path))
+    result = trainer.train()
+    assert result.global_step == 2
+    assert all(math.isfinite(log["loss"]) for log in trainer.state.log_history if "loss" in log)
