@@ -1,0 +1,31 @@
+"""What a user sees: progress and messages on stderr (results alone on stdout), every long step named by
+method and round, tables that fit 100 columns, and where the run left its models."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_a_run_names_its_steps_fits_100_columns_and_says_where_its_models_are(tmp_path):
+    out = tmp_path / "run"
+    args = ["policy=world:base", "runtime.dtype=fp32", "labeler=self", "rounds=1", "prompts.source=world",
+            "prompts.per_round=6", "samples=3", "decoding.max_new_tokens=48", "decoding.temperature=1.0",
+            "splitter=world", "batch_size=8", "train.batch_size=4", "eval=[{name: world, limit: 4}]"]
+    done = subprocess.run([sys.executable, "-m", "vlalign.cli", "run", "rlaif-v", "--out", str(out), *args],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # stdout: the result only (the final policy's directory), so `$(vlalign run ...)` can be used
+    assert done.stdout.strip().splitlines() == [str(out / "round1" / "policy")]
+    err = done.stderr
+    for step in ("rlaif-v base: eval descriptions", "rlaif-v round 1: prompts", "rlaif-v round 1: sampling",
+                 "rlaif-v round 1: labeling", "rlaif-v round 1: pairs", "rlaif-v round 1: train: training",
+                 "rlaif-v round 1: train: eval POPE adversarial"):
+        assert step in err, step
+    assert "Loading weights" not in err and "Writing model" not in err  # no stray bars from the libraries
+    assert max(len(line) for line in err.splitlines()) <= 100
+    assert f"model at {out / 'round1' / 'policy'}" in err.replace("\n", "")  # long paths wrap at 100 columns
+    assert "summary at" in err
