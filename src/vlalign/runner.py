@@ -197,11 +197,13 @@ def run(method: Method, config, out: str | Path) -> dict:
     claim(store, method)
     models = Models(config.runtime, config.api)
     check_backends(config.backends(), models)
-    policy, processor = load(config.policy, config.runtime)
+    processor = None
+    policy = None  # loaded when a step needs it: a finished run resumes without loading a model
     summary: dict = {"method": method.name, "policy": config.policy, "rounds": []}
     if config.eval and config.eval_base:
         base = read_json(store.root / "base" / "eval.json")
         if base is None:
+            policy, processor = load(config.policy, config.runtime)
             with scope(f"{method.name} base"):
                 base = run_suite(policy, processor, config.eval, store.root / "base", models.judge, config.seed)
             write_json(store.root / "base" / "eval.json", base)
@@ -210,12 +212,14 @@ def run(method: Method, config, out: str | Path) -> dict:
     for k in range(1, config.rounds + 1):
         folder = store.root / f"round{k}"
         record = read_json(folder / "round.json")
-        if record is not None and (folder / "policy").exists():
-            policy = load(folder / "policy", config.runtime)[0]
-        else:
+        if record is None or not (folder / "policy").exists():
+            if policy is None:
+                policy, processor = load(start, config.runtime)
             log(f"{method.name} round {k}/{config.rounds}")
             with scope(f"{method.name} round {k}"):
                 policy, record = run_round(method, config, store, k, policy, processor, start, models)
+        else:
+            policy = None
         summary["rounds"].append(record)
         start = str(folder / "policy")
     summary.update(final=start, seconds=round(time.time() - started, 1), config=to_dict(config))
