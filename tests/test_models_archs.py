@@ -211,3 +211,22 @@ def test_one_dpo_step_changes_trainable_weights(arch, lora, images):
         assert changed and not any(is_vision_parameter(n) for n in changed)  # vision frozen, the rest learns
     else:
         assert not changed  # base weights stay frozen under LoRA
+
+
+def test_the_lm_head_runs_only_where_tokens_are_scored(arch, built, images):
+    """Log-probs run the LM head over the answers' window, P(yes) over the last positions: never over
+    the prompt's image tokens."""
+    model, processor = built[arch]
+    widths = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, i, o: widths.append(o.shape[1]))
+    try:
+        score_responses(model, processor, images, INSTRUCTIONS, RESPONSES, batch_size=len(RESPONSES))
+        yes_probability(model, processor, images[:len(QUESTIONS)], QUESTIONS, batch_size=len(QUESTIONS))
+    finally:
+        hook.remove()
+    batch = encode(processor, images, INSTRUCTIONS, RESPONSES)
+    longest_answer = int((batch["labels"] != IGNORE).sum(-1).max())
+    first_answer = int((batch["labels"] != IGNORE).float().argmax(-1).min())
+    assert widths[0] == batch["input_ids"].shape[1] - first_answer  # from the earliest answer start
+    assert widths[0] < batch["input_ids"].shape[1] and widths[0] >= longest_answer
+    assert widths[1] <= len(QUESTIONS)  # one position per distinct last position

@@ -20,12 +20,26 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
     return torch.stack(rows)
 
 
+def logits_at(model, inputs: dict[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
+    """The logits at sequence `positions` (1-D, the same for every row) only: the LM head never runs over the
+    prompt (hundreds of image tokens) or builds a full-vocabulary tensor for it."""
+    try:
+        return model(**inputs, logits_to_keep=positions).logits
+    except TypeError:  # a model without logits_to_keep: the full logits, then the positions
+        return model(**inputs).logits[:, positions]
+
+
 def token_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob of each labelled token and the mask of labelled tokens, both shaped (B, L-1)."""
-    logits = model(**model_inputs(batch)).logits[:, :-1]
+    """Log-prob of each labelled token and the mask of labelled tokens, both shaped (B, L-1). Logits are
+    computed only over the window of the batch's answer tokens (from the earliest answer start on); the
+    log-probs are laid out over the whole row again, so sums reduce exactly as over full logits."""
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE
-    logps = selective_log_softmax(logits, labels.clamp(min=0))
+    answered = mask.any(0).nonzero()
+    first = int(answered[0]) if len(answered) else labels.shape[1] - 1
+    logits = logits_at(model, model_inputs(batch), torch.arange(first, labels.shape[1], device=labels.device))
+    window = selective_log_softmax(logits, labels[:, first:].clamp(min=0))
+    logps = torch.cat([window.new_zeros(len(labels), first), window], dim=1)
     return logps * mask, mask
 
 
@@ -91,9 +105,10 @@ def yes_probability(model, processor, images: Sequence[Image.Image], questions: 
     for s in range(0, len(questions), batch_size):
         chunk = questions[s:s + batch_size]
         batch = to_device(encode(processor, images[s:s + batch_size], chunk), device, dtype)
-        logits = model(**model_inputs(batch)).logits
         last = batch["attention_mask"].sum(-1) - 1
-        probs = logits[torch.arange(len(last), device=device), last].float().softmax(-1)
+        positions, row_position = torch.unique(last, return_inverse=True)  # a row's last token, and no other
+        logits = logits_at(model, model_inputs(batch), positions)
+        probs = logits[torch.arange(len(last), device=device), row_position].float().softmax(-1)
         p_yes, p_no = probs[:, yes].sum(-1), probs[:, no].sum(-1)
         out.extend((p_yes / (p_yes + p_no).clamp(min=1e-12)).tolist())
     return out
