@@ -1,4 +1,6 @@
-"""A stage run in its own process, so a test can kill it for real: `python _stage_worker.py DIR N`."""
+"""A stage run in its own process, so a test can kill it for real: `python _stage_worker.py DIR N SLEEP
+[CALLS [BATCH_SIZE SHARD_SIZE]]`. With CALLS, every call of `process` appends a line there as it starts,
+so a test knows how many batches were in flight or done when it killed the worker."""
 
 from __future__ import annotations
 
@@ -20,10 +22,18 @@ def make_rows(batch: list[int], sleep: float = 0.0) -> list[dict]:
     return [{"id": item_id(i), "value": i, "text": f"record {i}"} for i in batch]
 
 
-def run(stage_dir: str, n: int, sleep: float = 0.0):
-    return run_stage(Stage(stage_dir), range(n), lambda batch: make_rows(batch, sleep), id_of=item_id,
-                     batch_size=BATCH_SIZE, shard_size=SHARD_SIZE, description="worker", quiet=True)
+def run(stage_dir: str, n: int, sleep: float = 0.0, calls: str | None = None, batch_size: int = BATCH_SIZE,
+        shard_size: int = SHARD_SIZE):
+    def process(batch):
+        if calls:
+            with open(calls, "a") as f:
+                f.write(f"{len(batch)}\n")
+        return make_rows(batch, sleep)
+
+    return run_stage(Stage(stage_dir), range(n), process, id_of=item_id, batch_size=batch_size,
+                     shard_size=shard_size, description="worker", quiet=True)
 
 
 if __name__ == "__main__":
-    run(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]))
+    sizes = [int(a) for a in sys.argv[5:7]]
+    run(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None, *sizes)

@@ -168,7 +168,7 @@ def test_secrets_never_reach_the_manifest(tmp_path):
     stage = RunStore(tmp_path).stage("judged")
     stage.write_manifest(config={"judge": {"base_url": "http://localhost:8000/v1", "api_key": "sk-secret"},
                                  "hf_token": "hf_abc", "max_new_tokens": 64})
-    text = (stage.dir / "manifest.json").read_text()
+    text = (stage.dir / ".manifest.json").read_text()
     assert "sk-secret" not in text and "hf_abc" not in text
     assert stage.manifest["config"]["max_new_tokens"] == 64
     assert stage.manifest["config"]["judge"]["base_url"] == "http://localhost:8000/v1"
@@ -249,7 +249,7 @@ def test_a_failing_record_is_logged_counted_and_skipped(tmp_path, capsys):
     assert result.failed == 1 and result.written == 19
     ids = sorted(r["id"] for r in stage.rows())
     assert ids == sorted(worker.item_id(i) for i in range(20) if i != 7)
-    errors = [json.loads(line) for line in (stage.dir / "errors.jsonl").read_text().splitlines()]
+    errors = [json.loads(line) for line in (stage.dir / ".errors.jsonl").read_text().splitlines()]
     assert [e["id"] for e in errors] == ["item-0007"]
     assert "unparsable judge answer" in errors[0]["error"]
     assert stage.manifest["errors"] == 1 and stage.is_complete
@@ -300,7 +300,7 @@ def test_stage_resumes_after_a_real_kill(tmp_path):
 
     stage = Stage(stage_dir)
     written_before = len(stage.done_ids())
-    assert 2 * worker.SHARD_SIZE <= written_before < n
+    assert worker.SHARD_SIZE <= written_before < n
     assert not stage.is_complete
 
     result = worker.run(str(stage_dir), n)

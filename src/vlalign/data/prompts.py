@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from vlalign.data.records import PromptRecord, stable_id
-from vlalign.data.store import RunStore, Stage, run_stage
+from vlalign.data.store import ERRORS, RunStore, Stage, run_stage
 from vlalign.progress import warn
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ def _open_image(prompt: UserPrompt) -> Image.Image:
 
 def user_prompt_stage(store: RunStore, stage: Stage, path: str | Path, limit: int | None = None,
                       images: str | Path | None = None, allow_outside: bool = False) -> Stage:
-    """Prompts from a user's file into `stage`; bad records are logged in the stage's errors.jsonl."""
+    """Prompts from a user's file into `stage`; bad records are logged in the stage's error log."""
     items: list[UserPrompt] = []
     for entry in read_prompt_file(path, images, allow_outside):
         if isinstance(entry, BadRecord):
@@ -166,7 +166,7 @@ def file_prompts(request: PromptRequest) -> Stage:
                              images=options.images, allow_outside=options.allow_outside)
     rows = pool.rows()
     if not rows:
-        raise ValueError(f"no usable prompts in {request.path}; see {pool.dir / 'errors.jsonl'}")
+        raise ValueError(f"no usable prompts in {request.path}; see {pool.dir / ERRORS}")
     n = min(request.n, len(rows))
     picked = [rows[(request.offset + i) % len(rows)] for i in range(n)]
     repeated = max(0, request.offset + n - len(rows))
