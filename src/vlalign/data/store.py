@@ -415,6 +415,14 @@ class RecordErrors(Exception):
         self.rows, self.errors = rows, errors
 
 
+def batch_result(rows: list[dict[str, Any]], errors: dict[int, BaseException]) -> list[dict[str, Any]]:
+    """What a `process` returns when the items at the positions in `errors` failed: the rows, or (when any
+    failed) `RecordErrors` carrying them."""
+    if errors:
+        raise RecordErrors(rows, errors)
+    return rows
+
+
 class _OpenShard:
     """The shards one `run_stage` call writes. The shard being filled is rewritten whole (atomically) after
     every batch, so a kill loses at most the batch in flight, and it is closed once it holds `size` rows, so
