@@ -117,7 +117,8 @@ def read_prompt_file(path: str | Path, images: str | Path | None = None,
             yield BadRecord(i, e)
 
 
-def _open_image(prompt: UserPrompt) -> Image.Image:
+def open_image(prompt: UserPrompt) -> Image.Image:
+    """The record's image in RGB, or an error naming its line and the fix (missing, not a file, unreadable)."""
     if isinstance(prompt.image, Image.Image):
         return prompt.image.convert("RGB")
     if Path(prompt.image).exists() and not Path(prompt.image).is_file():
@@ -148,7 +149,7 @@ def user_prompt_stage(store: RunStore, stage: Stage, path: str | Path, limit: in
             break
 
     def process(batch):
-        return [PromptRecord(id=p.id, image=store.images.put(_open_image(p)), instruction=p.instruction,
+        return [PromptRecord(id=p.id, image=store.images.put(open_image(p)), instruction=p.instruction,
                              reference=p.reference, source=p.source, meta={"line": p.line}).to_row()
                 for p in batch]
 

@@ -89,7 +89,7 @@ def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_datasets() -> Iterator[None]:
+def quiet_datasets() -> Iterator[None]:
     """No tqdm bar per shard from `datasets`: the stage's own progress bar says how far it is."""
     was_enabled = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
@@ -230,7 +230,7 @@ class Stage:
         index = self.next_shard_index() if index is None else index
         path = self.dir / f"shard-{index:05d}.parquet"
         dataset = datasets.Dataset.from_list(rows)
-        with _quiet_datasets():
+        with quiet_datasets():
             _write_atomic(path, dataset.to_parquet)
         return path
 

@@ -587,4 +587,5 @@ def import_data(format: str, src: str | Path, out: str | Path, images: str | Pat
     if images is not None and not Path(images).is_dir():
         raise NotADirectoryError(f"the images folder {images} is not a folder; pass the folder that holds the "
                                  f"images with --images")
-    return importer(src, out, images, allow_outside=allow_outside)
+    with RunStore(out).lock():  # a run or another import writing the directory stops this one at once
+        return importer(src, out, images, allow_outside=allow_outside)
