@@ -90,7 +90,7 @@ def test_missing_or_corrupt_image_errors_name_hash_path_and_fix(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         images.get(missing)
     assert missing in str(err.value) and str(images.path(missing)) in str(err.value)
-    assert "run the stage" in str(err.value)
+    assert "delete the stage that stored the image" in str(err.value)
 
     h = images.put(render(sample_scene(2)))
     images.path(h).write_bytes(b"not a png")

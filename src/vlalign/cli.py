@@ -317,7 +317,7 @@ def main() -> None:
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
         if os.environ.get("VLALIGN_DEBUG"):
             raise
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)  # one line: paths stay whole
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("stopped; run the same command again to continue where it stopped")

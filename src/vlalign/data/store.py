@@ -243,13 +243,18 @@ class Stage:
 
     def set_aside_damaged(self) -> list[Path]:
         """Move the shards that no longer parse aside (see `vlalign.data.shards`), so their records are made
-        again; only while holding the stage's lock."""
+        again; only while holding the stage's lock. Which items a damaged shard finished cannot be read either,
+        so the done-items log goes too: every item is processed again, and what the other shards hold is
+        kept, not written twice."""
         damaged = []
         for shard in self.shards():
             try:
                 read_shard(shard)
             except CorruptShard:
                 damaged.append(set_aside(shard))
+        if damaged:
+            for log in self._side_files(DONE_ITEMS):
+                log.unlink()
         return damaged
 
     def done_ids(self) -> set[str]:
