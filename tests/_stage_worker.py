@@ -4,8 +4,12 @@ so a test knows how many batches were in flight or done when it killed the worke
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from vlalign.data.store import Stage, run_stage
 
@@ -32,6 +36,25 @@ def run(stage_dir: str, n: int, sleep: float = 0.0, calls: str | None = None, ba
 
     return run_stage(Stage(stage_dir), range(n), process, id_of=item_id, batch_size=batch_size,
                      shard_size=shard_size, description="worker", quiet=True)
+
+
+def run_and_kill(stage_dir, n: int, sleep: float, until: Callable[[], bool], *extra: str) -> None:
+    """This script on `stage_dir` in a process of its own, SIGKILLed once `until()` holds (while it runs)."""
+    proc = subprocess.Popen([sys.executable, __file__, str(stage_dir), str(n), str(sleep), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not until():
+            assert proc.poll() is None, f"worker exited early: {proc.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, "the worker did not get far enough in time"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL, "the worker must still be running when it is killed"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
 
 
 if __name__ == "__main__":

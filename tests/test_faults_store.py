@@ -7,12 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
-from pathlib import Path
 
 import _stage_worker as worker
 import pyarrow.parquet as pq
@@ -31,33 +26,18 @@ def _fill(stage: Stage, n: int = 12, **kwargs) -> None:
               **kwargs)
 
 
-def _kill_when(proc: subprocess.Popen, calls: Path, at_least: int) -> int:
-    """SIGKILL the worker once `at_least` batches have started; returns how many had started by then."""
-    deadline = time.monotonic() + 120
-    while not calls.exists() or len(calls.read_text().splitlines()) < at_least:
-        assert proc.poll() is None, f"worker exited early: {proc.stderr.read().decode()[-2000:]}"
-        assert time.monotonic() < deadline, "the worker did not get far enough in time"
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(timeout=30) == -signal.SIGKILL
-    return len(calls.read_text().splitlines())
-
-
 @pytest.mark.parametrize("kill_after", [3, 7, 11])
 def test_a_kill_loses_at_most_the_batch_in_flight(tmp_path, kill_after):
     """96 items in batches of 8 fit one shard of 256: before the open shard was rewritten per batch, a kill
     lost every record of the stage; now at most the batch that was running."""
     n, batch = 96, 8
     stage_dir, calls = tmp_path / "run" / "responses", tmp_path / "calls"
-    proc = subprocess.Popen([sys.executable, worker.__file__, str(stage_dir), str(n), "0.05", str(calls),
-                             str(batch), "256"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        started = _kill_when(proc, calls, kill_after)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+
+    def far_enough() -> bool:
+        return calls.exists() and len(calls.read_text().splitlines()) >= kill_after
+
+    worker.run_and_kill(stage_dir, n, 0.05, far_enough, str(calls), str(batch), "256")
+    started = len(calls.read_text().splitlines())  # batches begun by the time the kill landed
     stage = Stage(stage_dir)
     on_disk = len(stage.done_ids())
     assert on_disk >= (started - 1) * batch, f"{started} batches had started, only {on_disk} records survived"

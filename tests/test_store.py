@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -281,22 +276,7 @@ def test_stage_names_are_plain(tmp_path):
 def test_stage_resumes_after_a_real_kill(tmp_path):
     n = 200
     stage_dir = tmp_path / "run" / "responses"
-    proc = subprocess.Popen([sys.executable, worker.__file__, str(stage_dir), str(n), "0.1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while len(Stage(stage_dir).shards()) < 2:
-            assert proc.poll() is None, f"worker exited early: {proc.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() < deadline, "worker wrote no 2 shards in time"
-            time.sleep(0.02)
-        assert proc.poll() is None, "the worker must still be running when it is killed"
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+    worker.run_and_kill(stage_dir, n, 0.1, lambda: len(Stage(stage_dir).shards()) >= 2)
 
     stage = Stage(stage_dir)
     written_before = len(stage.done_ids())
