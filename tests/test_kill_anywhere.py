@@ -42,21 +42,28 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 RANDOM_TIME_KILLS = 2
 
 
-def _attempt(method: str, out: Path, events: Path, kill: str = "-", after: float | None = None) -> tuple[int, str]:
-    """One `vlalign run` (killed at the event `kill`, or `after` seconds into its run); (exit code, stderr)."""
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _attempt(method: str, out: Path, events: Path, kill: str = "-",
+             after: float | None = None) -> tuple[int, str, float]:
+    """One `vlalign run`, killed at the event `kill` or `after` seconds into its run (from its first event, so
+    the imports do not count); (exit code, stderr, seconds from its first event to its end)."""
     log = out.with_name(out.name + ".stderr")
+    before = _lines(events)
     with open(log, "w") as err:
         proc = subprocess.Popen([sys.executable, str(WORKER), str(events), kill, "run", method, "--out", str(out),
                                  *CONFIGS[method]], stdout=subprocess.DEVNULL, stderr=err, env=ENV)
+        while proc.poll() is None and _lines(events) <= before:
+            time.sleep(0.05)
+        began = time.monotonic()
         if after is not None:
-            start = len(events.read_text().splitlines()) if events.exists() else 0
-            while proc.poll() is None and (not events.exists() or len(events.read_text().splitlines()) <= start):
-                time.sleep(0.05)
             time.sleep(after)
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
         code = proc.wait(timeout=900)
-    return code, log.read_text()
+    return code, log.read_text(), time.monotonic() - began
 
 
 def _place(name: str) -> tuple[str, str]:
@@ -97,7 +104,7 @@ def _kill_and_resume(method: str, out: Path, plan: list[tuple[str, str, str | No
     the end; count per area what each did."""
     events = out.with_name(out.name + ".events")
     for area, place, kill, after in [*plan, ("final", "resume", None, None)]:
-        code, err = _attempt(method, out, events, kill or "-", after)
+        code, err, _ = _attempt(method, out, events, kill or "-", after)
         counts = tally.setdefault(area, Counter())
         counts["tried"] += 1
         counts["logged"] += sum(1 for line in err.splitlines() if line.startswith(("warning:", "error:")))
@@ -117,16 +124,16 @@ def test_a_run_killed_anywhere_ends_as_if_never_killed(tmp_path, method):
     seed = int(os.environ.get("VLALIGN_KILL_SEED", "0"))
     rng = random.Random(f"{method}:{seed}")
     ref = tmp_path / "reference"
-    started = time.monotonic()
-    code, err = _attempt(method, ref, tmp_path / "reference.events")
+    code, err, duration = _attempt(method, ref, tmp_path / "reference.events")
     assert code == 0, err[-3000:]
-    duration = time.monotonic() - started
     events = (tmp_path / "reference.events").read_text().splitlines()
 
     tally: dict[str, Counter] = {}
     targets = _targets(events, rng)
     _kill_and_resume(method, tmp_path / "aimed", [(a, p, k, None) for a, p, k in targets], tally)
-    times = sorted(rng.uniform(0, duration / 2) for _ in range(RANDOM_TIME_KILLS))
+    times: list[float] = []
+    for _ in range(RANDOM_TIME_KILLS):  # each within what is left of the run after the kills before it
+        times.append(rng.uniform(0, 0.8 * (duration - sum(times))))
     _kill_and_resume(method, tmp_path / "timed", [("time", f"{t:.1f} s", None, t) for t in times], tally)
     problems = [f"{d.name}: {p}" for d in (tmp_path / "aimed", tmp_path / "timed") for p in differences(ref, d)]
     tally["final"]["silent-wrong"] = len(problems)

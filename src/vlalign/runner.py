@@ -157,7 +157,7 @@ def train_arm(arm: Arm, model, processor, folder: Path, config, judge) -> tuple[
     """Train one arm into `folder` (or take it from there when it is done): train, merge, save, evaluate."""
     done = read_json(folder / "arm.json")
     if done is not None and (folder / "policy").exists():
-        return load_trained(folder / "policy", config, f"the {arm.name} arm of {folder.name}"), done
+        return load_trained(folder / "policy", config, f"the {arm.name} arm in {folder}"), done
     examples = _examples(arm.pairs)
     gc = config.runtime.gradient_checkpointing
     if arm.fit is not None:
