@@ -16,7 +16,9 @@ disk, a bad sector) or the same id in two places (a shard copied by hand, two ru
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -27,6 +29,7 @@ SHARD_GLOB = "shard-*.parquet"
 CORRUPT_SUFFIX = ".corrupt"
 _INDEX = re.compile(r"shard-(\d+)")
 _warned: set[tuple[str, str, str]] = set()
+T = TypeVar("T")
 
 
 class CorruptShard(ValueError):
@@ -45,14 +48,25 @@ class DuplicateRecords(ValueError):
     """The same record id with different content in a stage; the message names the files and the fix."""
 
 
-def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """The shard's table (or some of its columns), or `CorruptShard` when its bytes do not parse."""
+def _parsed(path: Path, read: Callable[[], T]) -> T:
+    """`read()`, with a shard whose bytes do not parse raised as `CorruptShard` (a missing or unreadable file
+    is raised as it is: that is not damage)."""
     try:
-        return pq.read_table(path, columns=columns).replace_schema_metadata(None)
+        return read()
     except (PermissionError, FileNotFoundError):
         raise
     except (pa.ArrowException, OSError) as e:
         raise CorruptShard(path, e) from e
+
+
+def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """The shard's table (or some of its columns), or `CorruptShard`."""
+    return _parsed(path, lambda: pq.read_table(path, columns=columns).replace_schema_metadata(None))
+
+
+def shard_columns(path: Path) -> list[str]:
+    """The column names of a shard (from its footer only), or `CorruptShard`."""
+    return _parsed(path, lambda: pq.read_schema(path).names)
 
 
 def shard_index(path: Path) -> int:

@@ -37,10 +37,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import datasets
-import pyarrow.parquet as pq
 
 from vlalign.data.images import ImageStore
-from vlalign.data.shards import SHARD_GLOB, CorruptShard, read_shard, set_aside, shard_index, without_repeats
+from vlalign.data.shards import (
+    SHARD_GLOB,
+    CorruptShard,
+    read_shard,
+    set_aside,
+    shard_columns,
+    shard_index,
+    without_repeats,
+)
 from vlalign.progress import progress, warn
 
 try:
@@ -592,7 +599,7 @@ def _shard_dirs(src: Path) -> list[Path]:
 
 
 def _holds_pairs(stage_dir: Path) -> bool:
-    columns = set(pq.read_schema(sorted(stage_dir.glob(SHARD_GLOB))[0]).names)
+    columns = set(shard_columns(sorted(stage_dir.glob(SHARD_GLOB))[0]))
     return set(PAIR_COLUMNS) <= columns
 
 
