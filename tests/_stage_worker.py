@@ -1,9 +1,15 @@
-"""A stage run in its own process, so a test can kill it for real: `python _stage_worker.py DIR N`."""
+"""A stage run in its own process, so a test can kill it for real: `python _stage_worker.py DIR N SLEEP
+[CALLS [BATCH_SIZE SHARD_SIZE]]`. With CALLS, every call of `process` appends a line there as it starts,
+so a test knows how many batches were in flight or done when it killed the worker."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from vlalign.data.store import Stage, run_stage
 
@@ -20,10 +26,37 @@ def make_rows(batch: list[int], sleep: float = 0.0) -> list[dict]:
     return [{"id": item_id(i), "value": i, "text": f"record {i}"} for i in batch]
 
 
-def run(stage_dir: str, n: int, sleep: float = 0.0):
-    return run_stage(Stage(stage_dir), range(n), lambda batch: make_rows(batch, sleep), id_of=item_id,
-                     batch_size=BATCH_SIZE, shard_size=SHARD_SIZE, description="worker", quiet=True)
+def run(stage_dir: str, n: int, sleep: float = 0.0, calls: str | None = None, batch_size: int = BATCH_SIZE,
+        shard_size: int = SHARD_SIZE):
+    def process(batch):
+        if calls:
+            with open(calls, "a") as f:
+                f.write(f"{len(batch)}\n")
+        return make_rows(batch, sleep)
+
+    return run_stage(Stage(stage_dir), range(n), process, id_of=item_id, batch_size=batch_size,
+                     shard_size=shard_size, description="worker", quiet=True)
+
+
+def run_and_kill(stage_dir, n: int, sleep: float, until: Callable[[], bool], *extra: str) -> None:
+    """This script on `stage_dir` in a process of its own, SIGKILLed once `until()` holds (while it runs)."""
+    proc = subprocess.Popen([sys.executable, __file__, str(stage_dir), str(n), str(sleep), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not until():
+            assert proc.poll() is None, f"worker exited early: {proc.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, "the worker did not get far enough in time"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL, "the worker must still be running when it is killed"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
 
 
 if __name__ == "__main__":
-    run(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]))
+    sizes = [int(a) for a in sys.argv[5:7]]
+    run(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None, *sizes)

@@ -28,7 +28,7 @@ def test_quick_demo_writes_summary_and_resumes(quick_demo):
         assert 0 <= summary[method]["chair_i"] <= 1 and summary[method]["mean_words"] > 0
     assert summary["seconds"] > 0 and summary["rlaif_v"]["rounds"][0]["pairs"] > 0
     for stage in ("prompts", "responses", "feedback", "pairs"):
-        assert json.loads((out / "rlaif_v" / "round1" / stage / "manifest.json").read_text())["complete"]
+        assert json.loads((out / "rlaif_v" / "round1" / stage / ".manifest.json").read_text())["complete"]
     again = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
     assert again.exit_code == 0, again.output
     assert json.loads((out / "summary.json").read_text())["rlaif_v"] == summary["rlaif_v"]

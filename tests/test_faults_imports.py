@@ -126,7 +126,7 @@ def _check_import(stage, cases: list[Case], n_good: int, label: Callable[[int], 
             assert message.startswith("BadRecord: "), (case.name, message)
             assert case.reason in message, (case.name, message)
     assert stage.manifest["import"] == {"records": len(cases) + n_good, "skipped": len(expected),
-                                        "errors": str(log_stage.dir / "errors.jsonl")}
+                                        "errors": str(log_stage.dir / ".errors.jsonl")}
     return logged
 
 

@@ -151,12 +151,13 @@ def import_(
                                            "(default: the data file's folder)."),
 ) -> None:
     """Import released preference data into a run directory, ready to train on or export."""
+    from vlalign.data.store import ERRORS
     from vlalign.formats.imports import import_data
 
     stage = import_data(format, src, out, images)
     report = stage.manifest.get("import", {})
     console.print(f"imported {stage.counts()['rows']} pairs into {stage.dir}; {report.get('skipped', 0)} records "
-                  f"skipped (see {report.get('errors', stage.dir / 'errors.jsonl')})")
+                  f"skipped (see {report.get('errors', stage.dir / ERRORS)})")
     print(stage.dir)
 
 
@@ -192,6 +193,28 @@ def dpo(
     print(save(model, processor, out / "policy"))
 
 
+def _prompt_file_items(prompts: Path) -> tuple[list[tuple[str, str | None, str]], list]:
+    """(id, image path, instruction) and the image of every usable record of a prompt file; each record that
+    is not (malformed, or its image missing or unreadable) is reported with its line and skipped."""
+    from vlalign.data.prompts import BadRecord, open_image, read_prompt_file
+
+    items, images, skipped = [], [], 0
+    for r in read_prompt_file(prompts):
+        try:
+            if isinstance(r, BadRecord):
+                raise r.error
+            images.append(open_image(r))
+        except (FileNotFoundError, ValueError) as e:
+            skipped += 1
+            where = "" if str(e).startswith(str(prompts)) else f"{prompts} "
+            console.print(f"[yellow]skipped[/yellow] {where}{e}", highlight=False)
+            continue
+        items.append((r.id, r.image if isinstance(r.image, str) else None, r.instruction))
+    if not items:
+        raise ValueError(f"no usable prompts in {prompts} ({skipped} skipped); fix the records reported above")
+    return items, images
+
+
 @app.command("generate")
 def generate_cmd(
     model: str = typer.Option(..., help="Model directory or world:<name>."),
@@ -214,22 +237,17 @@ def generate_cmd(
     if (image is None) == (prompts is None) or (image is not None and not prompt):
         raise typer.BadParameter("give either --image with --prompt, or --prompts FILE")
     runtime = Runtime(dtype=dtype)
-    from vlalign.data.prompts import BadRecord, read_prompt_file
     from vlalign.models.best_of_n import TEMPERATURE as best_of_n_temperature
     from vlalign.models.best_of_n import best_of_n
     from vlalign.models.generate import generate
     from vlalign.models.load import load
 
     if prompts is not None:
-        records = list(read_prompt_file(prompts))
-        for bad in (r for r in records if isinstance(r, BadRecord)):
-            console.print(f"[yellow]skipped[/yellow] {bad.error}")
-        items = [(r.id, r.image, r.instruction) for r in records if not isinstance(r, BadRecord)]
+        items, images = _prompt_file_items(prompts)
     else:
-        items = [("0", str(image), prompt)]
-    from PIL import Image
+        from PIL import Image
 
-    images = [im if isinstance(im, Image.Image) else Image.open(im).convert("RGB") for _, im, _ in items]
+        items, images = [("0", str(image), prompt)], [Image.open(image).convert("RGB")]
     instructions = [q for _, _, q in items]
     policy, processor = load(model, runtime)
     temp = temperature if temperature is not None else (best_of_n_temperature if best_of > 1 else 0.0)
@@ -244,7 +262,7 @@ def generate_cmd(
     else:
         seeds = [seed + i for i in range(len(items))] if temp > 0 else None
         answers = [(t, None) for t in generate(policy, processor, images, instructions, decoding, seeds=seeds)]
-    lines = [json.dumps({"question_id": qid, "instruction": q, "image": im if isinstance(im, str) else None,
+    lines = [json.dumps({"question_id": qid, "instruction": q, "image": im,
                          "model": model, "answer": text, **({"reward": reward} if reward is not None else {})})
              for (qid, im, q), (text, reward) in zip(items, answers, strict=True)]
     if out is not None:
@@ -294,7 +312,7 @@ def main() -> None:
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
         if os.environ.get("VLALIGN_DEBUG"):
             raise
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)  # one line: paths stay whole
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("stopped; run the same command again to continue where it stopped")

@@ -38,7 +38,7 @@ def log(message: str) -> None:
 
 def warn(message: str) -> None:
     """Something the user should know about and may want to fix, without stopping the run."""
-    console.print(f"[yellow]warning:[/yellow] {_named(message)}", highlight=False)
+    console.print(f"[yellow]warning:[/yellow] {_named(message)}", highlight=False, soft_wrap=True)  # paths stay whole
 
 
 class _Bar:

@@ -11,6 +11,7 @@ its arms are. A stopped run started again continues where it stopped.
 
 Layout::
 
+    run/.lock                       held by the process running it (a second one stops at once)
     run/run.json                    the method and the package versions
     run/base/eval.json              the starting policy's metrics
     run/round<k>/prompts, responses, feedback, pairs, ...   the method's stages
@@ -34,7 +35,7 @@ from vlalign.data.sources import PromptRequest, source_named
 from vlalign.data.store import RunStore, Stage, find_pair_stages, no_pairs_error
 from vlalign.evaluate.suite import run_suite
 from vlalign.methods.base import ApiSettings, Arm, Method, Round
-from vlalign.models.load import load, resolve, save
+from vlalign.models.load import IncompleteCheckpoint, check_complete, load, resolve, save
 from vlalign.models.settings import Runtime
 from vlalign.progress import log, scope, warn
 from vlalign.stages import preference_examples
@@ -143,11 +144,32 @@ def _examples(pairs: Stage | str):
     return examples_under(pairs)
 
 
+def _refix(e: IncompleteCheckpoint, what: str) -> IncompleteCheckpoint:
+    return IncompleteCheckpoint(e.path, e.problem, f"Delete {e.path} and run the same command again: {what} is "
+                                f"trained again from its saved pairs (the stages before it are kept)")
+
+
+def check_trained(folder: Path, what: str) -> None:
+    """A model this run saved is still whole; one damaged since is named with the fix."""
+    try:
+        check_complete(folder)
+    except IncompleteCheckpoint as e:
+        raise _refix(e, what) from None
+
+
+def load_trained(folder: Path, config, what: str) -> tuple:
+    """(model, processor) this run saved, under the run's runtime; one damaged since is named with the fix."""
+    try:
+        return load(folder, config.runtime)
+    except IncompleteCheckpoint as e:
+        raise _refix(e, what) from None
+
+
 def train_arm(arm: Arm, model, processor, folder: Path, config, judge) -> tuple[Any, dict]:
     """Train one arm into `folder` (or take it from there when it is done): train, merge, save, evaluate."""
     done = read_json(folder / "arm.json")
     if done is not None and (folder / "policy").exists():
-        return load(folder / "policy", config.runtime)[0], done
+        return load_trained(folder / "policy", config, f"the {arm.name} arm in {folder}")[0], done
     examples = _examples(arm.pairs)
     gc = config.runtime.gradient_checkpointing
     if arm.fit is not None:
@@ -188,12 +210,18 @@ def run_round(method: Method, config, store: RunStore, k: int, policy, processor
 
 
 def run(method: Method, config, out: str | Path) -> dict:
-    """Every round of `method` under `out`; returns (and writes to `out/summary.json`) the summary."""
+    """Every round of `method` under `out`; returns (and writes to `out/summary.json`) the summary. The run
+    directory is held for this process throughout (a second run on it stops at once, with `Busy`)."""
     problems = config.problems()
     if problems:
         raise ConfigError(problems, method.name)
-    started = time.time()
     store = RunStore(out)
+    with store.lock():
+        return _run(method, config, store)
+
+
+def _run(method: Method, config, store: RunStore) -> dict:
+    started = time.time()
     claim(store, method)
     models = Models(config.runtime, config.api)
     check_backends(config.backends(), models)
@@ -214,12 +242,14 @@ def run(method: Method, config, out: str | Path) -> dict:
         record = read_json(folder / "round.json")
         if record is None or not (folder / "policy").exists():
             if policy is None:
-                policy, processor = load(start, config.runtime)
+                policy, processor = (load(start, config.runtime) if k == 1
+                                     else load_trained(Path(start), config, f"round {k - 1}"))
             log(f"{method.name} round {k}/{config.rounds}")
             with scope(f"{method.name} round {k}"):
                 policy, record = run_round(method, config, store, k, policy, processor, start, models)
-        else:
+        else:  # done: checked (cheaply, no model is loaded) so a damaged checkpoint is named now
             policy = None
+            check_trained(folder / "policy", f"round {k}")
         summary["rounds"].append(record)
         start = str(folder / "policy")
     summary.update(final=start, seconds=round(time.time() - started, 1), config=to_dict(config))

@@ -87,6 +87,23 @@ def pair_stage(responses: Stage, feedback: Stage, out: Stage, rules: PairRules, 
     return out
 
 
+class UsageMeter:
+    """A judge's token use while a stage runs, added after every batch to what the stage's manifest recorded
+    before (under `key`): the total adds up across resumes, and counts a batch lost to a kill too, since its
+    requests were paid for. Judges that count nothing (local models) record nothing."""
+
+    def __init__(self, stage: Stage, judge, key: str = "judge_usage"):
+        self.stage, self.key, self.usage = stage, key, getattr(judge, "usage", None)
+        self.before = dict(stage.manifest.get(key) or {})
+        self.start = self.usage.to_dict() if self.usage is not None else {}
+
+    def record(self) -> None:
+        if self.usage is None:
+            return
+        now = self.usage.to_dict()
+        self.stage.write_manifest(**{self.key: {k: self.before.get(k, 0) + v - self.start[k] for k, v in now.items()}})
+
+
 def preference_examples(pairs: Stage) -> list[PreferenceExample]:
     """The pairs of one stage, with their images, ready for `train_dpo`."""
     return [PreferenceExample(p.id, pairs.images.get(p.image), p.instruction, p.chosen, p.rejected)

@@ -67,8 +67,9 @@ class ImageStore:
         if not path.exists():
             raise FileNotFoundError(
                 f"image {hash} is missing: {path} does not exist. The run's image store is incomplete; "
-                f"copy the run directory together with its images/ folder, or run the stage that produced "
-                f"the records again so it stores the image.")
+                f"copy the run directory together with its images/ folder, or delete the stage that stored "
+                f"the image (the run's prompts stage, or the import that read it) and run the command that made "
+                f"it again: the stage stores its images anew (its records keep their ids).")
         try:
             with Image.open(path) as im:
                 image = im.convert("RGB")

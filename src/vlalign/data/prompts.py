@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from vlalign.data.records import PromptRecord, stable_id
-from vlalign.data.store import RunStore, Stage, run_stage
+from vlalign.data.store import ERRORS, RunStore, Stage, run_stage
 from vlalign.progress import warn
 
 if TYPE_CHECKING:
@@ -117,7 +117,8 @@ def read_prompt_file(path: str | Path, images: str | Path | None = None,
             yield BadRecord(i, e)
 
 
-def _open_image(prompt: UserPrompt) -> Image.Image:
+def open_image(prompt: UserPrompt) -> Image.Image:
+    """The record's image in RGB, or an error naming its line and the fix (missing, not a file, unreadable)."""
     if isinstance(prompt.image, Image.Image):
         return prompt.image.convert("RGB")
     if Path(prompt.image).exists() and not Path(prompt.image).is_file():
@@ -136,7 +137,7 @@ def _open_image(prompt: UserPrompt) -> Image.Image:
 
 def user_prompt_stage(store: RunStore, stage: Stage, path: str | Path, limit: int | None = None,
                       images: str | Path | None = None, allow_outside: bool = False) -> Stage:
-    """Prompts from a user's file into `stage`; bad records are logged in the stage's errors.jsonl."""
+    """Prompts from a user's file into `stage`; bad records are logged in the stage's error log."""
     items: list[UserPrompt] = []
     for entry in read_prompt_file(path, images, allow_outside):
         if isinstance(entry, BadRecord):
@@ -148,7 +149,7 @@ def user_prompt_stage(store: RunStore, stage: Stage, path: str | Path, limit: in
             break
 
     def process(batch):
-        return [PromptRecord(id=p.id, image=store.images.put(_open_image(p)), instruction=p.instruction,
+        return [PromptRecord(id=p.id, image=store.images.put(open_image(p)), instruction=p.instruction,
                              reference=p.reference, source=p.source, meta={"line": p.line}).to_row()
                 for p in batch]
 
@@ -166,7 +167,7 @@ def file_prompts(request: PromptRequest) -> Stage:
                              images=options.images, allow_outside=options.allow_outside)
     rows = pool.rows()
     if not rows:
-        raise ValueError(f"no usable prompts in {request.path}; see {pool.dir / 'errors.jsonl'}")
+        raise ValueError(f"no usable prompts in {request.path}; see {pool.dir / ERRORS}")
     n = min(request.n, len(rows))
     picked = [rows[(request.offset + i) % len(rows)] for i in range(n)]
     repeated = max(0, request.offset + n - len(rows))

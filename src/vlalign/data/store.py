@@ -3,14 +3,22 @@
 Layout::
 
     run/
+      .lock                      held by the process writing the run (`RunStore.lock`)
       images/<hash>.png          ImageStore: each image once
-      <stage>/manifest.json      what produced the stage (config, model, seed, versions), counts, complete
       <stage>/shard-00000.parquet ...
-      <stage>/errors.jsonl       records that failed, one JSON line each
+      <stage>/.manifest.json     what produced the stage (config, model, seed, versions), counts, complete
+      <stage>/.errors.jsonl      records that failed, one JSON line each
+      <stage>/.done_items.jsonl  items finished by a stage whose items make a varying number of records
+
+The side files start with a dot so that a stage folder reads as a dataset as it is: pyarrow and pandas
+skip names that start with '.' or '_', `datasets.load_dataset("parquet", data_dir=...)` only those that
+start with '.'. Runs made before they were renamed (manifest.json, errors.jsonl, done_items.jsonl) are
+read as they are, and their side files take the new names on the next write.
 
 Shards are written to a temporary file and renamed, so a shard either exists whole or not at all; records
 carry stable ids, so a stage that is killed and started again skips what it already wrote and never
-writes a record twice.
+writes a record twice. The shard being filled is rewritten after every batch, so a kill loses at most the
+batch in flight.
 """
 
 from __future__ import annotations
@@ -29,10 +37,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import datasets
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from vlalign.data.images import ImageStore
+from vlalign.data.shards import (
+    SHARD_GLOB,
+    CorruptShard,
+    read_shard,
+    set_aside,
+    shard_columns,
+    shard_index,
+    without_repeats,
+)
 from vlalign.progress import progress, warn
 
 try:
@@ -41,11 +56,12 @@ except ImportError:  # Windows: no advisory locks, one writer per stage is then 
     fcntl = None
 
 T = TypeVar("T")
-MANIFEST = "manifest.json"
-ERRORS = "errors.jsonl"
-DONE_ITEMS = "done_items.jsonl"
+MANIFEST = ".manifest.json"
+ERRORS = ".errors.jsonl"
+DONE_ITEMS = ".done_items.jsonl"
+LEGACY_NAMES = {MANIFEST: "manifest.json", ERRORS: "errors.jsonl", DONE_ITEMS: "done_items.jsonl"}
+LOCK = ".lock"
 RUN_MARKER = "run.json"
-SHARD_GLOB = "shard-*.parquet"
 VERSIONED = ("vlalign", "torch", "transformers", "datasets", "peft")
 _SECRET = re.compile(r"(^|_)(api_?key|secret|password|token|authorization)$", re.IGNORECASE)
 
@@ -80,7 +96,7 @@ def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_datasets() -> Iterator[None]:
+def quiet_datasets() -> Iterator[None]:
     """No tqdm bar per shard from `datasets`: the stage's own progress bar says how far it is."""
     was_enabled = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
@@ -128,6 +144,25 @@ def find_run_root(path: str | Path) -> Path:
     return path.parent
 
 
+class Busy(RuntimeError):
+    """Another process is writing the same run or stage (one writer at a time; the lock is the OS's, so it
+    goes away with the process that held it, even when that one was killed)."""
+
+
+@contextlib.contextmanager
+def _exclusive(lock_file: Path, what: str) -> Iterator[None]:
+    """Hold `lock_file` for this process, or raise `Busy` at once naming `what` and the fix."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "w") as f:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Busy(f"{what} is being written by another process (it holds {lock_file}); wait for it to "
+                           f"finish or stop it, then run the same command again") from None
+        yield
+
+
 class Stage:
     """One stage's folder: its shards, manifest and error log."""
 
@@ -147,13 +182,18 @@ class Stage:
         """The image store of the run this stage belongs to."""
         return ImageStore(self.run_root)
 
+    def _side_files(self, name: str) -> list[Path]:
+        """The side file `name` where it exists: under its older name (a run made before the rename), then its own."""
+        return [p for p in (self.dir / LEGACY_NAMES[name], self.dir / name) if p.exists()]
+
     # manifest
 
     @property
     def manifest(self) -> dict[str, Any]:
-        path = self.dir / MANIFEST
-        if not path.exists():
+        found = self._side_files(MANIFEST)
+        if not found:
             return {}
+        path = found[-1]
         try:
             return json.loads(path.read_text())
         except json.JSONDecodeError as e:
@@ -161,7 +201,8 @@ class Stage:
                              f"again (its shards are kept and resumed)") from e
 
     def write_manifest(self, **fields: Any) -> dict[str, Any]:
-        """Merge `fields` into the manifest (secrets masked) and rewrite it atomically, with fresh versions."""
+        """Merge `fields` into the manifest (secrets masked) and rewrite it atomically, with fresh versions
+        (under its own name: a manifest under the older name is replaced)."""
         current = self.manifest
         manifest = {"stage": self.name, "config": {}, "model": None, "seed": None, "created": _now(),
                     "complete": False, "errors": 0, **current, **redact(fields)}
@@ -169,6 +210,7 @@ class Stage:
         manifest["updated"] = _now()
         text = json.dumps(manifest, indent=1, sort_keys=True, default=str)
         _write_atomic(self.dir / MANIFEST, lambda tmp: Path(tmp).write_text(text))
+        (self.dir / LEGACY_NAMES[MANIFEST]).unlink(missing_ok=True)
         return manifest
 
     @property
@@ -184,15 +226,18 @@ class Stage:
         """Finished shards in order; temporary files of an interrupted write are not among them."""
         return sorted(self.dir.glob(SHARD_GLOB))
 
-    def write_shard(self, rows: list[dict[str, Any]]) -> Path:
-        """Write `rows` as the next shard, atomically (via `datasets`' Parquet writer)."""
+    def next_shard_index(self) -> int:
+        return max((shard_index(s) for s in self.shards()), default=-1) + 1
+
+    def write_shard(self, rows: list[dict[str, Any]], index: int | None = None) -> Path:
+        """Write `rows` as shard `index` (the next one by default), atomically (via `datasets`' Parquet
+        writer): a shard of that index already there is replaced whole."""
         if not rows:
             raise ValueError("a shard needs at least one row")
-        existing = self.shards()
-        index = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+        index = self.next_shard_index() if index is None else index
         path = self.dir / f"shard-{index:05d}.parquet"
         dataset = datasets.Dataset.from_list(rows)
-        with _quiet_datasets():
+        with quiet_datasets():
             _write_atomic(path, dataset.to_parquet)
         return path
 
@@ -203,15 +248,31 @@ class Stage:
             path.unlink(missing_ok=True)
         return leftovers
 
+    def set_aside_damaged(self) -> list[Path]:
+        """Move the shards that no longer parse aside (see `vlalign.data.shards`), so their records are made
+        again; only while holding the stage's lock. Which items a damaged shard finished cannot be read either,
+        so the done-items log goes too: every item is processed again, and what the other shards hold is
+        kept, not written twice."""
+        damaged = []
+        for shard in self.shards():
+            try:
+                read_shard(shard)
+            except CorruptShard:
+                damaged.append(set_aside(shard))
+        if damaged:
+            for log in self._side_files(DONE_ITEMS):
+                log.unlink()
+        return damaged
+
     def done_ids(self) -> set[str]:
         ids: set[str] = set()
         for shard in self.shards():
-            ids.update(pq.read_table(shard, columns=["id"]).column("id").to_pylist())
+            ids.update(read_shard(shard, columns=["id"]).column("id").to_pylist())
         return ids
 
     def done_items(self) -> set[str]:
         """Keys of the items a variable-output stage has finished (see `run_stage(per_item_output=False)`)."""
-        return {key for line in _json_lines(self.dir / DONE_ITEMS) for key in line}
+        return {key for path in self._side_files(DONE_ITEMS) for line in _json_lines(path) for key in line}
 
     def mark_items_done(self, keys: Sequence[str]) -> None:
         """Append `keys` to the done-items log; only ever after the shard holding their rows is in place."""
@@ -220,20 +281,20 @@ class Stage:
                 f.write(json.dumps(list(keys)) + "\n")
 
     def counts(self) -> dict[str, int]:
-        shards = self.shards()
-        return {"rows": sum(pq.ParquetFile(s).metadata.num_rows for s in shards), "shards": len(shards)}
+        """Records (each id once, as `dataset()` reads them) and shards."""
+        return {"rows": len(self.done_ids()), "shards": len(self.shards())}
 
     def dataset(self) -> datasets.Dataset:
         """All rows of the stage as one `datasets.Dataset` (empty when nothing was written yet).
 
         Shards are read with pyarrow and concatenated with type promotion, so a column that was all None in
-        one shard (null type) and filled in another reads as one typed column.
+        one shard (null type) and filled in another reads as one typed column. Each record id is read once:
+        see `vlalign.data.shards` for a shard that was copied or damaged after it was written.
         """
-        tables = [pq.read_table(s).replace_schema_metadata(None) for s in self.shards()]
-        if not tables:
+        parts = [(s, read_shard(s)) for s in self.shards()]
+        if not parts:
             return datasets.Dataset.from_dict({})
-        table = pa.concat_tables(tables, promote_options="permissive")
-        return datasets.Dataset(datasets.table.InMemoryTable(table))
+        return datasets.Dataset(datasets.table.InMemoryTable(without_repeats(parts, self.dir)))
 
     def rows(self) -> list[dict[str, Any]]:
         return self.dataset().to_list()
@@ -246,7 +307,7 @@ class Stage:
 
     def errors(self) -> list[dict[str, Any]]:
         """The error log, one entry per failed item and attempt."""
-        return _json_lines(self.dir / ERRORS)
+        return [e for path in self._side_files(ERRORS) for e in _json_lines(path)]
 
     def unresolved_errors(self) -> int:
         """How many logged failures have not been written since (a later run may have succeeded)."""
@@ -263,19 +324,20 @@ class Stage:
         with open(self.dir / ERRORS, "a") as f:
             f.write(line + "\n")
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the stage for one writer; the OS drops the lock when the process dies, even by SIGKILL."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "w") as f:
-            if fcntl is not None:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise RuntimeError(
-                        f"stage {self.dir} is being written by another process; wait for it to finish "
-                        f"or stop it, then run this stage again") from None
-            yield
+    def adopt_legacy_logs(self) -> None:
+        """Move the logs of a run made before the side files were renamed under their own names (appended in
+        order); only while holding the stage's lock."""
+        for name in (ERRORS, DONE_ITEMS):
+            old = self.dir / LEGACY_NAMES[name]
+            if old.exists():
+                texts = [p.read_text() for p in self._side_files(name)]
+                text = "".join(t if t.endswith("\n") or not t else t + "\n" for t in texts)
+                _write_atomic(self.dir / name, lambda tmp, text=text: Path(tmp).write_text(text))
+                old.unlink()
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the stage for one writer (`Busy` for a second one)."""
+        return _exclusive(self.dir / LOCK, f"stage {self.dir}")
 
 
 class RunStore:
@@ -303,11 +365,18 @@ class RunStore:
         """Stages that hold a manifest or shards, in path order."""
         return [Stage(d, run_root=self.root) for d in stage_dirs(self.root)]
 
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the whole run for one process (`Busy` for a second one): training and saving happen outside
+        any stage, so a second run on the same directory must stop before it starts, not when it meets a
+        stage in use."""
+        return _exclusive(self.root / LOCK, f"the run directory {self.root}")
+
 
 def stage_dirs(root: str | Path) -> list[Path]:
     """Folders under `root` (nested too) that hold a stage manifest or shards, the image store left out."""
     root = Path(root)
-    found = {p.parent for pattern in (MANIFEST, SHARD_GLOB) for p in root.rglob(pattern)}
+    patterns = (MANIFEST, LEGACY_NAMES[MANIFEST], SHARD_GLOB)
+    found = {p.parent for pattern in patterns for p in root.rglob(pattern)}
     return sorted(d for d in found if "images" not in d.relative_to(root).parts[:1])
 
 
@@ -320,12 +389,20 @@ class StageResult:
     failed: int
 
 
-def _check_config(stage: Stage, manifest: dict[str, Any] | None) -> None:
-    old = stage.manifest.get("config")
-    new = redact((manifest or {}).get("config"))
-    if old and new is not None and _canonical(old) != _canonical(new) and stage.shards():
+RESUME_KEYS = ("config", "model", "seed")
+
+
+def _check_resumable(stage: Stage, manifest: dict[str, Any] | None) -> None:
+    """Refuse to add records to a stage made under another config, model or seed (as its manifest says)."""
+    if not manifest or not stage.shards():
+        return
+    before = stage.manifest
+    for key in RESUME_KEYS:
+        old, new = before.get(key), redact(manifest.get(key))
+        if old in (None, {}) or new is None or _canonical(old) == _canonical(new):
+            continue
         raise ValueError(
-            f"stage {stage.dir} was started with a different config, so resuming it would mix records of two "
+            f"stage {stage.dir} was started with a different {key}, so resuming it would mix records of two "
             f"setups. Use a new run directory, or delete {stage.dir} to start the stage over.\n"
             f"  before: {_canonical(old)}\n  now:    {_canonical(new)}")
 
@@ -337,6 +414,113 @@ class SystematicFailure(RuntimeError):
     """The first records of a stage all fail with the same error: the cause is the setup (a processor that
     cannot encode, a missing backend), not a record, so skipping every record would only hide it. Bad
     records fail with messages that name them, so they never look alike."""
+
+
+class RecordErrors(Exception):
+    """Raised by a stage's `process` when some items of its batch failed and the others did not: `rows` are
+    the others' rows, `errors` maps the position in the batch of each failed item to its error. The stage
+    keeps the rows and logs the failed items without processing the batch again item by item, as it does
+    for any other exception (each item may have cost a paid API request)."""
+
+    def __init__(self, rows: list[dict[str, Any]], errors: dict[int, BaseException]):
+        super().__init__(f"{len(errors)} item(s) of the batch failed")
+        self.rows, self.errors = rows, errors
+
+
+def batch_result(rows: list[dict[str, Any]], errors: dict[int, BaseException]) -> list[dict[str, Any]]:
+    """What a `process` returns when the items at the positions in `errors` failed: the rows, or (when any
+    failed) `RecordErrors` carrying them."""
+    if errors:
+        raise RecordErrors(rows, errors)
+    return rows
+
+
+class _OpenShard:
+    """The shards one `run_stage` call writes. The shard being filled is rewritten whole (atomically) after
+    every batch, so a kill loses at most the batch in flight, and it is closed once it holds `size` rows, so
+    shards come out as they would without the rewrites. With `split=False` (items of a varying number of
+    rows) a shard closes only between batches, so no item's rows are split over two."""
+
+    def __init__(self, stage: Stage, size: int, split: bool, counts: dict[str, int]):
+        self.stage, self.size, self.split, self.counts = stage, size, split, counts
+        self.rows: list[dict[str, Any]] = []
+        self.index, self.on_disk, self.written = stage.next_shard_index(), False, 0
+
+    def add(self, rows: list[dict[str, Any]], done_keys: Sequence[str]) -> None:
+        """Put `rows` on disk, then log `done_keys` (the items whose rows are all there now) as done."""
+        if rows:
+            self.rows += rows
+            while self.split and len(self.rows) >= self.size:
+                self._write(self.rows[:self.size])
+                del self.rows[:self.size]
+                self._close()
+            if self.rows:
+                self._write(self.rows)
+                if len(self.rows) >= self.size:
+                    self.rows = []
+                    self._close()
+            self.written += len(rows)
+            self.counts["rows"] += len(rows)
+            self.stage.write_manifest(counts=self.counts)
+        self.stage.mark_items_done(done_keys)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        self.stage.write_shard(rows, self.index)
+        if not self.on_disk:
+            self.on_disk = True
+            self.counts["shards"] += 1
+
+    def _close(self) -> None:
+        self.index, self.on_disk = self.index + 1, False
+
+
+class _StageRun:
+    """One `run_stage` call's batches: process each, retry a failed batch item by item, log what fails."""
+
+    def __init__(self, stage: Stage, process: Callable, id_of: Callable, description: str, per_item_output: bool,
+                 done: set[str], shards: _OpenShard):
+        self.stage, self.process, self.id_of, self.description = stage, process, id_of, description
+        self.per_item_output, self.done, self.shards = per_item_output, done, shards
+        self.failed, self.succeeded = 0, False
+        self.first_failures: list[BaseException] = []
+
+    def attempt(self, batch: list) -> tuple[list[dict[str, Any]], list]:
+        """(rows, the items that made them) of `batch`; failing items are logged and left out."""
+        try:
+            rows = self.process(batch)
+        except RecordErrors as e:
+            ok = [it for i, it in enumerate(batch) if i not in e.errors]
+            self.succeeded = self.succeeded or bool(ok)
+            for i, error in sorted(e.errors.items()):
+                self.fail(batch[i], error)
+            return e.rows, ok
+        except Exception as e:
+            if len(batch) > 1:
+                results = [self.attempt([item]) for item in batch]
+                return [r for rows, _ in results for r in rows], [it for _, ok in results for it in ok]
+            self.fail(batch[0], e)
+            return [], []
+        self.succeeded = True
+        return rows, batch
+
+    def fail(self, item: Any, error: BaseException) -> None:
+        self.failed += 1
+        ids = _ids(self.id_of(item))
+        self.stage.log_error(ids, error)
+        _stop_if_systematic(self.first_failures, self.succeeded, error, self.description, self.stage)
+        warn(f"{self.description}: skipped record {', '.join(ids)}: {type(error).__name__}: {error} "
+             f"(logged in {self.stage.dir / ERRORS})")
+
+    def keep(self, rows: list[dict[str, Any]], ok: list) -> None:
+        """Write the rows not written before; then the items are done."""
+        new = []
+        for row in rows:
+            if "id" not in row:
+                raise ValueError(f"{self.description}: process returned a row without an 'id': {sorted(row)}")
+            if row["id"] not in self.done:
+                self.done.add(row["id"])
+                new.append(row)
+        self.shards.add(new, [] if self.per_item_output else [self.id_of(it) for it in ok])
 
 
 def _stop_if_systematic(failures: list[BaseException], succeeded: bool, error: BaseException, description: str,
@@ -351,6 +535,15 @@ def _stop_if_systematic(failures: list[BaseException], succeeded: bool, error: B
             f"{stage.dir / ERRORS})") from error
 
 
+def _prepare(stage: Stage, manifest: dict[str, Any] | None) -> None:
+    """Under the stage's lock, before anything is read: refuse another setup, clear what a kill or a hand
+    left behind (temporary files, damaged shards, logs under their older names)."""
+    _check_resumable(stage, manifest)
+    stage.clean_temporary()
+    stage.adopt_legacy_logs()
+    stage.set_aside_damaged()
+
+
 def run_stage(stage: Stage, items: Iterable[T], process: Callable[[list[T]], list[dict[str, Any]]], *,
               id_of: Callable[[T], str | Sequence[str]], batch_size: int = 8, shard_size: int = 256,
               description: str | None = None, manifest: dict[str, Any] | None = None,
@@ -361,20 +554,20 @@ def run_stage(stage: Stage, items: Iterable[T], process: Callable[[list[T]], lis
     `id_of(item)` names the record(s) the item produces and an item is done when all of them are in a shard.
     When an item yields a varying number of rows (0, 1 or more: pairs per prompt), pass
     `per_item_output=False`: `id_of(item)` is then the item's own key, and the keys of finished items are
-    logged (done_items.jsonl) after the shard holding their rows is in place.
+    logged (.done_items.jsonl) after the shard holding their rows is in place.
 
-    When `process` raises, the batch is retried item by item; each failing item is logged to errors.jsonl,
-    counted in the manifest and reported in one line, and the run goes on. An id already written is never
-    written again. `manifest` fields (config, model, seed) are recorded; resuming with another config is
-    refused.
+    Every batch's rows are on disk before the next batch starts, so a kill loses at most one batch. When
+    `process` raises, the batch is retried item by item (or, for `RecordErrors`, only the items it names
+    fail); each failing item is logged to .errors.jsonl, counted in the manifest and reported in one line,
+    and the run goes on. An id already written is never written again. `manifest` fields (config, model,
+    seed) are recorded; resuming under another config, model or seed is refused.
     """
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be at least 1 (got {batch_size}, {shard_size})")
     description = description or stage.name
     items = list(items)
     with stage.lock():
-        _check_config(stage, manifest)
-        stage.clean_temporary()
+        _prepare(stage, manifest)
         done = stage.done_ids()
         if per_item_output:
             pending = [it for it in items if not set(_ids(id_of(it))) <= done]
@@ -383,69 +576,16 @@ def run_stage(stage: Stage, items: Iterable[T], process: Callable[[list[T]], lis
             pending = [it for it in items if id_of(it) not in finished]
         counts = stage.counts()
         stage.write_manifest(**(manifest or {}), complete=False, counts=counts)
-        written = failed = 0
-        buffer: list[dict[str, Any]] = []
-        buffered_keys: list[str] = []  # items whose rows are all in `buffer` (variable-output stages)
-
-        def flush(n: int) -> None:
-            nonlocal written
-            if n:
-                stage.write_shard(buffer[:n])
-                del buffer[:n]
-                written += n
-                counts["rows"] += n
-                counts["shards"] += 1
-                stage.write_manifest(counts=counts)
-            if not buffer:
-                stage.mark_items_done(buffered_keys)
-                buffered_keys.clear()
-
-        def keep(rows: list[dict[str, Any]], ok: list[T]) -> None:
-            for row in rows:
-                if "id" not in row:
-                    raise ValueError(f"{description}: process returned a row without an 'id': {sorted(row)}")
-                if row["id"] in done:
-                    continue
-                done.add(row["id"])
-                buffer.append(row)
-            if not per_item_output:
-                buffered_keys.extend(id_of(it) for it in ok)
-            if per_item_output:
-                while len(buffer) >= shard_size:
-                    flush(shard_size)
-            elif len(buffer) >= shard_size:
-                flush(len(buffer))  # whole batches per shard, so no item's rows are split over two
-
-        succeeded = False
-        first_failures: list[BaseException] = []
-
-        def attempt(batch: list[T]) -> tuple[list[dict[str, Any]], list[T]]:
-            nonlocal failed, succeeded
-            try:
-                rows = process(batch)
-                succeeded = True
-                return rows, batch
-            except Exception as e:
-                if len(batch) > 1:
-                    results = [attempt([item]) for item in batch]
-                    return [r for rows, _ in results for r in rows], [it for _, ok in results for it in ok]
-                failed += 1
-                ids = _ids(id_of(batch[0]))
-                stage.log_error(ids, e)
-                _stop_if_systematic(first_failures, succeeded, e, description, stage)
-                warn(f"{description}: skipped record {', '.join(ids)}: {type(e).__name__}: {e} "
-                     f"(logged in {stage.dir / ERRORS})")
-                return [], []
-
+        run = _StageRun(stage, process, id_of, description, per_item_output, done,
+                        _OpenShard(stage, shard_size, per_item_output, counts))
         with progress(description, total=len(items), disable=quiet) as bar:
             bar.advance(len(items) - len(pending))
             for start in range(0, len(pending), batch_size):
                 batch = pending[start:start + batch_size]
-                keep(*attempt(batch))
+                run.keep(*run.attempt(batch))
                 bar.advance(len(batch))
-            flush(len(buffer))
         stage.mark_complete()
-    return StageResult(written=written, already_done=len(items) - len(pending), failed=failed)
+    return StageResult(written=run.shards.written, already_done=len(items) - len(pending), failed=run.failed)
 
 
 PAIR_COLUMNS = ("chosen", "rejected")
@@ -459,7 +599,7 @@ def _shard_dirs(src: Path) -> list[Path]:
 
 
 def _holds_pairs(stage_dir: Path) -> bool:
-    columns = set(pq.read_schema(sorted(stage_dir.glob(SHARD_GLOB))[0]).names)
+    columns = set(shard_columns(sorted(stage_dir.glob(SHARD_GLOB))[0]))
     return set(PAIR_COLUMNS) <= columns
 
 

@@ -3,7 +3,9 @@
 `SentenceClaims` is the rule-based fallback for plain English (one claim per sentence);
 `vlalign.feedback.llm_claims.LLMClaims` asks a chat model; plugins add their own (the world's splitter
 knows its language). All answer `split_many(answers, instructions, keys)`, so a model-backed splitter
-can batch its requests; `vlalign.feedback.splitters.make_splitter` builds one by name.
+can batch its requests; `vlalign.feedback.splitters.make_splitter` builds one by name. `split_each` asks
+any of them for every answer's claims or the error that says why it has none, so one bad answer of a batch
+costs only itself where the splitter can fail one answer at a time (the LLM splitter).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from vlalign.feedback.judge import JudgeError
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
@@ -29,6 +33,26 @@ class Claim:
 class ClaimSplitter(Protocol):
     def split_many(self, answers: Sequence[str], instructions: Sequence[str] | None = None,
                    keys: Sequence[str] | None = None) -> list[list[Claim]]: ...
+
+
+Outcome = list[Claim] | Exception  # an answer's claims, or why it has none
+
+
+def split_each(split: ClaimSplitter, answers: Sequence[str], instructions: Sequence[str] | None = None,
+               keys: Sequence[str] | None = None) -> list[Outcome]:
+    """Per answer: its claims, or the error that says why it has none. A splitter that can fail one answer
+    at a time (`split_each` of its own) does; the others give every answer's claims or raise."""
+    each = getattr(split, "split_each", None)
+    return each(answers, instructions, keys) if each is not None else split.split_many(answers, instructions, keys)
+
+
+def first_failure(outcomes: Sequence[object]) -> None:
+    """Raise the first error among `outcomes` (a `JudgeError` counting the others), if there is one."""
+    errors = [o for o in outcomes if isinstance(o, Exception)]
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise JudgeError(f"{errors[0]} (and {len(errors) - 1} more answers failed)")
 
 
 class EachAnswer:

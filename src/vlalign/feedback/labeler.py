@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from vlalign.feedback.claims import Claim, ClaimSplitter
+from vlalign.feedback.claims import Claim, ClaimSplitter, first_failure, split_each
 from vlalign.models.scoring import yes_probability
 
 
@@ -43,18 +43,31 @@ class ResponseFeedback:
                            for c in self.claims]}
 
 
+def label_each(labeler, processor, images: Sequence[Image.Image], responses: Sequence[str], split: ClaimSplitter,
+               batch_size: int = 64, instructions: Sequence[str] | None = None,
+               keys: Sequence[str] | None = None) -> list[ResponseFeedback | Exception]:
+    """Split every response into claims and label them all in shared batches; a response the splitter
+    could give no claims for gets its error instead (see `split_each`). `instructions` give the splitter the
+    question each response answers; `keys` name the records in its errors."""
+    outcomes = split_each(split, responses, instructions, keys)
+    ok = [i for i, o in enumerate(outcomes) if not isinstance(o, Exception)]
+    flat_images = [images[i] for i in ok for _ in outcomes[i]]
+    flat_questions = [c.question for i in ok for c in outcomes[i]]
+    p_yes = yes_probability(labeler, processor, flat_images, flat_questions, batch_size=batch_size)
+    out: list[ResponseFeedback | Exception] = list(outcomes)  # type: ignore[arg-type]
+    k = 0
+    for i in ok:
+        cs: list[Claim] = outcomes[i]  # type: ignore[assignment]
+        scored = zip(cs, p_yes[k:k + len(cs)], strict=True)
+        out[i] = ResponseFeedback([LabeledClaim(c.text, c.question, p, c.holds_if_yes) for c, p in scored])
+        k += len(cs)
+    return out
+
+
 def label_responses(labeler, processor, images: Sequence[Image.Image], responses: Sequence[str],
                     split: ClaimSplitter, batch_size: int = 64, instructions: Sequence[str] | None = None,
                     keys: Sequence[str] | None = None) -> list[ResponseFeedback]:
-    """Split every response into claims and label them all in shared batches. `instructions` give the
-    splitter the question each response answers; `keys` name the records in its errors."""
-    claims_per: list[list[Claim]] = split.split_many(responses, instructions, keys)
-    flat_images = [img for img, cs in zip(images, claims_per, strict=True) for _ in cs]
-    flat_questions = [c.question for cs in claims_per for c in cs]
-    p_yes = yes_probability(labeler, processor, flat_images, flat_questions, batch_size=batch_size)
-    out, k = [], 0
-    for cs in claims_per:
-        scored = zip(cs, p_yes[k:k + len(cs)], strict=True)
-        out.append(ResponseFeedback([LabeledClaim(c.text, c.question, p, c.holds_if_yes) for c, p in scored]))
-        k += len(cs)
-    return out
+    """`label_each`, raising the first error (naming its record) when any response has one."""
+    out = label_each(labeler, processor, images, responses, split, batch_size, instructions, keys)
+    first_failure(out)
+    return out  # type: ignore[return-value]

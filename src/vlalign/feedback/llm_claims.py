@@ -19,7 +19,7 @@ import json
 import re
 from collections.abc import Sequence
 
-from vlalign.feedback.claims import Claim
+from vlalign.feedback.claims import Claim, first_failure
 from vlalign.feedback.judge import ChatReply, ChatRequest, Judge, JudgeError
 from vlalign.feedback.judge_api import excerpt
 
@@ -177,10 +177,7 @@ class LLMClaims:
                    keys: Sequence[str] | None = None) -> list[list[Claim]]:
         """The claims of each answer; raises a `JudgeError` naming every answer that has none to give."""
         outcomes = self.split_each(answers, instructions, keys)
-        errors = [o for o in outcomes if isinstance(o, JudgeError)]
-        if errors:
-            more = f" (and {len(errors) - 1} more answers failed)" if len(errors) > 1 else ""
-            raise JudgeError(f"{errors[0]}{more}")
+        first_failure(outcomes)
         return outcomes  # type: ignore[return-value]
 
     def __call__(self, answer: str) -> list[Claim]:

@@ -11,9 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from vlalign.data.records import FeedbackRecord
+from vlalign.feedback.judge import JudgeError
 from vlalign.feedback.pairs import PairRules
 
 ASPECTS = ("Helpfulness", "Visual Faithfulness", "Ethical Considerations")
+
+
+class MissingRating(JudgeError):
+    """A rating the judge's reply did not give (or gave unusably); the response is kept without a score."""
 
 
 def vlfeedback_rules(margin: float = 0.0, claim_balance: bool = False) -> PairRules:

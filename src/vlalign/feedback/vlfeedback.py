@@ -9,7 +9,8 @@ Two request styles behind one `RatingJudge`:
   one answer per request, in the format of `vlalign.world.judging`).
 A rating that is missing, out of range or not a whole number ("4.5", "four", "-3", "10") is kept as missing,
 never guessed, with the reason in `Rated.reasons` and `Rated.error`; a failed request leaves every rating of its
-answers missing, with the request's error recorded.
+answers missing, with the request's error recorded and `Rated.failed` set (asking again may succeed, where
+a reply that gave no usable rating would give the same again).
 """
 
 from __future__ import annotations
@@ -55,12 +56,13 @@ def rubric_prompt(instruction: str, answers: Sequence[str]) -> str:
 @dataclass
 class Rated:
     """One answer's ratings and rationales. A missing rating has its reason in `reasons`, and `error` says
-    what went wrong for the answer: the failed request, or the ratings its reply did not give."""
+    what went wrong for the answer: the failed request (then `failed`), or the ratings its reply did not give."""
 
     ratings: dict[str, int | None]
     rationales: dict[str, str | None]
     error: str | None = None
     reasons: dict[str, str] = field(default_factory=dict)
+    failed: bool = False
 
     def __post_init__(self) -> None:
         missing = [a for a in ASPECTS if self.ratings.get(a) is None]
@@ -168,6 +170,10 @@ def parse_rubric_reply(text: str, n: int) -> list[tuple[dict[str, int | None], d
     return [(r.ratings, r.rationales) for r in read_rubric_reply(text, n)]
 
 
+def _failed(error: str | None) -> Rated:
+    return Rated(dict.fromkeys(ASPECTS), dict.fromkeys(ASPECTS), error, failed=True)
+
+
 class RatingJudge:
     """Rates the answers of many instructions through any `Judge`."""
 
@@ -183,15 +189,14 @@ class RatingJudge:
             requests = [ChatRequest(fmt.prompt(q, a), (image,), max_tokens=fmt.max_tokens, id=f"{rid}/{k}")
                         for rid, image, q, answers in items for k, a in enumerate(answers)]
             replies = iter(self.judge.complete(requests))
-            return [[Rated(*fmt.parse(r.text), None) if (r := next(replies)).ok
-                     else Rated(dict.fromkeys(ASPECTS), dict.fromkeys(ASPECTS), r.error) for _ in answers]
-                    for _, _, _, answers in items]
+            return [[Rated(*fmt.parse(r.text), None) if (r := next(replies)).ok else _failed(r.error)
+                     for _ in answers] for _, _, _, answers in items]
         requests = [ChatRequest(rubric_prompt(q, answers), (image,), max_tokens=self.max_tokens, id=rid)
                     for rid, image, q, answers in items]
         out = []
         for (_, _, _, answers), reply in zip(items, self.judge.complete(requests), strict=True):
             if not reply.ok:
-                out.append([Rated(dict.fromkeys(ASPECTS), dict.fromkeys(ASPECTS), reply.error) for _ in answers])
+                out.append([_failed(reply.error) for _ in answers])
                 continue
             out.append(read_rubric_reply(reply.text, len(answers)))
         return out

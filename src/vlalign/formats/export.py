@@ -19,7 +19,7 @@ from typing import Any
 
 import datasets
 
-from vlalign.data.store import Stage, find_pair_stages, no_pairs_error, stage_dirs
+from vlalign.data.store import Stage, find_pair_stages, no_pairs_error, quiet_datasets, stage_dirs
 
 _TEXT_PART = {"type": datasets.Value("string"), "text": datasets.Value("string")}
 _MESSAGES = datasets.List({"role": datasets.Value("string"), "content": datasets.List(_TEXT_PART)})
@@ -61,6 +61,28 @@ def _trl_rows(stage_dirs: list[str]) -> Iterator[dict[str, Any]]:
             }
 
 
+def _check_out(out: Path, marker: str) -> None:
+    """`out` may be new, empty, or an earlier export of the same format (which holds `marker`): never a file
+    or a folder of something else, which the export would replace or mix its files into."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; pass a new or empty directory for the export")
+    if out.exists() and any(out.iterdir()) and not (out / marker).exists():
+        raise FileExistsError(f"--out {out} exists and is not an earlier export of this format (no {marker} "
+                              f"there); choose an empty or new directory (an earlier export there would be replaced)")
+
+
+def _generated(cache: Path, stage_dirs: list[str]) -> datasets.Dataset:
+    """The TRL rows as a dataset; an error while making them is raised as it is (a missing image names the
+    image and the fix), not as the `datasets` wrapper that only says generation failed."""
+    try:
+        return datasets.Dataset.from_generator(_trl_rows, features=TRL_FEATURES, cache_dir=str(cache),
+                                               gen_kwargs={"stage_dirs": stage_dirs})
+    except datasets.exceptions.DatasetGenerationError as e:
+        if isinstance(e.__cause__, Exception):
+            raise e.__cause__ from None
+        raise
+
+
 def export_trl(src: str | Path, out: str | Path) -> Path:
     """Write the pairs under `src` to `out` (`datasets.save_to_disk`) in TRL's vision preference format.
 
@@ -72,16 +94,13 @@ def export_trl(src: str | Path, out: str | Path) -> Path:
     stage_dirs = find_pair_stages(src)
     if not stage_dirs:
         raise no_pairs_error(src)
-    if out.exists() and any(out.iterdir()) and not (out / "state.json").exists():
-        raise FileExistsError(f"{out} exists and is not an exported dataset; choose an empty or new --out "
-                              f"directory (an earlier export there would be replaced)")
+    _check_out(out, "state.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        dataset = datasets.Dataset.from_generator(
-            _trl_rows, features=TRL_FEATURES, cache_dir=str(work / "cache"),
-            gen_kwargs={"stage_dirs": [str(d) for d in stage_dirs]})
-        dataset.save_to_disk(str(work / "dataset"))
+        with quiet_datasets():
+            dataset = _generated(work / "cache", [str(d) for d in stage_dirs])
+            dataset.save_to_disk(str(work / "dataset"))
         if out.exists():
             shutil.rmtree(out)
         os.replace(work / "dataset", out)
@@ -113,6 +132,7 @@ def export_povid(src: str | Path, out: str | Path) -> Path:
     stage_dirs = find_pair_stages(src)
     if not stage_dirs:
         raise no_pairs_error(src)
+    _check_out(out, "povid.json")
     records, seen = [], set()
     for d in stage_dirs:
         stage = Stage(d)
@@ -138,6 +158,7 @@ def export_vlfeedback(src: str | Path, out: str | Path) -> Path:
     if set(found) != {"responses", "feedback"}:
         raise ValueError(f"{src} has no 'responses' and 'feedback' stages with ratings; export a Silkie run "
                          f"or a VLFeedback import")
+    _check_out(out, "vlfeedback.json")
     responses, feedback = Stage(found["responses"]), Stage(found["feedback"])
     notes = {r["response_id"]: json.loads(r["details"] or "{}") for r in feedback.rows()}
     by_prompt: dict[str, dict] = {}

@@ -15,7 +15,7 @@ completions, an id unique in the file (a second record with the same id is skipp
 first or contradicts it). Image paths stay inside the images folder (`--images`, else the data file's own
 folder) unless `allow_outside=True`, and only regular files are opened (a FIFO would hang the import).
 A record that fails any check, or whose image is missing or unreadable, is skipped: logged once in the
-errors.jsonl of the stage that read it, with its position and the reason, and counted; the rest is
+error log (.errors.jsonl) of the stage that read it, with its position and the reason, and counted; the rest is
 imported. The returned stage's manifest says how many were skipped under `import` (`records`, `skipped`,
 `errors`: the log that lists them). Files may start with a UTF-8 byte-order mark; a JSON list cut short
 imports the records before the cut and reports where it broke.
@@ -587,4 +587,5 @@ def import_data(format: str, src: str | Path, out: str | Path, images: str | Pat
     if images is not None and not Path(images).is_dir():
         raise NotADirectoryError(f"the images folder {images} is not a folder; pass the folder that holds the "
                                  f"images with --images")
-    return importer(src, out, images, allow_outside=allow_outside)
+    with RunStore(out).lock():  # a run or another import writing the directory stops this one at once
+        return importer(src, out, images, allow_outside=allow_outside)

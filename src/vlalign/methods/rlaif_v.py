@@ -55,20 +55,22 @@ class RLAIFVConfig(RunConfig):
 
 
 def label_stage(store, responses, out, labeler, processor, labeler_name: str, split, batch_size: int = 64):
-    """Claims of every response, each scored by the labeler's P(yes); score = -(rejected claims)."""
+    """Claims of every response, each scored by the labeler's P(yes); score = -(rejected claims). A response
+    the splitter gives no claims for fails alone (logged, and asked again on resume)."""
     from vlalign.data.records import FeedbackRecord, ResponseRecord
-    from vlalign.data.store import run_stage
-    from vlalign.feedback.labeler import label_responses
+    from vlalign.data.store import batch_result, run_stage
+    from vlalign.feedback.labeler import label_each
 
     items = [ResponseRecord.from_row(r) for r in responses.rows()]
 
     def process(batch):
-        fb = label_responses(labeler, processor, [store.images.get(r.image) for r in batch],
-                             [r.response for r in batch], split, batch_size=batch_size,
-                             instructions=[r.instruction for r in batch], keys=[r.id for r in batch])
-        return [FeedbackRecord(id=r.id, response_id=r.id, prompt_id=r.prompt_id, score=f.score,
-                               details=f.to_dict(), meta={"labeler": labeler_name}).to_row()
-                for r, f in zip(batch, fb, strict=True)]
+        fb = label_each(labeler, processor, [store.images.get(r.image) for r in batch],
+                        [r.response for r in batch], split, batch_size=batch_size,
+                        instructions=[r.instruction for r in batch], keys=[r.id for r in batch])
+        errors = {i: f for i, f in enumerate(fb) if isinstance(f, Exception)}
+        return batch_result([FeedbackRecord(id=r.id, response_id=r.id, prompt_id=r.prompt_id, score=f.score,
+                                            details=f.to_dict(), meta={"labeler": labeler_name}).to_row()
+                             for r, f in zip(batch, fb, strict=True) if not isinstance(f, Exception)], errors)
 
     run_stage(out, items, process, id_of=lambda r: r.id, batch_size=batch_size, shard_size=1024,
               description="labeling", manifest={"model": labeler_name, "config": {"splitter": type(split).__name__}})

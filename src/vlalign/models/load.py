@@ -50,21 +50,54 @@ def resolve(path: str | Path) -> Path:
     return p
 
 
-def check_complete(path: Path) -> None:
-    """Raise when a folder `save` wrote has lost or shortened a file (a copy cut short, a full disk)."""
-    marker = path / CHECKPOINT_MARKER
-    if not marker.exists():
-        return
+class IncompleteCheckpoint(ValueError):
+    """A model folder that lost or shortened a file after it was written (a copy cut short, a full disk);
+    `problem` says what is wrong, the message adds the fix (callers that know which step saved the folder
+    give a better one)."""
+
+    def __init__(self, path: Path, problem: str, fix: str | None = None):
+        self.path, self.problem = path, problem
+        super().__init__(f"{problem}. {fix or f'Delete {path} and run the step that saved it again.'}")
+
+
+def _safetensors_size(path: Path) -> int | None:
+    """The size a safetensors file's header promises (None when even the header is unreadable)."""
     try:
-        files = json.loads(marker.read_text())["files"]
-    except (ValueError, KeyError) as e:
-        raise ValueError(f"the checkpoint marker {marker} is damaged ({e}); save the model again") from e
-    for name, size in files.items():
-        f = path / name
-        if not f.exists() or f.stat().st_size != size:
-            have = f.stat().st_size if f.exists() else "missing"
-            raise ValueError(f"the checkpoint at {path} is incomplete: {name} is {have} bytes, {size} expected. "
-                             f"Delete {path} and run the stage that saved it again.")
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n)) if 0 < n < 100_000_000 else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+            and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2]
+    return 8 + n + max(ends, default=0)
+
+
+def check_complete(path: Path) -> None:
+    """Raise `IncompleteCheckpoint` when a model folder has lost or shortened a file: against the sizes
+    `save` recorded, and for every safetensors file against the size its own header promises (so a folder
+    saved by another tool is checked too)."""
+    marker = path / CHECKPOINT_MARKER
+    if marker.exists():
+        try:
+            files = json.loads(marker.read_text())["files"]
+            sizes = {str(name): int(size) for name, size in files.items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise IncompleteCheckpoint(path, f"the checkpoint marker {marker} is damaged ({e})") from e
+        for name, size in sizes.items():
+            f = path / name
+            if not f.exists() or f.stat().st_size != size:
+                have = f.stat().st_size if f.exists() else "missing"
+                raise IncompleteCheckpoint(
+                    path, f"the checkpoint at {path} is incomplete: {name} is {have} bytes, {size} expected")
+    for f in sorted(path.glob("*.safetensors")):
+        promised = _safetensors_size(f)
+        if promised is None or f.stat().st_size < promised:
+            why = "its header is unreadable" if promised is None else f"its header promises {promised}"
+            raise IncompleteCheckpoint(path, f"the checkpoint at {path} is incomplete: {f.name} is "
+                                             f"{f.stat().st_size} bytes and {why}")
 
 
 def _adapter_base(adapter_dir: Path) -> Path:

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from transformers import get_cosine_schedule_with_warmup
 
 from vlalign.models.batching import to_device
-from vlalign.progress import progress
+from vlalign.progress import progress, warn
 from vlalign.train.settings import OptimConfig
 
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict[str, float]]]
@@ -36,6 +36,10 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     if not params:
         raise ValueError("the model has no trainable parameters; check freeze settings or the LoRA config")
     return params
+
+
+class DamagedCheckpoint(ValueError):
+    """A mid-training checkpoint whose files no longer read (they are written whole, so changed since)."""
 
 
 class Checkpoints:
@@ -74,8 +78,16 @@ class Checkpoints:
         return final
 
     def restore(self, path: Path, model, optimizer, scheduler) -> tuple[int, list, dict]:
-        state = json.loads((path / STATE).read_text())
-        weights = load_file(str(path / "trainable.safetensors"))
+        """Load the checkpoint at `path` into the model, optimizer and schedule. Everything is read before
+        anything is changed, so a damaged checkpoint (`DamagedCheckpoint`, naming the file) leaves them as they were."""
+        try:
+            state = json.loads((path / STATE).read_text())
+            weights = load_file(str(path / "trainable.safetensors"))
+            optimizer_state = torch.load(path / "optimizer.pt", weights_only=True)
+            step, history, running, schedule, rng = (state["step"], state["history"], state["running"],
+                                                     state["scheduler"], state["rng"])
+        except Exception as e:  # any reader's error (safetensors, torch, JSON, a missing key) means damaged
+            raise DamagedCheckpoint(f"the training checkpoint {path} is damaged ({type(e).__name__}: {e})") from e
         params = dict(model.named_parameters())
         missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
         if missing or set(weights) - set(params):
@@ -84,10 +96,22 @@ class Checkpoints:
         with torch.no_grad():
             for name, tensor in weights.items():
                 params[name].copy_(tensor)
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
-        return state["step"], state["history"], state["running"]
+        optimizer.load_state_dict(optimizer_state)
+        scheduler.load_state_dict(schedule)
+        torch.set_rng_state(torch.tensor(rng, dtype=torch.uint8))
+        return step, history, running
+
+    def resume(self, model, optimizer, scheduler) -> tuple[int, list, dict]:
+        """(step, history, running metrics) of the latest checkpoint of this job, loaded; from the start when
+        there is none, or when it is damaged (with a warning: training again gives the same model)."""
+        found = self.latest()
+        if found is None:
+            return 0, [], {}
+        try:
+            return self.restore(found, model, optimizer, scheduler)
+        except DamagedCheckpoint as e:
+            warn(f"{e}; training starts from the beginning (the next checkpoint replaces it)")
+            return 0, [], {}
 
 
 def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, loss_fn: LossFn, config: OptimConfig,
@@ -101,10 +125,8 @@ def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, los
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     if isinstance(batches, torch.utils.data.DataLoader):
         batches = accelerator.prepare(batches)
-    start, history, running = 0, [], {}
-    found = checkpoints.latest() if checkpoints is not None else None
-    if found is not None:
-        start, history, running = checkpoints.restore(found, model, optimizer, scheduler)
+    start, history, running = (checkpoints.resume(model, optimizer, scheduler) if checkpoints is not None
+                               else (0, [], {}))
     dtype = next(model.parameters()).dtype
     model.train()
     stream = _cycle(batches)

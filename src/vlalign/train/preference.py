@@ -95,17 +95,26 @@ def _digest(e: PreferenceExample) -> str:
 
 
 def _cached(cache: Path | None, fingerprint: str, columns: Columns, digests: dict[str, str]) -> dict | None:
+    """The cached log-probs when `cache` holds every example's, made by these weights for these columns;
+    None (recompute) for anything else, a damaged or emptied file included: a cache is never trusted."""
     if cache is None or not cache.exists():
         return None
     try:
         saved = json.loads(cache.read_text())
-    except ValueError:
-        return None  # a damaged cache is recomputed, never trusted
-    if saved.get("model") != fingerprint or saved.get("columns") != [*columns.names, columns.key]:
+    except (ValueError, OSError):
         return None
-    if all(saved.get("digests", {}).get(i) == d and i in saved.get("logps", {}) for i, d in digests.items()):
-        return saved["logps"]
-    return None
+    if not isinstance(saved, dict) or saved.get("model") != fingerprint \
+            or saved.get("columns") != [*columns.names, columns.key]:
+        return None
+    logps, known = saved.get("logps"), saved.get("digests")
+    if not isinstance(logps, dict) or not isinstance(known, dict):
+        return None
+    for i, d in digests.items():
+        values = logps.get(i)
+        if known.get(i) != d or not isinstance(values, dict) or \
+                not all(isinstance(values.get(c), (int, float)) for c in columns.names):
+            return None
+    return logps
 
 
 @torch.no_grad()
