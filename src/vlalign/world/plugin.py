@@ -62,3 +62,15 @@ def benchmarks() -> None:
 
     for b in bench.BENCHMARKS:
         BENCHMARKS.register(b.name, b)
+
+
+def _scene_marks(answer, prompt):
+    from vlalign.world.marks import scene_marks
+
+    return scene_marks(answer, prompt)
+
+
+def answer_markers() -> None:
+    from vlalign.plugins import ANSWER_MARKERS
+
+    ANSWER_MARKERS.register(NAME, _scene_marks)
