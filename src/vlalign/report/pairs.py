@@ -21,6 +21,7 @@ from vlalign.data.store import Stage, find_pair_stages, find_run_root, no_pairs_
 from vlalign.report.gather import ROUND, RunInfo
 from vlalign.report.marks import mark_answer
 
+TOKEN = re.compile(r"\w+|[^\w\s]+|\s+")  # words, punctuation and spaces apart, so "heart." matches "heart and"
 MAX_PAIRS = 2000  # per pair set: a larger stage is shown evenly thinned, and the page says so
 
 
@@ -67,7 +68,7 @@ class Lookup:
 def pair_stages(run: RunInfo) -> list[tuple[Path, str]]:
     """(stage folder, title) of every pair stage of the run, and of the pairs it trained on from elsewhere."""
     out = []
-    for d in find_pair_stages(run.root):
+    for d in sorted(find_pair_stages(run.root), key=lambda d: (len(d.parts), d)):  # a round's main pairs first
         rel = d.relative_to(run.root)
         m = ROUND.match(rel.parts[0])
         where = f"round {m.group(1)}" if m else "every round"
@@ -86,7 +87,7 @@ def _thin(rows: list[dict], limit: int) -> list[dict]:
 
 def word_diff(truth: str, changed: str) -> list[list[str]]:
     """[op, text] segments turning `truth` into `changed` word by word: eq, del (truth only), ins (changed only)."""
-    a, b = re.findall(r"\S+\s*", truth), re.findall(r"\S+\s*", changed)
+    a, b = TOKEN.findall(truth), TOKEN.findall(changed)
     out: list[list[str]] = []
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
         if op == "equal":

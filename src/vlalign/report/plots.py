@@ -35,17 +35,23 @@ def headline_keys(columns: Sequence[tuple[str, dict]]) -> list[str]:
     return keys[:MAX_PANELS]
 
 
-def _grid(plt, n: int, width: float = 2.6, height: float = 2.1, columns: int = COLUMNS):
+def _grid(plt, n: int, width: float = 2.6, height: float = 1.6, columns: int = COLUMNS, below: float = 0.5):
+    """`n` panels of `width` x `height` inches, `columns` to a row, with `below` inches under each for its
+    tick labels. Margins are fixed in inches: tight_layout measures every text, which costs more than
+    drawing the figure."""
     cols = min(columns, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    top, left, right, gap = 0.3, 0.55, 0.15, 0.45
+    fig_w, fig_h = left + right + cols * width + (cols - 1) * gap, top + rows * (height + below)
+    fig, axes = plt.subplots(rows, cols, figsize=(fig_w, fig_h), squeeze=False)
+    fig.subplots_adjust(left=left / fig_w, right=1 - right / fig_w, top=1 - top / fig_h, bottom=below / fig_h,
+                        wspace=gap / width, hspace=(below + top) / height)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
 
 
 def _save(plt, fig, path: Path) -> Path:
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="svg", metadata={"Date": None})
     plt.close(fig)
@@ -60,9 +66,10 @@ def metric_panels(columns: Sequence[tuple[str, dict]], path: Path, keys: Sequenc
         return None
     plt = _pyplot()
     many = len(columns) > 6
-    fig, axes = _grid(plt, len(keys), width=max(2.6, 0.4 * len(columns) + 1.0), height=2.6 if many else 2.1,
-                      columns=3 if many else COLUMNS)
     labels = [label for label, _ in columns]
+    below = 0.25 + 0.045 * max(len(label) for label in labels)  # room for the rotated model names
+    fig, axes = _grid(plt, len(keys), width=max(2.2, 0.32 * len(columns) + 0.6), height=1.9 if many else 1.5,
+                      columns=3 if many else COLUMNS, below=below)
     for ax, key in zip(axes, keys, strict=True):
         values = [metrics.get(key) for _, metrics in columns]
         heights = [v if isinstance(v, (int, float)) else 0 for v in values]
@@ -88,7 +95,7 @@ def training_panels(histories: Sequence[tuple[str, list[dict]]], path: Path,
     if not keys:
         return None
     plt = _pyplot()
-    fig, axes = _grid(plt, len(keys), width=3.2, height=2.4)
+    fig, axes = _grid(plt, len(keys), width=2.8, height=1.8, below=0.45)
     for ax, key in zip(axes, keys, strict=True):
         for i, (label, history) in enumerate(histories):
             points = [(e["step"], e[key]) for e in history if key in e and e[key] is not None]

@@ -124,7 +124,7 @@
     const edits = row.edits ? el("div", { class: "why" }, el("b", {}, "injected edits: "), row.edits.join("; "),
       diffNode(row.diff)) : null;
     return el("article", { class: "pair", "data-id": row.id },
-      el("div", { class: "pair-head" }, el("span", { class: "gap" }, "score gap " + fmt(row.gap, 2)),
+      el("div", { class: "pair-head" }, row.gap !== null ? el("span", { class: "gap" }, "score gap " + fmt(row.gap, 2)) : null,
         el("span", {}, row.source || "no source"), el("span", {}, "prompt " + row.prompt_id), el("span", {}, "pair " + row.id)),
       el("div", { class: "instruction" }, row.instruction),
       row.reference ? el("div", { class: "reference" }, "ground truth: " + row.reference) : null,
