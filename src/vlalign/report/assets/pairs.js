@@ -125,7 +125,7 @@
       diffNode(row.diff)) : null;
     return el("article", { class: "pair", "data-id": row.id },
       el("div", { class: "pair-head" }, row.gap !== null ? el("span", { class: "gap" }, "score gap " + fmt(row.gap, 2)) : null,
-        el("span", {}, row.source || "no source"), el("span", {}, "prompt " + row.prompt_id), el("span", {}, "pair " + row.id)),
+        el("span", { class: "source" }, row.source || "no source"), el("span", {}, "prompt " + row.prompt_id), el("span", {}, "pair " + row.id)),
       el("div", { class: "instruction" }, row.instruction),
       row.reference ? el("div", { class: "reference" }, "ground truth: " + row.reference) : null,
       el("div", { class: "pair-body" }, images, answer(row.chosen, "chosen"), answer(row.rejected, "rejected")),
@@ -162,7 +162,7 @@
   function start() {
     if (!sets.length) return;
     for (const id of ["f-source", "f-model", "f-gap", "f-marks", "f-text"]) {
-      $(id).addEventListener("input", () => { state.page = 0; render(); });
+      for (const kind of ["input", "change"]) $(id).addEventListener(kind, () => { state.page = 0; render(); });
     }
     $("f-set").addEventListener("change", (e) => choose(e.target.value));
     $("prev").addEventListener("click", () => { state.page -= 1; render(); window.scrollTo(0, 0); });
