@@ -25,6 +25,7 @@ from vlalign.report.plots import metric_panels, other_training_keys, training_pa
 PAGES = (("index.html", "overview"), ("metrics.html", "metrics"), ("training.html", "training"),
          ("pairs.html", "pairs"), ("errors.html", "errors"))
 ASSETS = ("style.css", "pairs.js")
+SHOWN_ERRORS = 200  # per stage on the errors page; the rest stay in the stage's errors.jsonl
 
 
 def number(value: Any) -> str:
@@ -115,7 +116,7 @@ def write_run_pages(run: RunInfo, sets: list[PairSet], out: Path, up: str | None
         "metrics.html": {"run": run, "sections": metric_sections(run, out)},
         "training.html": {"run": run, "training": training_section(run, out)},
         "pairs.html": {"run": run, "sets": headers, "pairs_note": pairs_note},
-        "errors.html": {"run": run},
+        "errors.html": {"run": run, "shown_errors": SHOWN_ERRORS},
     }
     for name, context in pages.items():
         html = env.get_template(name).render(page=name, **common, **context)

@@ -115,11 +115,17 @@
     return el("div", { class: "answer " + kind }, el("h3", {}, head), markedText(side.text, side.marks), why(side));
   }
 
+  function picture(src, alt) {
+    const img = el("img", { src: src, alt: alt });
+    img.addEventListener("load", () => { if (img.naturalWidth < 144) img.classList.add("pixelated"); });
+    return img;
+  }
+
   function card(row) {
     const images = el("div", { class: "pair-images" },
-      el("figure", {}, el("img", { src: row.image, alt: "the prompt's image" }),
+      el("figure", {}, picture(row.image, "the prompt's image"),
         el("figcaption", {}, "image")),
-      row.noised ? el("figure", {}, el("img", { src: row.noised, alt: "the noised image" }),
+      row.noised ? el("figure", {}, picture(row.noised, "the noised image"),
         el("figcaption", {}, row.noise + " (one draw; training draws fresh noise every batch)")) : null);
     const edits = row.edits ? el("div", { class: "why" }, el("b", {}, "injected edits: "), row.edits.join("; "),
       diffNode(row.diff)) : null;
