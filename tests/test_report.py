@@ -159,15 +159,16 @@ def test_report_cli_writes_where_asked_and_replaces_only_a_report(tmp_path):
     assert (tmp_path / "notes" / "mine.txt").read_text() == "keep"
 
 
-def test_bad_input_gets_one_clear_message(tmp_path):
-    import subprocess
-    import sys
+def test_bad_input_gets_one_clear_message(tmp_path, monkeypatch):
+    from vlalign.cli import main
+    from vlalign.progress import console
 
-    code = "import sys; from vlalign.cli import main; sys.argv = ['vlalign', 'report', sys.argv[1]]; main()"
-    missing = subprocess.run([sys.executable, "-c", code, str(tmp_path / "nope")], capture_output=True, text=True)
-    message = " ".join(missing.stderr.split())  # the console wraps long lines
-    assert missing.returncode == 2 and "does not exist; pass a run directory (the --out of" in message
-    assert "Traceback" not in message and len(missing.stderr.strip().splitlines()) <= 3
+    monkeypatch.setattr("sys.argv", ["vlalign", "report", str(tmp_path / "nope")])
+    with console.capture() as captured, pytest.raises(SystemExit) as stop:
+        main()
+    message = " ".join(captured.get().split())  # the console wraps long lines
+    assert stop.value.code == 2 and message.startswith("error: ") and "Traceback" not in message
+    assert "nope does not exist; pass a run directory (the --out of `vlalign run` or `vlalign demo`)" in message
     (tmp_path / "plain").mkdir()
     with pytest.raises(ValueError, match="is not a run directory"):
         write_report(tmp_path / "plain")
