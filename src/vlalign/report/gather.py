@@ -111,7 +111,7 @@ class RunInfo:
         mains = [a for a in self.arms if a.name == "policy"]
         for arm in self.arms:
             if bench in arm.eval:
-                final = self.complete and arm is mains[-1]
+                final = self.complete and bool(mains) and arm is mains[-1]
                 out.append((arm.label + (" (final)" if final else ""), _numeric(arm.eval[bench])))
         return out
 
