@@ -195,8 +195,8 @@ def _job(config: TrainConfig, examples: Sequence[PreferenceExample], columns: Co
 
 
 def tracking_for(config: TrainConfig, out: Path | None) -> Tracking | None:
-    """`config.report_to`'s trackers, writing under `out/trackers` (named after the folder above `out`, the
-    round); none without an output folder."""
+    """`config.report_to`'s trackers, writing under `out/trackers` (the run named after the folder above
+    `out`, the round); they need that folder, so training without one is refused before it starts."""
     if config.report_to == "none":
         return None
     if out is None:
@@ -215,6 +215,7 @@ def fit_preferences(model, processor, examples: Sequence[PreferenceExample], con
     if not examples:
         raise ValueError(f"{description} needs at least one preference pair; the pair stage produced none")
     columns = columns or columns_for(config)
+    tracking = tracking_for(config, out)
     torch.manual_seed(config.seed)
     model = prepare_policy(model, config, gradient_checkpointing)
     needs_ref = loss_fn is not None or not set(config.loss) <= NO_REFERENCE
@@ -228,7 +229,7 @@ def fit_preferences(model, processor, examples: Sequence[PreferenceExample], con
     history = train(model, loader, collate or pair_collate(processor, columns), loss_fn or make_loss(config, columns),
                     config.optim, config.steps_for(len(examples)), description=description,
                     checkpoints=checkpoints, checkpoint_every=config.checkpoint_every,
-                    tracking=tracking_for(config, out))
+                    tracking=tracking)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         text = json.dumps({"config": to_dict(config), "n_pairs": len(examples), "history": history}, indent=1)
