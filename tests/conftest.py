@@ -24,3 +24,18 @@ def tiny_world_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     processor = build_processor(config)
     model = build_model(processor, config, seed=0)
     return save(model, processor, tmp_path_factory.mktemp("tiny-world-model"))
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """`vlalign demo --quick` run once for every slow test that reads it (the demo's, the report's)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from vlalign.cli import app
+
+    out = tmp_path_factory.mktemp("demo")
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, json.loads((out / "summary.json").read_text())

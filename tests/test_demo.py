@@ -12,14 +12,6 @@ from vlalign.cli import app
 REQUIRED = ("chair_s", "chair_i", "object_recall", "pope_f1", "pope_accuracy", "pope_yes_ratio", "mean_words")
 
 
-@pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out, json.loads((out / "summary.json").read_text())
-
-
 @pytest.mark.slow
 def test_quick_demo_writes_summary_and_resumes(quick_demo):
     out, summary = quick_demo

@@ -142,6 +142,18 @@ def export(
     print(run_export(src, out, format))
 
 
+@app.command("report")
+def report_cmd(
+    run: Path = typer.Argument(..., help="A run directory: the --out of `vlalign run` or of `vlalign demo`."),
+    out: Path = typer.Option(None, help="Folder to write the report to (default: RUN/report); an earlier report "
+                                        "there is replaced."),
+) -> None:
+    """Write a run's report: static HTML that opens offline (overview, metrics, training, the pair viewer)."""
+    from vlalign.report import write_report
+
+    print(write_report(run, out))
+
+
 @app.command("import")
 def import_(
     src: Path = typer.Argument(..., help="The released data: a parquet file/folder, or a JSON / JSON-lines file."),

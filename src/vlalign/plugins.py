@@ -85,3 +85,6 @@ SPLITTERS: Registry = Registry("claim splitter", "vlalign.splitters", ("vlalign.
 RATING_STYLES: Registry = Registry("rating style", "vlalign.rating_styles", ("vlalign.feedback.vlfeedback",))
 VOCABULARIES: Registry = Registry("injection vocabulary", "vlalign.vocabularies", ("vlalign.feedback.injection",))
 BENCHMARKS: Registry = Registry("benchmark", "vlalign.benchmarks", ("vlalign.evaluate.benchmarks",))
+# The report's highlights: an entry maps (answer, its PromptRecord) to `vlalign.report.marks.Mark`s, or to None
+# where it knows nothing of that prompt (the world marks the objects its scene graph does not hold).
+ANSWER_MARKERS: Registry = Registry("answer marker", "vlalign.answer_markers")

@@ -5,7 +5,8 @@ batches, never a flag in here. Batches are drawn from a DataLoader of plain item
 resumed run skips the batches it has trained on without encoding them again. With `checkpoints`, the
 trainable weights, the optimizer, the schedule and the log are saved every `checkpoint_every` steps (a
 checkpoint is written to a temporary folder and renamed, so it is whole or absent), and a run that finds
-one of the same job resumes from it.
+one of the same job resumes from it. With `tracking`, every logged entry also goes to accelerate's
+trackers (TensorBoard, Weights & Biases), written under the tracking folder.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -40,6 +43,44 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 class DamagedCheckpoint(ValueError):
     """A mid-training checkpoint whose files no longer read (they are written whole, so changed since)."""
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where the logged metrics also go: `report_to` (tensorboard, wandb) through accelerate's trackers, with
+    their files under `folder`, the run named `name` and the training settings as its hyperparameters."""
+
+    report_to: str
+    folder: Path
+    name: str = "training"
+    config: dict[str, Any] = field(default_factory=dict)
+    project: str = "vlalign"
+
+    def accelerator_args(self) -> dict[str, Any]:
+        return {"log_with": self.report_to, "project_dir": str(self.folder)}
+
+    def start(self, accelerator: Accelerator) -> None:
+        """Open the trackers (TensorBoard writes to folder/<project>; wandb to folder/wandb, as run `name`)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        accelerator.init_trackers(self.project, config=flat_scalars(self.config),
+                                  init_kwargs={"wandb": {"name": self.name, "dir": str(self.folder)}})
+
+
+def flat_scalars(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as the flat scalar hyperparameters trackers take (`optim.lr`; lists and None as text)."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, dict) and v:
+            out.update(flat_scalars(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+    return out
+
+
+def finish_tracking(accelerator: Accelerator) -> None:
+    """Close the trackers (not `end_training`, which would also end the process group of a launched run)."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
 
 
 class Checkpoints:
@@ -116,10 +157,16 @@ class Checkpoints:
 
 def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, loss_fn: LossFn, config: OptimConfig,
           steps: int, accelerator: Accelerator | None = None, description: str = "training",
-          checkpoints: Checkpoints | None = None, checkpoint_every: int = 0) -> list[dict[str, float]]:
+          checkpoints: Checkpoints | None = None, checkpoint_every: int = 0,
+          tracking: Tracking | None = None) -> list[dict[str, float]]:
     """Run `steps` optimizer steps over `batches` (lists of items, cycled if shorter), each collated by
-    `collate(items, batch_number)`; return the logged metrics."""
-    accelerator = accelerator or Accelerator(gradient_accumulation_steps=config.grad_accum)
+    `collate(items, batch_number)`; return the logged metrics. A given `accelerator` logs with the trackers
+    it was made with; `tracking` applies to the one made here."""
+    tracked = tracking is not None and tracking.report_to != "none" and accelerator is None
+    accelerator = accelerator or Accelerator(gradient_accumulation_steps=config.grad_accum,
+                                             **(tracking.accelerator_args() if tracked else {}))
+    if tracked:
+        tracking.start(accelerator)
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * steps), steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -154,11 +201,14 @@ def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, los
                 scale = config.log_every / (step % config.log_every or config.log_every)
                 entry = {"step": step, "lr": scheduler.get_last_lr()[0], **{k: v * scale for k, v in running.items()}}
                 history.append(entry)
+                accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=step)
                 bar.update(description=f"{description} loss {entry['loss']:.4f}")
                 running = {}
             if checkpoints is not None and checkpoint_every and step % checkpoint_every == 0 and step < steps:
                 checkpoints.save(step, accelerator.unwrap_model(model), optimizer, scheduler, history, running)
     model.eval()
+    if tracked:
+        finish_tracking(accelerator)
     return history
 
 

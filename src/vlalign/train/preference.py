@@ -25,7 +25,7 @@ from vlalign.config import to_dict
 from vlalign.models.batching import encode, to_device
 from vlalign.models.scoring import sequence_logps
 from vlalign.progress import progress
-from vlalign.train.loop import Checkpoints, Collate, LossFn, train
+from vlalign.train.loop import Checkpoints, Collate, LossFn, Tracking, train
 from vlalign.train.losses import NO_REFERENCE, Logps, columns_of, objective
 from vlalign.train.settings import TrainConfig
 
@@ -196,9 +196,22 @@ def prepare_policy(model, config: TrainConfig, gradient_checkpointing: bool = Fa
 
 
 def _job(config: TrainConfig, examples: Sequence[PreferenceExample], columns: Columns) -> str:
-    """What a mid-training checkpoint belongs to: the settings and the pairs (so no other job resumes it)."""
-    blob = json.dumps([to_dict(config), [*columns.names, columns.key], [_digest(e) for e in examples]])
+    """What a mid-training checkpoint belongs to: the settings and the pairs (so no other job resumes it);
+    where the metrics are reported changes nothing that is trained, so it is left out."""
+    settings = {k: v for k, v in to_dict(config).items() if k != "report_to"}
+    blob = json.dumps([settings, [*columns.names, columns.key], [_digest(e) for e in examples]])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def tracking_for(config: TrainConfig, out: Path | None) -> Tracking | None:
+    """`config.report_to`'s trackers, writing under `out/trackers` (the run named after the folder above
+    `out`, the round); they need that folder, so training without one is refused before it starts."""
+    if config.report_to == "none":
+        return None
+    if out is None:
+        raise ValueError(f"report_to: {config.report_to} needs an output folder for its files; pass out=")
+    out = Path(out).resolve()
+    return Tracking(config.report_to, out / "trackers", name=out.parent.name or "training", config=to_dict(config))
 
 
 def fit_preferences(model, processor, examples: Sequence[PreferenceExample], config: TrainConfig, *,
@@ -211,6 +224,7 @@ def fit_preferences(model, processor, examples: Sequence[PreferenceExample], con
     if not examples:
         raise ValueError(f"{description} needs at least one preference pair; the pair stage produced none")
     columns = columns or columns_for(config)
+    tracking = tracking_for(config, out)
     torch.manual_seed(config.seed)
     model = prepare_policy(model, config, gradient_checkpointing)
     needs_ref = loss_fn is not None or not set(config.loss) <= NO_REFERENCE
@@ -223,7 +237,8 @@ def fit_preferences(model, processor, examples: Sequence[PreferenceExample], con
                    if out is not None and config.checkpoint_every else None)
     history = train(model, loader, collate or pair_collate(processor, columns), loss_fn or make_loss(config, columns),
                     config.optim, config.steps_for(len(examples)), description=description,
-                    checkpoints=checkpoints, checkpoint_every=config.checkpoint_every)
+                    checkpoints=checkpoints, checkpoint_every=config.checkpoint_every,
+                    tracking=tracking)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         text = json.dumps({"config": to_dict(config), "n_pairs": len(examples), "history": history}, indent=1)

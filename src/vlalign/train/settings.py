@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 
 from vlalign.models.settings import LoraSettings
 
@@ -25,6 +26,9 @@ TERM_HELP = {
     "conditional": "mDPO's conditional term: the chosen answer with the real image over a corrupted one",
 }
 TERMS = tuple(TERM_HELP)
+# report_to -> the packages that can serve it (any one will do) and the extra that installs one
+TRACKERS = {"none": ((), ""), "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"),
+            "wandb": (("wandb",), "wandb")}
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class TrainConfig:
     freeze_vision: bool = True  # keep the vision tower frozen (the projector trains)
     checkpoint_every: int = 0  # save a resumable checkpoint every N steps (0: never); a killed run resumes there
     seed: int = 0  # shuffling and initialisation
+    report_to: str = "none"  # also log the training metrics to tensorboard or wandb (WANDB_MODE=offline works), or none
 
     def __post_init__(self) -> None:
         problems = []
@@ -82,6 +87,7 @@ class TrainConfig:
         if self.batch_size < 1 or self.epochs <= 0 or self.checkpoint_every < 0:
             problems.append(f"need batch_size >= 1, epochs > 0, checkpoint_every >= 0; got {self.batch_size}, "
                             f"{self.epochs}, {self.checkpoint_every}")
+        problems += tracker_problems(self.report_to)
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -90,6 +96,16 @@ class TrainConfig:
         if self.optim.steps is not None:
             return self.optim.steps
         return max(1, round(self.epochs * n_examples / (self.batch_size * self.optim.grad_accum)))
+
+
+def tracker_problems(report_to: str) -> list[str]:
+    """What stops `report_to` from logging, found when the config loads rather than when training starts."""
+    if report_to not in TRACKERS:
+        return [f"unknown report_to {report_to!r}; choose from {', '.join(TRACKERS)}"]
+    packages, extra = TRACKERS[report_to]
+    if packages and not any(find_spec(p) for p in packages):
+        return [f"report_to: {report_to} needs the {packages[0]} package: pip install 'vlalign[{extra}]'"]
+    return []
 
 
 @dataclass(frozen=True)

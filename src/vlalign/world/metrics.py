@@ -29,17 +29,32 @@ POPE_SPLITS = ("random", "popular", "adversarial")
 _NEGATORS = {"no", "not", "without"}
 
 
-def mentioned_objects(text: str) -> list[tuple[str | None, str]]:
-    """Every shape mention in `text` as (colour, shape), singularised, skipping negated ones ("there is no
-    star"); the colour is the nearest colour word of the three before the shape, or None."""
-    words = split_words(text)
+@dataclass(frozen=True)
+class Mention:
+    """One shape named in a text: its colour (or None), the shape, and the words' indices (colour to shape)."""
+
+    color: str | None
+    shape: str
+    first: int
+    last: int
+
+
+def mentions(words: Sequence[str]) -> list[Mention]:
+    """Every shape mention in `words`, singularised, skipping negated ones ("there is no star"); the colour
+    is the nearest colour word of the three before the shape, or None."""
     out = []
     for i, w in enumerate(words):
         shape = w if w in SHAPES else SINGULARS.get(w)
         before = words[max(0, i - 3):i]
         if shape and not _NEGATORS & set(before):
-            out.append((next((c for c in reversed(before) if c in COLORS), None), shape))
+            color = next((j for j in range(i - 1, max(0, i - 3) - 1, -1) if words[j] in COLORS), None)
+            out.append(Mention(None if color is None else words[color], shape, i if color is None else color, i))
     return out
+
+
+def mentioned_objects(text: str) -> list[tuple[str | None, str]]:
+    """Every shape mention in `text` as (colour, shape) (see `mentions`)."""
+    return [(m.color, m.shape) for m in mentions(split_words(text))]
 
 
 def mentioned_shapes(text: str) -> list[str]:

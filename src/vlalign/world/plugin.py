@@ -2,8 +2,9 @@
 
 Each function below fills one registry and is installed as an entry point of that registry's group
 (pyproject.toml), so the general modules find the world's models (`world:base`), prompts
-(`prompts.source: world`), claim splitter, rating style, injection vocabulary, benchmarks and commands
-without importing it, and a registry loads only what it needs: nothing here loads torch.
+(`prompts.source: world`), claim splitter, rating style, injection vocabulary, benchmarks, the report's
+answer marks and commands without importing it, and a registry loads only what it needs: nothing here
+loads torch.
 """
 
 from __future__ import annotations
@@ -62,3 +63,15 @@ def benchmarks() -> None:
 
     for b in bench.BENCHMARKS:
         BENCHMARKS.register(b.name, b)
+
+
+def _scene_marks(answer, prompt):
+    from vlalign.world.marks import scene_marks
+
+    return scene_marks(answer, prompt)
+
+
+def answer_markers() -> None:
+    from vlalign.plugins import ANSWER_MARKERS
+
+    ANSWER_MARKERS.register(NAME, _scene_marks)

@@ -305,16 +305,35 @@ def vocabulary() -> list[str]:
     return sorted(words)
 
 
+def _strip_trailing(raw: str) -> tuple[str, list[str]]:
+    """A whitespace-separated piece split into its word and the punctuation marks after it."""
+    word, trail = raw, []
+    while word and word[-1] in ".,?!:;":
+        trail.insert(0, word[-1])
+        word = word[:-1]
+    return word, trail
+
+
 def split_words(text: str) -> list[str]:
     """Lower-case words with punctuation as separate tokens (the world tokenizer's view of text)."""
     out: list[str] = []
     for raw in text.lower().split():
-        word = raw
-        trail: list[str] = []
-        while word and word[-1] in ".,?!:;":
-            trail.insert(0, word[-1])
-            word = word[:-1]
+        word, trail = _strip_trailing(raw)
         if word:
             out.append(word)
         out.extend(trail)
+    return out
+
+
+def word_spans(text: str) -> list[tuple[str, int, int]]:
+    """`split_words(text)` with each token's character span in `text` (for highlighting words in place)."""
+    out: list[tuple[str, int, int]] = []
+    pos = 0
+    for raw in text.split():
+        start = text.index(raw, pos)
+        pos = start + len(raw)
+        word, trail = _strip_trailing(raw.lower())
+        if word:
+            out.append((word, start, start + len(word)))
+        out.extend((mark, pos - len(trail) + i, pos - len(trail) + i + 1) for i, mark in enumerate(trail))
     return out
