@@ -38,6 +38,7 @@ from vlalign.methods.base import ApiSettings, Arm, Method, Round
 from vlalign.models.load import IncompleteCheckpoint, check_complete, load, resolve, save
 from vlalign.models.settings import Runtime
 from vlalign.progress import log, scope, warn
+from vlalign.report import try_report
 from vlalign.stages import preference_examples
 from vlalign.train.preference import columns_for, fit_preferences
 
@@ -255,4 +256,6 @@ def _run(method: Method, config, store: RunStore) -> dict:
     summary.update(final=start, seconds=round(time.time() - started, 1), config=to_dict(config))
     write_json(store.root / "summary.json", summary)
     log(f"{method.name}: final policy at {start}; summary at {store.root / 'summary.json'}")
+    if config.report:
+        try_report(store.root)
     return summary

@@ -96,6 +96,7 @@ class RunConfig:
     batch_size: int = 16  # items per batch in the sampling and labeling stages
     api: ApiSettings = field(default_factory=ApiSettings)  # settings of every API backend the run calls
     seed: int = 0  # every sample's seed derives from it and the record id
+    report: bool = True  # write the HTML report (RUN/report) at the end; `vlalign report RUN` writes it any time
 
     def __post_init__(self) -> None:
         if self.rounds < 1:

@@ -53,6 +53,16 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     return out / "index.html"
 
 
+def try_report(run_dir: str | Path) -> Path | None:
+    """The report at the end of a run: a failure to write it is a warning, never the loss of a finished run."""
+    try:
+        return write_report(run_dir)
+    except Exception as e:  # noqa: BLE001 - any failure here leaves the run itself whole
+        warn(f"the report of {run_dir} was not written ({type(e).__name__}: {e}); "
+             f"write it with `vlalign report {run_dir}`")
+        return None
+
+
 def _check_out(root: Path, out: Path) -> None:
     if out == root or out in root.parents:
         raise ValueError(f"the report cannot replace {out}, which holds the run {root}; pass another --out")

@@ -42,7 +42,7 @@ class Recipe:
 
     def overrides(self, out: Path, quick: bool, policy: str, labeler: str) -> list[str]:
         config = load_config(METHODS.get(self.method).config, CONFIGS / self.config)
-        extra = [f"policy={policy}", "eval_base=false"]
+        extra = [f"policy={policy}", "eval_base=false", "report=false"]  # one report of every method at the end
         if getattr(config, "labeler", "self") not in ("self", None):
             extra.append(f"labeler={labeler}")
         if self.pairs_of:
@@ -128,6 +128,7 @@ def _rows(label: str, summary: dict) -> dict:
 def run_demo(out: Path, quick: bool = False, policy: str = "world:base", labeler: str = "world:labeler") -> dict:
     from vlalign.models.best_of_n import TEMPERATURE
     from vlalign.models.load import load
+    from vlalign.report import try_report
     from vlalign.runner import run
     from vlalign.world.metrics import evaluate_world
 
@@ -156,6 +157,7 @@ def run_demo(out: Path, quick: bool = False, policy: str = "world:base", labeler
             summary["method_seconds"][recipe.label] = round(time.time() - began, 1)
     summary.update(eval_scenes=scenes, quick=quick, seconds=round(time.time() - start, 1))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    try_report(out)
     return summary
 
 
