@@ -214,19 +214,15 @@ def test_one_dpo_step_changes_trainable_weights(arch, lora, images):
 
 
 def test_the_lm_head_runs_only_where_tokens_are_scored(arch, built, images):
-    """Log-probs run the LM head over the answers' window, P(yes) over the last positions: never over
-    the prompt's image tokens."""
+    """Log-probs run the LM head at the positions that predict answer tokens, P(yes) at the questions' last
+    positions: never over the prompt's image tokens or the padding."""
     model, processor = built[arch]
-    widths = []
-    hook = model.get_output_embeddings().register_forward_hook(lambda m, i, o: widths.append(o.shape[1]))
+    rows = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, i, o: rows.append(o.shape[:-1].numel()))
     try:
         score_responses(model, processor, images, INSTRUCTIONS, RESPONSES, batch_size=len(RESPONSES))
         yes_probability(model, processor, images[:len(QUESTIONS)], QUESTIONS, batch_size=len(QUESTIONS))
     finally:
         hook.remove()
     batch = encode(processor, images, INSTRUCTIONS, RESPONSES)
-    longest_answer = int((batch["labels"] != IGNORE).sum(-1).max())
-    first_answer = int((batch["labels"] != IGNORE).float().argmax(-1).min())
-    assert widths[0] == batch["input_ids"].shape[1] - first_answer  # from the earliest answer start
-    assert widths[0] < batch["input_ids"].shape[1] and widths[0] >= longest_answer
-    assert widths[1] <= len(QUESTIONS)  # one position per distinct last position
+    assert rows == [int((batch["labels"] != IGNORE).sum()), len(QUESTIONS)]

@@ -343,7 +343,10 @@ def build_gemma3(seed: int = 0, sliding_window: int = 8):
         image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"), initializer_range=INIT_RANGE,
     )
     torch.manual_seed(seed)
-    return _finish(Gemma3ForConditionalGeneration(config), tok), processor
+    model = Gemma3ForConditionalGeneration(config)
+    with torch.no_grad():  # transformers starts the projection at zero, which would blank every image
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0, INIT_RANGE)
+    return _finish(model, tok), processor
 
 
 # ---- (h) LLaVA-OneVision: SigLIP over anyres tiles (`image_sizes`) + Qwen2 decoder ----
