@@ -290,7 +290,12 @@ def build_qwen2_5_vl(seed: int = 0):
 # ---- (f) SmolVLM: Idefics3's design with image splitting (a grid of tiles plus a global image) ----
 
 def build_smolvlm(seed: int = 0):
-    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessorPil, SmolVLMProcessor
+    from transformers import (
+        SmolVLMConfig,
+        SmolVLMForConditionalGeneration,
+        SmolVLMImageProcessorPil,
+        SmolVLMProcessor,
+    )
 
     from vlalign.models.processors import make_processor
 
@@ -320,7 +325,12 @@ GEMMA3_SPECIAL = ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_o
 
 def build_gemma3(seed: int = 0, sliding_window: int = 8):
     """`sliding_window` is tiny so that the local layer's window cuts through the prompts of the tests."""
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil, Gemma3Processor
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3ImageProcessorPil,
+        Gemma3Processor,
+    )
 
     tok = word_tokenizer(GEMMA3_SPECIAL, bos="<bos>", eos="<end_of_turn>", pad="<pad>", unk="<unk>",
                          extra_special={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
