@@ -42,8 +42,10 @@ def _drop_video_base():
             named.update(kwargs)
             named.pop(VIDEO, None)
             ProcessorMixin.__init__(self, **named)
-            # SmolVLM's apply_chat_template reads its video processor's defaults even for images only
-            self.video_processor = NoVideo()
+
+        # SmolVLM's apply_chat_template reads its video processor's defaults even for images only (a class
+        # attribute, so that saving leaves it out)
+        video_processor = NoVideo()
 
     return DropVideo
 
