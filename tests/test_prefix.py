@@ -200,3 +200,20 @@ def test_gradient_checkpointing_gives_the_same_gradients(arch, images):
     prefix.continuation_logps(model, batch)[0].sum().backward()
     for name, g in _grads(model).items():
         torch.testing.assert_close(g, plain[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_bf16_pair_rows_train(images):
+    """Under the runtime's bf16 the mask takes the model's dtype, and the packed row scores as bf16 plain rows do
+    (to bf16's rounding) and backpropagates."""
+    model, processor = ARCHS["qwen2_vl"](seed=4)
+    model = model.to(torch.bfloat16).train()
+    examples = _examples(images)
+    batch = to_device(batch_rows(processor, examples, Columns()), "cpu", torch.bfloat16)
+    total, _ = prefix.continuation_logps(model, batch)
+    total.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    with torch.no_grad():
+        pairs = [(c, e) for c in ("chosen", "rejected") for e in examples]
+        plain = plain_rows.sequence_logps(model, processor, [e.image for _, e in pairs],
+                                          [e.instruction for _, e in pairs], [Columns().text(c, e) for c, e in pairs])
+    torch.testing.assert_close(total.detach(), plain, rtol=2e-2, atol=0.5)
