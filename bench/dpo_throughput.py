@@ -7,7 +7,8 @@
 
 Reported: steady-state pairs/s (steps 2 on; vlalign's one-time reference pass on its own), the whole one-epoch
 job (vlalign: reference pass + training; TRL: trainer set-up, which loads its reference copy, + training),
-peak memory (CPU: peak RSS above the RSS once model and pairs are loaded; CUDA: peak allocated), and the loss of
+peak memory (CPU: peak RSS above the RSS once model and pairs are loaded, glibc's mmap threshold fixed in both
+runs so that RSS follows live tensors; CUDA: peak allocated), and the loss of
 step 1 of both (sigmoid + sft, so it depends on the log-probs: it must agree to 1e-4; both see the same first
 batch). The limits come from the token counts of these pairs: per pair and step TRL forwards and
 backpropagates 2(P + A) tokens and forwards 2(P + A) more for its reference, vlalign P + 2A forward and
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -171,8 +173,14 @@ def child(args) -> None:
     shapes.emit(run_vlalign(args) if args.run == "vlalign" else run_trl(args))
 
 
+# A fixed mmap threshold makes glibc hand large freed blocks back at once, so a CPU run's RSS follows its live
+# tensors rather than the heap's high-water mark (the same setting for both runs)
+MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
 def _spawn(which: str, argv: list[str], *extra: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, *argv, "--run", which, *extra], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, __file__, *argv, "--run", which, *extra], capture_output=True, text=True,
+                         env={**os.environ, **MALLOC})
     if out.returncode:
         raise SystemExit(f"the {which} run failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
     return shapes.read_result(out.stdout)

@@ -79,10 +79,10 @@ def questions_groups(processor, image: Image.Image, questions: Sequence[str], sl
     image tokens are not shared."""
     prompts = [encode_prompt(processor, image, q) for q in questions]
     ids = [p["input_ids"] for p in prompts]
-    shortest = min(len(i) for i in ids)
-    common = 0
-    while common < shortest - 1 and all(int(i[common]) == int(ids[0][common]) for i in ids):
-        common += 1
+    common = min(len(i) for i in ids) - 1  # every question keeps at least its last token
+    for i in ids[1:]:
+        differs = (i[:common] != ids[0][:common]).nonzero()
+        common = int(differs[0]) if len(differs) else common
     if len(prompts) > 1 and not any(_has_image_tokens(processor, p, common) for p in prompts):
         return [Prefixed(_cut(prompts[0], common), [i[common:] for i in ids], list(slots))]
     return [Prefixed(_cut(p, len(i) - 1), [i[-1:]], [s]) for p, i, s in zip(prompts, ids, slots, strict=True)]
@@ -122,7 +122,8 @@ def images_keys(images: Sequence[Image.Image]) -> list[tuple]:
 
 
 def batches(groups: Sequence[list[int]], limit: int) -> Iterator[list[list[int]]]:
-    """Groups packed into batches of at most `limit` members (a larger group is split across batches)."""
+    """Groups packed into batches of at most `limit` members. A group is never split unless it alone is larger
+    than `limit` (its prompt would be forwarded once more for each part)."""
     batch: list[list[int]] = []
     size = 0
     for group in groups:
