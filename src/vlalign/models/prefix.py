@@ -256,7 +256,7 @@ def attention_masks(model, batch: dict, dtype: torch.dtype) -> torch.Tensor | di
 
 def position_ids(model, batch: dict) -> torch.Tensor:
     """1-D positions, or for M-RoPE models the prompt's own 3-D positions (`get_rope_index`) with every
-    continuation going on as text from the prompt's last position."""
+    continuation going on as text after the prompt's largest position."""
     position, segment = batch["packing"]["position"], batch["packing"]["segment"]
     rope_index = getattr(_inner(model), "get_rope_index", None)
     if rope_index is None or "image_grid_thw" not in batch:
@@ -266,8 +266,8 @@ def position_ids(model, batch: dict) -> torch.Tensor:
                          image_grid_thw=batch["image_grid_thw"], attention_mask=prompt)
     ends = prompt.sum(-1) - 1
     rows = torch.arange(len(ends), device=ends.device)
-    last = rope[:, rows, ends]  # (3, B): the prompt's last position in each row
-    text = last[:, :, None] + (position - ends[:, None])[None]
+    last = rope[:, rows, ends].amax(0)  # text goes on from the largest position so far (as after an image)
+    text = (last[:, None] + position - ends[:, None])[None]
     return torch.where(segment[None] == 0, rope, torch.where(segment[None] > 0, text, 0))
 
 
