@@ -2,7 +2,11 @@
 image tokens; a Llama-7B decoder with a 32k vocabulary; random bf16 weights built in code, nothing
 downloaded) goes through every step the methods use, and each step's time and peak memory are printed.
 
-    python bench/cuda_real_size.py            # needs a CUDA GPU with ~40 GB free
+    python bench/cuda_real_size.py                    # needs a CUDA GPU with ~40 GB free
+    python bench/cuda_real_size.py --device cpu --tiny  # a dry run of the script itself on a CPU
+
+(The throughput of the same shape against TRL: `bench/dpo_throughput.py --shape llava7b --real-size --device
+cuda`, and the labeler and sampling benchmarks with the same options.)
 
 Steps: seeded deconfounded sampling, P(yes) from one forward pass, two LoRA DPO steps (reference = the
 adapter-disabled base), two POVID stage-2 steps (diffusion-noised images), best-of-N by the implicit reward.
@@ -36,11 +40,12 @@ def step(name: str, fn):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=32, help="decoder layers (32 = Llama-7B)")
-    ap.add_argument("--tiny", action="store_true", help="narrow widths on the CPU: a dry run of the script itself")
+    ap.add_argument("--tiny", action="store_true", help="narrow widths: a dry run of the script itself")
+    ap.add_argument("--device", default=None, help="cuda (the default) or cpu (the default with --tiny)")
     args = ap.parse_args()
-    device = "cpu" if args.tiny else "cuda"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("no CUDA device: this benchmark needs a GPU (or --tiny for a CPU dry run)")
+    device = args.device or ("cpu" if args.tiny else "cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: this benchmark needs a GPU (or --device cpu --tiny for a dry run)")
     width = 64 if args.tiny else 1
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
@@ -56,7 +61,7 @@ def main() -> None:
     from vlalign.world.scene import scenes
     from vlalign.world.text import describe
 
-    print(torch.cuda.get_device_name() if device == "cuda" else "cpu (dry run)", torch.__version__, flush=True)
+    print(torch.cuda.get_device_name() if device.startswith("cuda") else "cpu (dry run)", torch.__version__, flush=True)
     processor = build_processor(TinyVLMConfig(image_size=336, patch_size=14))
     tok = processor.tokenizer
     tok.model_max_length = 4096
@@ -73,7 +78,7 @@ def main() -> None:
     def build():
         with torch.device(device):
             model = LlavaForConditionalGeneration._from_config(
-                config, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+                config, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
         model.generation_config.pad_token_id = tok.pad_token_id
         model.generation_config.eos_token_id = tok.eos_token_id
         return model.eval()

@@ -181,7 +181,7 @@ def test_make_loss_reads_columns_and_reports_rewards(monkeypatch):
     c, r, rc, rr, lc, lr = _random_logps(11, n=4)
     import vlalign.train.preference as preference
 
-    monkeypatch.setattr(preference, "sequence_logps", lambda model, batch: (torch.cat([c, r]), torch.cat([lc, lr])))
+    monkeypatch.setattr(preference, "continuation_logps", lambda model, batch: (torch.cat([c, r]), torch.cat([lc, lr])))
     config = TrainConfig(beta=0.2, loss={"sigmoid": 1.0, "nll": 0.5, "anchor": 1.5})
     loss, metrics = make_loss(config, Columns())(None, {"ref": {"chosen": rc, "rejected": rr}})
     expected = (trl_loss("sigmoid", 0.2, c, r, rc, rr, lc, lr) + 0.5 * float((-c / lc).mean())

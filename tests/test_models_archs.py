@@ -1,4 +1,4 @@
-"""The model layer on tiny random-weight models of three real architectures: LLaVA, Qwen2-VL, Idefics3.
+"""The model layer on tiny random-weight models of every family the README names (tests/tiny_archs.py).
 
 Batching, scoring, P(yes), seeded generation, saving and loading, freezing, LoRA and one DPO step must
 work on each without architecture-specific code in vlalign.models.
@@ -31,7 +31,9 @@ INSTRUCTIONS = ["describe the image.", "is there a red circle?", "what color is 
                 "describe this picture."]
 RESPONSES = ["there is a red circle.", "yes", "it is blue.", "this picture shows a green triangle and a star."]
 QUESTIONS = ["is there a red circle?", "is there a blue square on the left?", "is it yellow?"]
-VISION_MODULE = {"llava": "vision_tower", "qwen2_vl": "visual", "idefics3": "vision_model"}
+VISION_MODULE = {"llava": "vision_tower", "qwen2_vl": "visual", "idefics3": "vision_model", "llava_next": "vision_tower",
+                 "qwen2_5_vl": "visual", "smolvlm": "vision_model", "gemma3": "vision_tower",
+                 "llava_onevision": "vision_tower"}
 
 pytestmark = pytest.mark.parametrize("arch", list(ARCHS))
 
@@ -165,7 +167,8 @@ def test_save_load_round_trip_gives_identical_logits(arch, built, images, tmp_pa
 def test_freeze_vision_then_lora_reference_is_base(arch, images):
     model, processor = ARCHS[arch](seed=1)
     vision = [n for n, _ in model.named_parameters() if is_vision_parameter(n)]
-    assert vision and all(VISION_MODULE[arch] in n.split(".") for n in vision)
+    # LLaVA-NeXT's and OneVision's image_newline (a learned embedding after each row of tiles) counts as vision
+    assert vision and all(VISION_MODULE[arch] in n.split(".") or n == "model.image_newline" for n in vision)
     assert freeze_vision(model) == len(vision)
     for name, param in model.named_parameters():
         assert param.requires_grad == (not is_vision_parameter(name)), name
@@ -214,19 +217,15 @@ def test_one_dpo_step_changes_trainable_weights(arch, lora, images):
 
 
 def test_the_lm_head_runs_only_where_tokens_are_scored(arch, built, images):
-    """Log-probs run the LM head over the answers' window, P(yes) over the last positions: never over
-    the prompt's image tokens."""
+    """Log-probs run the LM head at the positions that predict answer tokens, P(yes) at the questions' last
+    positions: never over the prompt's image tokens or the padding."""
     model, processor = built[arch]
-    widths = []
-    hook = model.get_output_embeddings().register_forward_hook(lambda m, i, o: widths.append(o.shape[1]))
+    rows = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, i, o: rows.append(o.shape[:-1].numel()))
     try:
         score_responses(model, processor, images, INSTRUCTIONS, RESPONSES, batch_size=len(RESPONSES))
         yes_probability(model, processor, images[:len(QUESTIONS)], QUESTIONS, batch_size=len(QUESTIONS))
     finally:
         hook.remove()
     batch = encode(processor, images, INSTRUCTIONS, RESPONSES)
-    longest_answer = int((batch["labels"] != IGNORE).sum(-1).max())
-    first_answer = int((batch["labels"] != IGNORE).float().argmax(-1).min())
-    assert widths[0] == batch["input_ids"].shape[1] - first_answer  # from the earliest answer start
-    assert widths[0] < batch["input_ids"].shape[1] and widths[0] >= longest_answer
-    assert widths[1] <= len(QUESTIONS)  # one position per distinct last position
+    assert rows == [int((batch["labels"] != IGNORE).sum()), len(QUESTIONS)]

@@ -23,11 +23,11 @@ from vlalign.feedback.injection import (
     fit_cooccurrence,
 )
 from vlalign.feedback.judge import ChatReply
-from vlalign.models.batching import IGNORE, encode, model_inputs
+from vlalign.models.batching import encode, model_inputs
 from vlalign.models.load import load
 from vlalign.models.settings import LoraSettings
 from vlalign.train.losses import dpo_loss, povid_loss
-from vlalign.train.povid import own_noisy_logps, train_povid_stage2
+from vlalign.train.povid import train_povid_stage2
 from vlalign.train.preference import PreferenceExample
 from vlalign.train.settings import NoiseConfig, OptimConfig, TrainConfig
 from vlalign.world.render import render
@@ -188,35 +188,24 @@ def test_povid_loss_gradient_reaches_all_three_policy_terms():
 
 def test_own_noisy_logps_by_hand():
     ln = math.log
-    # batch of 2 rows, 3 (already shifted) positions, vocabulary of 3
-    clean = torch.tensor([
-        [[ln(3), ln(2), ln(1)],   # probs 3/6 2/6 1/6
-         [ln(1), ln(2), ln(3)],   # probs 1/6 2/6 3/6
-         [ln(1), ln(1), ln(8)]],  # unlabelled: probs 0.1 0.1 0.8
-        [[ln(3), ln(1), ln(1)],   # probs 3/5 1/5 1/5
-         [ln(1), ln(1), ln(1)],   # unlabelled
-         [ln(1), ln(1), ln(1)]],  # unlabelled
-    ])
-    noisy = torch.tensor([
-        [[0.0, 0.0, 5.0],   # argmax 2 (clean argmax there is 0)
-         [4.0, 1.0, 0.0],   # argmax 0 (clean argmax is 2)
-         [9.0, 0.0, 0.0]],  # unlabelled
-        [[0.0, 2.0, 1.0],   # argmax 1
-         [0.0, 0.0, 3.0],
-         [0.0, 0.0, 3.0]],
-    ])
-    labels = torch.tensor([[4, 7, IGNORE], [5, IGNORE, IGNORE]])  # row 0: 2 answer tokens, row 1: 1
-    out = own_noisy_logps(clean.clone().requires_grad_(True), noisy, labels)
-    # row 0: log p_clean(2) at pos 0 + log p_clean(0) at pos 1 = log(1/6) + log(1/6) = log(1/36)
-    # row 1: log p_clean(1) at pos 0 = log(1/5)
+    # 3 answer tokens (2 of example 0, 1 of example 1), one row of logits each, vocabulary of 3
+    clean = torch.tensor([[ln(3), ln(2), ln(1)],   # probs 3/6 2/6 1/6
+                          [ln(1), ln(2), ln(3)],   # probs 1/6 2/6 3/6
+                          [ln(3), ln(1), ln(1)]])  # probs 3/5 1/5 1/5
+    noisy = torch.tensor([[0.0, 0.0, 5.0],   # argmax 2 (clean argmax there is 0)
+                          [4.0, 1.0, 0.0],   # argmax 0 (clean argmax is 2)
+                          [0.0, 2.0, 1.0]])  # argmax 1
+    slot = torch.tensor([0, 0, 1])
+    out = povid.own_noisy_logps(clean.clone().requires_grad_(True), noisy, slot, 2)
+    # example 0: log p_clean(2) at token 0 + log p_clean(0) at token 1 = log(1/6) + log(1/6) = log(1/36)
+    # example 1: log p_clean(1) at its token = log(1/5)
     torch.testing.assert_close(out.detach(), torch.tensor([ln(1 / 36), ln(1 / 5)]))
     assert out.requires_grad  # the policy's clean pass carries the gradient
     # taking the argmax from the clean logits instead would give log(3/6) + log(3/6) and log(3/5)
     assert abs(out[0].item() - 2 * ln(0.5)) > 1.0
 
-    # a row with no labelled position scores 0 (no answer tokens)
-    labels_empty = torch.tensor([[4, 7, IGNORE], [IGNORE, IGNORE, IGNORE]])
-    out = own_noisy_logps(clean, noisy, labels_empty)
+    # an example with no answer tokens scores 0
+    out = povid.own_noisy_logps(clean[:2], noisy[:2], slot[:2], 2)
     torch.testing.assert_close(out, torch.tensor([ln(1 / 36), 0.0]))
 
 

@@ -13,6 +13,7 @@ import torch
 import vlalign.train.preference as preference
 from vlalign.models.batching import encode
 from vlalign.models.load import load, save
+from vlalign.models.prefix import continuation_logps
 from vlalign.models.scoring import sequence_logps
 from vlalign.models.settings import LoraSettings
 from vlalign.train.preference import Columns, PreferenceExample, columns_for, fit_preferences, reference_logps
@@ -64,9 +65,9 @@ def test_reference_cache_written_and_reused(model_and_processor, examples, tmp_p
 
     def counting(model, batch):
         calls.append(torch.is_grad_enabled())
-        return sequence_logps(model, batch)
+        return continuation_logps(model, batch)
 
-    monkeypatch.setattr(preference, "sequence_logps", counting)
+    monkeypatch.setattr(preference, "continuation_logps", counting)
     model2, processor2 = load(tiny_world_model_dir, dtype="float32", device="cpu")
     fit_preferences(model2, processor2, examples, _config(), out=out)
     assert calls == [True]  # one training forward (with grad), no reference forward (no grad)

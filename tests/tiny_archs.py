@@ -20,7 +20,7 @@ WORDS = (
     "describe", "the", "image", "is", "there", "a", "an", "red", "green", "blue", "yellow", "circle", "square",
     "triangle", "star", "and", "of", "in", "on", "left", "right", "top", "bottom", "what", "color", "shape",
     "yes", "Yes", "no", "No", "it", "this", "picture", "shows", "system", "user", "assistant", "You", "are",
-    "helpful", "User", "Assistant",
+    "helpful", "User", "Assistant", "model",
 )
 # Wider than transformers' 0.02, so a random model's next-token distribution is far from uniform and
 # padding or masking mistakes show up in the scores.
@@ -48,6 +48,26 @@ IDEFICS3_CHAT_TEMPLATE = (
     "{% if part['type'] == 'image' %}<image>{% elif part['type'] == 'text' %} {{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}<end_of_utterance>\n{% endfor %}"
     "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+# LLaVA-1.5's conversation format (LLaVA-NeXT's Vicuna checkpoints use it too)
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | capitalize }}:"
+    "{% if message['content'] is string %} {{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>{% elif part['type'] == 'text' %} {{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+GEMMA3_CHAT_TEMPLATE = (
+    "<bos>{% for message in messages %}<start_of_turn>{{ 'model' if message['role'] == 'assistant' else "
+    "message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<start_of_image>{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
 )
 
 
@@ -185,7 +205,203 @@ def build_idefics3(seed: int = 0):
     return _finish(Idefics3ForConditionalGeneration(config), tok), processor
 
 
-ARCHS: dict[str, Callable] = {"llava": build_llava, "qwen2_vl": build_qwen2_vl, "idefics3": build_idefics3}
+def _llama(tok, **kw) -> dict:
+    """A one-layer Llama decoder's config over `tok`'s vocabulary."""
+    return dict(model_type="llama", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                initializer_range=INIT_RANGE, **kw)
+
+
+# ---- (d) LLaVA-NeXT: CLIP over anyres tiles (the grid depends on `image_sizes`) + Llama decoder ----
+
+LLAVA_SPECIAL = ("<s>", "</s>", "<pad>", "<unk>", "<image>")
+
+
+def build_llava_next(seed: int = 0):
+    from transformers import (
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessorPil,
+        LlavaNextProcessor,
+    )
+
+    tok = word_tokenizer(LLAVA_SPECIAL, bos="<s>", eos="</s>", pad="<pad>", unk="<unk>",
+                         extra_special={"image_token": "<image>"})
+    side, patch = 32, 16  # a 32-px tile is 2x2 patches; images pick a grid of tiles by their aspect ratio
+    pinpoints = [[32, 64], [64, 32], [64, 64]]
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+                                                 image_grid_pinpoints=pinpoints)
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch,
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                   chat_template=LLAVA_CHAT_TEMPLATE)
+    config = LlavaNextConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=side, patch_size=patch, projection_dim=32,
+                           initializer_range=INIT_RANGE),
+        text_config=_llama(tok), image_token_index=processor.image_token_id, image_grid_pinpoints=pinpoints,
+        vision_feature_select_strategy="default", vision_feature_layer=-1, image_seq_length=4,
+    )
+    torch.manual_seed(seed)
+    return _finish(LlavaNextForConditionalGeneration(config), tok), processor
+
+
+# ---- (e) Qwen2.5-VL: windowed ViT with 2x2 merger + Qwen2 decoder with M-RoPE ----
+
+def build_qwen2_5_vl(seed: int = 0):
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessorPil,
+    )
+
+    from vlalign.models.processors import make_processor
+
+    tok = word_tokenizer(QWEN_SPECIAL, bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>", unk="<unk>",
+                         extra_special={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+                                        "vision_bos_token": "<|vision_start|>",
+                                        "vision_eos_token": "<|vision_end|>"})
+    patch, merge = 8, 2
+    image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": 16 * 16, "longest_edge": 48 * 48},
+                                               patch_size=patch, temporal_patch_size=2, merge_size=merge)
+    processor = make_processor(Qwen2_5_VLProcessor, image_processor=image_processor, tokenizer=tok,
+                               chat_template=QWEN_CHAT_TEMPLATE)
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+            num_key_value_heads=1, max_position_embeddings=512,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            initializer_range=INIT_RANGE,
+        ),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
+                           patch_size=patch, spatial_merge_size=merge, temporal_patch_size=2, window_size=16,
+                           fullatt_block_indexes=[1], initializer_range=INIT_RANGE),
+        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+    )
+    torch.manual_seed(seed)
+    return _finish(Qwen2_5_VLForConditionalGeneration(config), tok), processor
+
+
+# ---- (f) SmolVLM: Idefics3's design with image splitting (a grid of tiles plus a global image) ----
+
+def build_smolvlm(seed: int = 0):
+    from transformers import (
+        SmolVLMConfig,
+        SmolVLMForConditionalGeneration,
+        SmolVLMImageProcessorPil,
+        SmolVLMProcessor,
+    )
+
+    from vlalign.models.processors import make_processor
+
+    tiles = tuple(f"<row_{r}_col_{c}>" for r in (1, 2) for c in (1, 2))  # where each tile sits in the grid
+    tok = word_tokenizer(IDEFICS3_SPECIAL + tiles, bos="<|begin_of_text|>", eos="<end_of_utterance>", pad="<pad>",
+                         unk="<unk>")
+    side, patch, scale = 16, 8, 2  # 2x2 patches, pixel-shuffled by 2 -> 1 token per tile
+    image_processor = SmolVLMImageProcessorPil(size={"longest_edge": 2 * side}, max_image_size={"longest_edge": side},
+                                               do_image_splitting=True)
+    processor = make_processor(SmolVLMProcessor, image_processor=image_processor, tokenizer=tok,
+                               image_seq_len=(side // patch) ** 2 // scale**2, chat_template=IDEFICS3_CHAT_TEMPLATE)
+    config = SmolVLMConfig(
+        text_config=_llama(tok),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=side, patch_size=patch, initializer_range=INIT_RANGE),
+        scale_factor=scale, image_token_id=processor.image_token_id, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return _finish(SmolVLMForConditionalGeneration(config), tok), processor
+
+
+# ---- (g) Gemma 3: SigLIP, pooled soft tokens attended bidirectionally (token_type_ids), sliding-window layers ----
+
+GEMMA3_SPECIAL = ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
+                  "<end_of_image>", "<image_soft_token>")
+
+
+def build_gemma3(seed: int = 0, sliding_window: int = 8):
+    """`sliding_window` is tiny so that the local layer's window cuts through the prompts of the tests."""
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3ImageProcessorPil,
+        Gemma3Processor,
+    )
+
+    tok = word_tokenizer(GEMMA3_SPECIAL, bos="<bos>", eos="<end_of_turn>", pad="<pad>", unk="<unk>",
+                         extra_special={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                                        "image_token": "<image_soft_token>"})
+    side, patch, tokens = 32, 8, 4  # 4x4 patches pooled 2x2 -> 4 soft tokens
+    image_processor = Gemma3ImageProcessorPil(size={"height": side, "width": side})
+    processor = Gemma3Processor(image_processor=image_processor, tokenizer=tok, image_seq_length=tokens,
+                                chat_template=GEMMA3_CHAT_TEMPLATE)
+    config = Gemma3Config(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16,
+                         sliding_window=sliding_window, layer_types=["sliding_attention", "full_attention"],
+                         max_position_embeddings=512, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, initializer_range=INIT_RANGE),
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=1, num_attention_heads=2, image_size=side, patch_size=patch,
+                           initializer_range=INIT_RANGE),
+        mm_tokens_per_image=tokens, boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
+        eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"),
+        image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"), initializer_range=INIT_RANGE,
+    )
+    torch.manual_seed(seed)
+    model = Gemma3ForConditionalGeneration(config)
+    with torch.no_grad():  # transformers starts the projection at zero, which would blank every image
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0, INIT_RANGE)
+    return _finish(model, tok), processor
+
+
+# ---- (h) LLaVA-OneVision: SigLIP over anyres tiles (`image_sizes`) + Qwen2 decoder ----
+
+def build_llava_onevision(seed: int = 0):
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessorPil,
+        LlavaOnevisionProcessor,
+    )
+
+    from vlalign.models.processors import make_processor
+
+    tok = word_tokenizer(("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>", "<unk>"),
+                         bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>", unk="<unk>",
+                         extra_special={"image_token": "<image>", "video_token": "<video>"})
+    side, patch = 16, 8  # a 16-px tile is 2x2 patches
+    pinpoints = [[16, 16], [16, 32], [32, 16], [32, 32]]
+    image_processor = LlavaOnevisionImageProcessorPil(size={"height": side, "width": side},
+                                                      image_grid_pinpoints=pinpoints)
+    processor = make_processor(LlavaOnevisionProcessor, image_processor=image_processor, tokenizer=tok,
+                               num_image_tokens=(side // patch) ** 2, vision_feature_select_strategy="full",
+                               chat_template=QWEN_CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>",
+                                                                        "<image>"))
+    config = LlavaOnevisionConfig(
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=1, num_attention_heads=2, image_size=side, patch_size=patch,
+                           initializer_range=INIT_RANGE),
+        text_config=dict(model_type="qwen2", vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=512, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, initializer_range=INIT_RANGE),
+        image_token_index=processor.image_token_id, video_token_index=processor.video_token_id,
+        image_grid_pinpoints=pinpoints, vision_feature_select_strategy="full", vision_feature_layer=-1,
+        vision_aspect_ratio="anyres_max_9",
+    )
+    torch.manual_seed(seed)
+    return _finish(LlavaOnevisionForConditionalGeneration(config), tok), processor
+
+
+# every family the README names, each built from a config in code
+ARCHS: dict[str, Callable] = {"llava": build_llava, "qwen2_vl": build_qwen2_vl, "idefics3": build_idefics3,
+                              "llava_next": build_llava_next, "qwen2_5_vl": build_qwen2_5_vl, "smolvlm": build_smolvlm,
+                              "gemma3": build_gemma3, "llava_onevision": build_llava_onevision}
 
 
 def random_image(seed: int = 0, size: int = 40) -> Image.Image:

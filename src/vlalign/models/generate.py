@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-from vlalign.models.batching import chat_prompt, max_length, to_device
+from vlalign.models import prefix
+from vlalign.models.batching import TEXT_KEYS, chat_prompt, max_length, to_device
 from vlalign.models.settings import Decoding
 from vlalign.progress import progress
 
@@ -65,28 +66,49 @@ def generate(model, processor, images: Sequence[Image.Image | None], instruction
 
 def _generate_chunk(model, processor, images: Sequence[Image.Image | None], instructions: Sequence[str],
                     decoding: Decoding, seeds: Sequence[int] | None) -> list[str]:
-    """One padded batch through `model.generate`, each sampled row with its own seeded noise."""
+    """One padded batch through `model.generate`, each sampled row with its own seeded noise. Rows that ask
+    the same (image, instruction) share one prefill of it: the prompt is run once, its key/value cache copied
+    to each of its rows, and `generate` goes on from there (a sample still depends on its seed only)."""
     p = next(model.parameters())
     tok = processor.tokenizer
     images = list(images)
     with_images = _has_images(images)
     texts = [chat_prompt(processor, q, with_image=with_images) for q in instructions]
-    enc = processor(images=images if with_images else None, text=texts, return_tensors="pt", padding=True,
-                    padding_side="left")
+    keys = prefix.images_keys(images) if with_images else [None] * len(texts)
+    groups = prefix.group_by(list(zip(keys, texts, strict=True)))
+    firsts = [g[0] for g in groups]
+    enc = processor(images=[[images[i]] for i in firsts] if with_images else None, text=[texts[i] for i in firsts],
+                    return_tensors="pt", padding=True, padding_side="left")
     enc = to_device(dict(enc), p.device, p.dtype)
+    row_of = torch.zeros(len(texts), dtype=torch.long)
+    for g, members in enumerate(groups):
+        row_of[members] = g
+    cache, positions = _prefill(model, enc)
+    cache.reorder_cache(row_of.to(p.device))
+    rows = row_of.to(p.device)
+    text_inputs = {k: enc[k][rows] for k in ("input_ids", "attention_mask", *prefix.TOKEN_TYPES) if k in enc}
     processors = LogitsProcessorList()
     if seeds is not None:
         processors.append(TemperatureLogitsWarper(decoding.temperature))
         if decoding.top_p < 1:
             processors.append(TopPLogitsWarper(decoding.top_p))
         processors.append(SeededGumbel(seeds, p.device))
+    length = enc["input_ids"].shape[1]
     ids = model.generate(
-        **enc, max_new_tokens=_new_tokens(processor, decoding, enc["input_ids"].shape[1]), do_sample=False,
-        logits_processor=processors, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-        temperature=None, top_p=None, top_k=None,
+        **text_inputs, position_ids=positions.index_select(positions.dim() - 2, rows), cache=cache,
+        max_new_tokens=_new_tokens(processor, decoding, length), do_sample=False, logits_processor=processors,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, temperature=None, top_p=None, top_k=None,
     )
-    new = ids[:, enc["input_ids"].shape[1]:]
-    return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+    return [t.strip() for t in tok.batch_decode(ids[:, length:], skip_special_tokens=True)]
+
+
+def _prefill(model, enc: dict[str, torch.Tensor]):
+    """The key/value cache of every prompt but its last token (which `generate` then reads from the cache, so
+    no image is encoded twice), and the positions `generate` would give the whole prompts."""
+    positions = model._prepare_position_ids_for_generation(enc["input_ids"], dict(enc))
+    inputs = {k: (v[..., :-1] if k in TEXT_KEYS else v) for k, v in enc.items()}
+    out = model(**inputs, position_ids=positions[..., :-1], use_cache=True, logits_to_keep=1)
+    return out.cache, positions
 
 
 def _new_tokens(processor, decoding: Decoding, prompt_length: int) -> int:

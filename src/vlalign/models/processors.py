@@ -21,6 +21,15 @@ from vlalign.models.settings import Runtime
 VIDEO = "video_processor"
 
 
+class NoVideo:
+    """Where a processor expects a video processor: its defaults are None, and it refuses videos."""
+
+    num_frames = fps = None
+
+    def __call__(self, *args, **kwargs):
+        raise ValueError("this processor was built without a video processor (torchvision is missing)")
+
+
 def _drop_video_base():
     from transformers import ProcessorMixin
 
@@ -33,6 +42,10 @@ def _drop_video_base():
             named.update(kwargs)
             named.pop(VIDEO, None)
             ProcessorMixin.__init__(self, **named)
+
+        # SmolVLM's apply_chat_template reads its video processor's defaults even for images only (a class
+        # attribute, so that saving leaves it out)
+        video_processor = NoVideo()
 
     return DropVideo
 

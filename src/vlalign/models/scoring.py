@@ -8,14 +8,15 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from vlalign.models.batching import IGNORE, encode, model_inputs, to_device
+from vlalign.models import prefix
+from vlalign.models.batching import IGNORE, model_inputs, to_device
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """log_softmax(logits).gather(-1, index), one row at a time so a 150k vocabulary fits in memory."""
     rows = []
     for row_logits, row_index in zip(logits, index, strict=True):
-        row = row_logits.float()
+        row = row_logits if row_logits.dtype in (torch.float32, torch.float64) else row_logits.float()
         rows.append(row.gather(-1, row_index.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(row, dim=-1))
     return torch.stack(rows)
 
@@ -64,16 +65,31 @@ def _device_dtype(model) -> tuple[torch.device, torch.dtype]:
 @torch.no_grad()
 def score_responses(model, processor, images: Sequence[Image.Image], instructions: Sequence[str],
                     responses: Sequence[str], batch_size: int = 16) -> list[ResponseScore]:
-    """Sum and mean log-prob of each response given its image and instruction."""
+    """Sum and mean log-prob of each response given its image and instruction. Responses to the same prompt
+    (best-of-N's samples) continue one forward of it (`vlalign.models.prefix`); `batch_size` responses a pass."""
     device, dtype = _device_dtype(model)
-    out: list[ResponseScore] = []
-    for s in range(0, len(responses), batch_size):
-        batch = encode(processor, images[s:s + batch_size], instructions[s:s + batch_size],
-                       responses[s:s + batch_size])
-        total, count = sequence_logps(model, to_device(batch, device, dtype))
-        for t, c in zip(total.tolist(), count.tolist(), strict=True):
-            out.append(ResponseScore(t, t / max(c, 1), int(c)))
+    keys = prefix.images_keys(images)
+    groups = prefix.group_by([(k, q) for k, q in zip(keys, instructions, strict=True)])
+
+    def make(members: list[int], slots: list[int]) -> list[prefix.Prefixed]:
+        i = members[0]
+        return [prefix.answers_group(processor, images[i], instructions[i], [responses[m] for m in members], slots)]
+
+    def score(batch: dict) -> torch.Tensor:
+        total, count = prefix.continuation_logps(model, to_device(batch, device, dtype))
+        return torch.stack([total, count], -1).cpu()
+
+    scored = prefix.run_grouped(groups, batch_size, make, score, _pad_id(processor), prefix.shares_prefix(model))
+    out = []
+    for i in range(len(responses)):
+        total, count = scored[i].tolist()
+        out.append(ResponseScore(total, total / max(count, 1), int(count)))
     return out
+
+
+def _pad_id(processor) -> int:
+    tok = processor.tokenizer
+    return tok.pad_token_id if tok.pad_token_id is not None else 0
 
 
 def answer_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
@@ -96,19 +112,22 @@ NO_WORDS = ("no", "No")
 @torch.no_grad()
 def yes_probability(model, processor, images: Sequence[Image.Image], questions: Sequence[str],
                     batch_size: int = 32) -> list[float]:
-    """P(yes) / (P(yes) + P(no)) for each question, from the next-token distribution of one forward
-    pass (no generation). "Yes" and "yes" count together, as RLAIF-V's labeler does."""
+    """P(yes) / (P(yes) + P(no)) for each question, from the next-token distribution after it (no generation).
+    "Yes" and "yes" count together, as RLAIF-V's labeler does. The questions about one image share one
+    forward of it: its prompt up to the question is read once, each question continues it
+    (`vlalign.models.prefix`); `batch_size` questions a pass."""
     device, dtype = _device_dtype(model)
     yes = torch.tensor(answer_token_ids(processor.tokenizer, YES_WORDS), device=device)
     no = torch.tensor(answer_token_ids(processor.tokenizer, NO_WORDS), device=device)
-    out: list[float] = []
-    for s in range(0, len(questions), batch_size):
-        chunk = questions[s:s + batch_size]
-        batch = to_device(encode(processor, images[s:s + batch_size], chunk), device, dtype)
-        last = batch["attention_mask"].sum(-1) - 1
-        positions, row_position = torch.unique(last, return_inverse=True)  # a row's last token, and no other
-        logits = logits_at(model, model_inputs(batch), positions)
-        probs = logits[torch.arange(len(last), device=device), row_position].float().softmax(-1)
+    groups = prefix.group_by(prefix.images_keys(images))
+
+    def make(members: list[int], slots: list[int]) -> list[prefix.Prefixed]:
+        return prefix.questions_groups(processor, images[members[0]], [questions[m] for m in members], slots)
+
+    def score(batch: dict) -> torch.Tensor:
+        probs = prefix.last_logits(model, to_device(batch, device, dtype)).float().softmax(-1)
         p_yes, p_no = probs[:, yes].sum(-1), probs[:, no].sum(-1)
-        out.extend((p_yes / (p_yes + p_no).clamp(min=1e-12)).tolist())
-    return out
+        return (p_yes / (p_yes + p_no).clamp(min=1e-12)).cpu()
+
+    scored = prefix.run_grouped(groups, batch_size, make, score, _pad_id(processor), prefix.shares_prefix(model))
+    return [float(scored[i]) for i in range(len(questions))]

@@ -20,50 +20,46 @@ from pathlib import Path
 import torch
 
 from vlalign.data.corrupt import add_diffusion_noise
-from vlalign.models.batching import IGNORE, encode, model_inputs, to_device
+from vlalign.models import prefix
 from vlalign.models.lora import reference_context
-from vlalign.models.scoring import selective_log_softmax
 from vlalign.train.losses import povid_loss
 from vlalign.train.preference import Columns, PreferenceExample, fit_preferences, pair_collate, prepare_policy
 from vlalign.train.settings import NoiseConfig, TrainConfig
 
 
-def povid_collate(processor, noise: NoiseConfig):
-    """Pair rows plus the ground truth under the clean image and under a freshly noised one (the noise of
-    batch `number` is the same whenever that batch is drawn, so a resumed run draws it again)."""
-    pairs = pair_collate(processor, Columns())
+def povid_collate(processor, noise: NoiseConfig, shared: bool = True):
+    """Pair rows (the prompt once, chosen and rejected continuing it) plus the ground truth under the clean
+    image and under a freshly noised one, each its own prefix (the noise of batch `number` is the same
+    whenever that batch is drawn, so a resumed run draws it again)."""
+    pairs = pair_collate(processor, Columns(), shared)
+    pad = processor.tokenizer.pad_token_id or 0
 
     def collate(items: list, number: int) -> dict:
         examples = [e for e, _ in items]
         generator = torch.Generator().manual_seed(noise.seed * 1_000_003 + number)
-        instructions, chosen = [e.instruction for e in examples], [e.chosen for e in examples]
         noisy_images = [add_diffusion_noise(e.image, noise.step, noise.T, generator) for e in examples]
-        return {**pairs(items, number),
-                "clean": encode(processor, [e.image for e in examples], instructions, chosen),
-                "noisy": encode(processor, noisy_images, instructions, chosen)}
+
+        def truth(images) -> dict:
+            return prefix.collate([prefix.answers_group(processor, im, e.instruction, [e.chosen], [i])
+                                   for i, (e, im) in enumerate(zip(examples, images, strict=True))], pad, shared)
+
+        return {**pairs(items, number), "clean": truth([e.image for e in examples]), "noisy": truth(noisy_images)}
 
     return collate
 
 
-def _response_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of log-probs of the labelled tokens per row (logits and labels already shifted)."""
-    mask = labels != IGNORE
-    return (selective_log_softmax(logits, labels.clamp(min=0)) * mask).sum(-1)
+def own_noisy_logps(clean_logits: torch.Tensor, noisy_logits: torch.Tensor, slot: torch.Tensor, n: int) -> torch.Tensor:
+    """Per example: the sum over its answer tokens of log p_clean(argmax of the noisy-image logits). Both
+    logits are (tokens, vocabulary), one row per answer token (`vlalign.models.prefix.token_logits`), and
+    `slot` names each token's example; only answer positions are normalised."""
+    picked = noisy_logits.argmax(-1)
+    logps = prefix.token_logps(clean_logits, picked)
+    return logps.new_zeros(n).index_add(0, slot, logps)
 
 
-def own_noisy_logps(clean_logits: torch.Tensor, noisy_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per row: sum over answer positions of log p_clean(argmax of the noisy-image logits). Only the answer
-    positions are normalised, so a long image prefix and a large vocabulary cost nothing extra."""
-    length = min(clean_logits.shape[1], noisy_logits.shape[1], labels.shape[1])
-    mask = labels[:, :length] != IGNORE
-    rows, cols = mask.nonzero(as_tuple=True)
-    picked = noisy_logits[rows, cols].argmax(-1)
-    logps = clean_logits[rows, cols].float().log_softmax(-1).gather(-1, picked[:, None]).squeeze(-1)
-    return torch.zeros(len(labels), dtype=logps.dtype, device=logps.device).index_add(0, rows, logps)
-
-
-def _forward(model, batch: dict) -> torch.Tensor:
-    return model(**model_inputs(batch)).logits[:, :-1]
+def _chosen_tokens(batch: dict, n: int) -> torch.Tensor:
+    """Which tokens of a pair batch are chosen answers (slots 0..n-1, in example order)."""
+    return batch["packing"]["slot"] < n
 
 
 def make_povid_loss(config: TrainConfig, noise: NoiseConfig, reference):
@@ -72,17 +68,18 @@ def make_povid_loss(config: TrainConfig, noise: NoiseConfig, reference):
 
     def loss_fn(model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         ref, clean, noisy = batch.pop("ref"), batch.pop("clean"), batch.pop("noisy")
-        device, dtype = batch["input_ids"].device, next(model.parameters()).dtype
-        clean, noisy = to_device(clean, device, dtype), to_device(noisy, device, dtype)
         n = len(ref["chosen"])
-        logits = _forward(model, batch)
-        sums = _response_logps(logits, batch["labels"][:, 1:])
-        clean_labels = clean["labels"][:, 1:]
+        logits = prefix.token_logits(model, batch)
+        sums = prefix.slot_sums(prefix.token_logps(logits, batch["packing"]["target"]), batch)
+        chosen = _chosen_tokens(batch, n)
+        slot = noisy["packing"]["slot"]
+        if not torch.equal(batch["packing"]["slot"][chosen], slot):
+            raise ValueError("the noisy rows' answers do not line up with the chosen answers")
         with torch.no_grad():
-            policy_noisy = _forward(model, noisy)
-        own = own_noisy_logps(logits[:n], policy_noisy, clean_labels)
+            policy_noisy = prefix.token_logits(model, noisy)
+        own = own_noisy_logps(logits[chosen], policy_noisy, slot, n)
         with torch.no_grad(), reference_context(reference) as r:
-            ref_own = own_noisy_logps(_forward(r, clean), _forward(r, noisy), clean_labels)
+            ref_own = own_noisy_logps(prefix.token_logits(r, clean), prefix.token_logits(r, noisy), slot, n)
         losses, injected_term, noisy_term = povid_loss(sums[:n], sums[n:], own, ref["chosen"], ref["rejected"],
                                                        ref_own, config.beta, noise.gamma)
         return losses.mean(), {"injected_loss": float(injected_term.mean()), "noisy_loss": float(noisy_term.mean()),
@@ -102,6 +99,7 @@ def train_povid_stage2(model, processor, examples: Sequence[PreferenceExample], 
         model = prepare_policy(model, config, gradient_checkpointing)
         reference, config = model, replace(config, lora=None)
         gradient_checkpointing = False
+    collate = povid_collate(processor, noise, prefix.shares_prefix(model))
     return fit_preferences(model, processor, examples, config, out=out, reference=reference,
-                           loss_fn=make_povid_loss(config, noise, reference), collate=povid_collate(processor, noise),
+                           loss_fn=make_povid_loss(config, noise, reference), collate=collate,
                            description=description, gradient_checkpointing=gradient_checkpointing)

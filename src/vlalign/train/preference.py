@@ -22,8 +22,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from vlalign.config import to_dict
-from vlalign.models.batching import encode, to_device
-from vlalign.models.scoring import sequence_logps
+from vlalign.models import prefix
+from vlalign.models.batching import to_device
+from vlalign.models.prefix import continuation_logps, shares_prefix
 from vlalign.progress import progress
 from vlalign.train.loop import Checkpoints, Collate, LossFn, Tracking, train
 from vlalign.train.losses import NO_REFERENCE, Logps, columns_of, objective
@@ -70,11 +71,22 @@ def columns_for(config: TrainConfig, images: dict[str, ImageOf] | None = None, k
     return Columns(names, tuple((c, images[c]) for c in names if c in images), key)
 
 
-def batch_rows(processor, examples: Sequence[PreferenceExample], columns: Columns) -> dict[str, torch.Tensor]:
-    """One padded batch: every example's row of the first column, then of the next, and so on."""
-    pairs = [(c, e) for c in columns.names for e in examples]
-    return encode(processor, [columns.image(c, e) for c, e in pairs], [e.instruction for _, e in pairs],
-                  [columns.text(c, e) for c, e in pairs])
+def batch_rows(processor, examples: Sequence[PreferenceExample], columns: Columns, shared: bool = True) -> dict:
+    """One packed batch (`vlalign.models.prefix`): each example's prompt once per image, the answers of the
+    columns read under that image continuing it (chosen and rejected share the real image; mDPO's
+    `chosen_corrupt` has its own). Scores come back column after column: every example's first column, then
+    the next (`split_columns`). With `shared=False` every answer gets a row of its own."""
+    n = len(examples)
+    groups = []
+    for i, e in enumerate(examples):
+        under: dict[str, list[int]] = {}  # image -> the columns read under it
+        for c, name in enumerate(columns.names):
+            under.setdefault("" if name in ("chosen", "rejected") else name, []).append(c)
+        for image, cs in under.items():
+            groups.append(prefix.answers_group(processor, e.image if not image else columns.image(image, e), e.instruction,
+                                        [columns.text(columns.names[c], e) for c in cs], [c * n + i for c in cs]))
+    pad = processor.tokenizer.pad_token_id
+    return prefix.collate(groups, pad if pad is not None else 0, shared)
 
 
 def split_columns(values: torch.Tensor, columns: Columns) -> dict[str, torch.Tensor]:
@@ -135,7 +147,8 @@ def reference_logps(model, processor, examples: Sequence[PreferenceExample], col
     with progress("reference log-probs", total=len(examples)) as bar:
         for s in range(0, len(examples), batch_size):
             chunk = examples[s:s + batch_size]
-            total, _ = sequence_logps(model, to_device(batch_rows(processor, chunk, columns), p.device, p.dtype))
+            batch = batch_rows(processor, chunk, columns, shares_prefix(model))
+            total, _ = continuation_logps(model, to_device(batch, p.device, p.dtype))
             by_column = split_columns(total, columns)
             for i, e in enumerate(chunk):
                 out[e.id] = {c: by_column[c][i].item() for c in columns.names}
@@ -155,7 +168,7 @@ def make_loss(config: TrainConfig, columns: Columns = Columns()) -> LossFn:
 
     def loss_fn(model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         ref = batch.pop("ref")
-        total, count = sequence_logps(model, batch)
+        total, count = continuation_logps(model, batch)
         x = Logps(split_columns(total, columns), ref, split_columns(count, columns), config.beta,
                   config.label_smoothing)
         loss, parts = objective(config.loss, x)
@@ -169,15 +182,15 @@ def make_loss(config: TrainConfig, columns: Columns = Columns()) -> LossFn:
     return loss_fn
 
 
-def pair_collate(processor, columns: Columns) -> Collate:
+def pair_collate(processor, columns: Columns, shared: bool = True) -> Collate:
     """Rows of every column, and the cached reference log-probs under `ref` (one tensor per column)."""
 
-    def collate(items: list, number: int) -> dict:
+    def pairs(items: list, number: int) -> dict:
         examples = [e for e, _ in items]
         ref = {c: torch.tensor([r[c] for _, r in items]) for c in columns.names} if items[0][1] else {}
-        return {**batch_rows(processor, examples, columns), "ref": ref}
+        return {**batch_rows(processor, examples, columns, shared), "ref": ref}
 
-    return collate
+    return pairs
 
 
 def prepare_policy(model, config: TrainConfig, gradient_checkpointing: bool = False):
@@ -235,10 +248,10 @@ def fit_preferences(model, processor, examples: Sequence[PreferenceExample], con
                         generator=torch.Generator().manual_seed(config.seed), collate_fn=list)
     checkpoints = (Checkpoints(Path(out) / "checkpoints", _job(config, examples, columns))
                    if out is not None and config.checkpoint_every else None)
-    history = train(model, loader, collate or pair_collate(processor, columns), loss_fn or make_loss(config, columns),
-                    config.optim, config.steps_for(len(examples)), description=description,
-                    checkpoints=checkpoints, checkpoint_every=config.checkpoint_every,
-                    tracking=tracking)
+    collate = collate or pair_collate(processor, columns, shares_prefix(model))
+    history = train(model, loader, collate, loss_fn or make_loss(config, columns), config.optim,
+                    config.steps_for(len(examples)), description=description, checkpoints=checkpoints,
+                    checkpoint_every=config.checkpoint_every, tracking=tracking)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         text = json.dumps({"config": to_dict(config), "n_pairs": len(examples), "history": history}, indent=1)

@@ -1,0 +1,218 @@
+"""The two model shapes the throughput benchmarks run, built in code with random weights, and their data.
+
+- `world`: the world's base policy (world:base, LLaVA: 48-px images of 9 tokens, a 4-layer decoder, short
+  prompts and answers), with the world's own prompts and answers.
+- `llava7b`: LLaVA-1.5-7B's shape scaled for a CPU. The image is CLIP's 336 px in patches of 14 (576 image
+  tokens), prompts and answers have real lengths (about 40 instruction tokens and 150 answer tokens), and the
+  widths are chosen so that the shares of the FLOPs of one (prompt + answer) row between the vision tower
+  (with its projector), the decoder layers and the LM head (over every position) are the 7B's
+  (`flop_shares` prints both). `--real-size` builds the 7B itself (for a GPU, bf16).
+
+Every benchmark prints its ratios as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# The 7B: CLIP ViT-L/14-336 (24 layers of 1024) + Llama-7B (32 layers of 4096, MLP 11008, 32k vocabulary)
+REAL = dict(vision_hidden=1024, vision_layers=24, vision_heads=16, vision_mlp=4096, hidden=4096, layers=32, heads=32,
+            mlp=11008, vocab=32064)
+# Scaled so that vision : decoder : head FLOPs per row are the 7B's (see flop_shares)
+CPU = dict(vision_hidden=64, vision_layers=2, vision_heads=2, vision_mlp=256, hidden=256, layers=6, heads=4, mlp=688,
+           vocab=440)
+IMAGE, PATCH = 336, 14
+INSTRUCTION_TOKENS, ANSWER_TOKENS = 40, 150
+
+
+@dataclass
+class Shape:
+    name: str
+    model: object
+    processor: object
+
+    @property
+    def image_size(self) -> int:
+        return self.model.config.vision_config.image_size
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--shape", choices=("world", "llava7b"), default="llava7b")
+    ap.add_argument("--real-size", action="store_true", help="llava7b at its real size (for a GPU)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default=None, help="default: bf16 on cuda, fp32 on cpu")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads on a CPU")
+
+
+def dtype_of(args) -> torch.dtype:
+    name = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
+    return torch.bfloat16 if name == "bf16" else torch.float32
+
+
+def setup(args) -> None:
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    elif not torch.cuda.is_available():
+        raise SystemExit("no CUDA device here: run on a GPU machine, or with --device cpu")
+
+
+def world_processor(vocab: int | None = None):
+    """The world's LLaVA processor at 336 px / 14, its tokenizer padded to `vocab` tokens."""
+    from vlalign.world.model import TinyVLMConfig, build_processor
+
+    processor = build_processor(TinyVLMConfig(image_size=IMAGE, patch_size=PATCH))
+    tok = processor.tokenizer
+    tok.model_max_length = 4096
+    if vocab and vocab > len(tok):
+        tok.add_tokens([f"<unused{i}>" for i in range(vocab - len(tok))])
+    return processor
+
+
+def build(args, seed: int = 0) -> Shape:
+    """The model and processor of `args.shape`, on `args.device` in the bench's dtype, in eval mode."""
+    dtype = dtype_of(args)
+    if args.shape == "world":
+        from vlalign.models.load import load
+
+        model, processor = load("world:base", dtype="fp32" if dtype == torch.float32 else "bf16", device=args.device)
+        return Shape("world", model, processor)
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    sizes = REAL if args.real_size else CPU
+    processor = world_processor(sizes["vocab"])
+    tok = processor.tokenizer
+    vision = CLIPVisionConfig(hidden_size=sizes["vision_hidden"], intermediate_size=sizes["vision_mlp"],
+                              num_hidden_layers=sizes["vision_layers"], num_attention_heads=sizes["vision_heads"],
+                              image_size=IMAGE, patch_size=PATCH, projection_dim=768)
+    text = LlamaConfig(vocab_size=max(sizes["vocab"], len(tok)), hidden_size=sizes["hidden"],
+                       intermediate_size=sizes["mlp"], num_hidden_layers=sizes["layers"],
+                       num_attention_heads=sizes["heads"], num_key_value_heads=sizes["heads"],
+                       max_position_embeddings=4096, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                       eos_token_id=tok.eos_token_id)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=processor.image_token_id,
+                         vision_feature_select_strategy="default", vision_feature_layer=-2)
+    torch.manual_seed(seed)
+    with torch.device(args.device):
+        model = LlavaForConditionalGeneration._from_config(config, dtype=dtype)
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        setattr(model.generation_config, key, getattr(tok, key))
+    return Shape("llava7b-real" if args.real_size else "llava7b", model.eval(), processor)
+
+
+# ---- FLOPs ----
+
+def flops(sizes: dict, prompt: int, answer: int, image_tokens: int = (IMAGE // PATCH) ** 2) -> dict[str, float]:
+    """Forward FLOPs of one (prompt + answer) row: vision tower and projector, decoder layers (attention
+    scores included, causal), LM head over every position."""
+    tv, dv, d, t = image_tokens + 1, sizes["vision_hidden"], sizes["hidden"], prompt + answer
+    vision = sizes["vision_layers"] * (2 * tv * (4 * dv * dv + 2 * dv * sizes["vision_mlp"]) + 2 * tv * tv * dv * 2)
+    projector = 2 * image_tokens * (dv * d + d * d)
+    decoder = sizes["layers"] * (2 * t * (4 * d * d + 3 * d * sizes["mlp"]) + 2 * t * t * d)
+    head = 2 * t * d * sizes["vocab"]
+    return {"vision": vision + projector, "decoder": decoder, "head": head}
+
+
+def flop_shares(sizes: dict, prompt: int, answer: int) -> str:
+    f = flops(sizes, prompt, answer)
+    total = sum(f.values())
+    return " ".join(f"{k} {100 * v / total:.1f}%" for k, v in f.items())
+
+
+def describe_shapes(prompt: int, answer: int) -> str:
+    return (f"FLOP shares of one row (P={prompt}, A={answer}): 7B {flop_shares(REAL, prompt, answer)}; "
+            f"CPU shape {flop_shares(CPU, prompt, answer)}")
+
+
+# ---- data ----
+
+LONG_INSTRUCTION = ("describe the image in detail . name every object you see , say its color , its size and "
+                    "where it is in the image , and say which objects are next to each other or above each other .")
+
+
+def texts(shape: Shape, n: int, seed: int = 0) -> tuple[list, list[str], list[str], list[str]]:
+    """n (image, instruction, chosen, rejected): the world's describe prompts on the world shape; on llava7b
+    a 40-token instruction and answers of about 150 tokens (world descriptions strung together)."""
+    from vlalign.world.render import render
+    from vlalign.world.scene import sample_scene
+    from vlalign.world.text import DESCRIBE_INSTRUCTIONS, caption, describe
+
+    rng = np.random.default_rng(seed)
+    images, instructions, chosen, rejected = [], [], [], []
+    tok = shape.processor.tokenizer
+    for i in range(n):
+        scene = sample_scene(i, "prompts")
+        images.append(render(scene, shape.image_size))
+        if shape.name == "world":
+            instructions.append(DESCRIBE_INSTRUCTIONS[i % len(DESCRIBE_INSTRUCTIONS)])
+            chosen.append(describe(scene, rng))
+            rejected.append(caption(sample_scene(1000 + i, "prompts"), rng, hallucination=0.5))
+            continue
+        instructions.append(LONG_INSTRUCTION)
+        for out, offset in ((chosen, 0), (rejected, 5000)):
+            words: list[str] = []
+            k = 0
+            while len(tok(" ".join(words), add_special_tokens=False)["input_ids"]) < ANSWER_TOKENS:
+                words += describe(sample_scene(offset + i * 50 + k, "prompts"), rng).split()
+                k += 1
+            while len(tok(" ".join(words[:-1]), add_special_tokens=False)["input_ids"]) >= ANSWER_TOKENS:
+                words.pop()
+            out.append(" ".join(words))
+    return images, instructions, chosen, rejected
+
+
+def token_counts(processor, images, instructions, answers) -> tuple[float, float]:
+    """Mean prompt tokens (image tokens included) and mean answer tokens (with EOS) of a batch."""
+    from vlalign.models.batching import IGNORE, encode
+
+    batch = encode(processor, images, instructions, answers)
+    answer = (batch["labels"] != IGNORE).sum(-1).float()
+    total = batch["attention_mask"].sum(-1).float()
+    return float((total - answer).mean()), float(answer.mean())
+
+
+# ---- measuring ----
+
+class Clock:
+    """Wall time around a callable, synchronised on CUDA."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+
+    def __call__(self, fn, *a, **k):
+        if self.cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fn(*a, **k)
+        if self.cuda:
+            torch.cuda.synchronize()
+        return out, time.perf_counter() - start
+
+
+def rss_gib() -> float:
+    """This process's current resident set (Linux)."""
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def emit(result: dict) -> None:
+    """A child run's result, as the last line of its output (the parent reads it)."""
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def read_result(output: str) -> dict:
+    lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
+    if not lines:
+        raise RuntimeError(f"the child run printed no result:\n{output[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])

@@ -1,0 +1,329 @@
+"""Shared-prefix rows: a prompt (image + instruction) is forwarded once, and every text that continues it (a
+pair's chosen and rejected answers, a labeler's questions about one image, best-of-N's samples) is packed
+after it in the same row.
+
+A block attention mask lets each continuation see the prompt and itself only, and its positions go on from the
+prompt's end, so every continuation is scored exactly as in its own row [prompt | continuation]: one vision
+pass and one prompt pass serve them all. Positions are the architecture's own: 1-D for most, Qwen2-VL's
+M-RoPE from its `get_rope_index`; Gemma 3's image tokens attend to each other both ways (its token type ids),
+and sliding-window layers get their window by position. A family or attention implementation not listed in
+`SHARED_FAMILIES` / `SHARED_ATTENTION` falls back to one row per continuation (`shares_prefix`), which is the
+plain forward, so such a model scores the same texts, only without the saving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from vlalign.models.batching import TEXT_KEYS, _pad_cat, _room, chat_prompt
+
+# families whose forward takes a 4-D attention mask and position ids as this module builds them (tested on each)
+SHARED_FAMILIES = frozenset({"llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm",
+                             "gemma3"})
+SHARED_ATTENTION = frozenset({"eager", "sdpa"})  # FlashAttention takes no arbitrary mask
+BIDIRECTIONAL_IMAGES = frozenset({"gemma3"})  # image tokens attend to their whole image (token_type_ids == 1)
+TOKEN_TYPES = ("mm_token_type_ids", "token_type_ids")
+
+
+@dataclass
+class Prefixed:
+    """One prompt and the texts that continue it; `slots` says where each continuation's score goes."""
+
+    prompt: dict[str, torch.Tensor]  # the processor's output for one row: 1-D ids and token types, image tensors
+    continuations: list[torch.Tensor]  # 1-D token ids, at least one each
+    slots: list[int]  # the batch's slots are numbered 0..n-1 over all its continuations
+
+
+def shares_prefix(model) -> bool:
+    """Whether `model` takes shared-prefix rows; otherwise every continuation gets a row of its own."""
+    config = model.config
+    text = config.get_text_config()
+    return (config.model_type in SHARED_FAMILIES and config._attn_implementation in SHARED_ATTENTION
+            and not getattr(text, "use_bidirectional_attention", False))
+
+
+def encode_prompt(processor, image: Image.Image, instruction: str) -> dict[str, torch.Tensor]:
+    """The processor's row for one prompt, with the batch dimension of text tensors dropped."""
+    enc = processor(images=[image], text=[chat_prompt(processor, instruction)], return_tensors="pt")
+    return {k: (v[0] if k in TEXT_KEYS else v) for k, v in enc.items() if k not in ("attention_mask", "labels")}
+
+
+def answer_ids(processor, prompt: dict[str, torch.Tensor], answers: Sequence[str], add_eos: bool = True
+               ) -> list[torch.Tensor]:
+    """Each answer's tokens (and EOS) as it continues `prompt`, cut to the run's max_length as `encode` cuts it."""
+    tok = processor.tokenizer
+    room = _room(processor, len(prompt["input_ids"]))
+    out = []
+    for text in answers:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        if add_eos and tok.eos_token_id is not None:
+            ids = [*ids, tok.eos_token_id]
+        out.append(torch.tensor(ids[:room], dtype=torch.long))
+    return out
+
+
+def answers_group(processor, image: Image.Image, instruction: str, answers: Sequence[str], slots: Sequence[int]
+                  ) -> Prefixed:
+    prompt = encode_prompt(processor, image, instruction)
+    return Prefixed(prompt, answer_ids(processor, prompt, answers), list(slots))
+
+
+def questions_groups(processor, image: Image.Image, questions: Sequence[str], slots: Sequence[int]) -> list[Prefixed]:
+    """Prompts that differ only after the image share the tokens they have in common (the image and the chat
+    template's opening); each question's own tokens continue them. Prompts whose difference reaches into the
+    image tokens are not shared."""
+    prompts = [encode_prompt(processor, image, q) for q in questions]
+    ids = [p["input_ids"] for p in prompts]
+    common = min(len(i) for i in ids) - 1  # every question keeps at least its last token
+    for i in ids[1:]:
+        differs = (i[:common] != ids[0][:common]).nonzero()
+        common = int(differs[0]) if len(differs) else common
+    if len(prompts) > 1 and not any(_has_image_tokens(processor, p, common) for p in prompts):
+        return [Prefixed(_cut(prompts[0], common), [i[common:] for i in ids], list(slots))]
+    return [Prefixed(_cut(p, len(i) - 1), [i[-1:]], [s]) for p, i, s in zip(prompts, ids, slots, strict=True)]
+
+
+def _has_image_tokens(processor, prompt: dict[str, torch.Tensor], start: int) -> bool:
+    tail = prompt["input_ids"][start:]
+    image_token = getattr(processor, "image_token_id", None)
+    types = next((prompt[k][start:] for k in TOKEN_TYPES if k in prompt), None)
+    return bool((types is not None and (types != 0).any()) or (image_token is not None and (tail == image_token).any()))
+
+
+def _cut(prompt: dict[str, torch.Tensor], length: int) -> dict[str, torch.Tensor]:
+    return {k: (v[:length] if k in TEXT_KEYS else v) for k, v in prompt.items()}
+
+
+def image_key(image: Image.Image) -> tuple:
+    """Equal pictures, equal keys (whatever object holds them), so their prompts can be shared."""
+    return image.mode, image.size, hashlib.sha1(image.tobytes()).digest()
+
+
+def group_by(keys: Sequence[Hashable]) -> list[list[int]]:
+    """Indices of equal keys together, groups in order of first appearance."""
+    groups: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def images_keys(images: Sequence[Image.Image]) -> list[tuple]:
+    """`image_key` of each image, hashing each object once."""
+    seen: dict[int, tuple] = {}
+    for im in images:
+        if id(im) not in seen:
+            seen[id(im)] = image_key(im)
+    return [seen[id(im)] for im in images]
+
+
+def batches(groups: Sequence[list[int]], limit: int) -> Iterator[list[list[int]]]:
+    """Groups packed into batches of at most `limit` members. A group is never split unless it alone is larger
+    than `limit` (its prompt would be forwarded once more for each part)."""
+    batch: list[list[int]] = []
+    size = 0
+    for group in groups:
+        for s in range(0, len(group), limit):
+            part = group[s:s + limit]
+            if size + len(part) > limit and batch:
+                yield batch
+                batch, size = [], 0
+            batch.append(part)
+            size += len(part)
+    if batch:
+        yield batch
+
+
+Make = Callable[[list[int], list[int]], list[Prefixed]]  # (members, their slots) -> rows
+
+
+def run_grouped(groups: Sequence[list[int]], limit: int, make: Make, score: Callable[[dict], torch.Tensor],
+                pad_id: int, shared: bool) -> dict[int, torch.Tensor]:
+    """Score every member of every group, at most `limit` members a forward: member index -> its value."""
+    out: dict[int, torch.Tensor] = {}
+    for batch in batches(groups, limit):
+        prefixed: list[Prefixed] = []
+        members: list[int] = []
+        for part in batch:
+            prefixed += make(part, list(range(len(members), len(members) + len(part))))
+            members += part
+        values = score(collate(prefixed, pad_id, shared))
+        out.update(zip(members, values, strict=True))
+    return out
+
+
+def collate(groups: Sequence[Prefixed], pad_id: int, shared: bool = True) -> dict:
+    """A right-padded batch of packed rows (one per group; with `shared=False`, one per continuation) and, under
+    `packing`, what the forward needs to mask and score them."""
+    rows = [(g, [j]) for g in groups for j in range(len(g.continuations))] if not shared else \
+        [(g, list(range(len(g.continuations)))) for g in groups]
+    length = max(len(g.prompt["input_ids"]) + sum(len(g.continuations[j]) for j in js) for g, js in rows)
+    n = len(rows)
+    batch = {"input_ids": torch.full((n, length), pad_id, dtype=torch.long)}
+    types = [k for k in TOKEN_TYPES if k in groups[0].prompt]
+    for key in types:
+        batch[key] = torch.zeros((n, length), dtype=torch.long)
+    segment = torch.full((n, length), -1, dtype=torch.long)
+    position = torch.zeros((n, length), dtype=torch.long)
+    scored: dict[str, list[int]] = {"row": [], "index": [], "target": [], "slot": []}
+    last: dict[int, tuple[int, int]] = {}
+    for r, (g, js) in enumerate(rows):
+        p = len(g.prompt["input_ids"])
+        batch["input_ids"][r, :p] = g.prompt["input_ids"]
+        for key in types:
+            batch[key][r, :p] = g.prompt[key]
+        segment[r, :p] = 0
+        position[r, :p] = torch.arange(p)
+        start = p
+        for k, j in enumerate(js, start=1):
+            ids, m = g.continuations[j], len(g.continuations[j])
+            batch["input_ids"][r, start:start + m] = ids
+            segment[r, start:start + m] = k
+            position[r, start:start + m] = torch.arange(p, p + m)
+            slot = g.slots[j]
+            scored["row"] += [r] * m
+            scored["index"] += [p - 1, *range(start, start + m - 1)]  # the logit that predicts each token
+            scored["target"] += ids.tolist()
+            scored["slot"] += [slot] * m
+            last[slot] = (r, start + m - 1)
+            start += m
+    for key in {k for g, _ in rows for k in g.prompt} - set(TEXT_KEYS):
+        batch[key] = _pad_cat([g.prompt[key] for g, _ in rows])
+    slots = sorted(last)
+    batch["attention_mask"] = (segment >= 0).long()
+    batch["packing"] = {"segment": segment, "position": position,
+                        **{k: torch.tensor(v, dtype=torch.long) for k, v in scored.items()},
+                        "last_row": torch.tensor([last[s][0] for s in slots], dtype=torch.long),
+                        "last_index": torch.tensor([last[s][1] for s in slots], dtype=torch.long)}
+    return batch
+
+
+# ---- the forward ----
+
+def _inner(model):
+    """The transformers model under a peft wrapper, and its multimodal backbone (`.model`)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, "model", base)
+
+
+def _block_ids(token_types: torch.Tensor) -> torch.Tensor:
+    """Each run of image tokens (type 1) numbered from 0, -1 elsewhere: Gemma 3's bidirectional blocks."""
+    image = token_types == 1
+    starts = image & ~torch.nn.functional.pad(image, (1, 0))[:, :-1]
+    return torch.where(image, starts.long().cumsum(-1) - 1, -1)
+
+
+def _allowed(batch: dict, bidirectional: bool) -> torch.Tensor:
+    """(B, L, L) booleans: query i may read key j. Causal within the prompt and within each continuation, every
+    continuation reads the whole prompt, and no continuation reads another."""
+    segment = batch["packing"]["segment"]
+    length = segment.shape[1]
+    index = torch.arange(length, device=segment.device)
+    q, k = segment[:, :, None], segment[:, None, :]
+    allowed = (index[:, None] >= index[None, :]) & ((k == 0) | (k == q)) & (k >= 0) & (q >= 0)
+    if bidirectional:
+        types = next(batch[t] for t in TOKEN_TYPES if t in batch)
+        blocks = _block_ids(types)
+        allowed |= (blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0)
+    return allowed
+
+
+def _additive(allowed: torch.Tensor, position: torch.Tensor, window: int | None, dtype: torch.dtype) -> torch.Tensor:
+    """The (B, 1, L, L) additive mask; a sliding window counts by position, as the model counts it in a row of
+    its own. Padding reads itself, so no softmax row is empty."""
+    if window is not None:
+        allowed = allowed & ((position[:, :, None] - position[:, None, :]) < window)
+    allowed = allowed | torch.eye(allowed.shape[1], dtype=torch.bool, device=allowed.device)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def attention_masks(model, batch: dict, dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The mask the decoder takes: one tensor, or one per layer type where some layers slide."""
+    text = model.config.get_text_config()
+    allowed = _allowed(batch, model.config.model_type in BIDIRECTIONAL_IMAGES)
+    position = batch["packing"]["position"]
+    window = getattr(text, "sliding_window", None)
+    types = set(getattr(text, "layer_types", None) or ())
+    if "sliding_attention" in types:
+        return {t: _additive(allowed, position, window if t == "sliding_attention" else None, dtype) for t in types}
+    return _additive(allowed, position, window if not types else None, dtype)
+
+
+def position_ids(model, batch: dict) -> torch.Tensor:
+    """1-D positions, or for M-RoPE models the prompt's own 3-D positions (`get_rope_index`) with every
+    continuation going on as text after the prompt's largest position."""
+    position, segment = batch["packing"]["position"], batch["packing"]["segment"]
+    rope_index = getattr(_inner(model), "get_rope_index", None)
+    if rope_index is None or "image_grid_thw" not in batch:
+        return position
+    prompt = (segment == 0).long()
+    rope, _ = rope_index(batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
+                         image_grid_thw=batch["image_grid_thw"], attention_mask=prompt)
+    ends = prompt.sum(-1) - 1
+    rows = torch.arange(len(ends), device=ends.device)
+    last = rope[:, rows, ends].amax(0)  # text goes on from the largest position so far (as after an image)
+    text = (last[:, None] + position - ends[:, None])[None]
+    return torch.where(segment[None] == 0, rope, torch.where(segment[None] > 0, text, 0))
+
+
+def _model_inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k not in ("packing", "labels")}
+
+
+def forward_at(model, batch: dict, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Logits at the (row, index) pairs, in their order: the LM head runs at those positions only (each once)."""
+    keep = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
+    keep[rows, index] = True
+    inputs = _model_inputs(batch)
+    if shares_prefix(model):
+        dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+        inputs.update(attention_mask=attention_masks(model, batch, dtype), position_ids=position_ids(model, batch))
+    elif int(batch["packing"]["segment"].max()) > 1:
+        raise ValueError(f"{type(model).__name__} cannot take shared-prefix rows; collate with shared=False")
+    try:
+        logits = model(**inputs, logits_to_keep=keep).logits
+    except TypeError:  # a model without logits_to_keep: the full logits, then the positions
+        logits = model(**inputs).logits[keep]
+    rank = keep.flatten().cumsum(0) - 1
+    return logits[rank.view_as(keep)[rows, index]]
+
+
+def token_logits(model, batch: dict) -> torch.Tensor:
+    """(T, V): the logits that predict each continuation token, in packing order."""
+    p = batch["packing"]
+    return forward_at(model, batch, p["row"], p["index"])
+
+
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log_softmax(logits)[target] per row, in float32 at least."""
+    logits = at_least_fp32(logits)
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def slot_sums(values: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Per-token values summed per slot (slots are numbered 0..n-1)."""
+    slot = batch["packing"]["slot"]
+    n = len(batch["packing"]["last_row"])
+    return values.new_zeros(n).index_add(0, slot, values)
+
+
+def continuation_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of each continuation's token log-probs, and its number of tokens, per slot."""
+    p = batch["packing"]
+    logps = token_logps(token_logits(model, batch), p["target"])
+    return slot_sums(logps, batch), slot_sums(torch.ones_like(logps), batch)
+
+
+def last_logits(model, batch: dict) -> torch.Tensor:
+    """(slots, V): the logits after each continuation's last token (the next-token distribution)."""
+    p = batch["packing"]
+    return forward_at(model, batch, p["last_row"], p["last_index"])
