@@ -24,7 +24,7 @@ import pytest
 from _runs import differences
 
 WORKER = Path(__file__).parent / "_run_worker.py"
-TRAIN = ["runtime.dtype=fp32", "train.batch_size=2", "train.epochs=2", "train.optim.lr=1e-3",
+TRAIN = ["runtime.dtype=fp32", "report=false", "train.batch_size=2", "train.epochs=2", "train.optim.lr=1e-3",
          "train.optim.log_every=1", "train.checkpoint_every=1"]
 CONFIGS = {
     "rlaif-v": ["policy=world:base", "labeler=self", "rounds=2", "prompts.source=world", "prompts.per_round=6",

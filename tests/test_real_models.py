@@ -101,7 +101,7 @@ def test_bf16_runtime_loads_samples_labels_and_trains_in_bf16(arch, saved, tmp_p
     same = lambda out: out  # noqa: E731
     monkeypatch.setattr(stages, "generate", spy("sample", stages.generate, same))
     monkeypatch.setattr(labeler_mod, "yes_probability", spy("label", labeler_mod.yes_probability, same))
-    monkeypatch.setattr(preference, "sequence_logps", spy("train", preference.sequence_logps, same))
+    monkeypatch.setattr(preference, "continuation_logps", spy("train", preference.continuation_logps, same))
     model = saved[arch]
     prompts = prompt_file(tmp_path / "data")
     # the labeler (world:labeler, a bf16 checkpoint) loads through the run's runtime settings too
