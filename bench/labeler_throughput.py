@@ -73,7 +73,7 @@ def main() -> None:
 
     model, processor = shape.model, shape.processor
     images, texts = answers(shape, args.prompts, args.samples)
-    clock = shapes.Clock(args.device)
+    clock = shapes.Clock(args.device, args.repeats)
     with torch.no_grad():
         label_responses(model, processor, images[:2], texts[:2], WorldClaims())  # warm-up
         feedback, ours = clock(label_responses, model, processor, images, texts, WorldClaims())

@@ -46,7 +46,7 @@ def main() -> None:
     seeds = [sample_seed(0, f"prompt-{i}", k) for i, k in rows]
     new = args.new_tokens or (150 if shape.name.startswith("llava7b") else 48)
     decoding = Decoding(max_new_tokens=new, temperature=0.7)
-    clock = shapes.Clock(args.device)
+    clock = shapes.Clock(args.device, args.repeats)
     with torch.no_grad():
         generate(model, processor, row_images[:2], row_instructions[:2], decoding, seeds=seeds[:2])  # warm-up
         ours, ours_s = clock(generate, model, processor, row_images, row_instructions, decoding, seeds=seeds)

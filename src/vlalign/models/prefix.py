@@ -75,17 +75,34 @@ def answers_group(processor, image: Image.Image, instruction: str, answers: Sequ
 
 def questions_groups(processor, image: Image.Image, questions: Sequence[str], slots: Sequence[int]) -> list[Prefixed]:
     """Prompts that differ only after the image share the tokens they have in common (the image and the chat
-    template's opening); each question's own tokens continue them. Prompts whose difference reaches into the
-    image tokens are not shared."""
+    template's opening); each question's own tokens continue them. The image goes through the processor
+    once; the other questions are tokenized as text (what follows the image tokenizes the same with or
+    without their expansion, checked on the first prompt). Prompts whose difference reaches into the image
+    tokens are not shared."""
+    if len(questions) > 1:
+        texts = [chat_prompt(processor, q) for q in questions]
+        first = encode_prompt(processor, image, questions[0])
+        raw = [torch.tensor(ids, dtype=torch.long) for ids in processor.tokenizer(texts)["input_ids"]]
+        common = _common_length(raw)
+        tail = raw[0][common:]
+        start = len(first["input_ids"]) - len(tail)
+        if start > 0 and first["input_ids"][start:].equal(tail) and not _has_image_tokens(processor, first, start):
+            return [Prefixed(_cut(first, start), [r[common:] for r in raw], list(slots))]
     prompts = [encode_prompt(processor, image, q) for q in questions]
     ids = [p["input_ids"] for p in prompts]
-    common = min(len(i) for i in ids) - 1  # every question keeps at least its last token
-    for i in ids[1:]:
-        differs = (i[:common] != ids[0][:common]).nonzero()
-        common = int(differs[0]) if len(differs) else common
+    common = _common_length(ids)
     if len(prompts) > 1 and not any(_has_image_tokens(processor, p, common) for p in prompts):
         return [Prefixed(_cut(prompts[0], common), [i[common:] for i in ids], list(slots))]
     return [Prefixed(_cut(p, len(i) - 1), [i[-1:]], [s]) for p, i, s in zip(prompts, ids, slots, strict=True)]
+
+
+def _common_length(ids: Sequence[torch.Tensor]) -> int:
+    """How many leading tokens all of `ids` share, keeping at least the last token of each out."""
+    common = min(len(i) for i in ids) - 1
+    for i in ids[1:]:
+        differs = (i[:common] != ids[0][:common]).nonzero()
+        common = int(differs[0]) if len(differs) else common
+    return common
 
 
 def _has_image_tokens(processor, prompt: dict[str, torch.Tensor], start: int) -> bool:
