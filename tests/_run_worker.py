@@ -47,7 +47,7 @@ def install() -> None:
     import vlalign.train.preference as preference
 
     atomic, check, write_json, save_file, logps, mark = (store._write_atomic, load._check_safetensors,
-                                                         runner.write_json, loop.save_file, preference.sequence_logps,
+                                                         runner.write_json, loop.save_file, preference.continuation_logps,
                                                          store.Stage.mark_items_done)
     train_arm = runner.train_arm
 
@@ -66,7 +66,7 @@ def install() -> None:
         save_file(tensors, filename)
         event("checkpoint")
 
-    def _sequence_logps(*args, **kwargs):
+    def _continuation_logps(*args, **kwargs):
         event("forward")
         return logps(*args, **kwargs)
 
@@ -80,7 +80,7 @@ def install() -> None:
         mark(self, keys)
 
     store._write_atomic, load._check_safetensors, runner.write_json = _write_atomic, _check_safetensors, _write_json
-    loop.save_file, preference.sequence_logps, store.Stage.mark_items_done = _save_file, _sequence_logps, _mark_items_done
+    loop.save_file, preference.continuation_logps, store.Stage.mark_items_done = _save_file, _continuation_logps, _mark_items_done
     runner.train_arm = _train_arm
 
 

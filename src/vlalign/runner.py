@@ -253,7 +253,8 @@ def _run(method: Method, config, store: RunStore) -> dict:
             check_trained(folder / "policy", f"round {k}")
         summary["rounds"].append(record)
         start = str(folder / "policy")
-    summary.update(final=start, seconds=round(time.time() - started, 1), config=to_dict(config))
+    earlier = (read_json(store.root / "summary.json") or {}).get("seconds", 0.0)  # a resume adds its own time
+    summary.update(final=start, seconds=round(earlier + time.time() - started, 1), config=to_dict(config))
     write_json(store.root / "summary.json", summary)
     log(f"{method.name}: final policy at {start}; summary at {store.root / 'summary.json'}")
     if config.report:

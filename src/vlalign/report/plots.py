@@ -81,6 +81,8 @@ def metric_panels(columns: Sequence[tuple[str, dict]], path: Path, keys: Sequenc
         ax.set_title(HEADLINE.get(key, key))
         ax.set_xticks(range(len(labels)), labels, rotation=40, ha="right", fontsize=7)
         ax.margins(y=0.18)
+        if min(heights) >= 0:  # rates and counts: the axis starts at 0, also when every bar is 0
+            ax.set_ylim(0, None if max(heights) > 0 else 1)
     return _save(plt, fig, path)
 
 

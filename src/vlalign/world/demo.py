@@ -153,9 +153,13 @@ def run_demo(out: Path, quick: bool = False, policy: str = "world:base", labeler
                 summary["rlaif_v_best_of_n"] = cached(
                     out / "eval" / "best_of_n.json",
                     lambda r=result, n=n: best_of_n_chair(r["final"], policy, n, 100 if quick else 500, TEMPERATURE))
-                summary["rlaif_v_round1"] = _world(result["rounds"][0])
+                if len(result["rounds"]) > 1:  # the round mDPO and MPO train on, when it is not the final one
+                    summary["rlaif_v_round1"] = _world(result["rounds"][0])
             summary["method_seconds"][recipe.label] = round(time.time() - began, 1)
-    summary.update(eval_scenes=scenes, quick=quick, seconds=round(time.time() - start, 1))
+    earlier = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+    for label, seconds in earlier.get("method_seconds", {}).items():  # a resumed demo adds its own time
+        summary["method_seconds"][label] = round(summary["method_seconds"].get(label, 0.0) + seconds, 1)
+    summary.update(eval_scenes=scenes, quick=quick, seconds=round(earlier.get("seconds", 0.0) + time.time() - start, 1))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     try_report(out)
     return summary
