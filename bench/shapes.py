@@ -50,7 +50,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default=None, help="default: bf16 on cuda, fp32 on cpu")
     ap.add_argument("--threads", type=int, default=2, help="torch threads on a CPU")
-    ap.add_argument("--repeats", type=int, default=3, help="timed calls of each path in the labeler and sampling benches; the fastest counts")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="timed calls of each path in the labeler and sampling benches; the fastest counts")
 
 
 def dtype_of(args) -> torch.dtype:
