@@ -1,5 +1,5 @@
 """What a user sees: progress and messages on stderr (results alone on stdout), every long step named by
-method and round, tables that fit 100 columns, and where the run left its models."""
+method and round, tables that fit 100 columns, and where the run left its models and its report."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 
 @pytest.mark.slow
-def test_a_run_names_its_steps_fits_100_columns_and_says_where_its_models_are(tmp_path):
+def test_a_run_names_its_steps_fits_100_columns_and_says_where_its_models_and_report_are(tmp_path):
     out = tmp_path / "run"
     args = ["policy=world:base", "runtime.dtype=fp32", "labeler=self", "rounds=1", "prompts.source=world",
             "prompts.per_round=6", "samples=3", "decoding.max_new_tokens=48", "decoding.temperature=1.0",
@@ -29,3 +29,5 @@ def test_a_run_names_its_steps_fits_100_columns_and_says_where_its_models_are(tm
     assert max(len(line) for line in err.splitlines()) <= 100
     assert f"model at {out / 'round1' / 'policy'}" in err.replace("\n", "")  # long paths wrap at 100 columns
     assert "summary at" in err
+    assert f"report at {out / 'report' / 'index.html'}" in err.replace("\n", "")  # written when the run ends
+    assert (out / "report" / "index.html").exists()
