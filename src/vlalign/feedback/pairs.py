@@ -22,8 +22,10 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from itertools import combinations
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class PairRules:
 
 
 def _rng(seed: int, key: str) -> np.random.Generator:
+    import numpy as np  # here, not at the top: configs import this module, and a config check needs no numpy
+
     return np.random.default_rng([seed, int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")])
 
 
@@ -100,6 +104,8 @@ class LengthBalance:
 
 
 def _mean_words(texts: Sequence[str]) -> float:
+    import numpy as np
+
     return float(np.mean([words(t) for t in texts])) if texts else 0.0
 
 
@@ -107,6 +113,8 @@ def balance_lengths(pairs: Sequence[tuple[str, str]], step: float = 0.02) -> tup
     """Indices of the (chosen, rejected) text pairs to keep, and the threshold that kept them."""
     if not pairs:
         return [], LengthBalance(None, 0, 0, 0.0, 0.0, 0.0, 0.0)
+    import numpy as np
+
     shorten = np.array([shortening(c, r) for c, r in pairs])
     chosen = np.array([words(c) for c, _ in pairs], dtype=float)
     rejected = np.array([words(r) for _, r in pairs], dtype=float)

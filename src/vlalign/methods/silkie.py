@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from vlalign.methods.base import Arm, Method, Prompts, Round, RunConfig
 from vlalign.models.settings import Runtime
 from vlalign.plugins import METHODS, RATING_STYLES, SPLITTERS
@@ -84,6 +82,8 @@ class SilkieConfig(RunConfig):
 
 def assign_members(prompt_id: str, n_members: int, k: int, seed: int) -> list[int]:
     """Which `k` pool members answer this prompt: a seeded draw, so every prompt gets k different models."""
+    import numpy as np  # here: the CLI imports every method to list its command, and needs no numpy for that
+
     key = int.from_bytes(hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()[:4], "little")
     return sorted(np.random.default_rng([seed, key]).choice(n_members, size=k, replace=False).tolist())
 
