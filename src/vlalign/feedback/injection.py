@@ -18,13 +18,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from vlalign.english import article
 from vlalign.feedback.claims import YES_NO_REPLY
 from vlalign.feedback.judge import ChatRequest, Judge
 from vlalign.plugins import VOCABULARIES
+
+if TYPE_CHECKING:
+    import numpy as np
 
 KINDS = ("object", "attribute", "relation")
 
@@ -86,6 +88,8 @@ def fit_cooccurrence(texts: Iterable[str], vocab: Vocabulary) -> dict[str, Count
 
 
 def _rng(seed: int, key: str) -> np.random.Generator:
+    import numpy as np  # here: configs check vocabulary names through this module's registry
+
     return np.random.default_rng([seed, int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")])
 
 
@@ -109,8 +113,8 @@ class RuleInjector:
         if not counts:
             return None
         names = sorted(counts)
-        p = np.array([counts[n] for n in names], dtype=float)
-        return names[int(rng.choice(len(names), p=p / p.sum()))]
+        total = float(sum(counts[n] for n in names))
+        return names[int(rng.choice(len(names), p=[counts[n] / total for n in names]))]
 
     def add_object(self, text: str, rng: np.random.Generator, known: frozenset[str] = frozenset()
                    ) -> Injection | None:

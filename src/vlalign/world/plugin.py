@@ -34,27 +34,54 @@ def prompt_sources() -> None:
                                                WorldPrompts, _write_prompts))
 
 
+def _world_claims(judge):
+    from vlalign.world.claims import WorldClaims  # here: checking a config's splitter name needs no scenes
+
+    return WorldClaims()
+
+
 def splitters() -> None:
     from vlalign.plugins import SPLITTERS
-    from vlalign.world.claims import WorldClaims
 
-    SPLITTERS.register(NAME, lambda judge: WorldClaims())
+    SPLITTERS.register(NAME, _world_claims)
+
+
+def _judge_prompt(*args, **kwargs):
+    from vlalign.world.judging import judge_prompt
+
+    return judge_prompt(*args, **kwargs)
+
+
+def _parse_verdict(*args, **kwargs):
+    from vlalign.world.judging import parse_verdict
+
+    return parse_verdict(*args, **kwargs)
 
 
 def rating_styles() -> None:
     from vlalign.feedback.vlfeedback import RatingStyle
     from vlalign.plugins import RATING_STYLES
-    from vlalign.world.judging import judge_prompt, parse_verdict
 
-    RATING_STYLES.register(NAME, RatingStyle(NAME, per_answer=True, prompt=judge_prompt, parse=parse_verdict))
+    RATING_STYLES.register(NAME, RatingStyle(NAME, per_answer=True, prompt=_judge_prompt, parse=_parse_verdict))
+
+
+def _world_vocabulary(*args, **kwargs):
+    from vlalign.world.vocabulary import world_vocabulary
+
+    return world_vocabulary(*args, **kwargs)
+
+
+def _training_descriptions(*args, **kwargs):
+    from vlalign.world.vocabulary import training_descriptions
+
+    return training_descriptions(*args, **kwargs)
 
 
 def vocabularies() -> None:
     from vlalign.feedback.injection import VocabularyEntry
     from vlalign.plugins import VOCABULARIES
-    from vlalign.world.vocabulary import training_descriptions, world_vocabulary
 
-    VOCABULARIES.register(NAME, VocabularyEntry(world_vocabulary, training_descriptions))
+    VOCABULARIES.register(NAME, VocabularyEntry(_world_vocabulary, _training_descriptions))
 
 
 def benchmarks() -> None:
