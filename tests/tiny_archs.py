@@ -122,46 +122,57 @@ QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>
                 "<|image_pad|>", "<|video_pad|>", "<unk>")
 
 
-def build_qwen2_vl(seed: int = 0):
-    from transformers import (
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessorPil,
-        Qwen2VLProcessor,
-    )
+# Images are resized to multiples of 16 px with 256 to 2304 pixels (16x16 to 48x48): 8-px patches, merged
+# 2x2, so an image becomes 1 to 9 tokens depending on its size, as in the real models.
+QWEN_PATCH, QWEN_MERGE = 8, 2
 
-    from vlalign.models.processors import make_processor
+
+def _qwen_tokenizer_and_images():
+    """The tokenizer and image processor Qwen2-VL and Qwen2.5-VL share."""
+    from transformers import Qwen2VLImageProcessorPil
 
     tok = word_tokenizer(QWEN_SPECIAL, bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>", unk="<unk>",
                          extra_special={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
                                         "vision_bos_token": "<|vision_start|>",
                                         "vision_eos_token": "<|vision_end|>"})
-    # Images are resized to multiples of 16 px with 256 to 2304 pixels (16x16 to 48x48): 8-px patches,
-    # merged 2x2, so an image becomes 1 to 9 tokens depending on its size, as in the real model.
-    patch, merge = 8, 2
     image_processor = Qwen2VLImageProcessorPil(
         size={"shortest_edge": 16 * 16, "longest_edge": 48 * 48},
-        patch_size=patch, temporal_patch_size=2, merge_size=merge,
+        patch_size=QWEN_PATCH, temporal_patch_size=2, merge_size=QWEN_MERGE,
     )
-    # The real processor class; without torchvision its video half is left out (vlalign.models.processors).
-    processor = make_processor(Qwen2VLProcessor, image_processor=image_processor, tokenizer=tok,
-                               chat_template=QWEN_CHAT_TEMPLATE)
-    hidden, heads = 32, 2
-    config = Qwen2VLConfig(
+    return tok, image_processor
+
+
+def _qwen_decoder(tok) -> dict:
+    """The config fields of the Qwen2 decoder with M-RoPE and the vision token ids, shared by both families."""
+    return dict(
         text_config=dict(
-            vocab_size=len(tok), hidden_size=hidden, intermediate_size=64, num_hidden_layers=1,
-            num_attention_heads=heads, num_key_value_heads=1, max_position_embeddings=512,
+            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
             initializer_range=INIT_RANGE,
         ),
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2,
-                           patch_size=patch, spatial_merge_size=merge, temporal_patch_size=2,
-                           initializer_range=INIT_RANGE),
         image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
         video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
         vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
         vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+    )
+
+
+def build_qwen2_vl(seed: int = 0):
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+
+    from vlalign.models.processors import make_processor
+
+    tok, image_processor = _qwen_tokenizer_and_images()
+    # The real processor class; without torchvision its video half is left out (vlalign.models.processors).
+    processor = make_processor(Qwen2VLProcessor, image_processor=image_processor, tokenizer=tok,
+                               chat_template=QWEN_CHAT_TEMPLATE)
+    config = Qwen2VLConfig(
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2,
+                           patch_size=QWEN_PATCH, spatial_merge_size=QWEN_MERGE, temporal_patch_size=2,
+                           initializer_range=INIT_RANGE),
+        **_qwen_decoder(tok),
     )
     torch.manual_seed(seed)
     return _finish(Qwen2VLForConditionalGeneration(config), tok), processor
@@ -249,39 +260,18 @@ def build_llava_next(seed: int = 0):
 # ---- (e) Qwen2.5-VL: windowed ViT with 2x2 merger + Qwen2 decoder with M-RoPE ----
 
 def build_qwen2_5_vl(seed: int = 0):
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessorPil,
-    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
     from vlalign.models.processors import make_processor
 
-    tok = word_tokenizer(QWEN_SPECIAL, bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>", unk="<unk>",
-                         extra_special={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
-                                        "vision_bos_token": "<|vision_start|>",
-                                        "vision_eos_token": "<|vision_end|>"})
-    patch, merge = 8, 2
-    image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": 16 * 16, "longest_edge": 48 * 48},
-                                               patch_size=patch, temporal_patch_size=2, merge_size=merge)
+    tok, image_processor = _qwen_tokenizer_and_images()
     processor = make_processor(Qwen2_5_VLProcessor, image_processor=image_processor, tokenizer=tok,
                                chat_template=QWEN_CHAT_TEMPLATE)
     config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-            num_key_value_heads=1, max_position_embeddings=512,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-            initializer_range=INIT_RANGE,
-        ),
         vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
-                           patch_size=patch, spatial_merge_size=merge, temporal_patch_size=2, window_size=16,
-                           fullatt_block_indexes=[1], initializer_range=INIT_RANGE),
-        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
-        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
-        vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+                           patch_size=QWEN_PATCH, spatial_merge_size=QWEN_MERGE, temporal_patch_size=2,
+                           window_size=16, fullatt_block_indexes=[1], initializer_range=INIT_RANGE),
+        **_qwen_decoder(tok),
     )
     torch.manual_seed(seed)
     return _finish(Qwen2_5_VLForConditionalGeneration(config), tok), processor
