@@ -10,7 +10,6 @@ only grades, and serves as POVID's ground-truth answers.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,14 +77,13 @@ def _world(record: dict) -> dict:
 
 
 def cached(path: Path, compute) -> dict:
-    """`compute()`'s result, computed once per demo directory."""
-    if path.exists():
-        return json.loads(path.read_text())
-    result = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
+    """`compute()`'s result, computed once per demo directory (again when its file was damaged)."""
+    from vlalign.runner import read_json, write_json
+
+    result = read_json(path)
+    if result is None:
+        result = compute()
+        write_json(path, result)
     return result
 
 
@@ -129,7 +127,7 @@ def run_demo(out: Path, quick: bool = False, policy: str = "world:base", labeler
     from vlalign.models.best_of_n import TEMPERATURE
     from vlalign.models.load import load
     from vlalign.report import try_report
-    from vlalign.runner import run
+    from vlalign.runner import read_json, run, write_json
     from vlalign.world.metrics import evaluate_world
 
     start = time.time()
@@ -156,11 +154,11 @@ def run_demo(out: Path, quick: bool = False, policy: str = "world:base", labeler
                 if len(result["rounds"]) > 1:  # the round mDPO and MPO train on, when it is not the final one
                     summary["rlaif_v_round1"] = _world(result["rounds"][0])
             summary["method_seconds"][recipe.label] = round(time.time() - began, 1)
-    earlier = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+    earlier = read_json(out / "summary.json") or {}
     for label, seconds in earlier.get("method_seconds", {}).items():  # a resumed demo adds its own time
         summary["method_seconds"][label] = round(summary["method_seconds"].get(label, 0.0) + seconds, 1)
     summary.update(eval_scenes=scenes, quick=quick, seconds=round(earlier.get("seconds", 0.0) + time.time() - start, 1))
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "summary.json", summary)
     try_report(out)
     return summary
 
