@@ -9,7 +9,19 @@ loads torch.
 
 from __future__ import annotations
 
+import importlib
+
 NAME = "world"
+
+
+def _later(module: str, name: str):
+    """`module.name`, imported when first called: registering it imports nothing (a config check loads no
+    scenes, no numpy and no torch)."""
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__qualname__ = call.__name__ = name
+    return call
 
 
 def model_sources() -> None:
@@ -19,19 +31,13 @@ def model_sources() -> None:
     MODEL_SOURCES.register(NAME, shipped_path)
 
 
-def _write_prompts(request):
-    from vlalign.world.prompts import write
-
-    return write(request)
-
-
 def prompt_sources() -> None:
     from vlalign.data.sources import PromptSource
     from vlalign.plugins import PROMPT_SOURCES
     from vlalign.world.tasks import WorldPrompts
 
     PROMPT_SOURCES.register(NAME, PromptSource(NAME, "fresh scenes of the embedded world, with tasks from a mix",
-                                               WorldPrompts, _write_prompts))
+                                               WorldPrompts, _later("vlalign.world.prompts", "write")))
 
 
 def _world_claims(judge):
@@ -46,42 +52,21 @@ def splitters() -> None:
     SPLITTERS.register(NAME, _world_claims)
 
 
-def _judge_prompt(*args, **kwargs):
-    from vlalign.world.judging import judge_prompt
-
-    return judge_prompt(*args, **kwargs)
-
-
-def _parse_verdict(*args, **kwargs):
-    from vlalign.world.judging import parse_verdict
-
-    return parse_verdict(*args, **kwargs)
-
-
 def rating_styles() -> None:
     from vlalign.feedback.vlfeedback import RatingStyle
     from vlalign.plugins import RATING_STYLES
 
-    RATING_STYLES.register(NAME, RatingStyle(NAME, per_answer=True, prompt=_judge_prompt, parse=_parse_verdict))
-
-
-def _world_vocabulary(*args, **kwargs):
-    from vlalign.world.vocabulary import world_vocabulary
-
-    return world_vocabulary(*args, **kwargs)
-
-
-def _training_descriptions(*args, **kwargs):
-    from vlalign.world.vocabulary import training_descriptions
-
-    return training_descriptions(*args, **kwargs)
+    RATING_STYLES.register(NAME, RatingStyle(NAME, per_answer=True,
+                                             prompt=_later("vlalign.world.judging", "judge_prompt"),
+                                             parse=_later("vlalign.world.judging", "parse_verdict")))
 
 
 def vocabularies() -> None:
     from vlalign.feedback.injection import VocabularyEntry
     from vlalign.plugins import VOCABULARIES
 
-    VOCABULARIES.register(NAME, VocabularyEntry(_world_vocabulary, _training_descriptions))
+    VOCABULARIES.register(NAME, VocabularyEntry(_later("vlalign.world.vocabulary", "world_vocabulary"),
+                                                 _later("vlalign.world.vocabulary", "training_descriptions")))
 
 
 def benchmarks() -> None:
@@ -92,13 +77,7 @@ def benchmarks() -> None:
         BENCHMARKS.register(b.name, b)
 
 
-def _scene_marks(answer, prompt):
-    from vlalign.world.marks import scene_marks
-
-    return scene_marks(answer, prompt)
-
-
 def answer_markers() -> None:
     from vlalign.plugins import ANSWER_MARKERS
 
-    ANSWER_MARKERS.register(NAME, _scene_marks)
+    ANSWER_MARKERS.register(NAME, _later("vlalign.world.marks", "scene_marks"))
