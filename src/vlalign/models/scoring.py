@@ -14,11 +14,7 @@ from vlalign.models.batching import IGNORE, model_inputs, to_device
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """log_softmax(logits).gather(-1, index), one row at a time so a 150k vocabulary fits in memory."""
-    rows = []
-    for row_logits, row_index in zip(logits, index, strict=True):
-        row = row_logits if row_logits.dtype in (torch.float32, torch.float64) else row_logits.float()
-        rows.append(row.gather(-1, row_index.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(row, dim=-1))
-    return torch.stack(rows)
+    return torch.stack([prefix.token_logps(row, row_index) for row, row_index in zip(logits, index, strict=True)])
 
 
 def logits_at(model, inputs: dict[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
