@@ -74,7 +74,13 @@ def encode(processor, images: Sequence[Image.Image], instructions: Sequence[str]
             tt = enc[key][0]
             row[key] = torch.cat([tt, tt.new_zeros(len(ids) - len(tt))])
         rows.append(row)
-    return collate(rows, pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0)
+    return collate(rows, pad_id=pad_id(processor))
+
+
+def pad_id(processor) -> int:
+    """The token that pads a batch: the tokenizer's pad token, else 0 (masked out either way)."""
+    tok = processor.tokenizer
+    return tok.pad_token_id if tok.pad_token_id is not None else 0
 
 
 def _room(processor, prompt_length: int) -> int | None:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from vlalign.models import prefix
-from vlalign.models.batching import IGNORE, model_inputs, to_device
+from vlalign.models.batching import IGNORE, model_inputs, pad_id, to_device
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -75,17 +75,12 @@ def score_responses(model, processor, images: Sequence[Image.Image], instruction
         total, count = prefix.continuation_logps(model, to_device(batch, device, dtype))
         return torch.stack([total, count], -1).cpu()
 
-    scored = prefix.run_grouped(groups, batch_size, make, score, _pad_id(processor), prefix.shares_prefix(model))
+    scored = prefix.run_grouped(groups, batch_size, make, score, pad_id(processor), prefix.shares_prefix(model))
     out = []
     for i in range(len(responses)):
         total, count = scored[i].tolist()
         out.append(ResponseScore(total, total / max(count, 1), int(count)))
     return out
-
-
-def _pad_id(processor) -> int:
-    tok = processor.tokenizer
-    return tok.pad_token_id if tok.pad_token_id is not None else 0
 
 
 def answer_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
@@ -125,5 +120,5 @@ def yes_probability(model, processor, images: Sequence[Image.Image], questions: 
         p_yes, p_no = probs[:, yes].sum(-1), probs[:, no].sum(-1)
         return (p_yes / (p_yes + p_no).clamp(min=1e-12)).cpu()
 
-    scored = prefix.run_grouped(groups, batch_size, make, score, _pad_id(processor), prefix.shares_prefix(model))
+    scored = prefix.run_grouped(groups, batch_size, make, score, pad_id(processor), prefix.shares_prefix(model))
     return [float(scored[i]) for i in range(len(questions))]

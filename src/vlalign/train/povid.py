@@ -21,6 +21,7 @@ import torch
 
 from vlalign.data.corrupt import add_diffusion_noise
 from vlalign.models import prefix
+from vlalign.models.batching import pad_id
 from vlalign.models.lora import reference_context
 from vlalign.train.losses import povid_loss
 from vlalign.train.preference import Columns, PreferenceExample, fit_preferences, pair_collate, prepare_policy
@@ -32,7 +33,7 @@ def povid_collate(processor, noise: NoiseConfig, shared: bool = True):
     image and under a freshly noised one, each its own prefix (the noise of batch `number` is the same
     whenever that batch is drawn, so a resumed run draws it again)."""
     pairs = pair_collate(processor, Columns(), shared)
-    pad = processor.tokenizer.pad_token_id or 0
+    pad = pad_id(processor)
 
     def collate(items: list, number: int) -> dict:
         examples = [e for e, _ in items]

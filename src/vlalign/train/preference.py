@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from vlalign.config import to_dict
 from vlalign.models import prefix
-from vlalign.models.batching import to_device
+from vlalign.models.batching import pad_id, to_device
 from vlalign.models.prefix import continuation_logps, shares_prefix
 from vlalign.progress import progress
 from vlalign.train.loop import Checkpoints, Collate, LossFn, Tracking, train
@@ -77,16 +77,16 @@ def batch_rows(processor, examples: Sequence[PreferenceExample], columns: Column
     `chosen_corrupt` has its own). Scores come back column after column: every example's first column, then
     the next (`split_columns`). With `shared=False` every answer gets a row of its own."""
     n = len(examples)
+    under: dict[str, list[int]] = {}  # image ("" for the real one) -> the columns read under it
+    for c, name in enumerate(columns.names):
+        under.setdefault("" if name in ("chosen", "rejected") else name, []).append(c)
     groups = []
     for i, e in enumerate(examples):
-        under: dict[str, list[int]] = {}  # image -> the columns read under it
-        for c, name in enumerate(columns.names):
-            under.setdefault("" if name in ("chosen", "rejected") else name, []).append(c)
         for image, cs in under.items():
-            groups.append(prefix.answers_group(processor, e.image if not image else columns.image(image, e), e.instruction,
-                                        [columns.text(columns.names[c], e) for c in cs], [c * n + i for c in cs]))
-    pad = processor.tokenizer.pad_token_id
-    return prefix.collate(groups, pad if pad is not None else 0, shared)
+            groups.append(prefix.answers_group(processor, columns.image(image, e) if image else e.image, e.instruction,
+                                               [columns.text(columns.names[c], e) for c in cs],
+                                               [c * n + i for c in cs]))
+    return prefix.collate(groups, pad_id(processor), shared)
 
 
 def split_columns(values: torch.Tensor, columns: Columns) -> dict[str, torch.Tensor]:
