@@ -83,9 +83,9 @@ def _generate_chunk(model, processor, images: Sequence[Image.Image | None], inst
     row_of = torch.zeros(len(texts), dtype=torch.long)
     for g, members in enumerate(groups):
         row_of[members] = g
-    cache, positions = _prefill(model, enc)
-    cache.reorder_cache(row_of.to(p.device))
     rows = row_of.to(p.device)
+    cache, positions = _prefill(model, enc)
+    cache.reorder_cache(rows)
     text_inputs = {k: enc[k][rows] for k in ("input_ids", "attention_mask", *prefix.TOKEN_TYPES) if k in enc}
     processors = LogitsProcessorList()
     if seeds is not None:
