@@ -14,6 +14,14 @@ TINY = dict(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32, t
             text_intermediate=64)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`-n auto --dist loadgroup`) every test that reads the quick demo runs in the one
+    worker that makes it: a session fixture is made once per worker, and the demo takes minutes."""
+    for item in items:
+        if "quick_demo" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("quick_demo"))
+
+
 @pytest.fixture(scope="session")
 def tiny_world_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Model + processor of a world LLaVA with random weights (a few hundred thousand parameters)."""
