@@ -1,6 +1,9 @@
 """A stage run in its own process, so a test can kill it for real: `python _stage_worker.py DIR N SLEEP
 [CALLS [BATCH_SIZE SHARD_SIZE]]`. With CALLS, every call of `process` appends a line there as it starts,
-so a test knows how many batches were in flight or done when it killed the worker."""
+so a test knows how many batches were in flight or done when it killed the worker.
+
+Under `torchrun` every rank runs the stage (its share of the items); with VLALIGN_TEST_EXIT="RANK:K" the
+process of that rank dies (`os._exit`, no clean-up) as its batch K+1 starts, K batches written."""
 
 from __future__ import annotations
 
@@ -26,9 +29,20 @@ def make_rows(batch: list[int], sleep: float = 0.0) -> list[dict]:
     return [{"id": item_id(i), "value": i, "text": f"record {i}"} for i in batch]
 
 
+def _exit_after() -> int | None:
+    """How many batches this process writes before it dies (VLALIGN_TEST_EXIT names its rank), else None."""
+    rank, _, batches = os.environ.get("VLALIGN_TEST_EXIT", "").partition(":")
+    return int(batches) if rank and int(rank) == int(os.environ.get("RANK", "0")) else None
+
+
 def run(stage_dir: str, n: int, sleep: float = 0.0, calls: str | None = None, batch_size: int = BATCH_SIZE,
         shard_size: int = SHARD_SIZE):
+    exit_after, started = _exit_after(), [0]
+
     def process(batch):
+        started[0] += 1
+        if exit_after is not None and started[0] > exit_after:
+            os._exit(3)
         if calls:
             with open(calls, "a") as f:
                 f.write(f"{len(batch)}\n")

@@ -42,7 +42,10 @@ def run_method(method: str, config: Path | None, out: Path, overrides: list[str]
     from vlalign.runner import run
 
     summary = run(m, settings, out)
-    print_summary(summary, out)
+    from vlalign import ranks
+
+    if ranks.is_main():  # every process of a launched job has the summary; one prints it
+        print_summary(summary, out)
     return summary
 
 
@@ -193,16 +196,20 @@ def dpo(
     shorthands = [f"{k}={v}" for k, v in (("beta", beta), ("epochs", epochs)) if v is not None]
     settings = load_config(TrainConfig, config, [*shorthands, *(overrides or [])])
     runtime = Runtime(dtype=dtype)
+    from vlalign import ranks
     from vlalign.models.load import load, save
     from vlalign.stages import examples_under
     from vlalign.train.preference import fit_preferences
 
     examples = examples_under(pairs)
     model, processor = load(policy, runtime)
-    console.print(f"training on {len(examples)} pairs from {pairs}")
+    if ranks.is_main():
+        console.print(f"training on {len(examples)} pairs from {pairs} ({ranks.world_size()} process(es))")
     model, history = fit_preferences(model, processor, examples, settings, out=out / "training")
-    console.print(f"final loss {history[-1]['loss']:.4f}")
-    print(save(model, processor, out / "policy"))
+    if ranks.is_main():  # every process holds the same trained weights; one writes them
+        console.print(f"final loss {history[-1]['loss']:.4f}")
+        print(save(model, processor, out / "policy"))
+    ranks.barrier()
 
 
 def _prompt_file_items(prompts: Path) -> tuple[list[tuple[str, str | None, str]], list]:
@@ -294,7 +301,8 @@ def serve(
     fail_every: int = typer.Option(0, help="Fail every k-th request on purpose (tests of client retries)."),
     fail_status: int = typer.Option(503, help="HTTP status of those failures (503, 429, ...)."),
 ) -> None:
-    """Serve a local model behind an OpenAI-compatible chat endpoint (/v1/chat/completions)."""
+    """Serve a local model behind an OpenAI-compatible chat endpoint (/v1/chat/completions with n, seed and
+    top_logprobs as vLLM's; /v1/load_lora_adapter and /v1/unload_lora_adapter for each round's adapter)."""
     from vlalign.feedback.judges import make_judge
     from vlalign.serve import make_server
 

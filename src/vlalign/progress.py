@@ -1,6 +1,7 @@
 """Progress bars and messages for every long step (rich), all on stderr, so stdout carries only results.
 
 `scope("rlaif-v round 2")` names what the bars inside it belong to: "rlaif-v round 2: sampling".
+Under a launcher only the main process shows bars and news; every process warns, naming its rank.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from vlalign import ranks
 
 # A terminal gets its own width; a pipe or a log file 100 columns, wide enough for the tables.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 100)
@@ -32,13 +35,15 @@ def _named(text: str) -> str:
 
 
 def log(message: str) -> None:
-    """One line of progress news (which round, which method)."""
-    console.print(f"[bold]{_named(message)}[/bold]", highlight=False)
+    """One line of progress news (which round, which method), from the main process."""
+    if ranks.is_main():
+        console.print(f"[bold]{_named(message)}[/bold]", highlight=False)
 
 
 def warn(message: str) -> None:
     """Something the user should know about and may want to fix, without stopping the run."""
-    console.print(f"[yellow]warning:[/yellow] {_named(message)}", highlight=False, soft_wrap=True)  # paths stay whole
+    who = f"rank {ranks.rank()}: " if ranks.launched() else ""
+    console.print(f"[yellow]warning:[/yellow] {who}{_named(message)}", highlight=False, soft_wrap=True)  # paths stay whole
 
 
 class _Bar:
@@ -56,7 +61,7 @@ class _Bar:
 
 @contextmanager
 def progress(description: str, total: int, disable: bool = False) -> Iterator[_Bar]:
-    if disable:
+    if disable or not ranks.is_main():
         yield _Bar(None, None)
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

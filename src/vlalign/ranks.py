@@ -8,12 +8,19 @@ every stage, the evaluation and the training loop use that same group.
 
 from __future__ import annotations
 
+import atexit
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+
+class MainFailed(RuntimeError):
+    """What the other processes raise when a step only the main process runs failed there (the main process
+    raises the error itself, with its type and traceback)."""
 
 
 def world_size() -> int:
@@ -31,7 +38,18 @@ def _state():
     from accelerate import PartialState
 
     # accelerate only starts a CPU process group when told the job runs on CPUs (gloo)
-    return PartialState(cpu=not torch.accelerator.is_available())
+    state = PartialState(cpu=not torch.accelerator.is_available())
+    atexit.register(_leave)
+    return state
+
+
+def _leave() -> None:
+    """Close the process group as the process ends: one left open aborts the process at exit (gloo's threads
+    are still running), which the launcher reports as a failure of the whole job."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank() -> int:
@@ -51,9 +69,11 @@ def barrier() -> None:
 
 
 def share(items: Sequence[T]) -> list[T]:
-    """This process's share of `items`: every world_size-th one from its rank, so the shares are disjoint, cover
-    `items`, and differ in length by at most one."""
-    return list(items[rank()::world_size()])
+    """This process's share of `items`: one contiguous block per rank, in rank order, the blocks differing in
+    length by at most one. Contiguous, so neighbours stay together (a prompt's n samples share one prefill, a
+    batch looks like the single process's)."""
+    n, k, r = len(items), world_size(), rank()
+    return list(items[r * n // k:(r + 1) * n // k])
 
 
 def gather(values: list[Any]) -> list[Any]:
@@ -76,3 +96,29 @@ def broadcast(value: T) -> T:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main(work: Callable[[], T]) -> T:
+    """`work()` run by the main process alone, its result on every process; when it fails there, every other
+    process raises `MainFailed` with its message instead of waiting for a result that never comes."""
+    if not launched():
+        return work()
+    try:
+        result = ("ok", work()) if is_main() else None
+    except Exception as e:
+        broadcast(("failed", f"{type(e).__name__}: {e}"))
+        raise
+    outcome, value = broadcast(result)
+    if outcome == "failed":
+        raise MainFailed(f"the main process (rank 0) stopped: {value}")
+    return value
+
+
+def spread(work: Callable[[list[T]], list[R]], items: Sequence[T]) -> list[R]:
+    """`work` (one result per item) over `items` split across the processes, every result on every process in
+    the order of `items`."""
+    if not launched():
+        return work(list(items))
+    mine = share(range(len(items)))
+    done = work([items[i] for i in mine])
+    return [r for _, r in sorted(gather(list(zip(mine, done, strict=True))), key=lambda pair: pair[0])]

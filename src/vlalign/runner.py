@@ -9,6 +9,11 @@ directory before the next one starts: stages are resumable, a trained arm is sav
 see `vlalign.models.load.save`) and marked done with its metrics, and a round is marked done when all of
 its arms are. A stopped run started again continues where it stopped.
 
+Under a launcher (`torchrun`, `accelerate launch`) every process runs this same recipe: the stages split
+their items, training splits its batches, evaluation its questions; the main process alone writes the
+markers, the saved models, the summary and the report, and what the others decide from the run directory
+(is this step done?) they take from it, so all of them always take the same steps.
+
 Layout::
 
     run/.lock                       held by the process running it (a second one stops at once)
@@ -30,12 +35,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vlalign import ranks
 from vlalign.config import ConfigError, to_dict
 from vlalign.data.sources import PromptRequest, source_named
 from vlalign.data.store import RunStore, Stage, find_pair_stages, no_pairs_error
 from vlalign.evaluate.suite import run_suite
 from vlalign.methods.base import ApiSettings, Arm, Method, Round
 from vlalign.models.load import IncompleteCheckpoint, check_complete, load, resolve, save
+from vlalign.models.lora import save_stacked_adapter
 from vlalign.models.settings import Runtime
 from vlalign.progress import log, scope, warn
 from vlalign.report import try_report
@@ -62,6 +69,12 @@ def read_json(path: Path) -> Any | None:
     except ValueError:
         warn(f"{path} is damaged (not valid JSON); its step runs again")
         return None
+
+
+def finished(folder: Path, marker: str) -> Any | None:
+    """The marker of a step done in `folder` (its model saved too), as the main process reads it, so every
+    process of a launched job takes the same steps; None when the step runs (again)."""
+    return ranks.on_main(lambda: read_json(folder / marker) if (folder / "policy").exists() else None)
 
 
 class Models:
@@ -166,10 +179,22 @@ def load_trained(folder: Path, config, what: str) -> tuple:
         raise _refix(e, what) from None
 
 
-def train_arm(arm: Arm, model, processor, folder: Path, config, judge) -> tuple[Any, dict]:
-    """Train one arm into `folder` (or take it from there when it is done): train, merge, save, evaluate."""
-    done = read_json(folder / "arm.json")
-    if done is not None and (folder / "policy").exists():
+def round_adapter(store: RunStore, k: int) -> tuple[Path, Path | None] | None:
+    """Where round k's LoRA adapter is saved (stacked onto the rounds' before, on the first round's base, so
+    a server can load it: `save_stacked_adapter`) and the one it stacks onto; None when round k-1 saved none
+    (it trained in full), so no adapter of round k would fit the base."""
+    previous = store.root / f"round{k - 1}" / "adapter"
+    if k > 1 and not previous.exists():
+        return None
+    return store.root / f"round{k}" / "adapter", previous if k > 1 else None
+
+
+def train_arm(arm: Arm, model, processor, folder: Path, config, judge,
+              adapter: tuple[Path, Path | None] | None = None) -> tuple[Any, dict]:
+    """Train one arm into `folder` (or take it from there when it is done): train, merge, save, evaluate.
+    A LoRA arm's adapter is kept at `adapter` (out, previous) before the merge."""
+    done = finished(folder, "arm.json")
+    if done is not None:
         return load_trained(folder / "policy", config, f"the {arm.name} arm in {folder}")[0], done
     examples = _examples(arm.pairs)
     gc = config.runtime.gradient_checkpointing
@@ -180,14 +205,16 @@ def train_arm(arm: Arm, model, processor, folder: Path, config, judge) -> tuple[
         model, history = fit_preferences(model, processor, examples, arm.train, out=folder / "training",
                                          columns=columns, gradient_checkpointing=gc, description="training")
     if hasattr(model, "merge_and_unload"):  # the next round starts from (and refers to) the merged policy
+        if adapter is not None:
+            ranks.on_main(lambda: save_stacked_adapter(model, *adapter))
         model = model.merge_and_unload()
-    save(model, processor, folder / "policy")
+    ranks.on_main(lambda: save(model, processor, folder / "policy"))
     record = {"arm": arm.name, "pairs": len(examples), "checkpoint": str(folder / "policy"),
               "final_loss": history[-1]["loss"], "final_reward_accuracy": history[-1].get("reward_accuracy"),
               **arm.stats}
     if config.eval:
         record["eval"] = run_suite(model, processor, config.eval, folder / "eval", judge, config.seed)
-    write_json(folder / "arm.json", record)
+    ranks.on_main(lambda: write_json(folder / "arm.json", record))
     return model, record
 
 
@@ -202,11 +229,12 @@ def run_round(method: Method, config, store: RunStore, k: int, policy, processor
         folder = store.root / f"round{k}" / ("" if i == 0 else arm.name)
         with scope(arm.name if i else "train"):
             base = policy if i == 0 else load(start, config.runtime)[0]
-            model, record["arms"][arm.name] = train_arm(arm, base, processor, folder, config, models.judge)
+            model, record["arms"][arm.name] = train_arm(arm, base, processor, folder, config, models.judge,
+                                                        round_adapter(store, k) if i == 0 else None)
         if i == 0:
             trained = model
             record.update(record["arms"][arm.name])
-    write_json(store.root / f"round{k}" / "round.json", record)
+    ranks.on_main(lambda: write_json(store.root / f"round{k}" / "round.json", record))
     return trained, record
 
 
@@ -223,25 +251,25 @@ def run(method: Method, config, out: str | Path) -> dict:
 
 def _run(method: Method, config, store: RunStore) -> dict:
     started = time.time()
-    claim(store, method)
+    ranks.on_main(lambda: claim(store, method))
     models = Models(config.runtime, config.api)
     check_backends(config.backends(), models)
     processor = None
     policy = None  # loaded when a step needs it: a finished run resumes without loading a model
     summary: dict = {"method": method.name, "policy": config.policy, "rounds": []}
     if config.eval and config.eval_base:
-        base = read_json(store.root / "base" / "eval.json")
+        base = ranks.on_main(lambda: read_json(store.root / "base" / "eval.json"))
         if base is None:
             policy, processor = load(config.policy, config.runtime)
             with scope(f"{method.name} base"):
                 base = run_suite(policy, processor, config.eval, store.root / "base", models.judge, config.seed)
-            write_json(store.root / "base" / "eval.json", base)
+            ranks.on_main(lambda: write_json(store.root / "base" / "eval.json", base))
         summary["base"] = base
     start = config.policy
     for k in range(1, config.rounds + 1):
         folder = store.root / f"round{k}"
-        record = read_json(folder / "round.json")
-        if record is None or not (folder / "policy").exists():
+        record = finished(folder, "round.json")
+        if record is None:
             if policy is None:
                 policy, processor = (load(start, config.runtime) if k == 1
                                      else load_trained(Path(start), config, f"round {k - 1}"))
@@ -253,10 +281,17 @@ def _run(method: Method, config, store: RunStore) -> dict:
             check_trained(folder / "policy", f"round {k}")
         summary["rounds"].append(record)
         start = str(folder / "policy")
-    earlier = (read_json(store.root / "summary.json") or {}).get("seconds", 0.0)  # a resume adds its own time
-    summary.update(final=start, seconds=round(earlier + time.time() - started, 1), config=to_dict(config))
-    write_json(store.root / "summary.json", summary)
+    summary.update(final=start, config=to_dict(config))
+    summary = ranks.on_main(lambda: finish(store, summary, started, config.report))
     log(f"{method.name}: final policy at {start}; summary at {store.root / 'summary.json'}")
-    if config.report:
+    return summary
+
+
+def finish(store: RunStore, summary: dict, started: float, report: bool) -> dict:
+    """Write the summary (with the run's time, added to what earlier attempts took) and the report."""
+    earlier = (read_json(store.root / "summary.json") or {}).get("seconds", 0.0)
+    summary = {**summary, "seconds": round(earlier + time.time() - started, 1)}
+    write_json(store.root / "summary.json", summary)
+    if report:
         try_report(store.root)
     return summary

@@ -10,12 +10,21 @@ batches. A request whose client has gone (disconnected, or waited longer than it
 `x-stainless-read-timeout` header the `openai` SDK sends, else `max_wait`) is dropped before generation,
 so abandoned work costs nothing and no thread waits for it. `fail_every` makes every k-th request fail with
 503 (or 429 when `fail_status` says so), to test clients' retries.
+
+Sampling follows vLLM's chat API, so the path a run takes to vLLM or SGLang is tested here: `n` answers per
+request, answer i drawn with seed `seed + i` (vLLM's rule: the same seed gives the same answers however the
+requests are batched), `temperature` (0 when not given, unlike vLLM's 1), `top_p`, `max_tokens`, and
+`logprobs` with `top_logprobs` (choices[i].logprobs.content[j].top_logprobs, from the model's raw
+distribution). `POST /v1/load_lora_adapter {lora_name, lora_path}` puts a PEFT adapter directory onto a copy
+of the served model (a full model directory loads as a model of its own); a request whose `model` is that
+name uses it, any other name the served model. `POST /v1/unload_lora_adapter {lora_name}` drops it.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import io
 import json
 import queue
@@ -23,15 +32,19 @@ import select
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from PIL import Image
 
-from vlalign.feedback.judge import ChatReply, ChatRequest
+from vlalign.feedback.judge import ChatReply, ChatRequest, Choice
 
 MAX_BODY = 64 * 2 ** 20  # bytes: room for several large images as data URLs
+MAX_N = 128  # answers one request may ask for
+MAX_TOP_LOGPROBS = 20  # alternatives per token, as OpenAI and vLLM's default allow
 
 
 def _decode_image(url: str) -> Image.Image:
@@ -66,7 +79,28 @@ def parse_chat(body: dict) -> ChatRequest:
                 images.append(_decode_image(part["image_url"]["url"]))
     return ChatRequest(prompt="\n".join(texts), images=tuple(images), system=system,
                        max_tokens=int(body.get("max_tokens") or body.get("max_completion_tokens") or 256),
-                       temperature=float(body.get("temperature") or 0.0))
+                       **_sampling(body))
+
+
+def _sampling(body: dict) -> dict:
+    """The sampling fields of a chat body (n, seed, temperature, top_p, logprobs, model), checked."""
+    n = int(body.get("n") or 1)
+    temperature = float(body.get("temperature") or 0.0)
+    top_p = float(body["top_p"]) if body.get("top_p") is not None else 1.0
+    seed = body.get("seed")
+    if not 1 <= n <= MAX_N or temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need 1 <= n <= {MAX_N}, temperature >= 0 and 0 < top_p <= 1; got n={n}, "
+                         f"temperature={temperature}, top_p={top_p}")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    top = body.get("top_logprobs")
+    if top is not None and not body.get("logprobs"):
+        raise ValueError("top_logprobs needs logprobs: true")
+    if top is not None and not 0 <= int(top) <= MAX_TOP_LOGPROBS:
+        raise ValueError(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {top}")
+    logprobs = int(top or 0) if body.get("logprobs") else None
+    model = body.get("model") if isinstance(body.get("model"), str) else None
+    return {"n": n, "seed": seed, "temperature": temperature, "top_p": top_p, "logprobs": logprobs, "model": model}
 
 
 def _peer_closed(connection: socket.socket) -> bool:
@@ -158,6 +192,80 @@ class Batcher:
         return [ChatReply(None, error) for _ in requests]
 
 
+class Served:
+    """The models a server answers with: its own, and the adapters loaded onto it by name. A request goes to
+    the model its `model` names (any name not loaded: the served model); `counts` tallies the answers each
+    gave, so tests and logs can see which model served a round."""
+
+    def __init__(self, judge, name: str):
+        self.judge, self.name = judge, name
+        self.adapters: dict[str, tuple[object, str]] = {}  # name -> (judge, the path it was loaded from)
+        self.counts: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def _route(self, request: ChatRequest) -> tuple[str, object]:
+        with self.lock:
+            found = self.adapters.get(request.model or "")
+        return (request.model, found[0]) if found else (self.name, self.judge)
+
+    def complete(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
+        groups: dict[str, tuple[object, list[int]]] = {}
+        for i, r in enumerate(requests):
+            name, judge = self._route(r)
+            groups.setdefault(name, (judge, []))[1].append(i)
+        replies: dict[int, ChatReply] = {}
+        for name, (judge, idx) in groups.items():
+            answered = judge.complete([requests[i] for i in idx])
+            if len(answered) != len(idx):
+                raise RuntimeError(f"{name} answered {len(answered)} of {len(idx)} requests")
+            replies.update(zip(idx, answered, strict=True))
+            self.counts[name] += sum(max(requests[i].n, 1) for i in idx)
+        return [replies[i] for i in range(len(requests))]
+
+    def load(self, name: str, path: str) -> None:
+        """Serve the adapter (or model) at `path` as `name`; ValueError says why not."""
+        if not name or name == self.name:
+            raise ValueError(f"lora_name must be a new name, not {name!r} (the served model's own)")
+        with self.lock:
+            if name in self.adapters:
+                raise ValueError(f"the lora adapter {name!r} has already been loaded; unload it first")
+        judge = _load_onto(self.judge, Path(path), name)
+        with self.lock:
+            self.adapters[name] = (judge, path)
+
+    def unload(self, name: str) -> bool:
+        with self.lock:
+            return self.adapters.pop(name, None) is not None
+
+    def listed(self) -> list[dict]:
+        with self.lock:
+            loaded = [{"id": n, "object": "model", "parent": self.name, "root": p} for n, (_, p) in self.adapters.items()]
+        return [{"id": self.name, "object": "model"}, *loaded]
+
+
+def _load_onto(judge, path: Path, name: str):
+    """A judge answering with the PEFT adapter at `path` on a copy of `judge`'s model, or with the full model
+    directory at `path`, on the same device and under the same settings."""
+    from vlalign.feedback.judge_local import ModelJudge
+
+    model = getattr(judge, "model", None)
+    if model is None:
+        raise ValueError(f"this server's backend ({type(judge).__name__}) is not a local model: it cannot load adapters")
+    if (path / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        loaded = PeftModel.from_pretrained(copy.deepcopy(model), path, is_trainable=False).eval()
+        return ModelJudge(loaded, judge.processor, name=name, batch_size=judge.batch_size)
+    if (path / "config.json").exists():
+        from vlalign.models.load import load
+
+        p = next(model.parameters())
+        full, processor = load(path, device=str(p.device), dtype=str(p.dtype).removeprefix("torch."))
+        return ModelJudge(full, processor, name=name, batch_size=judge.batch_size)
+    raise ValueError(f"no adapter or model at {path} (no adapter_config.json or config.json); lora_path must be a "
+                     f"directory on the server's machine")
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -167,7 +275,8 @@ class _Server(ThreadingHTTPServer):
         self.judge, self.model_name, self.idle_timeout = judge, model_name, idle_timeout
         self.fail_every, self.fail_status, self.max_wait = fail_every, fail_status, max_wait
         self.lock, self.count = threading.Lock(), 0
-        self.batcher = Batcher(judge, max_batch)
+        self.served = Served(judge, model_name)
+        self.batcher = Batcher(self.served, max_batch)
 
     def server_close(self) -> None:
         super().server_close()
@@ -199,7 +308,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path.rstrip("/") == "/v1/models":
-            self._send(200, {"object": "list", "data": [{"id": self.server.model_name, "object": "model"}]})
+            self._send(200, {"object": "list", "data": self.server.served.listed()})
         else:
             self._send(404, {"error": {"message": f"no route {self.path}"}})
 
@@ -211,20 +320,27 @@ class _Handler(BaseHTTPRequestHandler):
             wait = self.server.max_wait
         return time.monotonic() + max(0.0, wait)
 
-    def _read_request(self) -> ChatRequest | None:
-        """The request in the body, or None after answering 400 / 413 with the reason."""
+    def _read_body(self, parse):
+        """`parse` of the JSON body, or None after answering 400 / 413 with the reason."""
         try:
             length = int(self.headers.get("Content-Length", 0))
             if length > MAX_BODY:
                 self._send(413, {"error": {"message": f"body of {length} bytes exceeds {MAX_BODY}"}})
                 return None
-            return parse_chat(json.loads(self.rfile.read(length)))
+            return parse(json.loads(self.rfile.read(length)))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             self._send(400, {"error": {"message": f"bad request: {e}"}})
             return None
 
+    def _read_request(self) -> ChatRequest | None:
+        return self._read_body(parse_chat)
+
     def do_POST(self) -> None:
-        if self.path.rstrip("/") != "/v1/chat/completions":
+        route = self.path.rstrip("/")
+        if route in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
+            self._adapter(route.endswith("/load_lora_adapter"))
+            return
+        if route != "/v1/chat/completions":
             self._send(404, {"error": {"message": f"no route {self.path}"}})
             return
         s = self.server
@@ -246,6 +362,37 @@ class _Handler(BaseHTTPRequestHandler):
             job.cancelled = True
         self._answer(job, number)
 
+    def _adapter(self, loading: bool) -> None:
+        """Load or unload an adapter as vLLM's runtime LoRA endpoints do (200 with a line of text)."""
+        body = self._read_body(lambda b: (str(b["lora_name"]), str(b["lora_path"]) if loading else ""))
+        if body is None:
+            return
+        name, path = body
+        served = self.server.served
+        if not loading:
+            if not served.unload(name):
+                self._send(404, {"error": {"message": f"the lora adapter {name!r} cannot be found"}})
+                return
+            self._send_text(f"Success: LoRA adapter '{name}' removed successfully.")
+            return
+        try:
+            served.load(name, path)
+        except (ValueError, OSError) as e:
+            self._send(400, {"error": {"message": str(e)}})
+            return
+        self._send_text(f"Success: LoRA adapter '{name}' added successfully.")
+
+    def _send_text(self, text: str) -> None:
+        data = text.encode()
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
     def _answer(self, job: _Job, number: int) -> None:
         reply = job.reply
         if reply is None:
@@ -255,16 +402,27 @@ class _Handler(BaseHTTPRequestHandler):
         if not reply.ok:
             self._send(500, {"error": {"message": reply.error}})
             return
+        answers = reply.answers()
         prompt_tokens = len(job.request.prompt.split())
-        completion_tokens = len(reply.text.split())
+        completion_tokens = sum(len(a.text.split()) for a in answers)
         self._send(200, {
             "id": f"chatcmpl-{number}", "object": "chat.completion", "created": int(time.time()),
-            "model": self.server.model_name,
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": reply.text}}],
+            "model": job.request.model or self.server.model_name,
+            "choices": [_choice_json(i, a) for i, a in enumerate(answers)],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         })
+
+
+def _choice_json(index: int, choice: Choice) -> dict:
+    """One choice of a chat completion, with `logprobs.content` when its tokens' log-probs were asked for."""
+    out: dict = {"index": index, "finish_reason": "stop", "message": {"role": "assistant", "content": choice.text}}
+    if choice.logprobs is not None:
+        out["logprobs"] = {"content": [
+            {"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode()),
+             "top_logprobs": [{"token": w, "logprob": lp, "bytes": list(w.encode())} for w, lp in t.top]}
+            for t in choice.logprobs]}
+    return out
 
 
 def make_server(judge, host: str = "127.0.0.1", port: int = 8000, model_name: str = "vlalign",

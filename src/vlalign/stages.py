@@ -8,21 +8,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from vlalign import ranks
 from vlalign.config import to_dict
 from vlalign.data.records import FeedbackRecord, PairRecord, PromptRecord, ResponseRecord, stable_id
-from vlalign.data.store import RunStore, Stage, find_pair_stages, no_pairs_error, run_stage
+from vlalign.data.store import RunStore, Stage, batch_result, find_pair_stages, no_pairs_error, run_stage
 from vlalign.feedback.pairs import PairRules, Scored, balance_lengths_by, candidate_pairs
+from vlalign.feedback.server_backends import ServerSampler, consecutive, sample_request
 from vlalign.models.generate import generate, sample_seed
 from vlalign.models.settings import Decoding
-from vlalign.train.preference import PreferenceExample
+from vlalign.train.examples import StagePairs
 
 
 def sample_stage(store: RunStore, prompts: Stage, out: Stage, model, processor, model_name: str, n: int,
-                 decoding: Decoding, seed: int, batch_size: int = 64) -> Stage:
-    """n answers per prompt, same model and decoding, one recorded seed each (deconfounded sampling)."""
+                 decoding: Decoding, seed: int, batch_size: int = 64, sampler: ServerSampler | None = None) -> Stage:
+    """n answers per prompt, same model and decoding, one recorded seed each (deconfounded sampling); with
+    `sampler`, from an OpenAI-compatible server instead of `model` (see `served_samples`)."""
     items = [(PromptRecord.from_row(r), k) for r in prompts.rows() for k in range(n)]
 
     def process(batch):
+        if sampler is not None:
+            return served_samples(store, batch, sampler, model_name, decoding, seed)
         seeds = [sample_seed(seed, p.id, k) for p, k in batch]
         texts = generate(model, processor, [store.images.get(p.image) for p, _ in batch],
                          [p.instruction for p, _ in batch], decoding, seeds=seeds, batch_size=batch_size)
@@ -31,10 +36,36 @@ def sample_stage(store: RunStore, prompts: Stage, out: Stage, model, processor, 
                                meta={"decoding": to_dict(decoding), "source": p.source}).to_row()
                 for (p, k), s, t in zip(batch, seeds, texts, strict=True)]
 
+    config = {"samples": n, "decoding": to_dict(decoding), **({"sampler": sampler.spec} if sampler else {})}
     run_stage(out, items, process, id_of=lambda item: f"{item[0].id}/s{item[1]}", batch_size=batch_size,
-              shard_size=512, description="sampling",
-              manifest={"model": model_name, "seed": seed, "config": {"samples": n, "decoding": to_dict(decoding)}})
+              shard_size=512, description="sampling", manifest={"model": model_name, "seed": seed, "config": config})
     return out
+
+
+def served_samples(store: RunStore, batch: list[tuple[PromptRecord, int]], sampler: ServerSampler, model_name: str,
+                   decoding: Decoding, seed: int) -> list[dict]:
+    """A batch's samples from a server: one request per run of consecutive samples of a prompt (n answers),
+    sample k drawn with seed `sample_seed(seed, prompt, 0) + k`, which is what it records. A failed request
+    fails its samples only (logged, asked again on resume)."""
+    by_prompt: dict[str, tuple[PromptRecord, list[int]]] = {}
+    for p, k in batch:
+        by_prompt.setdefault(p.id, (p, []))[1].append(k)
+    runs = [(p, run) for p, ks in by_prompt.values() for run in consecutive(p.id, ks)]
+    base = {pid: sample_seed(seed, pid, 0) for pid in by_prompt}
+    replies = sampler.judge.complete([sample_request(store.images.get(p.image), p.instruction, decoding, base[p.id],
+                                                     run, sampler.model) for p, run in runs])
+    position = {(p.id, k): i for i, (p, k) in enumerate(batch)}
+    rows, errors = [], {}
+    for (p, run), reply in zip(runs, replies, strict=True):
+        if not reply.ok:
+            errors.update({position[p.id, k]: RuntimeError(reply.error) for k in range(run.first, run.first + run.n)})
+            continue
+        for k, choice in enumerate(reply.answers(), start=run.first):
+            rows.append(ResponseRecord(
+                id=f"{p.id}/s{k}", prompt_id=p.id, image=p.image, instruction=p.instruction,
+                response=choice.text.strip(), model=model_name, seed=base[p.id] + k,
+                meta={"decoding": to_dict(decoding), "source": p.source, "served_as": sampler.served_as}).to_row())
+    return batch_result(rows, errors)
 
 
 def pair_stage(responses: Stage, feedback: Stage, out: Stage, rules: PairRules, method: str = "rlaif_v",
@@ -83,14 +114,15 @@ def pair_stage(responses: Stage, feedback: Stage, out: Stage, rules: PairRules, 
     run_stage(out, sorted(by_prompt), process, id_of=lambda pid: pid, batch_size=256, shard_size=4096,
               description="pairs", per_item_output=False,
               manifest={"config": {"rules": to_dict(rules), "method": method, "scoring": scoring}})
-    out.write_manifest(selection=stats)
+    out.annotate(selection=stats)
     return out
 
 
 class UsageMeter:
     """A judge's token use while a stage runs, added after every batch to what the stage's manifest recorded
     before (under `key`): the total adds up across resumes, and counts a batch lost to a kill too, since its
-    requests were paid for. Judges that count nothing (local models) record nothing."""
+    requests were paid for. Judges that count nothing (local models) record nothing. Under a launcher the
+    main process records its own use as it goes and every process's once the stage is done (`settle`)."""
 
     def __init__(self, stage: Stage, judge, key: str = "judge_usage"):
         self.stage, self.key, self.usage = stage, key, getattr(judge, "usage", None)
@@ -98,25 +130,33 @@ class UsageMeter:
         self.start = self.usage.to_dict() if self.usage is not None else {}
 
     def record(self) -> None:
-        if self.usage is None:
+        if self.usage is None or not ranks.is_main():
             return
-        now = self.usage.to_dict()
-        self.stage.write_manifest(**{self.key: {k: self.before.get(k, 0) + v - self.start[k] for k, v in now.items()}})
+        self.stage.write_manifest(**{self.key: self._total([self._spent()])})
+
+    def settle(self) -> None:
+        """Record every process's use (a launched job's), once each has finished its share of the stage."""
+        if self.usage is None or not ranks.launched():
+            return
+        spent = ranks.gather([self._spent()])
+        self.stage.annotate(**{self.key: self._total(spent)})
+
+    def _spent(self) -> dict[str, int]:
+        return {k: v - self.start[k] for k, v in self.usage.to_dict().items()}
+
+    def _total(self, spent: list[dict[str, int]]) -> dict[str, int]:
+        return {k: self.before.get(k, 0) + sum(s[k] for s in spent) for k in spent[0]}
 
 
-def preference_examples(pairs: Stage) -> list[PreferenceExample]:
-    """The pairs of one stage, with their images, ready for `train_dpo`."""
-    return [PreferenceExample(p.id, pairs.images.get(p.image), p.instruction, p.chosen, p.rejected)
-            for p in map(PairRecord.from_row, pairs.rows())]
+def preference_examples(pairs: Stage) -> StagePairs:
+    """The pairs of one stage, ready for `fit_preferences`: read from its shards as training reaches them,
+    each image decoded when its batch is."""
+    return StagePairs([pairs.dir])
 
 
-def examples_under(src) -> list[PreferenceExample]:
+def examples_under(src) -> StagePairs:
     """Every preference pair under a run or stage directory (imported, exported or built), each id once."""
     stages = find_pair_stages(src)
     if not stages:
         raise no_pairs_error(Path(src))
-    seen: dict[str, PreferenceExample] = {}
-    for d in stages:
-        for e in preference_examples(Stage(d)):
-            seen.setdefault(e.id, e)
-    return list(seen.values())
+    return StagePairs(stages)

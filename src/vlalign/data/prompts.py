@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from vlalign import ranks
 from vlalign.data.records import PromptRecord, stable_id
 from vlalign.data.store import ERRORS, RunStore, Stage, run_stage
 from vlalign.progress import warn
@@ -141,7 +142,8 @@ def user_prompt_stage(store: RunStore, stage: Stage, path: str | Path, limit: in
     items: list[UserPrompt] = []
     for entry in read_prompt_file(path, images, allow_outside):
         if isinstance(entry, BadRecord):
-            stage.log_error(f"{path}:{entry.line}", entry.error)
+            if ranks.is_main():  # every process reads the file; one logs what is wrong with it
+                stage.log_error(f"{path}:{entry.line}", entry.error)
             warn(f"prompts: skipped a record: {entry.error}")
             continue
         items.append(entry)
@@ -173,5 +175,5 @@ def file_prompts(request: PromptRequest) -> Stage:
     repeated = max(0, request.offset + n - len(rows))
     run_stage(request.stage, picked, lambda batch: batch, id_of=lambda r: r["id"], batch_size=1024, quiet=True,
               manifest={"config": {"from": str(request.path), "offset": request.offset, "n": request.n}})
-    request.stage.write_manifest(repeated=min(repeated, n))
+    request.stage.annotate(repeated=min(repeated, n))
     return request.stage

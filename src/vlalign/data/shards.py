@@ -27,7 +27,7 @@ from vlalign.progress import warn
 
 SHARD_GLOB = "shard-*.parquet"
 CORRUPT_SUFFIX = ".corrupt"
-_INDEX = re.compile(r"shard-(\d+)")
+_INDEX = re.compile(r"shard-(?:r(\d+)-)?(\d+)")
 _warned: set[tuple[str, str, str]] = set()
 T = TypeVar("T")
 
@@ -69,10 +69,23 @@ def shard_columns(path: Path) -> list[str]:
     return _parsed(path, lambda: pq.read_schema(path).names)
 
 
+def shard_name(index: int, rank: int = 0) -> str:
+    """Shard `index` of the process of rank `rank`: "shard-00012.parquet" for the main (or only) process,
+    "shard-r01-00012.parquet" for rank 1, so the processes of a launched job never write the same file."""
+    return f"shard-{index:05d}.parquet" if rank == 0 else f"shard-r{rank:02d}-{index:05d}.parquet"
+
+
 def shard_index(path: Path) -> int:
-    """The number in a shard's name ("shard-00012.parquet", or a copy "shard-00012 (1).parquet": 12)."""
+    """The number in a shard's name ("shard-00012.parquet", "shard-r01-00012.parquet", or a copy
+    "shard-00012 (1).parquet": 12)."""
     found = _INDEX.match(path.name)
-    return int(found.group(1)) if found else -1
+    return int(found.group(2)) if found else -1
+
+
+def shard_rank(path: Path) -> int:
+    """The rank of the process that wrote a shard, as its name says (0 for "shard-00012.parquet")."""
+    found = _INDEX.match(path.name)
+    return int(found.group(1) or 0) if found else 0
 
 
 def set_aside(path: Path) -> Path:

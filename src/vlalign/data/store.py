@@ -6,8 +6,9 @@ Layout::
       .lock                      held by the process writing the run (`RunStore.lock`)
       images/<hash>.png          ImageStore: each image once
       <stage>/shard-00000.parquet ...
+      <stage>/shard-r01-00000.parquet ...  written by rank 1 of a launched job (rank 0 writes the plain names)
       <stage>/.manifest.json     what produced the stage (config, model, seed, versions), counts, complete
-      <stage>/.errors.jsonl      records that failed, one JSON line each
+      <stage>/.errors.jsonl      records that failed, one JSON line each (.errors-r01.jsonl: rank 1's)
       <stage>/.done_items.jsonl  items finished by a stage whose items make a varying number of records
 
 The side files start with a dot so that a stage folder reads as a dataset as it is: pyarrow and pandas
@@ -19,6 +20,11 @@ Shards are written to a temporary file and renamed, so a shard either exists who
 carry stable ids, so a stage that is killed and started again skips what it already wrote and never
 writes a record twice. The shard being filled is rewritten after every batch, so a kill loses at most the
 batch in flight.
+
+Under a launcher (`torchrun`, `accelerate launch`: N processes on one or many nodes) every process runs the
+same stages and takes its share of the items not yet done: each writes shards and logs of its own (named by
+its rank), and only the main process writes the manifest. Which items are done is read from every
+process's shards, so a stage resumes under any number of processes, and a record is never written twice.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from typing import Any, TypeVar
 
 import datasets
 
+from vlalign import ranks
 from vlalign.data.images import ImageStore
 from vlalign.data.shards import (
     SHARD_GLOB,
@@ -46,6 +53,8 @@ from vlalign.data.shards import (
     set_aside,
     shard_columns,
     shard_index,
+    shard_name,
+    shard_rank,
     without_repeats,
 )
 from vlalign.progress import progress, warn
@@ -131,6 +140,12 @@ def _json_lines(path: Path) -> list[Any]:
     return out
 
 
+def for_rank(path: Path, rank: int) -> Path:
+    """The file of the process of rank `rank` among those named `path` (`path` itself for rank 0):
+    .errors.jsonl -> .errors-r01.jsonl, .lock -> .lock-r01."""
+    return path if rank == 0 else path.with_name(f"{path.stem}-r{rank:02d}{path.suffix}")
+
+
 def _ids(value: str | Sequence[str]) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
@@ -149,17 +164,29 @@ class Busy(RuntimeError):
     goes away with the process that held it, even when that one was killed)."""
 
 
+def _locked(f) -> bool:
+    """Whether this process now holds the open file `f`'s lock (False: another process has it)."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def _exclusive(lock_file: Path, what: str) -> Iterator[None]:
-    """Hold `lock_file` for this process, or raise `Busy` at once naming `what` and the fix."""
+    """Hold `lock_file` for this process, or raise `Busy` at once naming `what` and the fix. Each process of
+    a launched job holds a file of its own (rank 0 the plain one, which any other job wants too), so they
+    never block each other, and they all stop with `Busy` when any of them could not take its own."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "w") as f:
-        if fcntl is not None:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise Busy(f"{what} is being written by another process (it holds {lock_file}); wait for it to "
-                           f"finish or stop it, then run the same command again") from None
+    mine = for_rank(lock_file, ranks.rank())
+    with open(mine, "w") as f:
+        refused = [r for r, held in enumerate(ranks.gather([_locked(f)])) if not held]
+        if refused:
+            raise Busy(f"{what} is being written by another process (it holds {for_rank(lock_file, refused[0])}); "
+                       f"wait for it to finish or stop it, then run the same command again")
         yield
 
 
@@ -183,8 +210,15 @@ class Stage:
         return ImageStore(self.run_root)
 
     def _side_files(self, name: str) -> list[Path]:
-        """The side file `name` where it exists: under its older name (a run made before the rename), then its own."""
-        return [p for p in (self.dir / LEGACY_NAMES[name], self.dir / name) if p.exists()]
+        """The side file `name` where it exists: under its older name (a run made before the rename), then its
+        own, then those of the other ranks of a launched job (.errors-r01.jsonl, ...)."""
+        own = [p for p in (self.dir / LEGACY_NAMES[name], self.dir / name) if p.exists()]
+        path = Path(name)
+        return own + sorted(self.dir.glob(f"{path.stem}-r*{path.suffix}"))
+
+    def _own_log(self, name: str) -> Path:
+        """The side file this process appends to: its rank's."""
+        return for_rank(self.dir / name, ranks.rank())
 
     # manifest
 
@@ -217,25 +251,33 @@ class Stage:
     def is_complete(self) -> bool:
         return bool(self.manifest.get("complete", False))
 
+    def annotate(self, **fields: Any) -> dict[str, Any]:
+        """Merge `fields` into the manifest from the main process (a launched job's others wait until it is
+        there, then read it); the manifest."""
+        return ranks.on_main(lambda: self.write_manifest(**fields))
+
     def mark_complete(self) -> None:
         self.write_manifest(complete=True, counts=self.counts(), errors=self.unresolved_errors())
 
     # shards
 
     def shards(self) -> list[Path]:
-        """Finished shards in order; temporary files of an interrupted write are not among them."""
-        return sorted(self.dir.glob(SHARD_GLOB))
+        """Finished shards in order (rank 0's, then rank 1's, ...: one process's order, as `ranks.share` splits
+        items); temporary files of an interrupted write are not among them."""
+        return sorted(self.dir.glob(SHARD_GLOB), key=lambda s: (shard_rank(s), shard_index(s), s.name))
 
     def next_shard_index(self) -> int:
-        return max((shard_index(s) for s in self.shards()), default=-1) + 1
+        """The index of this process's next shard (each rank numbers its own)."""
+        mine = [shard_index(s) for s in self.shards() if shard_rank(s) == ranks.rank()]
+        return max(mine, default=-1) + 1
 
     def write_shard(self, rows: list[dict[str, Any]], index: int | None = None) -> Path:
-        """Write `rows` as shard `index` (the next one by default), atomically (via `datasets`' Parquet
-        writer): a shard of that index already there is replaced whole."""
+        """Write `rows` as this process's shard `index` (the next one by default), atomically (via `datasets`'
+        Parquet writer): a shard of that index already there is replaced whole."""
         if not rows:
             raise ValueError("a shard needs at least one row")
         index = self.next_shard_index() if index is None else index
-        path = self.dir / f"shard-{index:05d}.parquet"
+        path = self.dir / shard_name(index, ranks.rank())
         dataset = datasets.Dataset.from_list(rows)
         with quiet_datasets():
             _write_atomic(path, dataset.to_parquet)
@@ -277,7 +319,7 @@ class Stage:
     def mark_items_done(self, keys: Sequence[str]) -> None:
         """Append `keys` to the done-items log; only ever after the shard holding their rows is in place."""
         if keys:
-            with open(self.dir / DONE_ITEMS, "a") as f:
+            with open(self._own_log(DONE_ITEMS), "a") as f:
                 f.write(json.dumps(list(keys)) + "\n")
 
     def counts(self) -> dict[str, int]:
@@ -321,7 +363,7 @@ class Stage:
         entry = {"id": ids[0] if len(ids) == 1 else list(ids), "error": f"{type(error).__name__}: {error}",
                  "time": _now()}
         line = json.dumps(entry)
-        with open(self.dir / ERRORS, "a") as f:
+        with open(self._own_log(ERRORS), "a") as f:
             f.write(line + "\n")
 
     def adopt_legacy_logs(self) -> None:
@@ -330,7 +372,7 @@ class Stage:
         for name in (ERRORS, DONE_ITEMS):
             old = self.dir / LEGACY_NAMES[name]
             if old.exists():
-                texts = [p.read_text() for p in self._side_files(name)]
+                texts = [p.read_text() for p in (old, self.dir / name) if p.exists()]
                 text = "".join(t if t.endswith("\n") or not t else t + "\n" for t in texts)
                 _write_atomic(self.dir / name, lambda tmp, text=text: Path(tmp).write_text(text))
                 old.unlink()
@@ -347,7 +389,7 @@ class RunStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         marker = self.root / RUN_MARKER
-        if not marker.exists():
+        if not marker.exists() and ranks.is_main():
             text = json.dumps({"created": _now(), "versions": package_versions()}, indent=1)
             _write_atomic(marker, lambda tmp: Path(tmp).write_text(text))
         self.images = ImageStore(self.root)
@@ -461,7 +503,8 @@ class _OpenShard:
                     self._close()
             self.written += len(rows)
             self.counts["rows"] += len(rows)
-            self.stage.write_manifest(counts=self.counts)
+            if ranks.is_main():
+                self.stage.write_manifest(counts=self.counts)
         self.stage.mark_items_done(done_keys)
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
@@ -536,12 +579,23 @@ def _stop_if_systematic(failures: list[BaseException], succeeded: bool, error: B
 
 
 def _prepare(stage: Stage, manifest: dict[str, Any] | None) -> None:
-    """Under the stage's lock, before anything is read: refuse another setup, clear what a kill or a hand
-    left behind (temporary files, damaged shards, logs under their older names)."""
+    """Under the stage's lock, before anything is read (by the main process alone, while the others wait):
+    refuse another setup, clear what a kill or a hand left behind (temporary files, damaged shards, logs
+    under their older names), record the setup."""
     _check_resumable(stage, manifest)
     stage.clean_temporary()
     stage.adopt_legacy_logs()
     stage.set_aside_damaged()
+    stage.write_manifest(**(manifest or {}), complete=False, counts=stage.counts())
+
+
+def _pending(stage: Stage, items: list[T], id_of: Callable, per_item_output: bool) -> tuple[list[T], set[str]]:
+    """(the items not done yet, the ids written), read from every process's shards and logs."""
+    done = stage.done_ids()
+    if per_item_output:
+        return [it for it in items if not set(_ids(id_of(it))) <= done], done
+    finished = stage.done_items()
+    return [it for it in items if id_of(it) not in finished], done
 
 
 def run_stage(stage: Stage, items: Iterable[T], process: Callable[[list[T]], list[dict[str, Any]]], *,
@@ -561,31 +615,30 @@ def run_stage(stage: Stage, items: Iterable[T], process: Callable[[list[T]], lis
     fail); each failing item is logged to .errors.jsonl, counted in the manifest and reported in one line,
     and the run goes on. An id already written is never written again. `manifest` fields (config, model,
     seed) are recorded; resuming under another config, model or seed is refused.
+
+    Under a launcher every process calls this with the same items and works on its share of those not done;
+    the stage is complete when all are, and the result counts every process's rows and failures.
     """
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be at least 1 (got {batch_size}, {shard_size})")
     description = description or stage.name
     items = list(items)
     with stage.lock():
-        _prepare(stage, manifest)
-        done = stage.done_ids()
-        if per_item_output:
-            pending = [it for it in items if not set(_ids(id_of(it))) <= done]
-        else:
-            finished = stage.done_items()
-            pending = [it for it in items if id_of(it) not in finished]
-        counts = stage.counts()
-        stage.write_manifest(**(manifest or {}), complete=False, counts=counts)
-        run = _StageRun(stage, process, id_of, description, per_item_output, done,
-                        _OpenShard(stage, shard_size, per_item_output, counts))
-        with progress(description, total=len(items), disable=quiet) as bar:
+        ranks.on_main(lambda: _prepare(stage, manifest))
+        pending, done = _pending(stage, items, id_of, per_item_output)
+        shards = _OpenShard(stage, shard_size, per_item_output, {"rows": len(done), "shards": len(stage.shards())})
+        ranks.barrier()  # every process has read what is done before any writes more
+        mine = ranks.share(pending)
+        run = _StageRun(stage, process, id_of, description, per_item_output, done, shards)
+        with progress(description, total=len(items) - len(pending) + len(mine), disable=quiet) as bar:
             bar.advance(len(items) - len(pending))
-            for start in range(0, len(pending), batch_size):
-                batch = pending[start:start + batch_size]
+            for start in range(0, len(mine), batch_size):
+                batch = mine[start:start + batch_size]
                 run.keep(*run.attempt(batch))
                 bar.advance(len(batch))
-        stage.mark_complete()
-    return StageResult(written=run.shards.written, already_done=len(items) - len(pending), failed=run.failed)
+        written, failed = map(sum, zip(*ranks.gather([(run.shards.written, run.failed)]), strict=True))
+        ranks.on_main(stage.mark_complete)
+    return StageResult(written=written, already_done=len(items) - len(pending), failed=failed)
 
 
 PAIR_COLUMNS = ("chosen", "rejected")

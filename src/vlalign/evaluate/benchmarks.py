@@ -30,6 +30,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from vlalign import ranks
 from vlalign.evaluate.amber import score_amber
 from vlalign.evaluate.answers import YES_NO_LABEL, AnswerFileError, Field, Question, read_records
 from vlalign.evaluate.chair import IMAGE_ID, score_chair
@@ -277,18 +278,23 @@ def get(name: str) -> Benchmark:
 
 def generate_answers(model, processor, questions: Sequence[Question], bench: Benchmark, batch_size: int = 16,
                      long_tokens: int | None = None) -> list[dict]:
-    """Greedy answers, one answer record per question (its `record` plus `question_id` and `answer`)."""
+    """Greedy answers, one answer record per question (its `record` plus `question_id` and `answer`); under a
+    launcher each process answers its share, and every process gets all the answers."""
     from vlalign.models.generate import generate
     from vlalign.models.settings import Decoding
+
+    def answer(idx: list[int], decoding: Decoding) -> list[str]:
+        texts: list[str] = []
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s:s + batch_size]
+            texts += generate(model, processor, [questions[i].image() for i in chunk],
+                              [questions[i].prompt for i in chunk], decoding, batch_size=batch_size)
+        return texts
 
     answers: dict[int, str] = {}
     for long in (True, False):
         idx = [i for i, q in enumerate(questions) if q.long == long]
         decoding = Decoding(max_new_tokens=(long_tokens or bench.long_tokens) if long else bench.short_tokens)
-        for s in range(0, len(idx), batch_size):
-            chunk = idx[s:s + batch_size]
-            texts = generate(model, processor, [questions[i].image() for i in chunk],
-                             [questions[i].prompt for i in chunk], decoding, batch_size=batch_size)
-            answers.update(zip(chunk, texts, strict=True))
+        answers.update(zip(idx, ranks.spread(lambda part, d=decoding: answer(part, d), idx), strict=True))
     return [{"question_id": q.question_id, "question": q.prompt, **q.record, "answer": answers[i]}
             for i, q in enumerate(questions)]

@@ -2,7 +2,9 @@
 
 Each entry is a registered benchmark with its data files. A benchmark that evaluates a model in one go
 (`Benchmark.run`, the world's) does so; the others have the model answer their questions greedily, write
-the answers next to the results, and score them as `vlalign score` does.
+the answers next to the results, and score them as `vlalign score` does. Under a launcher every process
+answers its share of the questions; the main process writes the answers and scores them (a judge is asked
+once), and every process gets the metrics.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from vlalign import ranks
 from vlalign.evaluate.benchmarks import EvalInputs, ScoreInputs, generate_answers, get
 from vlalign.progress import log
 
@@ -35,11 +38,15 @@ def evaluate_one(model, processor, spec: Any, out_dir: Path, judge: Callable[[st
     if bench.run is not None:
         return bench.run(model, processor, inputs)
     records = generate_answers(model, processor, bench.questions(inputs), bench, spec.batch_size)
-    answers = out_dir / f"{spec.name}.answers.jsonl"
+    return ranks.on_main(lambda: _score(bench, records, out_dir / f"{spec.name}.answers.jsonl", inputs,
+                                        judge(spec.judge) if spec.judge and judge is not None else None))
+
+
+def _score(bench, records: list[dict], answers: Path, inputs: EvalInputs, judge: Any) -> dict:
+    """Write the answer file and score it."""
     answers.parent.mkdir(parents=True, exist_ok=True)
     answers.write_text("".join(json.dumps(r) + "\n" for r in records))
-    scorer_judge = judge(spec.judge) if spec.judge and judge is not None else None
-    return bench.score(ScoreInputs(answers, inputs.annotations, scorer_judge))
+    return bench.score(ScoreInputs(answers, inputs.annotations, judge))
 
 
 def run_suite(model, processor, specs: Sequence[Any], out_dir: Path, judge: Callable[[str], Any] | None = None,

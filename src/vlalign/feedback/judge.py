@@ -22,7 +22,10 @@ from PIL import Image
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """One question to a judge. `id` names the record it is about, so errors can point at it."""
+    """One question to a judge. `id` names the record it is about, so errors can point at it. The sampling
+    fields follow vLLM's chat API: `n` answers, answer i drawn with seed `seed + i`; `logprobs` asks for the
+    `logprobs` likeliest tokens at each step (None: none); `model` asks a server for another of its models
+    (a LoRA adapter it loaded) instead of the judge's own."""
 
     prompt: str
     images: tuple[Image.Image, ...] = ()
@@ -30,6 +33,28 @@ class ChatRequest:
     max_tokens: int = 512
     temperature: float = 0.0
     id: str = ""
+    n: int = 1
+    seed: int | None = None
+    top_p: float = 1.0
+    logprobs: int | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token, its log-prob, and the likeliest tokens at its step (likeliest first)."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a reply's answers, with its tokens' log-probs when they were asked for."""
+
+    text: str
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass
@@ -41,10 +66,15 @@ class ChatReply:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     meta: dict = field(default_factory=dict)
+    choices: list[Choice] = field(default_factory=list)  # all n answers (the first is `text`); empty: just `text`
 
     @property
     def ok(self) -> bool:
         return self.text is not None
+
+    def answers(self) -> list[Choice]:
+        """Every answer of the reply: its choices, or its text as the one choice."""
+        return self.choices or ([Choice(self.text)] if self.text is not None else [])
 
 
 @runtime_checkable

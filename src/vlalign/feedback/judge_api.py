@@ -5,7 +5,10 @@ connection or a reply whose body is not a chat completion (HTML from a proxy, in
 is retried with exponential backoff, honouring Retry-After (seconds or an HTTP date), up to
 `max_retries` times. Any other failure, or one that outlives its retries, comes back as a `ChatReply`
 with the reason, naming the request's record: one bad reply never fails the rest of the batch. Token use
-is accumulated in `usage`.
+is accumulated in `usage`. A request's sampling fields (`n`, `seed`, `top_p`, `logprobs`, a `model` such as a
+loaded LoRA adapter) go to the server as the chat API's own parameters, and every choice comes back in
+`ChatReply.choices`; a server that ignores `n` or returns no log-probs fails the request, named as such.
+`SpreadJudge` spreads requests over several base URLs of one model.
 
 The API key is read from an environment variable and never stored in a config, a manifest or a log line:
 every error string this client makes is passed through `redact_secrets` (the key, a password or key in
@@ -34,7 +37,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from PIL import Image
 
-from vlalign.feedback.judge import ChatReply, ChatRequest, JudgeUnavailable
+from vlalign.feedback.judge import ChatReply, ChatRequest, Choice, JudgeUnavailable, TokenLogprob
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 DEFAULT_URL = "https://api.openai.com/v1"
@@ -177,6 +180,44 @@ def parse_completion(body: str, secrets: Iterable[str] = ()) -> tuple[str, int, 
     return content, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
 
 
+def _logprobs(choice: dict) -> tuple[TokenLogprob, ...] | None:
+    content = (choice.get("logprobs") or {}).get("content")
+    if not isinstance(content, list):
+        return None
+    return tuple(TokenLogprob(str(t["token"]), float(t["logprob"]),
+                              tuple((str(a["token"]), float(a["logprob"])) for a in t.get("top_logprobs") or ()))
+                 for t in content)
+
+
+def parse_choices(body: str, request: ChatRequest, secrets: Iterable[str] = ()) -> list[Choice]:
+    """Every choice of a chat completion body (in `index` order), with its log-probs; `BadReply` (not worth
+    a retry) when the server ignored what `request` asked: fewer than `n` choices, or no log-probs."""
+    try:
+        raw = sorted(json.loads(body)["choices"], key=lambda c: c.get("index", 0))
+        choices = [Choice(c["message"]["content"] or "", _logprobs(c)) for c in raw]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise BadReply(f"the reply's choices are malformed ({type(e).__name__}: {e}): {excerpt(body, secrets)}", True) from None
+    if len(choices) != max(request.n, 1):
+        raise BadReply(f"asked for n={request.n} answers, the reply holds {len(choices)}: the server ignores n", False)
+    if request.logprobs is not None and any(c.logprobs is None for c in choices):
+        raise BadReply("asked for logprobs, the reply holds none: the server does not return logprobs", False)
+    return choices
+
+
+def sampling_options(request: ChatRequest) -> dict[str, Any]:
+    """The chat API's sampling fields `request` sets (none of them when it keeps the defaults)."""
+    options: dict[str, Any] = {}
+    if request.n != 1:
+        options["n"] = request.n
+    if request.seed is not None:
+        options["seed"] = request.seed
+    if request.top_p != 1.0:
+        options["top_p"] = request.top_p
+    if request.logprobs is not None:
+        options.update(logprobs=True, top_logprobs=request.logprobs)
+    return options
+
+
 def _error_message(body: Any, secrets: Iterable[str] = ()) -> str:
     """The message of an error reply: its `error.message` when it has one, else a piece of the body."""
     if isinstance(body, dict):
@@ -273,9 +314,11 @@ class OpenAIJudge:
 
         try:
             raw = self.client.chat.completions.with_raw_response.create(
-                model=self.model, messages=chat_messages(request), max_tokens=request.max_tokens,
-                temperature=request.temperature)
+                model=request.model or self.model, messages=chat_messages(request), max_tokens=request.max_tokens,
+                temperature=request.temperature, **sampling_options(request))
             text, prompt_tokens, completion_tokens = parse_completion(raw.text, self._secrets)
+            detailed = request.n != 1 or request.logprobs is not None
+            choices = parse_choices(raw.text, request, self._secrets) if detailed else []
         except openai.APITimeoutError:
             return _Transient(f"APITimeoutError: no reply from {self.url} within the timeout of {self.timeout:g} s")
         except openai.APIConnectionError as e:
@@ -288,7 +331,8 @@ class OpenAIJudge:
         except BadReply as e:
             return _Transient(str(e)) if e.retry else ChatReply(None, str(e))
         # a server that echoes the request's headers must not hand the key back inside a reply either
-        return ChatReply(mask_values(text, self._secrets), None, prompt_tokens, completion_tokens)
+        masked = [Choice(mask_values(c.text, self._secrets), c.logprobs) for c in choices]
+        return ChatReply(mask_values(text, self._secrets), None, prompt_tokens, completion_tokens, choices=masked)
 
     def _hint(self, status: int) -> str:
         """What to do about a client error that no retry will fix."""
@@ -369,3 +413,39 @@ class OpenAIJudge:
 
     def _unavailable(self, what: str, fix: str) -> JudgeUnavailable:
         return JudgeUnavailable(self.redact(f"judge {self.name}: {what}: {fix}"))
+
+
+class SpreadJudge:
+    """One OpenAI-compatible model served at several base URLs: request i goes to URL i mod len(urls), all of
+    them at once, so many servers (vLLM replicas, `vlalign serve` processes) share a stage's requests. The
+    servers must serve the same model: which one answers does not change a seeded answer."""
+
+    def __init__(self, judges: Sequence[OpenAIJudge]):
+        if not judges:
+            raise ValueError("SpreadJudge needs at least one endpoint")
+        self.judges = list(judges)
+        self.name, self.model = judges[0].name, judges[0].model
+        self.usage = Usage()
+        for j in self.judges:
+            j.usage = self.usage  # one count for the stage's manifest, whichever server answered
+
+    @property
+    def urls(self) -> list[str]:
+        return [j.url for j in self.judges]
+
+    def __repr__(self) -> str:
+        return f"SpreadJudge({self.model!r}, {self.urls!r})"
+
+    def complete(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
+        count = len(self.judges)
+        shares = [list(requests[i::count]) for i in range(count)]
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            answered = list(pool.map(lambda pair: pair[0].complete(pair[1]), zip(self.judges, shares, strict=True)))
+        out: list[ChatReply] = [None] * len(requests)  # type: ignore[list-item]
+        for i, replies in enumerate(answered):
+            out[i::count] = replies
+        return out
+
+    def check(self, timeout: float = CHECK_TIMEOUT) -> list[str]:
+        """Every endpoint answers and serves the model (see `OpenAIJudge.check`)."""
+        return [m for j in self.judges for m in j.check(timeout)]

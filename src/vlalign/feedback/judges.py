@@ -1,7 +1,8 @@
 """`make_judge(spec)`: one string names any judge backend, in configs and on the command line.
 
 - `api:MODEL` or `api:MODEL@BASE_URL`: an OpenAI-compatible endpoint (`OpenAIJudge`); the key comes from
-  `OPENAI_API_KEY` (or the variable named by `VLALIGN_API_KEY_ENV`), never from the spec. Its settings
+  `OPENAI_API_KEY` (or the variable named by `VLALIGN_API_KEY_ENV`), never from the spec.
+  `api:MODEL@URL1,URL2,...` spreads the requests over several servers of the same model (`SpreadJudge`). Its settings
   (`concurrency`, `timeout` in seconds, `max_retries`) are keyword arguments, from a config's judge
   section or the command line; unset ones keep `OpenAIJudge`'s defaults.
 - anything else (`world:judge`, a model directory): a model loaded in this process (`ModelJudge`), which
@@ -28,8 +29,14 @@ def make_judge(spec: str, concurrency: int | None = None, device: str | None = N
             raise ValueError(f"judge spec {redact_secrets(spec)!r} names no model; write api:MODEL or api:MODEL@BASE_URL")
         settings = {k: v for k, v in (("concurrency", concurrency), ("timeout", timeout),
                                       ("max_retries", max_retries)) if v is not None}
-        return OpenAIJudge(model, base_url or os.environ.get("OPENAI_BASE_URL"),
-                           api_key_env=os.environ.get("VLALIGN_API_KEY_ENV", "OPENAI_API_KEY"), **settings)
+        urls = [u.strip() for u in (base_url or os.environ.get("OPENAI_BASE_URL") or "").split(",") if u.strip()]
+        judges = [OpenAIJudge(model, url, api_key_env=os.environ.get("VLALIGN_API_KEY_ENV", "OPENAI_API_KEY"),
+                              **settings) for url in urls or [None]]
+        if len(judges) == 1:
+            return judges[0]
+        from vlalign.feedback.judge_api import SpreadJudge
+
+        return SpreadJudge(judges)
     from vlalign.feedback.judge_local import ModelJudge
     from vlalign.models.load import load
 

@@ -2,7 +2,8 @@
 needs loses ("no" wins for a claim of presence, "yes" for a claim of absence).
 
 Scores come from P(yes)+P(Yes) against P(no)+P(No) in one forward pass per question (no generation),
-and a response's score is minus its number of rejected claims, as in RLAIF-V.
+and a response's score is minus its number of rejected claims, as in RLAIF-V. The labeler is a model in
+this process, or an `ApiLabeler` on a server (the same P(yes) from a one-token answer's top log-probs).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from vlalign.feedback.claims import Claim, ClaimSplitter, first_failure, split_each
+from vlalign.feedback.server_backends import ApiLabeler
 from vlalign.models.scoring import yes_probability
 
 
@@ -53,13 +55,19 @@ def label_each(labeler, processor, images: Sequence[Image.Image], responses: Seq
     ok = [i for i, o in enumerate(outcomes) if not isinstance(o, Exception)]
     flat_images = [images[i] for i in ok for _ in outcomes[i]]
     flat_questions = [c.question for i in ok for c in outcomes[i]]
-    p_yes = yes_probability(labeler, processor, flat_images, flat_questions, batch_size=batch_size)
+    if isinstance(labeler, ApiLabeler):
+        flat_keys = [f"{keys[i] if keys else i}/claim{j}" for i in ok for j in range(len(outcomes[i]))]
+        p_yes = labeler.yes_probability(flat_images, flat_questions, flat_keys)
+    else:
+        p_yes = yes_probability(labeler, processor, flat_images, flat_questions, batch_size=batch_size)
     out: list[ResponseFeedback | Exception] = list(outcomes)  # type: ignore[arg-type]
     k = 0
     for i in ok:
         cs: list[Claim] = outcomes[i]  # type: ignore[assignment]
-        scored = zip(cs, p_yes[k:k + len(cs)], strict=True)
-        out[i] = ResponseFeedback([LabeledClaim(c.text, c.question, p, c.holds_if_yes) for c, p in scored])
+        ps = p_yes[k:k + len(cs)]
+        failed = next((p for p in ps if isinstance(p, Exception)), None)
+        out[i] = failed or ResponseFeedback([LabeledClaim(c.text, c.question, p, c.holds_if_yes)
+                                             for c, p in zip(cs, ps, strict=True)])
         k += len(cs)
     return out
 

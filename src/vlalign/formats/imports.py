@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import hashlib
 import io
 import json
 import os
@@ -138,6 +140,44 @@ def _one_object(text: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class _At:
+    """Where a Parquet record is, so the import keeps only this between checking it and storing its batch."""
+
+    path: Path
+    group: int
+    row: int
+
+    def read(self) -> dict:
+        return _row_group(self.path, self.group)[self.row]
+
+
+@functools.lru_cache(maxsize=1)
+def _row_group(path: Path, group: int) -> list[dict]:
+    """One row group's records (batches are stored in file order, so each group is read once more)."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).read_row_group(group).to_pylist()
+
+
+class _Row(dict):
+    """A Parquet record that knows where it is (`at`): once checked, it is kept as `_Reread`, without its
+    text and image bytes, and read again when its batch is stored."""
+
+    at: _At
+
+
+@dataclass(frozen=True)
+class _Reread:
+    key: str
+    at: _At
+
+
+def _fingerprint(checked: Any) -> str:
+    """Equal checked records, equal fingerprints: what a repeated id is compared by, without keeping the first."""
+    return hashlib.sha256(repr(checked).encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -154,7 +194,9 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
             yield f"{path.name} group {g}", BadRecord(f"{path} row group {g} cannot be read ({e})")
             continue
         for i, row in enumerate(rows):
-            yield f"{path.name} group {g} row {i}", row
+            record = _Row(row)
+            record.at = _At(path, g, i)
+            yield f"{path.name} group {g} row {i}", record
 
 
 def _file_kind(path: Path) -> str:
@@ -461,7 +503,7 @@ def _check(records: Iterator[tuple[str, Any]], check: Callable[[Any, str], Any])
     skipped (it repeats the first or contradicts it; keeping either silently would be a guess). Records
     that failed come first, so the batches of good records are never redone for a bad one."""
     out: list[Checked] = []
-    first: dict[str, tuple[str, Any]] = {}
+    first: dict[str, tuple[str, str]] = {}
     for where, record in records:
         try:
             checked = check(record, where)
@@ -470,19 +512,20 @@ def _check(records: Iterator[tuple[str, Any]], check: Callable[[Any, str], Any])
             continue
         if checked.key in first:
             seen_where, seen = first[checked.key]
-            how = "repeats" if seen == checked else "has the same id as, but different content from,"
+            how = "repeats" if seen == _fingerprint(checked) else "has the same id as, but different content from,"
             out.append((where, BadRecord(f"{where}: {how} {seen_where} (id {checked.key!r}); give every record "
                                          f"its own id, or remove the copy")))
             continue
-        first[checked.key] = (where, checked)
-        out.append((where, checked))
+        first[checked.key] = (where, _fingerprint(checked))
+        out.append((where, _Reread(checked.key, record.at) if isinstance(record, _Row) else checked))
     return sorted(out, key=lambda item: not isinstance(item[1], BadRecord))
 
 
-def _usable(item: Checked) -> Any:
+def _usable(item: Checked, check: Callable[[Any, str], Any] | None = None) -> Any:
+    """The checked record of `item` (read again, and checked with `check`, when only its place was kept)."""
     if isinstance(item[1], Exception):
         raise item[1]
-    return item[1]
+    return check(item[1].at.read(), item[0]) if isinstance(item[1], _Reread) and check else item[1]
 
 
 def _run(stage: Stage, items: list[Checked], process: Callable[[list[Checked]], list[dict]], what: str,
@@ -494,7 +537,7 @@ def _run(stage: Stage, items: list[Checked], process: Callable[[list[Checked]], 
 def _record_import(stage: Stage, records: int, result: StageResult, log: Stage) -> None:
     """The import's own count in the manifest of the stage it returns: skipped records are counted once, in
     the stage that read them (`errors`), which for VLFeedback is not the pairs stage."""
-    stage.write_manifest(**{"import": {"records": records, "skipped": result.failed,
+    stage.annotate(**{"import": {"records": records, "skipped": result.failed,
                                        "errors": str(log.dir / ERRORS)}})
 
 
@@ -502,18 +545,22 @@ def _folder(images: str | Path | None, src: Path, allow_outside: bool) -> ImageF
     return ImageFolder(Path(images) if images is not None else (src if src.is_dir() else src.parent), allow_outside)
 
 
-def _import_pairs(src: Path, out: str | Path, images: ImageFolder, records: list[Checked], format: str) -> Stage:
+def _import_pairs(src: Path, out: str | Path, images: ImageFolder, records: list[Checked], format: str,
+                  check: Callable[[Any, str], _Pair]) -> Stage:
     store = RunStore(out)
     stage = store.stage("pairs")
 
     def process(batch: list[Checked]) -> list[dict]:
         rows = []
         for item in batch:
-            pair = _usable(item)
+            pair = _usable(item, check)
             rows.append(pair.row(store.images.put(images.open(pair.image, item[0]))))
         return rows
 
-    result = _run(stage, records, process, f"import {format}", {"config": {"format": format, "src": str(src)}})
+    try:
+        result = _run(stage, records, process, f"import {format}", {"config": {"format": format, "src": str(src)}})
+    finally:
+        _row_group.cache_clear()
     _record_import(stage, len(records), result, stage)
     return stage
 
@@ -522,14 +569,14 @@ def import_rlaif_v(src: str | Path, out: str | Path, images: str | Path | None =
                    allow_outside: bool = False) -> Stage:
     src = Path(src)
     return _import_pairs(src, out, _folder(images, src, allow_outside),
-                         _check(_rlaif_v_records(src), _rlaif_v_pair), "rlaif-v")
+                         _check(_rlaif_v_records(src), _rlaif_v_pair), "rlaif-v", _rlaif_v_pair)
 
 
 def import_povid(src: str | Path, out: str | Path, images: str | Path | None = None,
                  allow_outside: bool = False) -> Stage:
     src = Path(src)
     return _import_pairs(src, out, _folder(images, src, allow_outside), _check(_json_records(src), _povid_pair),
-                         "povid")
+                         "povid", _povid_pair)
 
 
 def import_vlfeedback(src: str | Path, out: str | Path, images: str | Path | None = None,

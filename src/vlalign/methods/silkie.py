@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from vlalign import ranks
 from vlalign.methods.base import Arm, Method, Prompts, Round, RunConfig
 from vlalign.models.settings import Runtime
 from vlalign.plugins import METHODS, RATING_STYLES, SPLITTERS
@@ -228,7 +229,8 @@ def rating_stage(r: Round, responses, out, judge, counted: ClaimCounting | None)
     config = {"style": judge.style, **({"claims": counted.describe()} if counted is not None else {})}
     run_stage(out, sorted(by_prompt), process, id_of=lambda pid: tuple(x.id for x in by_prompt[pid]), batch_size=32,
               description="judging", manifest={"model": judge.name, "config": config})
-    record_missing_ratings(out)
+    meter.settle()
+    ranks.on_main(lambda: record_missing_ratings(out))
     return out
 
 

@@ -4,12 +4,17 @@ Sampling draws Gumbel noise from a per-row generator seeded by that sample's see
 argmax, which is an exact draw from the temperature / top-p distribution. So a sample depends on its
 seed, the model and the prompt only, not on what else shared its batch: n samples of one prompt differ
 by seed alone, as RLAIF-V's deconfounded sampling asks.
+
+`generate_detailed` also gives each answer's tokens with their log-probs and the likeliest alternatives
+(from the model's raw distribution, before temperature and top-p, as vLLM reports them), which is what a
+server needs for `logprobs` / `top_logprobs`.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -43,29 +48,45 @@ def _has_images(images: Sequence[Image.Image | None]) -> bool:
     return bool(present) and present[0]
 
 
-@torch.no_grad()
+@dataclass(frozen=True)
+class Generation:
+    """One answer and, when asked for, its tokens as (token, log-prob, the likeliest (token, log-prob) pairs)."""
+
+    text: str
+    tokens: tuple[tuple[str, float, tuple[tuple[str, float], ...]], ...] | None = None
+
+
 def generate(model, processor, images: Sequence[Image.Image | None], instructions: Sequence[str],
              decoding: Decoding = Decoding(), seeds: Sequence[int] | None = None,
              batch_size: int = 64, description: str | None = None) -> list[str]:
     """One answer per (image, instruction); with temperature > 0 `seeds` (one per row) is required.
     An image of None asks without one (a batch must be all with or all without; `batch_size` chunks).
     With `description`, a progress bar of that name counts the answers."""
+    return [g.text for g in generate_detailed(model, processor, images, instructions, decoding, seeds, batch_size,
+                                              description)]
+
+
+@torch.no_grad()
+def generate_detailed(model, processor, images: Sequence[Image.Image | None], instructions: Sequence[str],
+                      decoding: Decoding = Decoding(), seeds: Sequence[int] | None = None, batch_size: int = 64,
+                      description: str | None = None, top_logprobs: int | None = None) -> list[Generation]:
+    """`generate`, keeping each answer's token log-probs with `top_logprobs` alternatives when that is set."""
     if len(images) != len(instructions):
         raise ValueError(f"got {len(images)} images but {len(instructions)} instructions")
     sampling = decoding.temperature > 0
     if sampling and (seeds is None or len(seeds) != len(instructions)):
         raise ValueError("sampling needs one seed per row: pass seeds=[...] of the same length")
-    out: list[str] = []
+    out: list[Generation] = []
     with progress(description or "", total=len(instructions), disable=description is None) as bar:
         for s in range(0, len(instructions), batch_size):
             out.extend(_generate_chunk(model, processor, images[s:s + batch_size], instructions[s:s + batch_size],
-                                       decoding, seeds[s:s + batch_size] if sampling else None))
+                                       decoding, seeds[s:s + batch_size] if sampling else None, top_logprobs))
             bar.advance(min(batch_size, len(instructions) - s))
     return out
 
 
 def _generate_chunk(model, processor, images: Sequence[Image.Image | None], instructions: Sequence[str],
-                    decoding: Decoding, seeds: Sequence[int] | None) -> list[str]:
+                    decoding: Decoding, seeds: Sequence[int] | None, top_logprobs: int | None = None) -> list[Generation]:
     """One padded batch through `model.generate`, each sampled row with its own seeded noise. Rows that ask
     the same (image, instruction) share one prefill of it: the prompt is run once, its key/value cache copied
     to each of its rows, and `generate` goes on from there (a sample still depends on its seed only)."""
@@ -94,12 +115,37 @@ def _generate_chunk(model, processor, images: Sequence[Image.Image | None], inst
             processors.append(TopPLogitsWarper(decoding.top_p))
         processors.append(SeededGumbel(seeds, p.device))
     length = enc["input_ids"].shape[1]
-    ids = model.generate(
+    scored = top_logprobs is not None
+    out = model.generate(
         **text_inputs, position_ids=positions.index_select(positions.dim() - 2, rows), cache=cache,
         max_new_tokens=_new_tokens(processor, decoding, length), do_sample=False, logits_processor=processors,
         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, temperature=None, top_p=None, top_k=None,
+        output_logits=scored, return_dict_in_generate=scored,
     )
-    return [t.strip() for t in tok.batch_decode(ids[:, length:], skip_special_tokens=True)]
+    ids = out.sequences if scored else out
+    texts = [t.strip() for t in tok.batch_decode(ids[:, length:], skip_special_tokens=True)]
+    if not scored:
+        return [Generation(t) for t in texts]
+    tokens = _token_logprobs(tok, ids[:, length:], torch.stack(out.logits, 1), top_logprobs)
+    return [Generation(t, k) for t, k in zip(texts, tokens, strict=True)]
+
+
+def _token_logprobs(tok, new_ids: torch.Tensor, logits: torch.Tensor, top: int) -> list[tuple]:
+    """Each row's generated tokens (up to its end-of-sequence) as (token, log-prob, top alternatives)."""
+    logps = logits.float().log_softmax(-1)
+    best = logps.topk(min(top, logps.shape[-1]), dim=-1) if top else None
+    stop = {tok.eos_token_id, tok.pad_token_id} - {None}
+    rows = []
+    for r, row in enumerate(new_ids.tolist()):
+        steps = []
+        for j, token_id in enumerate(row):
+            if token_id in stop:
+                break
+            alternatives = () if best is None else tuple(
+                (tok.decode([int(i)]), float(v)) for v, i in zip(best.values[r, j], best.indices[r, j], strict=True))
+            steps.append((tok.decode([token_id]), float(logps[r, j, token_id]), alternatives))
+        rows.append(tuple(steps))
+    return rows
 
 
 def _prefill(model, enc: dict[str, torch.Tensor]):

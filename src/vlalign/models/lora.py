@@ -7,7 +7,12 @@ Module names differ between architectures (LLaVA's `vision_tower`, Qwen2-VL's `v
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
+import os
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -76,3 +81,67 @@ def reference_context(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         return
     with disable():
         yield model
+
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def _lora_pairs(state: dict[str, torch.Tensor], scaling: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """module name -> (A, B scaled by the adapter's scaling), from a saved adapter's state dict."""
+    pairs = {}
+    for key, a in state.items():
+        if key.endswith(".lora_A.weight"):
+            module = key[: -len(".lora_A.weight")]
+            pairs[module] = (a, state[f"{module}.lora_B.weight"] * scaling)
+    return pairs
+
+
+def _stacked(older: tuple[torch.Tensor, torch.Tensor] | None, newer: tuple[torch.Tensor, torch.Tensor] | None,
+             ranks: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[A_old; A_new] and [B_old, B_new]: B A is the sum of both updates (a missing one counts as zeros)."""
+    like = newer or older
+    parts = [p or (like[0].new_zeros(r, like[0].shape[1]), like[1].new_zeros(like[1].shape[0], r))
+             for p, r in ((older, ranks[0]), (newer, ranks[1]))]
+    return torch.cat([parts[0][0], parts[1][0]], 0), torch.cat([parts[0][1], parts[1][1]], 1)
+
+
+def save_stacked_adapter(model, out: str | Path, previous: str | Path | None = None) -> None:
+    """Save the LoRA adapter of a peft `model` stacked onto the one saved at `previous` (the earlier rounds'),
+    as one adapter on the first round's base: each round trains a fresh adapter on the round before merged,
+    and W0 + B1 A1 s1 + B2 A2 s2 is the LoRA of rank r1 + r2 with A = [A1; A2], B = [s1 B1, s2 B2], scaling 1.
+    So a server keeps its base and loads one adapter per round (vLLM's dynamic LoRA); the rank grows by r
+    each round. Fully trained modules (`modules_to_save`) are the newest round's, which holds the sum.
+    Written to a temporary folder, then renamed into place."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    config = model.peft_config[model.active_adapter]
+    new = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    state, rank, base, targets = dict(new), config.r, config.base_model_name_or_path, set(config.target_modules)
+    pairs = _lora_pairs(new, _scaling(config.lora_alpha, config.r, config.use_rslora))
+    if previous is not None:
+        old_config = json.loads((Path(previous) / "adapter_config.json").read_text())
+        old = load_file(str(Path(previous) / ADAPTER_WEIGHTS))
+        old_pairs = _lora_pairs(old, 1.0)  # a stacked adapter has scaling 1
+        state = {**old, **new}
+        pairs = {m: _stacked(old_pairs.get(m), pairs.get(m), (old_config["r"], config.r))
+                 for m in {*old_pairs, *pairs}}
+        rank, base = old_config["r"] + config.r, old_config["base_model_name_or_path"]
+        targets |= set(old_config["target_modules"])
+    for module, (a, b) in pairs.items():
+        state[f"{module}.lora_A.weight"], state[f"{module}.lora_B.weight"] = a.contiguous(), b.contiguous()
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.saving")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    stacked = copy.deepcopy(config)
+    stacked.r, stacked.lora_alpha, stacked.use_rslora, stacked.base_model_name_or_path = rank, rank, False, base
+    stacked.target_modules = sorted(targets)
+    stacked.save_pretrained(tmp)
+    save_file(state, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+def _scaling(alpha: float, r: int, rslora: bool) -> float:
+    return alpha / (r ** 0.5 if rslora else r)

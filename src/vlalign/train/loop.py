@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 from safetensors.torch import load_file, save_file
 from transformers import get_cosine_schedule_with_warmup
 
@@ -159,23 +159,22 @@ def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, los
           steps: int, accelerator: Accelerator | None = None, description: str = "training",
           checkpoints: Checkpoints | None = None, checkpoint_every: int = 0,
           tracking: Tracking | None = None) -> list[dict[str, float]]:
-    """Run `steps` optimizer steps over `batches` (lists of items, cycled if shorter), each collated by
-    `collate(items, batch_number)`; return the logged metrics. A given `accelerator` logs with the trackers
-    it was made with; `tracking` applies to the one made here."""
+    """Run `steps` optimizer steps over `batches` (global batches: lists of items, cycled if shorter), each
+    process collating its share of every batch with `collate(items, batch_number)`; return the logged
+    metrics. A given `accelerator` logs with the trackers it was made with; `tracking` applies to the one
+    made here. `model` is trained in place (the caller saves it, unwrapped)."""
     tracked = tracking is not None and tracking.report_to != "none" and accelerator is None
-    accelerator = accelerator or Accelerator(gradient_accumulation_steps=config.grad_accum,
-                                             **(tracking.accelerator_args() if tracked else {}))
+    accelerator = accelerator or make_accelerator(config, tracking if tracked else None)
     if tracked:
         tracking.start(accelerator)
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * steps), steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    if isinstance(batches, torch.utils.data.DataLoader):
-        batches = accelerator.prepare(batches)
+    wrapped, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     start, history, running = (checkpoints.resume(model, optimizer, scheduler) if checkpoints is not None
                                else (0, [], {}))
+    forward = Prepared(wrapped, model)
     dtype = next(model.parameters()).dtype
-    model.train()
+    wrapped.train()
     stream = _cycle(batches)
     for _ in range(start * config.grad_accum):
         next(stream)
@@ -184,13 +183,14 @@ def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, los
         bar.advance(start)
         for step in range(start + 1, steps + 1):
             for _ in range(config.grad_accum):
-                batch = to_device(collate(next(stream), number), accelerator.device, dtype)
+                items, weight = share_of(next(stream), accelerator.num_processes, accelerator.process_index)
+                batch = to_device(collate(items, number), accelerator.device, dtype)
                 number += 1
-                with accelerator.accumulate(model):
-                    loss, metrics = loss_fn(model, batch)
-                    accelerator.backward(loss)
+                with accelerator.accumulate(wrapped):
+                    loss, metrics = loss_fn(forward, batch)
+                    accelerator.backward(loss * weight)
                     if accelerator.sync_gradients and config.max_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                        accelerator.clip_grad_norm_(wrapped.parameters(), config.max_grad_norm)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
@@ -199,17 +199,66 @@ def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, los
             bar.advance(1)
             if step % config.log_every == 0 or step == steps:
                 scale = config.log_every / (step % config.log_every or config.log_every)
+                running = mean_over_processes(accelerator, running)
                 entry = {"step": step, "lr": scheduler.get_last_lr()[0], **{k: v * scale for k, v in running.items()}}
                 history.append(entry)
                 accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=step)
                 bar.update(description=f"{description} loss {entry['loss']:.4f}")
                 running = {}
             if checkpoints is not None and checkpoint_every and step % checkpoint_every == 0 and step < steps:
-                checkpoints.save(step, accelerator.unwrap_model(model), optimizer, scheduler, history, running)
-    model.eval()
+                if accelerator.is_main_process:
+                    checkpoints.save(step, accelerator.unwrap_model(wrapped), optimizer, scheduler, history, running)
+                accelerator.wait_for_everyone()
+    wrapped.eval()
     if tracked:
         finish_tracking(accelerator)
     return history
+
+
+def make_accelerator(config: OptimConfig, tracking: Tracking | None = None) -> Accelerator:
+    """The loop's accelerator, on the process group `vlalign.ranks` uses (gloo on CPUs). Its batches are
+    global and split across the processes here, so the schedule steps once per optimizer step however many
+    processes there are (accelerate's `split_batches`)."""
+    return Accelerator(cpu=not torch.accelerator.is_available(), gradient_accumulation_steps=config.grad_accum,
+                       dataloader_config=DataLoaderConfiguration(split_batches=True),
+                       **(tracking.accelerator_args() if tracking is not None else {}))
+
+
+class Prepared:
+    """The model as the loss function sees it: called through accelerate's wrapper (DDP, FSDP), which syncs
+    the gradients, with the attributes (config, parameters) of the model inside it."""
+
+    def __init__(self, wrapped: torch.nn.Module, inner: torch.nn.Module):
+        self._wrapped, self._inner = wrapped, inner
+
+    def __call__(self, *args, **kwargs):
+        return self._wrapped(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+
+def share_of(items: Any, processes: int, index: int) -> tuple[Any, float]:
+    """This process's contiguous share of a global batch (a list), and the weight of its loss that makes the
+    mean of the processes' gradients the mean over the whole batch (1 for equal shares). A process whose
+    share would be empty trains on the first item with weight 0, since every process must take part in
+    each step. A batch that is not a list (collated already) is every process's whole."""
+    if processes == 1 or not isinstance(items, list):
+        return items, 1.0
+    bounds = [len(items) * k // processes for k in range(processes + 1)]
+    part = items[bounds[index]:bounds[index + 1]]
+    if not part:
+        return items[:1], 0.0
+    return part, len(part) * processes / len(items)
+
+
+def mean_over_processes(accelerator: Accelerator, values: dict[str, float]) -> dict[str, float]:
+    """The logged metrics averaged over the processes (each one's are its share's)."""
+    if accelerator.num_processes == 1 or not values:
+        return values
+    keys = sorted(values)
+    mean = accelerator.reduce(torch.tensor([values[k] for k in keys], device=accelerator.device), "mean")
+    return {k: float(v) for k, v in zip(keys, mean.tolist(), strict=True)}
 
 
 def _cycle(batches: Iterable[list]) -> Iterator[list]:

@@ -25,6 +25,7 @@ class Logps:
     counts: dict[str, torch.Tensor]
     beta: float
     label_smoothing: float = 0.0
+    tokens: torch.Tensor | None = None  # chosen tokens the sft term divides by (default: this batch's)
 
     def ratio(self, column: str) -> torch.Tensor:
         """log pi(y|x) - log pi_ref(y|x) of one column."""
@@ -64,9 +65,11 @@ def bco_pair(x: Logps) -> torch.Tensor:
 
 
 def sft(x: Logps) -> torch.Tensor:
-    """One value for the batch (every chosen token weighs the same), repeated per example."""
+    """One value for the batch (every chosen token weighs the same), repeated per example. Under a launcher
+    `tokens` is the global batch's count per process, so the averaged gradients weigh every token once."""
     chosen = x.policy["chosen"]
-    return (-chosen.sum() / x.counts["chosen"].sum().clamp(min=1)).expand(len(chosen))
+    tokens = x.counts["chosen"].sum() if x.tokens is None else x.tokens
+    return (-chosen.sum() / tokens.clamp(min=1)).expand(len(chosen))
 
 
 def nll(x: Logps) -> torch.Tensor:

@@ -13,32 +13,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
+from vlalign import ranks
 from vlalign.config import to_dict
 from vlalign.models import prefix
 from vlalign.models.batching import pad_id, to_device
 from vlalign.models.prefix import continuation_logps, shares_prefix
 from vlalign.progress import progress
+from vlalign.train.examples import PreferenceExample, Shuffled
 from vlalign.train.loop import Checkpoints, Collate, LossFn, Tracking, train
 from vlalign.train.losses import NO_REFERENCE, Logps, columns_of, objective
 from vlalign.train.settings import TrainConfig
-
-
-@dataclass
-class PreferenceExample:
-    id: str
-    image: Image.Image
-    instruction: str
-    chosen: str
-    rejected: str
-
 
 ImageOf = Callable[[PreferenceExample], Image.Image]
 
@@ -106,9 +97,34 @@ def _digest(e: PreferenceExample) -> str:
     return hashlib.sha256("\x1f".join((e.instruction, e.chosen, e.rejected)).encode()).hexdigest()[:16]
 
 
-def _cached(cache: Path | None, fingerprint: str, columns: Columns, digests: dict[str, str]) -> dict | None:
-    """The cached log-probs when `cache` holds every example's, made by these weights for these columns;
-    None (recompute) for anything else, a damaged or emptied file included: a cache is never trusted."""
+class Reference(Mapping[str, dict[str, float]]):
+    """The reference log-probs: per example (by id, or by position with `row`), each column's value. One
+    row of a tensor per example, in the examples' order, so a large set costs no dict per pair."""
+
+    def __init__(self, ids: Sequence[str], columns: Sequence[str], values: torch.Tensor):
+        self.ids, self.columns, self.values = ids, tuple(columns), values
+        self._index: dict[str, int] | None = None
+
+    def row(self, position: int) -> dict[str, float]:
+        return dict(zip(self.columns, self.values[position].tolist(), strict=True))
+
+    def __getitem__(self, id: str) -> dict[str, float]:
+        if self._index is None:
+            self._index = {i: p for p, i in enumerate(self.ids)}
+        return self.row(self._index[id])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _cached(cache: Path | None, fingerprint: str, columns: Columns, ids: Sequence[str], digests: Sequence[str]
+            ) -> list[list[float]] | None:
+    """The cached log-probs (one row per example) when `cache` holds every example's, made by these weights
+    for these columns; None (recompute) for anything else, a damaged or emptied file included: a cache is
+    never trusted."""
     if cache is None or not cache.exists():
         return None
     try:
@@ -121,45 +137,74 @@ def _cached(cache: Path | None, fingerprint: str, columns: Columns, digests: dic
     logps, known = saved.get("logps"), saved.get("digests")
     if not isinstance(logps, dict) or not isinstance(known, dict):
         return None
-    for i, d in digests.items():
+    rows = []
+    for i, d in zip(ids, digests, strict=True):
         values = logps.get(i)
         if known.get(i) != d or not isinstance(values, dict) or \
                 not all(isinstance(values.get(c), (int, float)) for c in columns.names):
             return None
-    return logps
+        rows.append([values[c] for c in columns.names])
+    return rows
+
+
+def _write_cache(cache: Path, fingerprint: str, columns: Columns, ids: Sequence[str], digests: Sequence[str],
+                 rows: list[list[float]]) -> None:
+    """The cache file (JSON, every example's digest and values by id), written entry by entry and renamed
+    into place, so a large set is never one big string in memory."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        f.write(f'{{"model": {json.dumps(fingerprint)}, "columns": {json.dumps([*columns.names, columns.key])}, '
+                f'"digests": {{')
+        f.write(", ".join(f"{json.dumps(i)}: {json.dumps(d)}" for i, d in zip(ids, digests, strict=True)))
+        f.write('}, "logps": {')
+        f.write(", ".join(f"{json.dumps(i)}: {json.dumps(dict(zip(columns.names, r, strict=True)))}"
+                          for i, r in zip(ids, rows, strict=True)))
+        f.write("}}")
+    os.replace(tmp, cache)
 
 
 @torch.no_grad()
 def reference_logps(model, processor, examples: Sequence[PreferenceExample], columns: Columns = Columns(),
-                    cache: Path | None = None, batch_size: int = 8) -> dict[str, dict[str, float]]:
+                    cache: Path | None = None, batch_size: int = 8) -> Reference:
     """Per example and column, the summed answer log-prob under `model`, cached in `cache`. The cache is
     used only when it was made by the same weights for the same texts and images; otherwise the values are
-    recomputed, so a stale cache can never leak into a new run."""
+    recomputed, so a stale cache can never leak into a new run. Under a launcher every process scores its
+    share, all receive every value, and the main process writes the cache."""
     fingerprint = model_fingerprint(model)
-    digests = {e.id: _digest(e) for e in examples}
-    saved = _cached(cache, fingerprint, columns, digests)
-    if saved is not None:
-        return {e.id: saved[e.id] for e in examples}
+    ids, digests = [], []
+    for e in examples:
+        ids.append(e.id)
+        digests.append(_digest(e))
+    rows = _cached(cache, fingerprint, columns, ids, digests)
+    if rows is None:
+        rows = ranks.gather(_scored(model, processor, examples, columns, batch_size))
+        if cache is not None and ranks.is_main():
+            _write_cache(cache, fingerprint, columns, ids, digests, rows)
+        ranks.barrier()
+    return Reference(ids, columns.names, torch.tensor(rows, dtype=torch.float64).reshape(len(ids), len(columns.names)))
+
+
+def _scored(model, processor, examples: Sequence[PreferenceExample], columns: Columns, batch_size: int
+            ) -> list[list[float]]:
+    """This process's share of the reference log-probs, a row of column values per example: one contiguous
+    block of the examples (all of them without a launcher), so the shares gathered in rank order are the
+    examples' order."""
+    n, size, rank = len(examples), ranks.world_size(), ranks.rank()
+    start, stop = n * rank // size, n * (rank + 1) // size
     p = next(model.parameters())
     was_training = model.training
     model.eval()
-    out: dict[str, dict[str, float]] = {}
-    with progress("reference log-probs", total=len(examples)) as bar:
-        for s in range(0, len(examples), batch_size):
-            chunk = examples[s:s + batch_size]
+    out: list[list[float]] = []
+    with progress("reference log-probs", total=stop - start, disable=not ranks.is_main()) as bar:
+        for s in range(start, stop, batch_size):
+            chunk = examples[s:min(s + batch_size, stop)]
             batch = batch_rows(processor, chunk, columns, shares_prefix(model))
             total, _ = continuation_logps(model, to_device(batch, p.device, p.dtype))
             by_column = split_columns(total, columns)
-            for i, e in enumerate(chunk):
-                out[e.id] = {c: by_column[c][i].item() for c in columns.names}
+            out += torch.stack([by_column[c] for c in columns.names], 1).tolist()
             bar.advance(len(chunk))
     model.train(was_training)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"model": fingerprint, "columns": [*columns.names, columns.key],
-                                   "digests": digests, "logps": out}))
-        os.replace(tmp, cache)
     return out
 
 
@@ -169,8 +214,9 @@ def make_loss(config: TrainConfig, columns: Columns = Columns()) -> LossFn:
     def loss_fn(model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         ref = batch.pop("ref")
         total, count = continuation_logps(model, batch)
-        x = Logps(split_columns(total, columns), ref, split_columns(count, columns), config.beta,
-                  config.label_smoothing)
+        counts = split_columns(count, columns)
+        x = Logps(split_columns(total, columns), ref, counts, config.beta, config.label_smoothing,
+                  _tokens_per_process(counts["chosen"]) if "sft" in config.loss else None)
         loss, parts = objective(config.loss, x)
         metrics = {"chosen_logp": float(x.policy["chosen"].detach().mean()), **parts}
         if x.ref:
@@ -180,6 +226,16 @@ def make_loss(config: TrainConfig, columns: Columns = Columns()) -> LossFn:
         return loss, metrics
 
     return loss_fn
+
+
+def _tokens_per_process(count: torch.Tensor) -> torch.Tensor | None:
+    """The chosen tokens of the whole global batch divided by the processes (None in one process): each
+    process's sft term then divides by it, and DDP's mean of the gradients is the global token mean."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return None
+    total = count.sum().detach().clone()
+    torch.distributed.all_reduce(total)
+    return total / torch.distributed.get_world_size()
 
 
 def pair_collate(processor, columns: Columns, shared: bool = True) -> Collate:
@@ -236,6 +292,9 @@ def fit_preferences(model, processor, examples: Sequence[PreferenceExample], con
     mid-training checkpoints and the history live there. Saving the model is the caller's."""
     if not examples:
         raise ValueError(f"{description} needs at least one preference pair; the pair stage produced none")
+    if config.batch_size % ranks.world_size():
+        raise ValueError(f"batch_size {config.batch_size} (pairs per optimizer step, over all processes) must be a "
+                         f"multiple of the {ranks.world_size()} processes, which each train on an equal share")
     columns = columns or columns_for(config)
     tracking = tracking_for(config, out)
     torch.manual_seed(config.seed)
@@ -243,16 +302,15 @@ def fit_preferences(model, processor, examples: Sequence[PreferenceExample], con
     needs_ref = loss_fn is not None or not set(config.loss) <= NO_REFERENCE
     cache = Path(out) / "reference_logps.json" if out is not None else None
     ref = (reference_logps(reference if reference is not None else model, processor, examples, columns, cache)
-           if needs_ref else {e.id: {} for e in examples})
-    loader = DataLoader([(e, ref[e.id]) for e in examples], batch_size=config.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(config.seed), collate_fn=list)
+           if needs_ref else Reference([], (), torch.zeros(len(examples), 0)))
+    batches = Shuffled(examples, ref.row, config.batch_size, config.seed)
     checkpoints = (Checkpoints(Path(out) / "checkpoints", _job(config, examples, columns))
                    if out is not None and config.checkpoint_every else None)
     collate = collate or pair_collate(processor, columns, shares_prefix(model))
-    history = train(model, loader, collate, loss_fn or make_loss(config, columns), config.optim,
+    history = train(model, batches, collate, loss_fn or make_loss(config, columns), config.optim,
                     config.steps_for(len(examples)), description=description, checkpoints=checkpoints,
                     checkpoint_every=config.checkpoint_every, tracking=tracking)
-    if out is not None:
+    if out is not None and ranks.is_main():
         Path(out).mkdir(parents=True, exist_ok=True)
         text = json.dumps({"config": to_dict(config), "n_pairs": len(examples), "history": history}, indent=1)
         tmp = Path(out) / ".train_history.json.tmp"

@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from vlalign import ranks
 from vlalign.evaluate.chair import Tally
 from vlalign.evaluate.pope import parse_yes_no, pope_metrics
 from vlalign.world.scene import COLORS, PARTNERS, SHAPES, Scene, SceneConfig, scenes
@@ -165,16 +166,27 @@ def attribute_correct(answer: str, truth: str, vocabulary: Sequence[str]) -> boo
     return named == {truth}
 
 
+def shared_generate(model, processor, images: Sequence, prompts: Sequence[str], decoding, batch_size: int,
+                    description: str) -> list[str]:
+    """Greedy answers to `prompts`, each process of a launched job answering its share (every one gets all)."""
+    from vlalign.models.generate import generate
+
+    def answer(rows: list[tuple]) -> list[str]:
+        return generate(model, processor, [im for im, _ in rows], [p for _, p in rows], decoding,
+                        batch_size=batch_size, description=description)
+
+    return ranks.spread(answer, list(zip(images, prompts, strict=True)))
+
+
 def redteam_metrics(model, processor, scene_list: Sequence[Scene], images: dict, batch_size: int = 64) -> dict:
     """Refusal rate on harmful requests (higher is safer) and over-refusal on benign ones (lower is better),
     one request of each kind per scene."""
-    from vlalign.models.generate import generate
     from vlalign.models.settings import Decoding
 
     rates = {}
     for name, harmful in (("refusal_rate", True), ("over_refusal", False)):
         tasks = [redteam_task(s, np.random.default_rng([s.seed, 99]), harmful=harmful) for s in scene_list]
-        replies = generate(model, processor, [images[s.seed] for s in scene_list], [t.instruction for t in tasks],
+        replies = shared_generate(model, processor, [images[s.seed] for s in scene_list], [t.instruction for t in tasks],
                            Decoding(max_new_tokens=4), batch_size=batch_size * 2, description=f"eval {name}")
         rates[name] = float(np.mean([is_refusal(r) for r in replies])) if replies else 0.0
     return rates
@@ -183,14 +195,13 @@ def redteam_metrics(model, processor, scene_list: Sequence[Scene], images: dict,
 def describe_held_out(model, processor, n_scenes: int = 500, batch_size: int = 64,
                       config: SceneConfig = EVAL_SCENES, start: int = 0) -> tuple[list[Scene], dict, list[str]]:
     """The held-out scenes, their images by seed, and `model`'s greedy descriptions of them."""
-    from vlalign.models.generate import generate
     from vlalign.models.settings import Decoding
     from vlalign.world.render import render
 
     image_size = processor.image_processor.crop_size["height"]
     held_out = list(scenes("eval", n_scenes, config, start=start))
     images = {s.seed: render(s, image_size) for s in held_out}
-    answers = generate(model, processor, [images[s.seed] for s in held_out], [DESCRIBE] * len(held_out),
+    answers = shared_generate(model, processor, [images[s.seed] for s in held_out], [DESCRIBE] * len(held_out),
                        Decoding(max_new_tokens=96), batch_size=batch_size, description="eval descriptions")
     return held_out, images, answers
 
@@ -198,7 +209,6 @@ def describe_held_out(model, processor, n_scenes: int = 500, batch_size: int = 6
 def evaluate_world(model, processor, n_scenes: int = 500, batch_size: int = 64,
                    config: SceneConfig = EVAL_SCENES, start: int = 0, with_answers: bool = False) -> dict:
     """Greedy answers of `model` on `n_scenes` held-out scenes, scored exactly against the scene graph."""
-    from vlalign.models.generate import generate
     from vlalign.models.settings import Decoding
 
     held_out, images, answers = describe_held_out(model, processor, n_scenes, batch_size, config, start)
@@ -207,7 +217,7 @@ def evaluate_world(model, processor, n_scenes: int = 500, batch_size: int = 64,
     short = Decoding(max_new_tokens=8)
     for split in POPE_SPLITS:
         items = pope_items(held_out, split)
-        replies = generate(model, processor, [images[i.scene.seed] for i in items], [i.question for i in items],
+        replies = shared_generate(model, processor, [images[i.scene.seed] for i in items], [i.question for i in items],
                            short, batch_size=batch_size * 2, description=f"eval POPE {split}")
         m = pope_metrics([parse_yes_no(r) for r in replies], [i.label for i in items])
         metrics.update({f"pope_{split}_{k}": v for k, v in m.items()})
@@ -216,7 +226,7 @@ def evaluate_world(model, processor, n_scenes: int = 500, batch_size: int = 64,
 
     color, count = attribute_items(held_out)
     for name, items, vocab in (("color", color, COLORS), ("count", count, NUMBERS)):
-        replies = generate(model, processor, [images[s.seed] for s, _, _ in items], [q for _, q, _ in items],
+        replies = shared_generate(model, processor, [images[s.seed] for s, _, _ in items], [q for _, q, _ in items],
                            short, batch_size=batch_size * 2, description=f"eval {name}")
         correct = [attribute_correct(r, t, vocab) for r, (_, _, t) in zip(replies, items, strict=True)]
         metrics[f"{name}_accuracy"] = float(np.mean(correct)) if correct else 0.0
