@@ -73,3 +73,14 @@ def test_two_processes_train_the_weights_of_one(tiny_world_model_dir, tmp_path):
     assert sorted(cache["logps"]) == [f"pair-{i:02d}" for i in range(N_PAIRS)]
     history = json.loads((tmp_path / "two" / "training" / "train_history.json").read_text())["history"]
     assert len(history) == 4
+
+
+@pytest.mark.parametrize(("name", "kind"), [("ddp", "MULTI_GPU"), ("ddp_cpu", "MULTI_GPU"), ("fsdp", "FSDP"),
+                                            ("fsdp_cpu", "FSDP"), ("deepspeed_zero2", "DEEPSPEED"),
+                                            ("deepspeed_zero3", "DEEPSPEED")])
+def test_the_shipped_accelerate_configs_load(name, kind):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / f"{name}.yaml"
+    config = load_config_from_file(str(path))
+    assert config.distributed_type.name == kind and config.num_processes == 2

@@ -22,6 +22,7 @@ import torch
 from vlalign.data.corrupt import add_diffusion_noise
 from vlalign.models import prefix
 from vlalign.models.batching import pad_id
+from vlalign.models.generate import sample_seed
 from vlalign.models.lora import reference_context
 from vlalign.train.losses import povid_loss
 from vlalign.train.preference import Columns, PreferenceExample, fit_preferences, pair_collate, prepare_policy
@@ -30,15 +31,17 @@ from vlalign.train.settings import NoiseConfig, TrainConfig
 
 def povid_collate(processor, noise: NoiseConfig, shared: bool = True):
     """Pair rows (the prompt once, chosen and rejected continuing it) plus the ground truth under the clean
-    image and under a freshly noised one, each its own prefix (the noise of batch `number` is the same
-    whenever that batch is drawn, so a resumed run draws it again)."""
+    image and under a freshly noised one, each its own prefix. The noise of an example in batch `number` is
+    seeded by both, so a resumed run draws it again, and so does each process of a launched job, whatever
+    share of the batch it holds."""
     pairs = pair_collate(processor, Columns(), shared)
     pad = pad_id(processor)
 
     def collate(items: list, number: int) -> dict:
         examples = [e for e, _ in items]
-        generator = torch.Generator().manual_seed(noise.seed * 1_000_003 + number)
-        noisy_images = [add_diffusion_noise(e.image, noise.step, noise.T, generator) for e in examples]
+        noisy_images = [add_diffusion_noise(e.image, noise.step, noise.T,
+                                            torch.Generator().manual_seed(sample_seed(noise.seed, e.id, number)))
+                        for e in examples]
 
         def truth(images) -> dict:
             return prefix.collate([prefix.answers_group(processor, im, e.instruction, [e.chosen], [i])

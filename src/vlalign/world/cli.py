@@ -62,11 +62,13 @@ def demo(
     labeler: str = typer.Option("world:labeler", help="The labeler model (world:<name> or a directory)."),
 ) -> None:
     """Every method on the embedded world from its shipped recipe (configs/*_world.yaml), and a summary."""
+    from vlalign import ranks
     from vlalign.world.demo import print_demo, run_demo
 
     summary = run_demo(out, quick=quick, policy=policy, labeler=labeler)
-    print_demo(summary)
-    print(out / "summary.json")
+    if ranks.is_main():
+        print_demo(summary)
+        print(out / "summary.json")
 
 
 def add_commands(app: typer.Typer) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import vlalign
+from vlalign import ranks
 from vlalign.config import load_config
 from vlalign.console import console, models_table
 from vlalign.plugins import METHODS
@@ -77,13 +78,14 @@ def _world(record: dict) -> dict:
 
 
 def cached(path: Path, compute) -> dict:
-    """`compute()`'s result, computed once per demo directory (again when its file was damaged)."""
+    """`compute()`'s result, computed once per demo directory (again when its file was damaged). Under a
+    launcher every process computes (the evaluation is split across them) and the main one writes."""
     from vlalign.runner import read_json, write_json
 
-    result = read_json(path)
+    result = ranks.on_main(lambda: read_json(path))
     if result is None:
         result = compute()
-        write_json(path, result)
+        ranks.on_main(lambda: write_json(path, result))
     return result
 
 
@@ -148,18 +150,18 @@ def run_demo(out: Path, quick: bool = False, policy: str = "world:base", labeler
             if recipe.label == "rlaif_v":
                 n = BEST_OF_QUICK if quick else BEST_OF
                 log(f"best-of-{n} with the implicit reward")
-                summary["rlaif_v_best_of_n"] = cached(
+                summary["rlaif_v_best_of_n"] = cached(  # seeds follow the scene's place: one process draws them
                     out / "eval" / "best_of_n.json",
-                    lambda r=result, n=n: best_of_n_chair(r["final"], policy, n, 100 if quick else 500, TEMPERATURE))
+                    lambda r=result, n=n: ranks.on_main(
+                        lambda: best_of_n_chair(r["final"], policy, n, 100 if quick else 500, TEMPERATURE)))
                 if len(result["rounds"]) > 1:  # the round mDPO and MPO train on, when it is not the final one
                     summary["rlaif_v_round1"] = _world(result["rounds"][0])
             summary["method_seconds"][recipe.label] = round(time.time() - began, 1)
-    earlier = read_json(out / "summary.json") or {}
+    earlier = ranks.on_main(lambda: read_json(out / "summary.json")) or {}
     for label, seconds in earlier.get("method_seconds", {}).items():  # a resumed demo adds its own time
         summary["method_seconds"][label] = round(summary["method_seconds"].get(label, 0.0) + seconds, 1)
     summary.update(eval_scenes=scenes, quick=quick, seconds=round(earlier.get("seconds", 0.0) + time.time() - start, 1))
-    write_json(out / "summary.json", summary)
-    try_report(out)
+    ranks.on_main(lambda: (write_json(out / "summary.json", summary), try_report(out)))
     return summary
 
 
