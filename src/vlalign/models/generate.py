@@ -18,7 +18,13 @@ from dataclasses import dataclass
 
 import torch
 from PIL import Image
-from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StaticCache,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from vlalign.models import prefix
 from vlalign.models.batching import TEXT_KEYS, chat_prompt, max_length, to_device
@@ -107,6 +113,9 @@ def _generate_chunk(model, processor, images: Sequence[Image.Image | None], inst
     rows = row_of.to(p.device)
     cache, positions = _prefill(model, enc)
     cache.reorder_cache(rows)
+    length = enc["input_ids"].shape[1]
+    max_new = _new_tokens(processor, decoding, length)
+    cache = _preallocated(model, cache, length + max_new)
     text_inputs = {k: enc[k][rows] for k in ("input_ids", "attention_mask", *prefix.TOKEN_TYPES) if k in enc}
     processors = LogitsProcessorList()
     if seeds is not None:
@@ -114,11 +123,10 @@ def _generate_chunk(model, processor, images: Sequence[Image.Image | None], inst
         if decoding.top_p < 1:
             processors.append(TopPLogitsWarper(decoding.top_p))
         processors.append(SeededGumbel(seeds, p.device))
-    length = enc["input_ids"].shape[1]
     scored = top_logprobs is not None
     out = model.generate(
         **text_inputs, position_ids=positions.index_select(positions.dim() - 2, rows), cache=cache,
-        max_new_tokens=_new_tokens(processor, decoding, length), do_sample=False, logits_processor=processors,
+        max_new_tokens=max_new, do_sample=False, logits_processor=processors,
         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, temperature=None, top_p=None, top_k=None,
         output_logits=scored, return_dict_in_generate=scored,
     )
@@ -155,6 +163,21 @@ def _prefill(model, enc: dict[str, torch.Tensor]):
     inputs = {k: (v[..., :-1] if k in TEXT_KEYS else v) for k, v in enc.items()}
     out = model(**inputs, position_ids=positions[..., :-1], use_cache=True, logits_to_keep=1)
     return out.cache, positions
+
+
+def _preallocated(model, cache, size: int):
+    """The prefill's cache copied into one of `size` positions allocated at once (transformers' StaticCache).
+    A dynamic cache grows by concatenation, copying itself whole at every new token, which is a large part
+    of sampling long answers; the samples are the same. Models with sliding-window layers keep the dynamic
+    cache (their static layers keep another layout)."""
+    text = model.config.get_text_config(decoder=True)
+    if any(kind != "full_attention" for kind in getattr(text, "layer_types", None) or ()):
+        return cache
+    static = StaticCache(config=model.config, max_cache_len=size)
+    for layer, filled in zip(static.layers, cache.layers, strict=True):
+        filled_positions = torch.arange(filled.keys.shape[-2], device=filled.keys.device)
+        layer.update(filled.keys, filled.values, cache_kwargs={"cache_position": filled_positions})
+    return static
 
 
 def _new_tokens(processor, decoding: Decoding, prompt_length: int) -> int:
