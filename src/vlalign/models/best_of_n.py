@@ -41,13 +41,15 @@ def implicit_rewards(policy, reference, processor, images: Sequence[Image.Image]
 
 def best_of_n(policy, reference, processor, images: Sequence[Image.Image], instructions: Sequence[str], n: int = 8,
               decoding: Decoding = Decoding(max_new_tokens=96, temperature=TEMPERATURE), beta: float = 0.1, seed: int = 0,
-              batch_size: int = 64) -> list[Ranked]:
+              batch_size: int = 64, first: int = 0) -> list[Ranked]:
     """For every (image, instruction): n seeded samples, ranked by implicit reward; the best first.
-    `reference` may be the policy itself when it is a peft model (its adapters are switched off)."""
+    `reference` may be the policy itself when it is a peft model (its adapters are switched off). A sample's
+    seed follows its prompt's place in the whole list; `first` is the place of this list's first prompt when
+    it is one share of a longer list."""
     if n < 1:
         raise ValueError(f"best-of-N needs n >= 1, got {n}")
     rows = [(i, k) for i in range(len(instructions)) for k in range(n)]
-    seeds = [sample_seed(seed, f"{i}:{instructions[i]}", k) for i, k in rows]
+    seeds = [sample_seed(seed, f"{first + i}:{instructions[i]}", k) for i, k in rows]
     row_images = [images[i] for i, _ in rows]
     row_instructions = [instructions[i] for i, _ in rows]
     texts = generate(policy, processor, row_images, row_instructions, decoding, seeds=seeds, batch_size=batch_size,

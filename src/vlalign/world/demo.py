@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import vlalign
 from vlalign import ranks
@@ -20,6 +21,9 @@ from vlalign.config import load_config
 from vlalign.console import console, models_table
 from vlalign.plugins import METHODS
 from vlalign.progress import log, scope
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 CONFIGS = Path(vlalign.__file__).resolve().parents[2] / "configs"
 KEYS = ("chair_s", "chair_i", "chair_i_unique", "object_recall", "grounded_recall", "partner_recall", "lone_recall",
@@ -103,8 +107,13 @@ def best_of_n_chair(policy_dir: str, reference: str, n: int, n_scenes: int, temp
     ref, _ = load(reference, dtype="fp32")
     held_out = list(scenes("eval", n_scenes, EVAL_SCENES))
     images = [render(s, processor.image_processor.crop_size["height"]) for s in held_out]
-    ranked = best_of_n(policy, ref, processor, images, [DESCRIBE] * len(images), n,
-                       Decoding(max_new_tokens=96, temperature=temperature))
+    decoding = Decoding(max_new_tokens=96, temperature=temperature)
+
+    def share(part: list[tuple[int, Image.Image]]) -> list:  # a contiguous share: its first place names its seeds
+        return best_of_n(policy, ref, processor, [im for _, im in part], [DESCRIBE] * len(part), n, decoding,
+                         first=part[0][0]) if part else []
+
+    ranked = ranks.spread(share, list(enumerate(images)))
     return {"n": n, "scenes": n_scenes, "temperature": temperature, **chair_metrics(held_out, [r.text for r in ranked])}
 
 
@@ -150,10 +159,9 @@ def run_demo(out: Path, quick: bool = False, policy: str = "world:base", labeler
             if recipe.label == "rlaif_v":
                 n = BEST_OF_QUICK if quick else BEST_OF
                 log(f"best-of-{n} with the implicit reward")
-                summary["rlaif_v_best_of_n"] = cached(  # seeds follow the scene's place: one process draws them
+                summary["rlaif_v_best_of_n"] = cached(
                     out / "eval" / "best_of_n.json",
-                    lambda r=result, n=n: ranks.on_main(
-                        lambda: best_of_n_chair(r["final"], policy, n, 100 if quick else 500, TEMPERATURE)))
+                    lambda r=result, n=n: best_of_n_chair(r["final"], policy, n, 100 if quick else 500, TEMPERATURE))
                 if len(result["rounds"]) > 1:  # the round mDPO and MPO train on, when it is not the final one
                     summary["rlaif_v_round1"] = _world(result["rounds"][0])
             summary["method_seconds"][recipe.label] = round(time.time() - began, 1)
