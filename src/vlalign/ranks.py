@@ -68,12 +68,19 @@ def barrier() -> None:
         _state().wait_for_everyone()
 
 
+def block(n: int, parts: int | None = None, index: int | None = None) -> range:
+    """The positions of share `index` of n items cut into `parts` contiguous blocks, in order, differing in
+    length by at most one (this process's share of the job's by default). Contiguous, so neighbours stay
+    together (a prompt's n samples share one prefill, a batch looks like the single process's)."""
+    parts = world_size() if parts is None else parts
+    index = rank() if index is None else index
+    return range(index * n // parts, (index + 1) * n // parts)
+
+
 def share(items: Sequence[T]) -> list[T]:
-    """This process's share of `items`: one contiguous block per rank, in rank order, the blocks differing in
-    length by at most one. Contiguous, so neighbours stay together (a prompt's n samples share one prefill, a
-    batch looks like the single process's)."""
-    n, k, r = len(items), world_size(), rank()
-    return list(items[r * n // k:(r + 1) * n // k])
+    """This process's share of `items` (`block`)."""
+    mine = block(len(items))
+    return list(items[mine.start:mine.stop])
 
 
 def gather(values: list[Any]) -> list[Any]:

@@ -25,6 +25,7 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from safetensors.torch import load_file, save_file
 from transformers import get_cosine_schedule_with_warmup
 
+from vlalign import ranks
 from vlalign.models.batching import to_device
 from vlalign.progress import progress, warn
 from vlalign.train.settings import OptimConfig
@@ -245,8 +246,8 @@ def share_of(items: Any, processes: int, index: int) -> tuple[Any, float]:
     each step. A batch that is not a list (collated already) is every process's whole."""
     if processes == 1 or not isinstance(items, list):
         return items, 1.0
-    bounds = [len(items) * k // processes for k in range(processes + 1)]
-    part = items[bounds[index]:bounds[index + 1]]
+    mine = ranks.block(len(items), processes, index)
+    part = items[mine.start:mine.stop]
     if not part:
         return items[:1], 0.0
     return part, len(part) * processes / len(items)

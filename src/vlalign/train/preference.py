@@ -190,8 +190,8 @@ def _scored(model, processor, examples: Sequence[PreferenceExample], columns: Co
     """This process's share of the reference log-probs, a row of column values per example: one contiguous
     block of the examples (all of them without a launcher), so the shares gathered in rank order are the
     examples' order."""
-    n, size, rank = len(examples), ranks.world_size(), ranks.rank()
-    start, stop = n * rank // size, n * (rank + 1) // size
+    mine = ranks.block(len(examples))
+    start, stop = mine.start, mine.stop
     p = next(model.parameters())
     was_training = model.training
     model.eval()
