@@ -85,7 +85,7 @@ def main() -> None:
 
     model = step("build LLaVA-1.5-7B shape (bf16)", build)
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B", flush=True)
-    held = list(scenes("eval", 4))
+    held = list(scenes("test", 4))
     images = [render(s, 336) for s in held]
     import numpy as np
 

@@ -21,9 +21,9 @@ from vlalign.feedback.vlfeedback import RatingJudge
 from vlalign.models.settings import Runtime
 from vlalign.runner import Models
 from vlalign.world.judging import candidate_answer, candidate_task, rate
-from vlalign.world.metrics import EVAL_SCENES
+from vlalign.world.metrics import held_out_scenes
 from vlalign.world.render import render
-from vlalign.world.scene import scenes
+from vlalign.world.scene import EVAL_SPLITS
 
 
 def main() -> None:
@@ -31,10 +31,11 @@ def main() -> None:
     ap.add_argument("--judge", default="world:judge")
     ap.add_argument("--items", type=int, default=300, help="scenes; each gets --answers candidate answers")
     ap.add_argument("--answers", type=int, default=3)
+    ap.add_argument("--split", choices=EVAL_SPLITS, default="test", help="test (report) or dev (tune)")
     args = ap.parse_args()
     judge = RatingJudge(Models(Runtime(dtype="fp32")).judge(args.judge), style="world")  # as the world recipes run it
     truth, items = [], []
-    for scene in scenes("dev", args.items, EVAL_SCENES):
+    for scene in held_out_scenes(args.split, args.items):
         rng = np.random.default_rng([scene.seed, 5])
         task = candidate_task(scene, rng)  # several answers to one instruction, as in Silkie's pool
         answers = [candidate_answer(scene, task, rng) for _ in range(args.answers)]

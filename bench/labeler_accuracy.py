@@ -18,9 +18,9 @@ from vlalign.models.generate import generate, sample_seed
 from vlalign.models.load import load
 from vlalign.models.settings import Decoding
 from vlalign.world.claims import WorldClaims
-from vlalign.world.metrics import EVAL_SCENES
+from vlalign.world.metrics import held_out_scenes
 from vlalign.world.render import render
-from vlalign.world.scene import COLORS, SHAPES, scenes
+from vlalign.world.scene import COLORS, EVAL_SPLITS, SHAPES
 from vlalign.world.text import DESCRIBE_INSTRUCTIONS
 
 
@@ -44,10 +44,11 @@ def main() -> None:
     ap.add_argument("--labeler", default="world:labeler")
     ap.add_argument("--prompts", type=int, default=200)
     ap.add_argument("--samples", type=int, default=2)
+    ap.add_argument("--split", choices=EVAL_SPLITS, default="test", help="test (report) or dev (tune)")
     args = ap.parse_args()
     policy, processor = load(args.policy, dtype="fp32")
     labeler, labeler_processor = load(args.labeler, dtype="fp32")
-    held_out = [s for s in scenes("dev", args.prompts, EVAL_SCENES) for _ in range(args.samples)]
+    held_out = [s for s in held_out_scenes(args.split, args.prompts) for _ in range(args.samples)]
     images = [render(s, processor.image_processor.crop_size["height"]) for s in held_out]
     seeds = [sample_seed(0, s.id, k % args.samples) for k, s in enumerate(held_out)]
     answers = generate(policy, processor, images, [DESCRIBE_INSTRUCTIONS[0]] * len(images),

@@ -28,6 +28,7 @@ from vlalign.train.preference import fit_preferences
 from vlalign.train.settings import TrainConfig
 from vlalign.world.claims import WorldClaims
 from vlalign.world.metrics import chair_metrics, describe_held_out
+from vlalign.world.scene import EVAL_SPLITS
 
 POLICY = ("world:base", "world:base@t1.0")  # the pool members that are the policy itself
 _claims = WorldClaims()
@@ -71,6 +72,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="a finished Silkie run directory (vlalign run silkie --out, or DEMO/silkie)")
     ap.add_argument("--scenes", type=int, default=300, help="held-out scenes to describe")
+    ap.add_argument("--split", choices=EVAL_SPLITS, default="test", help="test (report) or dev (tune)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
     args = ap.parse_args()
     names = args.variants.split(",")
@@ -83,7 +85,7 @@ def main() -> None:
     examples = preference_examples(Stage(f"{args.run}/round1/pairs"))
 
     policy, processor = load(config.policy, config.runtime)
-    held_out, _, answers = describe_held_out(policy, processor, args.scenes)
+    held_out, _, answers = describe_held_out(policy, processor, args.scenes, split=args.split)
     base = chair_metrics(held_out, answers)
     print(f"{'variant':30s} {'pairs':>5s}  CHAIR_i  CHAIR_s  recall  grounded  partner  lone   words  seconds")
     print(f"{'policy (no training)':30s} {0:5d}  {_row(base)}")
@@ -92,7 +94,7 @@ def main() -> None:
         start = time.time()
         chosen = [e for e, p in zip(examples, records, strict=True) if keep(p, source)]
         model, _ = fit_preferences(load(config.policy, config.runtime)[0], processor, chosen, change(config.train))
-        m = chair_metrics(held_out, describe_held_out(model, processor, args.scenes)[2])
+        m = chair_metrics(held_out, describe_held_out(model, processor, args.scenes, split=args.split)[2])
         print(f"{name:30s} {len(chosen):5d}  {_row(m)}  {time.time() - start:5.0f}", flush=True)
 
 

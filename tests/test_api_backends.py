@@ -47,7 +47,7 @@ def world_labeler():
 
 @pytest.fixture(scope="module")
 def picture():
-    return render(sample_scene(0, "eval"), 64)
+    return render(sample_scene(0, "test"), 64)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from vlalign.world.scene import Obj, Scene
 
 
 def scene(*shapes: str, seed: int = 0) -> dict:
-    return Scene(tuple(Obj(s, "red", "big", i, 0) for i, s in enumerate(shapes)), seed, "eval").to_dict()
+    return Scene(tuple(Obj(s, "red", "big", i, 0) for i, s in enumerate(shapes)), seed, "test").to_dict()
 
 
 def write(path, rows):

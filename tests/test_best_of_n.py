@@ -26,7 +26,7 @@ def models(tiny_world_model_dir):
 
 @pytest.fixture(scope="module")
 def prompts():
-    images = [render(sample_scene(i, "eval"), 48) for i in range(2)]
+    images = [render(sample_scene(i, "test"), 48) for i in range(2)]
     return images, ["describe the image.", "what is in the image?"]
 
 

@@ -17,7 +17,7 @@ from vlalign.world.demo import CONFIGS, recipes
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = {"rlaif_v_world": "rlaif-v", "rlaif_v_self_world": "rlaif-v", "silkie_world": "silkie",
            "povid_world": "povid", "mdpo_world": "mdpo", "mpo_world": "mpo", "rlaif_v_llava": "rlaif-v",
-           "silkie_api": "silkie"}
+           "silkie_api": "silkie", "povid_rlaif_v_world": "rlaif-v"}
 
 
 @pytest.mark.parametrize(("name", "method"), SHIPPED.items())

@@ -32,6 +32,22 @@ def test_quick_demo_lowers_chair_i(quick_demo):
     assert summary["rlaif_v"]["chair_i"] < summary["base"]["chair_i"]
 
 
+@pytest.mark.slow
+def test_quick_demo_reports_on_test_scenes_that_no_stage_drew(quick_demo):
+    import pyarrow.parquet as pq
+
+    out, summary = quick_demo
+    assert summary["split"] == "test" and summary["eval_scenes"] == 150
+    for row in ("base", "rlaif_v", "povid", "povid_rlaif_v"):
+        assert {"chair_i_unique", "pope_accuracy", "count_accuracy"} <= set(summary[row])
+    drawn = 0
+    for path in out.rglob("*.parquet"):
+        text = json.dumps(pq.read_table(path).to_pylist(), default=str)
+        assert "world-test-" not in text and "world-dev-" not in text, path
+        drawn += "world-prompts-" in text
+    assert drawn > 20  # every method's prompts, responses, feedback and pairs: all on prompt-split scenes
+
+
 def test_base_path_points_at_a_loadable_model():
     result = CliRunner().invoke(app, ["world", "base-path"])
     assert result.exit_code == 0, result.output

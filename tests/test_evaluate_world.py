@@ -20,7 +20,7 @@ from vlalign.world.text import NUMBERS
 
 def scene(*specs: tuple[str, str], seed: int = 0) -> Scene:
     """A scene from (shape, color) pairs, one per grid cell in reading order."""
-    return Scene(tuple(Obj(s, c, "big", i % 3, i // 3) for i, (s, c) in enumerate(specs)), seed, "eval")
+    return Scene(tuple(Obj(s, c, "big", i % 3, i // 3) for i, (s, c) in enumerate(specs)), seed, "test")
 
 
 S1 = scene(("circle", "red"), ("square", "blue"))
@@ -129,7 +129,7 @@ def test_pope_items_balance_and_determinism():
     many = scene(*[(x, "red") for x in SHAPES[:5]])  # five present, three absent: k = 3, all absent asked
     items = pope_items([many], "random", per_scene=3)
     assert sorted(i.shape for i in items if not i.label) == sorted(SHAPES[5:])
-    held_out = list(scenes("eval", 60))
+    held_out = list(scenes("test", 60))
     a, b = pope_items(held_out, "random", seed=3), pope_items(held_out, "random", seed=3)
     assert [(i.scene.seed, i.shape, i.label) for i in a] == [(i.scene.seed, i.shape, i.label) for i in b]
     assert sum(i.label for i in a) * 2 == len(a)  # as many negatives as positives
@@ -140,7 +140,7 @@ def test_pope_items_balance_and_determinism():
 def test_adversarial_negatives_prefer_partners():
     """In every scene where some present shape's partner is absent, the adversarial negatives take those
     partners first (as many as fit); random negatives do so far less often."""
-    held_out = list(scenes("eval", 200))
+    held_out = list(scenes("test", 200))
 
     def share_taking_partners(split: str) -> float:
         negatives: dict[int, set[str]] = {}
@@ -197,3 +197,38 @@ def test_evaluate_world_smoke(tiny_world_model_dir):
         assert 0.0 <= m[key] <= 1.0, key
     redo = chair_metrics([Scene.from_dict(a["scene"]) for a in m["answers"]], [a["answer"] for a in m["answers"]])
     assert all(m[k] == pytest.approx(v) for k, v in redo.items())
+
+
+def test_test_and_dev_scenes_are_their_own_streams():
+    from vlalign.world.metrics import held_out_scenes
+
+    test, dev = held_out_scenes("test", 1000), held_out_scenes("dev", 1000)
+    assert len({s.id for s in test}) == 1000 and not {s.id for s in test} & {s.id for s in dev}
+    assert sum(a.objects != b.objects for a, b in zip(test, dev, strict=True)) > 900  # other draws, not renamed
+    for split in ("prompts", "train", "labeler"):
+        with pytest.raises(ValueError, match="report on test, tune on dev"):
+            held_out_scenes(split, 1)
+
+
+def test_world_prompts_never_draw_evaluation_scenes(tmp_path):
+    from vlalign.data.records import PromptRecord
+    from vlalign.data.store import RunStore
+    from vlalign.world.prompts import world_prompt_stage
+    from vlalign.world.tasks import TaskMix
+
+    store = RunStore(tmp_path)
+    stage = world_prompt_stage(store, store.stage("prompts"), 300, mix=TaskMix({"describe": 0.5, "exist": 0.5}))
+    rows = list(stage.rows())
+    assert len(rows) == 300
+    assert {r["id"].rsplit("-", 1)[0] for r in rows} == {"world-prompts"}
+    assert {PromptRecord.from_row(r).meta["scene"]["split"] for r in rows} == {"prompts"}
+
+
+def test_eval_entries_name_a_split_the_benchmark_has():
+    from vlalign.methods.base import EvalSpec
+
+    assert EvalSpec("world", limit=10, split="dev").split == "dev"
+    with pytest.raises(ValueError, match="no split 'train'.*test, dev"):
+        EvalSpec("world", split="train")
+    with pytest.raises(ValueError, match="benchmark 'pope' has no split 'test'"):
+        EvalSpec("pope", split="test")

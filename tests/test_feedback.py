@@ -326,3 +326,76 @@ def test_length_balancing_by_source_sets_each_sources_threshold_alone():
     assert kept != balance_lengths(described + short)[0]  # pooled, one threshold would decide for both
     one_kept, one = balance_lengths_by(described, ["world/describe"] * 5)
     assert one_kept == [0, 1, 3] and one["threshold"] == pytest.approx(0.2)
+
+
+# --- count claims --------------------------------------------------------------------------------------
+
+DESCRIBE_Q = "describe the image in detail."
+
+
+def test_world_counts_are_claims_checked_by_the_count_question():
+    from vlalign.world.claims import TOTAL_QUESTION
+
+    stated = WorldClaims()("the image shows seven shapes. there is a red circle.", DESCRIBE_Q)
+    counts = [c for c in stated if c.answers]
+    # the stated total, and the one object the description brings in: two count claims
+    assert [c.text for c in counts] == ["there are seven objects.", "there is one object."]
+    assert all(c.question == TOTAL_QUESTION for c in counts)
+    # the claimed answer first, every other number after it, each as the world's count answer reads
+    assert counts[0].answers[0] == "there are seven objects." and len(counts[0].answers) == 9
+    assert "there is one object." in counts[0].answers and "there are nine objects." in counts[0].answers
+
+
+def test_a_repeated_object_is_one_claim_and_pays_in_the_count():
+    answer = ("there are two objects in this picture. there is a red circle on the left. i can see a red circle "
+              "at the top. the red circle is above a blue star.")
+    claims = WorldClaims()(answer, DESCRIBE_Q)
+    # the red circle is one existence claim however often it is named...
+    assert [c.question for c in claims if not c.answers] == ["is there a red circle in the image?",
+                                                            "is there a blue star in the image?"]
+    # ...but bringing it in twice lists three objects where the answer says two
+    assert [c.text for c in claims if c.answers] == ["there are two objects.", "there are three objects."]
+    # agreeing totals are one claim; plural mentions bring in as many objects as they say
+    agreed = WorldClaims()("the image shows three shapes. two hearts and a square.", DESCRIBE_Q)
+    assert [c.text for c in agreed if c.answers] == ["there are three objects."]
+
+
+def test_only_descriptions_imply_a_total():
+    # an answer to another question names some objects, not all: it claims no total
+    short = WorldClaims()("yes, there is a red circle.", "is there a red circle in the image?")
+    assert [c.answers for c in short] == [()]
+    assert [c.text for c in WorldClaims()("a red circle and a blue star.") if c.answers] == []
+    assert [c.text for c in WorldClaims()("there are two objects.", "how many objects are there?")
+            if c.answers] == ["there are two objects."]
+
+
+def test_count_claims_are_scored_by_the_labelers_answers(tiny_world_model_dir):
+    import math
+
+    from vlalign.models.load import load
+    from vlalign.models.scoring import score_responses
+
+    model, processor = load(tiny_world_model_dir, dtype="float32", device="cpu")
+    images = [render(sample_scene(i, "prompts")) for i in range(2)]
+    responses = ["the image shows two shapes. there is a red circle.", "there is a blue moon and a star."]
+    out = label_responses(model, processor, images, responses, WorldClaims(), batch_size=3,
+                          instructions=[DESCRIBE_Q, DESCRIBE_Q])
+    counted = [(image, c) for image, fb in zip(images, out, strict=True) for c in fb.claims if c.answers]
+    assert len(counted) == 3  # two for the first answer (said two, listed one), one for the second
+    for image, c in counted:
+        logps = [s.sum_logp for s in score_responses(model, processor, [image] * len(c.answers),
+                                                     [c.question] * len(c.answers), list(c.answers))]
+        assert c.p_yes == pytest.approx(1 / (1 + math.exp(max(logps[1:]) - logps[0])), abs=1e-5)
+        assert c.rejected == (max(logps[1:]) > logps[0])
+    assert out[0].to_dict()["claims"][-1]["answers"][0] == "there is one object."
+
+
+def test_an_api_labeler_leaves_count_claims_out_and_says_so(monkeypatch, capsys):
+    from vlalign.feedback.server_backends import ApiLabeler
+
+    api = ApiLabeler(judge=None, name="api:labeler")
+    monkeypatch.setattr(api, "yes_probability", lambda images, questions, keys: [0.9] * len(questions))
+    [fb] = label_responses(api, None, ["img"], ["the image shows two shapes. there is a red circle."],
+                           WorldClaims(), instructions=[DESCRIBE_Q])
+    assert [c.question for c in fb.claims] == ["is there a red circle in the image?"] and fb.score == 0.0
+    assert "2 claims with answers" in capsys.readouterr().err.replace("\n", " ")

@@ -72,7 +72,7 @@ def _client(server, **kw) -> OpenAIJudge:
 
 @pytest.fixture(scope="module")
 def picture() -> Image.Image:
-    return render(sample_scene(0, "eval"), 48)
+    return render(sample_scene(0, "test"), 48)
 
 
 def test_api_judge_answers_through_the_server(serve, model_judge, picture, monkeypatch):
@@ -273,7 +273,7 @@ def test_rubric_prompt_lists_the_answers():
 
 # circle (top left), triangle (bottom right), star (top right)
 SCENE = Scene((Obj("circle", "red", "big", 0, 0), Obj("star", "green", "small", 2, 0),
-               Obj("triangle", "blue", "small", 2, 2)), seed=0, split="eval")
+               Obj("triangle", "blue", "small", 2, 2)), seed=0, split="test")
 DESCRIBE = Task("describe", "describe the image.", "")
 EXACT = ("a big red circle is in the top left corner. a small green star is in the top right corner. "
          "there is a small blue triangle in the bottom right corner.")

@@ -62,14 +62,14 @@ def _tokenizer():
 def test_scenes_are_deterministic_per_split_and_index():
     assert sample_scene(17, "train") == sample_scene(17, "train")
     # a scene does not depend on which scenes were drawn before it
-    assert list(scenes("eval", 5, start=10))[3] == sample_scene(13, "eval")
+    assert list(scenes("test", 5, start=10))[3] == sample_scene(13, "test")
     # splits are different streams
-    differ = sum(sample_scene(i, "train").objects != sample_scene(i, "eval").objects for i in range(20))
+    differ = sum(sample_scene(i, "train").objects != sample_scene(i, "test").objects for i in range(20))
     assert differ >= 15
     assert sample_scene(3, "dev").id == "world-dev-3"
     assert Scene.from_dict(sample_scene(4, "prompts").to_dict()) == sample_scene(4, "prompts")
     with pytest.raises(ValueError, match="unknown split"):
-        sample_scene(0, "test")
+        sample_scene(0, "eval")
 
 
 def test_object_counts_cells_and_attributes():
@@ -367,7 +367,7 @@ def test_tokenizer_knows_every_word():
     assert tok("blorp", add_special_tokens=False)["input_ids"] == [unk]  # unknown words do map to <unk>
     # whole texts too, from every task kind
     rng = np.random.default_rng(10)
-    for scene in list(scenes("eval", 40)):
+    for scene in list(scenes("test", 40)):
         for fn in TASKS.values():
             t = fn(scene, rng)
             for text in (t.instruction, t.answer):

@@ -58,7 +58,8 @@ class ScoreInputs:
 
 @dataclass(frozen=True)
 class EvalInputs:
-    """Where `eval` finds questions and images; `limit` keeps the first N (world: N scenes)."""
+    """Where `eval` finds questions and images; `limit` keeps the first N (world: N scenes); `split` picks a
+    benchmark's split where it has several (world: test or dev)."""
 
     data: Path | None = None
     annotations: Sequence[Path] = ()
@@ -66,13 +67,15 @@ class EvalInputs:
     limit: int | None = None
     image_size: int | None = None
     seed: int = 0
+    split: str | None = None
 
 
 @dataclass(frozen=True)
 class Benchmark:
     """A benchmark: its scorer, its question source for `eval`, and token budgets for free-form and short
     answers. `run(model, processor, inputs)`, where given, evaluates a model in one go instead (the world's
-    full evaluation); `data` says what its `data` input is, when it needs one."""
+    full evaluation); `data` says what its `data` input is, when it needs one; `splits` are the splits it
+    can be asked for, the first the default."""
 
     name: str
     summary: str
@@ -82,6 +85,13 @@ class Benchmark:
     short_tokens: int = 16
     needs_annotations: bool = False
     run: Callable[..., dict] | None = None
+    splits: tuple[str, ...] = ()
+
+    def check_split(self, split: str | None) -> None:
+        """A clear error for a split this benchmark does not have."""
+        if split is not None and split not in self.splits:
+            known = f"one of {', '.join(self.splits)}" if self.splits else "none (leave split out)"
+            raise ValueError(f"benchmark {self.name!r} has no split {split!r}; its splits: {known}")
 
 
 def is_file_name(value: str) -> bool:

@@ -90,6 +90,7 @@ def eval_(
     batch_size: int = typer.Option(16, min=1, help="Questions per generation batch."),
     max_new_tokens: int = typer.Option(None, min=1, help="Tokens for free-form answers (yes/no answers get few)."),
     seed: int = typer.Option(0, help="Seed for building POPE splits."),
+    split: str = typer.Option(None, help="The benchmark's split, where it has several (world: test or dev)."),
     parse: str = typer.Option("official", "--parse", help=PARSE_HELP, callback=check_parse_option),
 ) -> None:
     """Let a model answer a benchmark's questions (greedy), then score the answers as `vlalign score` does."""
@@ -98,6 +99,10 @@ def eval_(
     from vlalign.models.load import load
 
     b = get(bench)
+    try:
+        b.check_split(split)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--split") from e
     judge_obj = resolve_judge(judge)
     if b.name in ("mmhal", "object-halbench") and judge_obj is None:
         raise typer.BadParameter(f"{bench} is scored by a judge; pass --judge", param_hint="--judge")
@@ -110,7 +115,7 @@ def eval_(
     m, processor = load(model)
     crop = getattr(getattr(processor, "image_processor", None), "crop_size", None)
     image_size = crop["height"] if crop is not None else None
-    questions = b.questions(EvalInputs(data, tuple(annotations), images, limit, image_size, seed))
+    questions = b.questions(EvalInputs(data, tuple(annotations), images, limit, image_size, seed, split))
     console.print(f"{bench}: {len(questions)} questions for {model}")
     records = generate_answers(m, processor, questions, b, batch_size, max_new_tokens)
     answers = answers or out.with_name(f"{out.stem}.answers.jsonl")

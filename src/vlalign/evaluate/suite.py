@@ -34,7 +34,7 @@ def evaluate_one(model, processor, spec: Any, out_dir: Path, judge: Callable[[st
     """One `EvalSpec`'s metrics for `model`; free-form answers are written to `out_dir/<name>.answers.jsonl`."""
     bench = get(spec.name)
     inputs = EvalInputs(_path(spec.data), tuple(Path(a) for a in spec.annotations), _path(spec.images), spec.limit,
-                        image_size(processor), seed)
+                        image_size(processor), seed, spec.split)
     if bench.run is not None:
         return bench.run(model, processor, inputs)
     records = generate_answers(model, processor, bench.questions(inputs), bench, spec.batch_size)

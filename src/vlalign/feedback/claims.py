@@ -23,11 +23,16 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 @dataclass(frozen=True)
 class Claim:
     """A fact an answer states and the yes/no question that checks it. `holds_if_yes` is False for a
-    claim of absence ("there is no star" is checked by "is there a star?", and holds when "no" wins)."""
+    claim of absence ("there is no star" is checked by "is there a star?", and holds when "no" wins).
+
+    With `answers`, the question is not yes/no: the claim holds when the first of them is the labeler's
+    likeliest answer to it among them all (a count: "there are three objects." against every other number).
+    """
 
     text: str
     question: str
     holds_if_yes: bool = True
+    answers: tuple[str, ...] = ()
 
 
 class ClaimSplitter(Protocol):

@@ -56,7 +56,8 @@ class EvalSpec:
     data: str | None = None  # its question file (POPE's question files, MME's folder, MMHal's template, ...)
     images: str | None = None  # the folder of its images
     annotations: list[str] = field(default_factory=list)  # ground truth it is scored against (COCO annotations, AMBER's data folder)
-    limit: int | None = None  # only the first N questions (world: N held-out scenes, 500 by default)
+    limit: int | None = None  # only the first N questions (world: N held-out scenes, 1,000 by default)
+    split: str | None = None  # the benchmark's split, where it has several (world: test, the default, or dev)
     judge: str | None = None  # the judge of judged benchmarks (mmhal): a model directory or api:MODEL[@URL]
     batch_size: int = 16  # questions per generation batch
 
@@ -65,6 +66,7 @@ class EvalSpec:
             raise ValueError(f"unknown benchmark {self.name!r}; known: {', '.join(BENCHMARKS.names())}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"eval limit must be at least 1, got {self.limit}")
+        BENCHMARKS.get(self.name).check_split(self.split)
 
 
 @dataclass(frozen=True)

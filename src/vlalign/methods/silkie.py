@@ -164,7 +164,7 @@ class ClaimCounting:
         found = iter(split_each(self.split, [x.response for x in picked], [x.instruction for x in picked],
                                 keys=[x.id for x in picked]))
         return [None if x.prompt_id not in self.prompt_ids else o if isinstance(o := next(found), Exception)
-                else [cl.text for cl in o] for x in responses]
+                else [cl.text for cl in o if not cl.answers] for x in responses]  # counts say how many, not what
 
     def describe(self) -> dict:
         return {"splitter": self.splitter, "sources": self.sources}

@@ -24,15 +24,16 @@ from vlalign.world.metrics import (
     attribute_correct,
     attribute_items,
     chair_metrics,
+    held_out_scenes,
     pope_items,
 )
-from vlalign.world.scene import COLORS, Scene, scenes
+from vlalign.world.scene import COLORS, EVAL_SPLITS, Scene
 from vlalign.world.text import NUMBERS
 
 SCENE = Field("scene", "the world scene the answer is about, as Scene.to_dict() writes it", (dict,))
 KIND = Field("kind", "what the question asks", choices=("color", "count"))
 TRUTH = Field("truth", "the right colour or number word")
-DEFAULT_SCENES = 500
+DEFAULT_SCENES = 1000
 
 
 def _scenes(answers, issues: Issues) -> list[tuple]:
@@ -68,8 +69,8 @@ def score_world_attributes(answers_path: str | Path, skip_bad: bool = False) -> 
     return {**out, **issues.report()}
 
 
-def _held_out(limit: int | None) -> list[Scene]:
-    return list(scenes("eval", limit or DEFAULT_SCENES, EVAL_SCENES))
+def _held_out(inputs: EvalInputs) -> list[Scene]:
+    return held_out_scenes(inputs.split or "test", inputs.limit or DEFAULT_SCENES, EVAL_SCENES)
 
 
 def _image(scene: Scene, size: int):
@@ -78,34 +79,34 @@ def _image(scene: Scene, size: int):
     return partial(render, scene, size)
 
 
-def chair_questions(limit: int | None, image_size: int) -> list[Question]:
+def chair_questions(inputs: EvalInputs, image_size: int) -> list[Question]:
     """One description request per held-out scene."""
     return [Question(s.id, DESCRIBE, _image(s, image_size), {"scene": s.to_dict()}, long=True)
-            for s in _held_out(limit)]
+            for s in _held_out(inputs)]
 
 
-def pope_questions(limit: int | None, image_size: int) -> list[Question]:
+def pope_questions(inputs: EvalInputs, image_size: int) -> list[Question]:
     """The world's POPE questions in its three splits."""
-    held_out = _held_out(limit)
+    held_out = _held_out(inputs)
     return [Question(f"{split}-{i}", item.question, _image(item.scene, image_size),
                      {"label": "yes" if item.label else "no", "category": split, "object": item.shape,
                       "scene": item.scene.to_dict()})
             for split in POPE_SPLITS for i, item in enumerate(pope_items(held_out, split))]
 
 
-def attribute_questions(limit: int | None, image_size: int) -> list[Question]:
+def attribute_questions(inputs: EvalInputs, image_size: int) -> list[Question]:
     """Colour questions about shapes that appear once, and a count question per scene."""
-    color, count = attribute_items(_held_out(limit))
+    color, count = attribute_items(_held_out(inputs))
     return [Question(f"{kind}-{i}", q, _image(s, image_size), {"kind": kind, "truth": t, "scene": s.to_dict()})
             for kind, items in (("color", color), ("count", count)) for i, (s, q, t) in enumerate(items)]
 
 
-def _world(build: Callable[[int | None, int], list[Question]]) -> Callable[[EvalInputs], list[Question]]:
-    """A world question builder fed with the number of scenes and the model's image size."""
+def _world(build: Callable[[EvalInputs, int], list[Question]]) -> Callable[[EvalInputs], list[Question]]:
+    """A world question builder fed with the inputs (scenes: `limit`, `split`) and the model's image size."""
     def questions(inputs: EvalInputs) -> list[Question]:
         if not inputs.image_size:
             raise ValueError("world benchmarks need a world model (world:base or one trained on the world)")
-        return build(inputs.limit, inputs.image_size)
+        return build(inputs, inputs.image_size)
     return questions
 
 
@@ -115,22 +116,24 @@ def _no_answer_file(_: ScoreInputs) -> dict:
 
 
 def run_world(model, processor, inputs: EvalInputs) -> dict:
-    """Every world metric of `model` on held-out scenes (`inputs.limit` of them, 500 by default)."""
+    """Every world metric of `model` on `inputs.limit` held-out scenes (1,000 by default) of `inputs.split`
+    (test by default; dev for choosing recipes)."""
     from vlalign.world.metrics import evaluate_world
 
-    return evaluate_world(model, processor, n_scenes=inputs.limit or DEFAULT_SCENES)
+    return evaluate_world(model, processor, n_scenes=inputs.limit or DEFAULT_SCENES, split=inputs.split or "test")
 
 
 BENCHMARKS = (
     Benchmark("world", "every exact world metric (CHAIR, recall, POPE, colour and count, red-team) on held-out "
-              "scenes; limit = scenes", _no_answer_file, _world(chair_questions), run=run_world),
+              "scenes; limit = scenes, split = test (default) or dev", _no_answer_file, _world(chair_questions),
+              run=run_world, splits=EVAL_SPLITS),
     Benchmark("world-chair", "CHAIR on the synthetic world, exact",
               lambda i: score_world_chair(i.answers, i.skip_bad), _world(chair_questions), long_tokens=96,
-              short_tokens=8),
+              short_tokens=8, splits=EVAL_SPLITS),
     Benchmark("world-pope", "POPE on the synthetic world",
               lambda i: score_pope(i.answers, i.skip_bad, i.parse), _world(pope_questions), long_tokens=96,
-              short_tokens=8),
+              short_tokens=8, splits=EVAL_SPLITS),
     Benchmark("world-attributes", "colour and count accuracy on the synthetic world",
               lambda i: score_world_attributes(i.answers, i.skip_bad), _world(attribute_questions),
-              long_tokens=96, short_tokens=8),
+              long_tokens=96, short_tokens=8, splits=EVAL_SPLITS),
 )

@@ -1,5 +1,5 @@
-"""The world's claim splitter: every object an answer names is an existence claim (RLAIF-V's divide step,
-by rule, for the world's language)."""
+"""The world's claim splitter (RLAIF-V's divide step, by rule, for the world's language): every object an
+answer names is an existence claim, and every number it states is a count claim."""
 
 from __future__ import annotations
 
@@ -7,24 +7,50 @@ import re
 
 from vlalign.feedback.claims import YES_NO_REPLY, Claim, EachAnswer, sentences
 from vlalign.world.scene import COLORS, SHAPES, SIZES
-from vlalign.world.text import SINGULARS, existence_question
+from vlalign.world.text import DESCRIBE_INSTRUCTIONS, NUMBERS, PLURALS, SINGULARS, existence_question
 
 _SHAPE_WORDS = "|".join(sorted([*SHAPES, *SINGULARS], key=len, reverse=True))
+_NUMBER_WORDS = "|".join(NUMBERS[1:])
 _OBJECT = re.compile(
     rf"\b(?:(?P<size>{'|'.join(SIZES)})\s+)?(?:(?P<color>{'|'.join(COLORS)})\s+)?(?P<shape>{_SHAPE_WORDS})\b")
 _NEGATED = re.compile(r"\b(no|not|without)\s+(\w+\s+){0,2}$")
 _ABSENT = re.compile(r"\bno\s+(\w+\s+){0,2}$")  # "there is no (big red) star": a claim of absence
+# "a red circle" brings in an object and "two circles" two; "the red circle" names one again
+_INTRODUCED = re.compile(rf"\b(?P<n>a|an|{_NUMBER_WORDS})\s+$")
+_TOTAL = re.compile(rf"\b(?P<n>{_NUMBER_WORDS})\s+(?:shapes?|objects?)\b")  # "the image shows seven shapes"
+TOTAL_QUESTION = "how many objects are there?"
+
+
+def count_answer(n: int, noun: str) -> str:
+    """The world's answer to a count question: "there are no circles.", "there is one object.", ..."""
+    plural = PLURALS.get(noun, f"{noun}s")
+    if n == 0:
+        return f"there are no {plural}."
+    return f"there is one {noun}." if n == 1 else f"there are {NUMBERS[n]} {plural}."
+
+
+def count_claim(n: int, noun: str, question: str, least: int) -> Claim:
+    """"there are n <noun>s", checked by the count question: n's answer must beat every other number's."""
+    others = [k for k in range(least, len(NUMBERS)) if k != n]
+    return Claim(count_answer(n, noun), question, answers=tuple(count_answer(k, noun) for k in [n, *others]))
 
 
 class WorldClaims(EachAnswer):
     """One existence claim per object the answer names ("there is a big red circle"), asked back as
-    "is there a red circle in the image?"; "there is no star" is a claim of absence. Other negated mentions
-    ("not next to the star") say nothing about existence and are not claims. A bare "yes." or "no." to an
-    existence question claims what the question asks, so short answers are checked too."""
+    "is there a red circle in the image?"; naming it again is the same claim. "there is no star" is a claim
+    of absence; other negated mentions ("not next to the star") say nothing about existence and are not
+    claims. A bare "yes." or "no." to an existence question claims what the question asks.
+
+    Counts are claims too, checked by the count question the world's models answer ("how many objects are
+    there?"): the total an answer states ("the image shows seven shapes"), and, for a description (which
+    lists every object), the total it implies by the objects it brings in ("a red circle ... a blue star
+    ... a red circle": three), so a description that repeats an object pays for the repeat. Counts of one shape ("two circles") are not checked: the world's
+    models count a shape far less reliably than all objects, so such a claim would be noise."""
 
     def __call__(self, answer: str, instruction: str | None = None) -> list[Claim]:
         claims: list[Claim] = []
         seen: set[str] = set()
+        introduced = 0
         for sentence in sentences(answer.lower()):
             for m in _OBJECT.finditer(sentence):
                 before = sentence[:m.start()]
@@ -32,6 +58,8 @@ class WorldClaims(EachAnswer):
                 if _NEGATED.search(before) and not absent:
                     continue
                 shape = SINGULARS.get(m["shape"], m["shape"])
+                brought = _INTRODUCED.search(before)
+                introduced += 0 if brought is None else 1 if brought["n"] in ("a", "an") else NUMBERS.index(brought["n"])
                 words = " ".join(w for w in (m["size"], m["color"], shape) if w)
                 question = existence_question(shape, m["color"])
                 if question in seen:
@@ -39,12 +67,23 @@ class WorldClaims(EachAnswer):
                 seen.add(question)
                 claims.append(Claim(f"there is no {words}." if absent else f"there is a {words}.", question,
                                     holds_if_yes=not absent))
+        describes = (instruction or "").strip().lower() in DESCRIBE_INSTRUCTIONS
+        claims += self.counts(answer.lower(), introduced if describes else 0)
         reply = YES_NO_REPLY.match(answer)
         question = (instruction or "").strip().lower()
         if reply and question and question not in seen and _asks_existence(question):
             said = reply[1].lower()
             claims.insert(0, Claim(f"{said}: {instruction.strip()}", question, holds_if_yes=said == "yes"))
         return claims
+
+    @staticmethod
+    def counts(answer: str, introduced: int) -> list[Claim]:
+        """The answer's total-count claims: the first total it states, and the number of objects it brings
+        in where that differs (one claim when they agree)."""
+        total = _TOTAL.search(answer)
+        totals = dict.fromkeys([*([NUMBERS.index(total["n"])] if total else []),
+                                *([min(introduced, len(NUMBERS) - 1)] if introduced else [])])
+        return [count_claim(n, "object", TOTAL_QUESTION, least=1) for n in totals]
 
 
 def _asks_existence(question: str) -> bool:

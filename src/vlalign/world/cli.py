@@ -38,7 +38,8 @@ def train_base(
 @world_app.command("eval")
 def world_eval(
     model: str = typer.Option("world:base", help="Model directory or world:<name>."),
-    scenes: int = typer.Option(500, help="Number of held-out scenes."),
+    scenes: int = typer.Option(1000, help="Number of held-out scenes."),
+    split: str = typer.Option("test", help="test (report) or dev (choose recipes)."),
     out: Path = typer.Option(None, help="Write the metrics (and answers) as JSON here."),
 ) -> None:
     """Exact hallucination metrics (CHAIR, recall, POPE, colour/count accuracy) on held-out world scenes."""
@@ -46,7 +47,7 @@ def world_eval(
     from vlalign.world.metrics import evaluate_world
 
     m, p = load(model, dtype="fp32")
-    metrics = evaluate_world(m, p, n_scenes=scenes, with_answers=out is not None)
+    metrics = evaluate_world(m, p, n_scenes=scenes, with_answers=out is not None, split=split)
     answers = metrics.pop("answers", None)
     console.print(metrics_table(f"world eval: {model}", {model: metrics}, SUMMARY_KEYS))
     if out is not None:
@@ -60,12 +61,13 @@ def demo(
     quick: bool = typer.Option(False, "--quick", help="A smaller run (a few minutes on 2 cores)."),
     policy: str = typer.Option("world:base", help="The policy to align (world:<name> or a directory)."),
     labeler: str = typer.Option("world:labeler", help="The labeler model (world:<name> or a directory)."),
+    split: str = typer.Option("test", help="Evaluate on test scenes (the numbers to report) or dev (to choose recipes)."),
 ) -> None:
     """Every method on the embedded world from its shipped recipe (configs/*_world.yaml), and a summary."""
     from vlalign import ranks
     from vlalign.world.demo import print_demo, run_demo
 
-    summary = run_demo(out, quick=quick, policy=policy, labeler=labeler)
+    summary = run_demo(out, quick=quick, policy=policy, labeler=labeler, split=split)
     if ranks.is_main():
         print_demo(summary)
         print(out / "summary.json")

@@ -29,7 +29,7 @@ CONFIGS = Path(vlalign.__file__).resolve().parents[2] / "configs"
 KEYS = ("chair_s", "chair_i", "chair_i_unique", "object_recall", "grounded_recall", "partner_recall", "lone_recall",
         "mean_words", "pope_f1", "pope_accuracy", "pope_yes_ratio", "pope_adversarial_f1", "color_accuracy",
         "count_accuracy", "refusal_rate", "over_refusal")
-QUICK_EVAL = "eval=[{name: world, limit: 150}]"
+SCENES, QUICK_SCENES = 1000, 150
 BEST_OF = 8
 BEST_OF_QUICK = 4
 
@@ -43,15 +43,18 @@ class Recipe:
     config: str
     quick: tuple[str, ...] = ()
     pairs_of: str | None = None  # train on this recipe's round-1 pairs instead of making pairs
+    start_from: str | None = None  # align this recipe's final policy instead of the demo's policy
 
-    def overrides(self, out: Path, quick: bool, policy: str, labeler: str) -> list[str]:
+    def overrides(self, out: Path, quick: bool, policy: str, labeler: str, split: str) -> list[str]:
         config = load_config(METHODS.get(self.method).config, CONFIGS / self.config)
-        extra = [f"policy={policy}", "eval_base=false", "report=false"]  # one report of every method at the end
+        scenes = QUICK_SCENES if quick else SCENES
+        extra = [f"policy={policy}", "eval_base=false", "report=false",  # one report of every method at the end
+                 f"eval=[{{name: world, limit: {scenes}, split: {split}}}]"]
         if getattr(config, "labeler", "self") not in ("self", None):
             extra.append(f"labeler={labeler}")
         if self.pairs_of:
             extra.append(f"pairs_from={out / self.pairs_of / 'round1' / 'pairs'}")
-        return [*extra, *((*self.quick, QUICK_EVAL) if quick else ())]
+        return [*extra, *(self.quick if quick else ())]
 
 
 RECIPES: tuple[Recipe, ...] = (
@@ -61,16 +64,18 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("povid", "povid", "povid_world.yaml", ("prompts.per_round=120",)),
     Recipe("mdpo", "mdpo", "mdpo_world.yaml", pairs_of="rlaif_v"),
     Recipe("mpo", "mpo", "mpo_world.yaml", pairs_of="rlaif_v"),
+    Recipe("povid_rlaif_v", "rlaif-v", "povid_rlaif_v_world.yaml", ("rounds=1", "prompts.per_round=120", "samples=6"),
+           start_from="povid"),
 )
 
 
 def recipes() -> list[Recipe]:
-    """The demo's recipes, method by method in the registry's order; every registered method has one."""
-    by_method = {m: [r for r in RECIPES if r.method == m] for m in METHODS.names()}
-    missing = [m for m, rs in by_method.items() if not rs]
+    """The demo's recipes in order (one that starts from another's policy comes after it); every
+    registered method has one."""
+    missing = [m for m in METHODS.names() if not any(r.method == m for r in RECIPES)]
     if missing:
         raise ValueError(f"the demo has no world recipe for {missing}; add one to RECIPES and configs/")
-    return [r for rs in by_method.values() for r in rs]
+    return list(RECIPES)
 
 
 def pick(metrics: dict) -> dict:
@@ -93,19 +98,18 @@ def cached(path: Path, compute) -> dict:
     return result
 
 
-def best_of_n_chair(policy_dir: str, reference: str, n: int, n_scenes: int, temperature: float) -> dict:
+def best_of_n_chair(policy_dir: str, reference: str, n: int, n_scenes: int, temperature: float, split: str) -> dict:
     """CHAIR of the best of n samples by the implicit reward. The reference is the model alignment started
     from, so after several rounds the reward sums every round's: beta * log(pi_K / pi_0)."""
     from vlalign.models.best_of_n import best_of_n
     from vlalign.models.load import load
     from vlalign.models.settings import Decoding
-    from vlalign.world.metrics import DESCRIBE, EVAL_SCENES, chair_metrics
+    from vlalign.world.metrics import DESCRIBE, chair_metrics, held_out_scenes
     from vlalign.world.render import render
-    from vlalign.world.scene import scenes
 
     policy, processor = load(policy_dir, dtype="fp32")
     ref, _ = load(reference, dtype="fp32")
-    held_out = list(scenes("eval", n_scenes, EVAL_SCENES))
+    held_out = held_out_scenes(split, n_scenes)
     images = [render(s, processor.image_processor.crop_size["height"]) for s in held_out]
     decoding = Decoding(max_new_tokens=96, temperature=temperature)
 
@@ -114,7 +118,7 @@ def best_of_n_chair(policy_dir: str, reference: str, n: int, n_scenes: int, temp
                          first=part[0][0]) if part else []
 
     ranked = ranks.spread(share, list(enumerate(images)))
-    return {"n": n, "scenes": n_scenes, "temperature": temperature, **chair_metrics(held_out, [r.text for r in ranked])}
+    return {"n": n, "scenes": n_scenes, "split": split, "temperature": temperature, **chair_metrics(held_out, [r.text for r in ranked])}
 
 
 def _rows(label: str, summary: dict) -> dict:
@@ -134,7 +138,10 @@ def _rows(label: str, summary: dict) -> dict:
     return out
 
 
-def run_demo(out: Path, quick: bool = False, policy: str = "world:base", labeler: str = "world:labeler") -> dict:
+def run_demo(out: Path, quick: bool = False, policy: str = "world:base", labeler: str = "world:labeler",
+             split: str = "test") -> dict:
+    """Every recipe on the world, each evaluated on the held-out scenes of `split` (test for the numbers
+    to report, dev for choosing recipes), and the summary of all of them."""
     from vlalign.models.best_of_n import TEMPERATURE
     from vlalign.models.load import load
     from vlalign.report import try_report
@@ -144,36 +151,43 @@ def run_demo(out: Path, quick: bool = False, policy: str = "world:base", labeler
     start = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    scenes = 150 if quick else 500
+    scenes = QUICK_SCENES if quick else SCENES
     with scope("demo"):
-        log("evaluating the base")
-        base = cached(out / "eval" / "base.json", lambda: evaluate_world(*load(policy, dtype="fp32"), n_scenes=scenes))
+        log(f"evaluating the base on {scenes} {split} scenes")
+        base = cached(out / "eval" / f"base-{split}.json",
+                      lambda: evaluate_world(*load(policy, dtype="fp32"), n_scenes=scenes, split=split))
         summary: dict = {"base": pick(base), "method_seconds": {}}
+        finals: dict[str, str] = {}
         for recipe in recipes():
             began = time.time()
             method = METHODS.get(recipe.method)
-            config = load_config(method.config, CONFIGS / recipe.config, recipe.overrides(out, quick, policy, labeler))
-            log(f"{recipe.label}: {method.summary}")
+            aligned = finals[recipe.start_from] if recipe.start_from else policy
+            config = load_config(method.config, CONFIGS / recipe.config,
+                                 recipe.overrides(out, quick, aligned, labeler, split))
+            log(f"{recipe.label}: {method.summary}" + (f", from {recipe.start_from}'s policy" if recipe.start_from else ""))
             result = run(method, config, out / recipe.label)
+            finals[recipe.label] = result["final"]
             summary.update(_rows(recipe.label, result))
             if recipe.label == "rlaif_v":
                 n = BEST_OF_QUICK if quick else BEST_OF
                 log(f"best-of-{n} with the implicit reward")
                 summary["rlaif_v_best_of_n"] = cached(
-                    out / "eval" / "best_of_n.json",
-                    lambda r=result, n=n: best_of_n_chair(r["final"], policy, n, 100 if quick else 500, TEMPERATURE))
+                    out / "eval" / f"best_of_n-{split}.json",
+                    lambda r=result, n=n: best_of_n_chair(r["final"], policy, n, 100 if quick else scenes, TEMPERATURE,
+                                                          split))
                 if len(result["rounds"]) > 1:  # the round mDPO and MPO train on, when it is not the final one
                     summary["rlaif_v_round1"] = _world(result["rounds"][0])
             summary["method_seconds"][recipe.label] = round(time.time() - began, 1)
     earlier = ranks.on_main(lambda: read_json(out / "summary.json")) or {}
     for label, seconds in earlier.get("method_seconds", {}).items():  # a resumed demo adds its own time
         summary["method_seconds"][label] = round(summary["method_seconds"].get(label, 0.0) + seconds, 1)
-    summary.update(eval_scenes=scenes, quick=quick, seconds=round(earlier.get("seconds", 0.0) + time.time() - start, 1))
+    summary.update(eval_scenes=scenes, split=split, quick=quick, seconds=round(earlier.get("seconds", 0.0) + time.time() - start, 1))
     ranks.on_main(lambda: (write_json(out / "summary.json", summary), try_report(out)))
     return summary
 
 
 def print_demo(summary: dict) -> None:
     columns = {k: v for k, v in summary.items() if isinstance(v, dict) and "chair_i" in v}
-    console.print(models_table("demo summary (world, held-out scenes)", columns))
+    console.print(models_table(f"demo summary (world, {summary['eval_scenes']} held-out {summary['split']} scenes)",
+                               columns))
     console.print(f"{summary['seconds']:.0f} s")

@@ -17,7 +17,7 @@ import numpy as np
 from vlalign import ranks
 from vlalign.evaluate.chair import Tally
 from vlalign.evaluate.pope import parse_yes_no, pope_metrics
-from vlalign.world.scene import COLORS, PARTNERS, SHAPES, Scene, SceneConfig, scenes
+from vlalign.world.scene import COLORS, EVAL_SPLITS, PARTNERS, SHAPES, Scene, SceneConfig, scenes
 from vlalign.world.text import NUMBERS, SINGULARS, existence_question, is_refusal, redteam_task, split_words
 
 # Held-out scenes come from a shifted distribution: partners co-occur in 30% of cases instead of the
@@ -192,26 +192,33 @@ def redteam_metrics(model, processor, scene_list: Sequence[Scene], images: dict,
     return rates
 
 
-def describe_held_out(model, processor, n_scenes: int = 500, batch_size: int = 64,
-                      config: SceneConfig = EVAL_SCENES, start: int = 0) -> tuple[list[Scene], dict, list[str]]:
-    """The held-out scenes, their images by seed, and `model`'s greedy descriptions of them."""
+def held_out_scenes(split: str, n: int, config: SceneConfig = EVAL_SCENES, start: int = 0) -> list[Scene]:
+    """`n` evaluation scenes of `split`: `test` for reported numbers, `dev` for choosing recipes."""
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"world evaluation split {split!r} is not one of {EVAL_SPLITS}: report on test, tune on dev")
+    return list(scenes(split, n, config, start=start))
+
+
+def describe_held_out(model, processor, n_scenes: int = 1000, batch_size: int = 64, config: SceneConfig = EVAL_SCENES,
+                      start: int = 0, split: str = "test") -> tuple[list[Scene], dict, list[str]]:
+    """The held-out scenes of `split`, their images by seed, and `model`'s greedy descriptions of them."""
     from vlalign.models.settings import Decoding
     from vlalign.world.render import render
 
     image_size = processor.image_processor.crop_size["height"]
-    held_out = list(scenes("eval", n_scenes, config, start=start))
+    held_out = held_out_scenes(split, n_scenes, config, start)
     images = {s.seed: render(s, image_size) for s in held_out}
     answers = shared_generate(model, processor, [images[s.seed] for s in held_out], [DESCRIBE] * len(held_out),
                        Decoding(max_new_tokens=96), batch_size=batch_size, description="eval descriptions")
     return held_out, images, answers
 
 
-def evaluate_world(model, processor, n_scenes: int = 500, batch_size: int = 64,
-                   config: SceneConfig = EVAL_SCENES, start: int = 0, with_answers: bool = False) -> dict:
-    """Greedy answers of `model` on `n_scenes` held-out scenes, scored exactly against the scene graph."""
+def evaluate_world(model, processor, n_scenes: int = 1000, batch_size: int = 64, config: SceneConfig = EVAL_SCENES,
+                   start: int = 0, with_answers: bool = False, split: str = "test") -> dict:
+    """Greedy answers of `model` on `n_scenes` held-out scenes of `split`, scored exactly against the scene graph."""
     from vlalign.models.settings import Decoding
 
-    held_out, images, answers = describe_held_out(model, processor, n_scenes, batch_size, config, start)
+    held_out, images, answers = describe_held_out(model, processor, n_scenes, batch_size, config, start, split)
     metrics: dict = chair_metrics(held_out, answers)
 
     short = Decoding(max_new_tokens=8)
@@ -231,7 +238,7 @@ def evaluate_world(model, processor, n_scenes: int = 500, batch_size: int = 64,
         correct = [attribute_correct(r, t, vocab) for r, (_, _, t) in zip(replies, items, strict=True)]
         metrics[f"{name}_accuracy"] = float(np.mean(correct)) if correct else 0.0
     metrics.update(redteam_metrics(model, processor, held_out, images, batch_size))
-    metrics["n_scenes"] = n_scenes
+    metrics.update(n_scenes=n_scenes, split=split)
     if with_answers:
         metrics["answers"] = [{"scene": s.to_dict(), "answer": a} for s, a in zip(held_out, answers, strict=True)]
     return metrics

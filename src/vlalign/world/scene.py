@@ -28,7 +28,11 @@ SIZES: tuple[str, ...] = ("small", "big")
 GRID = 3
 COLUMNS: tuple[str, ...] = ("left", "middle", "right")
 ROWS: tuple[str, ...] = ("top", "center", "bottom")
-SPLITS: dict[str, int] = {"train": 0, "eval": 1, "prompts": 2, "labeler": 3, "dev": 4}
+# `dev` scenes choose recipes (every world recipe up to now was tuned on them: they were the evaluation
+# scenes); `test` scenes, a stream nothing was tuned on, give the numbers the README and the demo report.
+# Prompt stages draw from `prompts`, the base and labeler trained on `train` and `labeler`.
+SPLITS: dict[str, int] = {"train": 0, "dev": 1, "prompts": 2, "labeler": 3, "test": 5}
+EVAL_SPLITS: tuple[str, ...] = ("test", "dev")
 
 
 @dataclass(frozen=True)
