@@ -78,9 +78,9 @@ def pair_stage(responses: Stage, feedback: Stage, out: Stage, rules: PairRules, 
     score = score or (lambda f: f.score)
     verdicts = list(map(FeedbackRecord.from_row, feedback.rows()))
     scores = {f.response_id: score(f) for f in verdicts}
-    # what an answer names: claims checked by a choice (counts) say how many, not what
-    claims = {f.response_id: sum(not c.get("answers") for c in f.details["claims"]) for f in verdicts
-              if "claims" in f.details}
+    # what an answer names: claims checked by a choice (counts, in a labeler's claim dicts) say how many, not what
+    claims = {f.response_id: sum(not (isinstance(c, dict) and c.get("answers")) for c in f.details["claims"])
+              for f in verdicts if "claims" in f.details}
     by_prompt: dict[str, list[ResponseRecord]] = {}
     for r in map(ResponseRecord.from_row, responses.rows()):
         if scores.get(r.id) is not None:
