@@ -334,9 +334,13 @@ DESCRIBE_Q = "describe the image in detail."
 
 
 def test_world_counts_are_claims_checked_by_the_count_question():
+    from vlalign.feedback.splitters import make_splitter
     from vlalign.world.claims import TOTAL_QUESTION
 
-    stated = WorldClaims()("the image shows seven shapes. there is a red circle.", DESCRIBE_Q)
+    assert make_splitter("world-counts").with_counts and not make_splitter("world").with_counts
+    assert [c.text for c in WorldClaims()("the image shows seven shapes.", DESCRIBE_Q)] == []  # off by default
+
+    stated = WorldClaims(counts=True)("the image shows seven shapes. there is a red circle.", DESCRIBE_Q)
     counts = [c for c in stated if c.answers]
     # the stated total, and the one object the description brings in: two count claims
     assert [c.text for c in counts] == ["there are seven objects.", "there is one object."]
@@ -349,23 +353,23 @@ def test_world_counts_are_claims_checked_by_the_count_question():
 def test_a_repeated_object_is_one_claim_and_pays_in_the_count():
     answer = ("there are two objects in this picture. there is a red circle on the left. i can see a red circle "
               "at the top. the red circle is above a blue star.")
-    claims = WorldClaims()(answer, DESCRIBE_Q)
+    claims = WorldClaims(counts=True)(answer, DESCRIBE_Q)
     # the red circle is one existence claim however often it is named...
     assert [c.question for c in claims if not c.answers] == ["is there a red circle in the image?",
                                                             "is there a blue star in the image?"]
     # ...but bringing it in twice lists three objects where the answer says two
     assert [c.text for c in claims if c.answers] == ["there are two objects.", "there are three objects."]
     # agreeing totals are one claim; plural mentions bring in as many objects as they say
-    agreed = WorldClaims()("the image shows three shapes. two hearts and a square.", DESCRIBE_Q)
+    agreed = WorldClaims(counts=True)("the image shows three shapes. two hearts and a square.", DESCRIBE_Q)
     assert [c.text for c in agreed if c.answers] == ["there are three objects."]
 
 
 def test_only_descriptions_imply_a_total():
     # an answer to another question names some objects, not all: it claims no total
-    short = WorldClaims()("yes, there is a red circle.", "is there a red circle in the image?")
+    short = WorldClaims(counts=True)("yes, there is a red circle.", "is there a red circle in the image?")
     assert [c.answers for c in short] == [()]
-    assert [c.text for c in WorldClaims()("a red circle and a blue star.") if c.answers] == []
-    assert [c.text for c in WorldClaims()("there are two objects.", "how many objects are there?")
+    assert [c.text for c in WorldClaims(counts=True)("a red circle and a blue star.") if c.answers] == []
+    assert [c.text for c in WorldClaims(counts=True)("there are two objects.", "how many objects are there?")
             if c.answers] == ["there are two objects."]
 
 
@@ -378,7 +382,7 @@ def test_count_claims_are_scored_by_the_labelers_answers(tiny_world_model_dir):
     model, processor = load(tiny_world_model_dir, dtype="float32", device="cpu")
     images = [render(sample_scene(i, "prompts")) for i in range(2)]
     responses = ["the image shows two shapes. there is a red circle.", "there is a blue moon and a star."]
-    out = label_responses(model, processor, images, responses, WorldClaims(), batch_size=3,
+    out = label_responses(model, processor, images, responses, WorldClaims(counts=True), batch_size=3,
                           instructions=[DESCRIBE_Q, DESCRIBE_Q])
     counted = [(image, c) for image, fb in zip(images, out, strict=True) for c in fb.claims if c.answers]
     assert len(counted) == 3  # two for the first answer (said two, listed one), one for the second
@@ -396,6 +400,6 @@ def test_an_api_labeler_leaves_count_claims_out_and_says_so(monkeypatch, capsys)
     api = ApiLabeler(judge=None, name="api:labeler")
     monkeypatch.setattr(api, "yes_probability", lambda images, questions, keys: [0.9] * len(questions))
     [fb] = label_responses(api, None, ["img"], ["the image shows two shapes. there is a red circle."],
-                           WorldClaims(), instructions=[DESCRIBE_Q])
+                           WorldClaims(counts=True), instructions=[DESCRIBE_Q])
     assert [c.question for c in fb.claims] == ["is there a red circle in the image?"] and fb.score == 0.0
     assert "2 claims with answers" in capsys.readouterr().err.replace("\n", " ")

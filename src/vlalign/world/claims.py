@@ -1,5 +1,5 @@
-"""The world's claim splitter (RLAIF-V's divide step, by rule, for the world's language): every object an
-answer names is an existence claim, and every number it states is a count claim."""
+"""The world's claim splitters (RLAIF-V's divide step, by rule, for the world's language): every object an
+answer names is an existence claim; `world-counts` adds a count claim for every total it states or implies."""
 
 from __future__ import annotations
 
@@ -45,7 +45,15 @@ class WorldClaims(EachAnswer):
     there?"): the total an answer states ("the image shows seven shapes"), and, for a description (which
     lists every object), the total it implies by the objects it brings in ("a red circle ... a blue star
     ... a red circle": three), so a description that repeats an object pays for the repeat. Counts of one shape ("two circles") are not checked: the world's
-    models count a shape far less reliably than all objects, so such a claim would be noise."""
+    models count a shape far less reliably than all objects, so such a claim would be noise.
+
+    Count claims are off by default (`splitter: world-counts` turns them on). With them, about half of
+    RLAIF-V's pairs differ only in a count word, and as the rejected answer mostly overstates (it counts the
+    objects it imagined), DPO learns "say a smaller number" rather than "count": the README's results give
+    what that costs."""
+
+    def __init__(self, counts: bool = False):
+        self.with_counts = counts
 
     def __call__(self, answer: str, instruction: str | None = None) -> list[Claim]:
         claims: list[Claim] = []
@@ -67,8 +75,9 @@ class WorldClaims(EachAnswer):
                 seen.add(question)
                 claims.append(Claim(f"there is no {words}." if absent else f"there is a {words}.", question,
                                     holds_if_yes=not absent))
-        describes = (instruction or "").strip().lower() in DESCRIBE_INSTRUCTIONS
-        claims += self.counts(answer.lower(), introduced if describes else 0)
+        if self.with_counts:
+            describes = (instruction or "").strip().lower() in DESCRIBE_INSTRUCTIONS
+            claims += self.counts(answer.lower(), introduced if describes else 0)
         reply = YES_NO_REPLY.match(answer)
         question = (instruction or "").strip().lower()
         if reply and question and question not in seen and _asks_existence(question):

@@ -40,16 +40,19 @@ def prompt_sources() -> None:
                                                WorldPrompts, _later("vlalign.world.prompts", "write")))
 
 
-def _world_claims(judge):
-    from vlalign.world.claims import WorldClaims  # here: checking a config's splitter name needs no scenes
+def _world_claims(counts: bool):
+    def make(judge):  # imported here: checking a config's splitter name needs no scenes
+        from vlalign.world.claims import WorldClaims
 
-    return WorldClaims()
+        return WorldClaims(counts=counts)
+    return make
 
 
 def splitters() -> None:
     from vlalign.plugins import SPLITTERS
 
-    SPLITTERS.register(NAME, _world_claims)
+    SPLITTERS.register(NAME, _world_claims(counts=False))
+    SPLITTERS.register(f"{NAME}-counts", _world_claims(counts=True))
 
 
 def rating_styles() -> None:
