@@ -18,7 +18,7 @@ from PIL import Image
 
 from vlalign.feedback.claims import Claim, ClaimSplitter, first_failure, split_each
 from vlalign.feedback.server_backends import ApiLabeler
-from vlalign.models.prefix import images_keys as image_keys
+from vlalign.models.prefix import images_keys
 from vlalign.models.scoring import score_responses, yes_probability
 from vlalign.progress import warn
 
@@ -59,7 +59,7 @@ def choice_probability(labeler, processor, images: Sequence[Image.Image], claims
                        batch_size: int = 64) -> list[float]:
     """For each claim with `answers`: sigmoid(log P(its answer) - log P(the likeliest other)), every answer
     scored whole under the labeler (the answers to one image's question continue one forward of it)."""
-    keys = image_keys(images)
+    keys = images_keys(images)
     unique = {(key, claim.question, answer): (image, claim.question, answer)  # samples of one prompt repeat claims
               for key, image, claim in zip(keys, images, claims, strict=True) for answer in claim.answers}
     scored = score_responses(labeler, processor, *map(list, zip(*unique.values(), strict=True)), batch_size=batch_size)

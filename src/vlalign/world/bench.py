@@ -69,8 +69,12 @@ def score_world_attributes(answers_path: str | Path, skip_bad: bool = False) -> 
     return {**out, **issues.report()}
 
 
+def _split(inputs: EvalInputs) -> str:
+    return inputs.split or EVAL_SPLITS[0]
+
+
 def _held_out(inputs: EvalInputs) -> list[Scene]:
-    return held_out_scenes(inputs.split or "test", inputs.limit or DEFAULT_SCENES, EVAL_SCENES)
+    return held_out_scenes(_split(inputs), inputs.limit or DEFAULT_SCENES, EVAL_SCENES)
 
 
 def _image(scene: Scene, size: int):
@@ -120,7 +124,7 @@ def run_world(model, processor, inputs: EvalInputs) -> dict:
     (test by default; dev for choosing recipes)."""
     from vlalign.world.metrics import evaluate_world
 
-    return evaluate_world(model, processor, n_scenes=inputs.limit or DEFAULT_SCENES, split=inputs.split or "test")
+    return evaluate_world(model, processor, n_scenes=inputs.limit or DEFAULT_SCENES, split=_split(inputs))
 
 
 BENCHMARKS = (

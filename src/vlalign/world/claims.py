@@ -44,8 +44,9 @@ class WorldClaims(EachAnswer):
     Counts are claims too, checked by the count question the world's models answer ("how many objects are
     there?"): the total an answer states ("the image shows seven shapes"), and, for a description (which
     lists every object), the total it implies by the objects it brings in ("a red circle ... a blue star
-    ... a red circle": three), so a description that repeats an object pays for the repeat. Counts of one shape ("two circles") are not checked: the world's
-    models count a shape far less reliably than all objects, so such a claim would be noise.
+    ... a red circle": three), so a description that repeats an object pays for the repeat. Counts of one
+    shape ("two circles") are not checked: the world's models count a shape far less reliably than all
+    objects, so such a claim would be noise.
 
     Count claims are off by default (`splitter: world-counts` turns them on). With them, about half of
     RLAIF-V's pairs differ only in a count word, and as the rejected answer mostly overstates (it counts the
