@@ -113,9 +113,10 @@ ROUND = ["policy=world:base", "labeler=self", "rounds=1", "prompts.source=world"
          "runtime.dtype=fp32", "report=false", "train.batch_size=2", "train.epochs=2", "train.optim.lr=1e-3",
          "train.optim.warmup_ratio=0", "train.optim.log_every=1", "eval=[{name: world, limit: 4}]"]
 # Two processes sum their halves of each global batch's gradients in another order than one process does, and
-# Adam magnifies that float noise where a gradient is near zero: the weights agree to within a few per cent of
-# what training changed, not to the bit.
-WEIGHT_TOLERANCE = 0.05
+# Adam magnifies that float noise where a gradient is near zero: a few weights move by up to a few per cent of
+# the largest change (how far depends on the machine's kernels), so the runs are compared by the distance
+# between their weights, over all of them, against the distance training moved them (3e-5 of it here).
+WEIGHT_TOLERANCE = 2e-3
 
 
 def rounded(value):
@@ -136,8 +137,9 @@ def record_set(stage_dir: Path) -> set[str]:
     return {json.dumps(rounded(row), sort_keys=True, default=str) for row in Stage(stage_dir).rows()}
 
 
-def largest_change(a: dict, b: dict) -> float:
-    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+def distance(a: dict, b: dict) -> float:
+    """The L2 distance between two sets of weights, over every tensor together."""
+    return sum(float((a[k].float() - b[k].float()).pow(2).sum()) for k in a) ** 0.5
 
 
 def run_alone(out: Path) -> dict:
@@ -172,9 +174,9 @@ def check_same_round(out: Path, reference: Path) -> None:
         assert Stage(out / rel).is_complete and not Stage(out / rel).errors()
     base = load_file(Path(resolve("world:base")) / "model.safetensors")
     trained = [load_file(run_dir / "round1" / "policy" / "model.safetensors") for run_dir in (reference, out)]
-    moved, apart = largest_change(trained[0], base), largest_change(trained[1], trained[0])
-    assert moved > 1e-3, "training must change the weights for the comparison to mean anything"
-    assert apart <= WEIGHT_TOLERANCE * moved, f"weights differ by {apart:.2e}; training moved them {moved:.2e}"
+    moved, apart = distance(trained[0], base), distance(trained[1], trained[0])
+    assert moved > 1e-2, "training must change the weights for the comparison to mean anything"
+    assert apart <= WEIGHT_TOLERANCE * moved, f"weights are {apart:.2e} apart; training moved them {moved:.2e}"
 
 
 @pytest.mark.slow
