@@ -15,7 +15,7 @@ from vlalign.feedback.pairs import (
     candidate_pairs,
     shortening,
 )
-from vlalign.world.claims import WorldClaims
+from vlalign.world.claims import COUNT_KINDS, WorldClaims
 from vlalign.world.render import render
 from vlalign.world.scene import sample_scene
 
@@ -337,10 +337,10 @@ def test_world_counts_are_claims_checked_by_the_count_question():
     from vlalign.feedback.splitters import make_splitter
     from vlalign.world.claims import TOTAL_QUESTION
 
-    assert make_splitter("world-counts").with_counts and not make_splitter("world").with_counts
+    assert make_splitter("world-counts").count_kinds == COUNT_KINDS and not make_splitter("world").count_kinds
     assert [c.text for c in WorldClaims()("the image shows seven shapes.", DESCRIBE_Q)] == []  # off by default
 
-    stated = WorldClaims(counts=True)("the image shows seven shapes. there is a red circle.", DESCRIBE_Q)
+    stated = WorldClaims(counts=COUNT_KINDS)("the image shows seven shapes. there is a red circle.", DESCRIBE_Q)
     counts = [c for c in stated if c.answers]
     # the stated total, and the one object the description brings in: two count claims
     assert [c.text for c in counts] == ["there are seven objects.", "there is one object."]
@@ -353,24 +353,41 @@ def test_world_counts_are_claims_checked_by_the_count_question():
 def test_a_repeated_object_is_one_claim_and_pays_in_the_count():
     answer = ("there are two objects in this picture. there is a red circle on the left. i can see a red circle "
               "at the top. the red circle is above a blue star.")
-    claims = WorldClaims(counts=True)(answer, DESCRIBE_Q)
+    claims = WorldClaims(counts=COUNT_KINDS)(answer, DESCRIBE_Q)
     # the red circle is one existence claim however often it is named...
     assert [c.question for c in claims if not c.answers] == ["is there a red circle in the image?",
                                                             "is there a blue star in the image?"]
     # ...but bringing it in twice lists three objects where the answer says two
     assert [c.text for c in claims if c.answers] == ["there are two objects.", "there are three objects."]
     # agreeing totals are one claim; plural mentions bring in as many objects as they say
-    agreed = WorldClaims(counts=True)("the image shows three shapes. two hearts and a square.", DESCRIBE_Q)
+    agreed = WorldClaims(counts=COUNT_KINDS)("the image shows three shapes. two hearts and a square.", DESCRIBE_Q)
     assert [c.text for c in agreed if c.answers] == ["there are three objects."]
 
 
 def test_only_descriptions_imply_a_total():
     # an answer to another question names some objects, not all: it claims no total
-    short = WorldClaims(counts=True)("yes, there is a red circle.", "is there a red circle in the image?")
+    short = WorldClaims(counts=COUNT_KINDS)("yes, there is a red circle.", "is there a red circle in the image?")
     assert [c.answers for c in short] == [()]
-    assert [c.text for c in WorldClaims(counts=True)("a red circle and a blue star.") if c.answers] == []
-    assert [c.text for c in WorldClaims(counts=True)("there are two objects.", "how many objects are there?")
+    assert [c.text for c in WorldClaims(counts=COUNT_KINDS)("a red circle and a blue star.") if c.answers] == []
+    assert [c.text for c in WorldClaims(counts=COUNT_KINDS)("there are two objects.", "how many objects are there?")
             if c.answers] == ["there are two objects."]
+
+
+def test_count_claim_kinds_choose_which_totals_are_claims():
+    from vlalign.feedback.splitters import make_splitter
+
+    description = "the image shows seven shapes. there is a red circle on the left. a red circle is at the top."
+    answer = "there are three objects."
+    totals = {name: ([c.text for c in make_splitter(name)(description, DESCRIBE_Q) if c.answers],
+                     [c.text for c in make_splitter(name)(answer, "how many objects are there?") if c.answers])
+              for name in ("world", "world-answers", "world-implied", "world-counts")}
+    assert totals == {
+        "world": ([], []),
+        "world-answers": ([], ["there are three objects."]),  # a count answer's total only
+        "world-implied": (["there are two objects."], ["there are three objects."]),  # the red circle brought in twice
+        "world-counts": (["there are seven objects.", "there are two objects."], ["there are three objects."])}
+    with pytest.raises(ValueError, match="unknown count claim kinds"):
+        WorldClaims(counts=frozenset({"shapes"}))
 
 
 def test_count_claims_are_scored_by_the_labelers_answers(tiny_world_model_dir):
@@ -382,7 +399,7 @@ def test_count_claims_are_scored_by_the_labelers_answers(tiny_world_model_dir):
     model, processor = load(tiny_world_model_dir, dtype="float32", device="cpu")
     images = [render(sample_scene(i, "prompts")) for i in range(2)]
     responses = ["the image shows two shapes. there is a red circle.", "there is a blue moon and a star."]
-    out = label_responses(model, processor, images, responses, WorldClaims(counts=True), batch_size=3,
+    out = label_responses(model, processor, images, responses, WorldClaims(counts=COUNT_KINDS), batch_size=3,
                           instructions=[DESCRIBE_Q, DESCRIBE_Q])
     counted = [(image, c) for image, fb in zip(images, out, strict=True) for c in fb.claims if c.answers]
     assert len(counted) == 3  # two for the first answer (said two, listed one), one for the second
@@ -400,6 +417,6 @@ def test_an_api_labeler_leaves_count_claims_out_and_says_so(monkeypatch, capsys)
     api = ApiLabeler(judge=None, name="api:labeler")
     monkeypatch.setattr(api, "yes_probability", lambda images, questions, keys: [0.9] * len(questions))
     [fb] = label_responses(api, None, ["img"], ["the image shows two shapes. there is a red circle."],
-                           WorldClaims(counts=True), instructions=[DESCRIBE_Q])
+                           WorldClaims(counts=COUNT_KINDS), instructions=[DESCRIBE_Q])
     assert [c.question for c in fb.claims] == ["is there a red circle in the image?"] and fb.score == 0.0
     assert "2 claims with answers" in capsys.readouterr().err.replace("\n", " ")

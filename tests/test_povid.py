@@ -415,6 +415,14 @@ def test_inject_is_deterministic_per_key_and_starts_with_an_object_edit(world_in
                for i in range(12))
 
 
+def test_without_added_objects_every_object_edit_replaces_one(world_injector):
+    text = "there is a big red circle on the left. a small blue triangle is above it."
+    replacing = RuleInjector(world_injector.vocab, world_injector.cooccurrence, edits=2, seed=0, add_objects=False)
+    kinds = {e.split(":")[0] for i in range(40) for e in replacing.inject(text, key=f"record-{i}").edits}
+    assert "object" in kinds and "object+" not in kinds
+    assert "object+" in {e.split(":")[0] for i in range(40) for e in world_injector.inject(text, key=f"record-{i}").edits}
+
+
 def test_later_edits_never_undo_earlier_ones(world_injector):
     text = "there is a big red circle on the left. a small blue triangle is above it. there is a moon."
     for key in [f"record-{i}" for i in range(40)]:

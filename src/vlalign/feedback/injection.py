@@ -102,8 +102,10 @@ class Injection:
 class RuleInjector:
     """Offline injection driven by co-occurrence statistics; deterministic per (seed, key)."""
 
-    def __init__(self, vocab: Vocabulary, cooccurrence: dict[str, Counter], edits: int = 2, seed: int = 0):
+    def __init__(self, vocab: Vocabulary, cooccurrence: dict[str, Counter], edits: int = 2, seed: int = 0,
+                 add_objects: bool = True):
         self.vocab, self.cooccurrence, self.edits, self.seed = vocab, cooccurrence, edits, seed
+        self.add_objects = add_objects
 
     def _co_occurring(self, present: set[str], rng: np.random.Generator) -> str | None:
         """An absent object, drawn in proportion to how often it co-occurs with the present ones."""
@@ -203,7 +205,8 @@ class RuleInjector:
         known = frozenset(mentioned_objects(text, self.vocab))  # present: never "hallucinated" back in
         injected: frozenset[str] = frozenset()  # a later edit never undoes an earlier one
         for n in range(self.edits):
-            object_ops = [partial(self.add_object, known=known), partial(self.replace_object, known=known, avoid=injected)]
+            object_ops = [*([partial(self.add_object, known=known)] if self.add_objects else []),
+                          partial(self.replace_object, known=known, avoid=injected)]
             ops = object_ops if n == 0 else [self.change_attribute, self.flip_relation, *object_ops]
             for i in rng.permutation(len(ops)):
                 done = ops[int(i)](out, rng)

@@ -27,6 +27,7 @@ class POVIDConfig(RunConfig):
     cooccurrence_texts: int = 5000  # training answers the co-occurrence statistics count (from the vocabulary's own texts where it has them)
     judge: str | None = None  # the llm injector's chat model: api:MODEL[@URL] or a model directory
     edits: int = 2  # hallucinations injected per answer
+    add_objects: bool = True  # object hallucinations are added sentences or replaced objects (false: replaced only)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(  # stage 1: DPO on the injected pairs
         loss={"sigmoid": 1.0}, beta=0.1, batch_size=8, epochs=1, optim=OptimConfig(lr=5e-7)))
     stage2: TrainConfig = field(default_factory=lambda: TrainConfig(  # stage 2 (its loss is POVID's own)
@@ -62,7 +63,7 @@ def _injector(r: Round):
     vocab = entry.vocabulary()
     texts = (entry.training_texts(c.cooccurrence_texts) if entry.training_texts is not None
              else [p["reference"] for p in r.prompts.rows() if p.get("reference")][:c.cooccurrence_texts])
-    return RuleInjector(vocab, fit_cooccurrence(texts, vocab), c.edits, c.seed)
+    return RuleInjector(vocab, fit_cooccurrence(texts, vocab), c.edits, c.seed, c.add_objects)
 
 
 def injection_stage(r: Round, out):
@@ -97,7 +98,8 @@ def injection_stage(r: Round, out):
 
     run_stage(out, records, process, id_of=lambda p: stable_id("povid", p.id), batch_size=64,
               description="injection", manifest={"config": {"injector": c.injector, "edits": c.edits,
-                                                            "judge": c.judge, "seed": c.seed}})
+                                                            "add_objects": c.add_objects, "judge": c.judge,
+                                                            "seed": c.seed}})
     return out
 
 

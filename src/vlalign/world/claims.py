@@ -1,5 +1,5 @@
 """The world's claim splitters (RLAIF-V's divide step, by rule, for the world's language): every object an
-answer names is an existence claim; `world-counts` adds a count claim for every total it states or implies."""
+answer names is an existence claim; the `world-*` variants add count claims for the totals they name."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ _ABSENT = re.compile(r"\bno\s+(\w+\s+){0,2}$")  # "there is no (big red) star": 
 _INTRODUCED = re.compile(rf"\b(?P<n>a|an|{_NUMBER_WORDS})\s+$")
 _TOTAL = re.compile(rf"\b(?P<n>{_NUMBER_WORDS})\s+(?:shapes?|objects?)\b")  # "the image shows seven shapes"
 TOTAL_QUESTION = "how many objects are there?"
+# which totals are count claims: what a count answer states, what a description states, what it implies
+COUNT_KINDS = frozenset({"answers", "stated", "implied"})
 
 
 def count_answer(n: int, noun: str) -> str:
@@ -48,13 +50,19 @@ class WorldClaims(EachAnswer):
     shape ("two circles") are not checked: the world's models count a shape far less reliably than all
     objects, so such a claim would be noise.
 
-    Count claims are off by default (`splitter: world-counts` turns them on). With them, about half of
-    RLAIF-V's pairs differ only in a count word, and as the rejected answer mostly overstates (it counts the
-    objects it imagined), DPO learns "say a smaller number" rather than "count": the README's results give
-    what that costs."""
+    Which totals are claims is the splitter's choice (`counts`, any of COUNT_KINDS): `answers`, the total a
+    count answer states ("there are three objects." to "how many objects are there?"); `stated`, the total
+    a description states; `implied`, the total it implies. The splitters `world` (none), `world-answers`,
+    `world-implied` (answers and implied) and `world-counts` (all three) name them. A description's stated
+    total costs the most: the rejected answer mostly overstates it (it counts the objects it imagined), so
+    pairs that differ in that word teach DPO "say a smaller number", and the count answers follow; the
+    README's results give what each choice measured."""
 
-    def __init__(self, counts: bool = False):
-        self.with_counts = counts
+    def __init__(self, counts: frozenset[str] = frozenset()):
+        unknown = set(counts) - COUNT_KINDS
+        if unknown:
+            raise ValueError(f"unknown count claim kinds {sorted(unknown)}; choose from {sorted(COUNT_KINDS)}")
+        self.count_kinds = frozenset(counts)
 
     def __call__(self, answer: str, instruction: str | None = None) -> list[Claim]:
         claims: list[Claim] = []
@@ -76,9 +84,10 @@ class WorldClaims(EachAnswer):
                 seen.add(question)
                 claims.append(Claim(f"there is no {words}." if absent else f"there is a {words}.", question,
                                     holds_if_yes=not absent))
-        if self.with_counts:
-            describes = (instruction or "").strip().lower() in DESCRIBE_INSTRUCTIONS
-            claims += self.counts(answer.lower(), introduced if describes else 0)
+        describes = (instruction or "").strip().lower() in DESCRIBE_INSTRUCTIONS
+        stated = "stated" if describes else "answers"
+        claims += self.counts(answer.lower() if stated in self.count_kinds else "",
+                              introduced if describes and "implied" in self.count_kinds else 0)
         reply = YES_NO_REPLY.match(answer)
         question = (instruction or "").strip().lower()
         if reply and question and question not in seen and _asks_existence(question):

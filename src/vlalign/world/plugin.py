@@ -40,19 +40,21 @@ def prompt_sources() -> None:
                                                WorldPrompts, _later("vlalign.world.prompts", "write")))
 
 
-def _world_claims(counts: bool):
+def _world_claims(*counts: str):
     def make(judge):  # imported here: checking a config's splitter name needs no scenes
         from vlalign.world.claims import WorldClaims
 
-        return WorldClaims(counts=counts)
+        return WorldClaims(counts=frozenset(counts))
     return make
 
 
 def splitters() -> None:
     from vlalign.plugins import SPLITTERS
 
-    SPLITTERS.register(NAME, _world_claims(counts=False))
-    SPLITTERS.register(f"{NAME}-counts", _world_claims(counts=True))
+    SPLITTERS.register(NAME, _world_claims())
+    SPLITTERS.register(f"{NAME}-counts", _world_claims("answers", "stated", "implied"))
+    SPLITTERS.register(f"{NAME}-answers", _world_claims("answers"))
+    SPLITTERS.register(f"{NAME}-implied", _world_claims("answers", "implied"))
 
 
 def rating_styles() -> None:
