@@ -70,11 +70,14 @@ def image_only(cls: type) -> type:
         return super(sub, c).from_args_and_dict(args, {k: v for k, v in processor_dict.items() if k != VIDEO},
                                                 **kwargs)
 
+    def from_dict(c, processor_dict, **kwargs):  # newer transformers (5.25) build from the dict, by keyword
+        return super(sub, c).from_dict({**processor_dict, VIDEO: None}, **kwargs)
+
     sub = type(cls.__name__, (cls, _drop_video_base()), {
         "__module__": __name__, "__qualname__": cls.__qualname__, "full_attributes": tuple(full),
         "get_attributes": classmethod(get_attributes),
         "_get_arguments_from_pretrained": classmethod(_get_arguments_from_pretrained),
-        "from_args_and_dict": classmethod(from_args_and_dict)})
+        "from_args_and_dict": classmethod(from_args_and_dict), "from_dict": classmethod(from_dict)})
     return sub
 
 
