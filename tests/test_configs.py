@@ -64,7 +64,7 @@ def test_overrides_change_only_what_they_name():
     replaced = load_config(METHODS.get("rlaif-v").config, ROOT / "configs" / "rlaif_v_world.yaml",
                            ["train.loss={sft: 1.0}", "prompts.per_round=5"])
     assert replaced.train.loss == {"sft": 1.0} and replaced.train.beta == 0.3  # a mapping value is replaced whole
-    assert replaced.prompts.per_round == 5 and replaced.prompts.options["adversarial"] == 0.5
+    assert replaced.prompts.per_round == 5 and replaced.prompts.options["mix"]["count"] == 0.25
 
 
 def test_every_mistake_is_reported_at_once(tmp_path):
