@@ -84,15 +84,15 @@ class WorldClaims(EachAnswer):
                 seen.add(question)
                 claims.append(Claim(f"there is no {words}." if absent else f"there is a {words}.", question,
                                     holds_if_yes=not absent))
-        describes = (instruction or "").strip().lower() in DESCRIBE_INSTRUCTIONS
-        stated = "stated" if describes else "answers"
-        claims += self.counts(answer.lower() if stated in self.count_kinds else "",
+        asked = (instruction or "").strip().lower()
+        describes = asked in DESCRIBE_INSTRUCTIONS
+        total_kind = "stated" if describes else "answers"  # whose total a stated number is
+        claims += self.counts(answer.lower() if total_kind in self.count_kinds else "",
                               introduced if describes and "implied" in self.count_kinds else 0)
         reply = YES_NO_REPLY.match(answer)
-        question = (instruction or "").strip().lower()
-        if reply and question and question not in seen and _asks_existence(question):
+        if reply and asked and asked not in seen and _asks_existence(asked):
             said = reply[1].lower()
-            claims.insert(0, Claim(f"{said}: {instruction.strip()}", question, holds_if_yes=said == "yes"))
+            claims.insert(0, Claim(f"{said}: {instruction.strip()}", asked, holds_if_yes=said == "yes"))
         return claims
 
     @staticmethod
