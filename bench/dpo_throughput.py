@@ -90,9 +90,11 @@ class StepTimes:
 
 
 def run_vlalign(args) -> dict:
+    import vlalign.train.fit as fit_module
     import vlalign.train.preference as preference
     from vlalign.models.load import load
     from vlalign.models.prefix import shares_prefix
+    from vlalign.train.columns import Columns
     from vlalign.train.settings import OptimConfig, TrainConfig
 
     model, processor = load(args.model_dir, dtype="fp32" if shapes.dtype_of(args) == torch.float32 else "bf16",
@@ -101,14 +103,14 @@ def run_vlalign(args) -> dict:
     config = TrainConfig(loss={"sigmoid": 1.0, "sft": 1.0}, beta=BETA, batch_size=args.batch, epochs=1.0,
                          optim=OptimConfig(lr=LR, warmup_ratio=0.0, log_every=1))
     order: list[str] = []
-    pairs = preference.pair_collate(processor, preference.Columns(), shares_prefix(model))
+    pairs = preference.pair_collate(processor, Columns(), shares_prefix(model))
 
     def collate(items, number):
         order.extend(e.id for e, _ in items)
         return pairs(items, number)
 
     ref_time = {}
-    real_ref = preference.reference_logps
+    real_ref = fit_module.reference_logps
 
     def timed_ref(*a, **k):
         start = time.perf_counter()
@@ -116,11 +118,11 @@ def run_vlalign(args) -> dict:
         ref_time["s"] = time.perf_counter() - start
         return out
 
-    preference.reference_logps = timed_ref
+    fit_module.reference_logps = timed_ref
     steps = StepTimes(args.device)
     start_mem = _peak_start(args.device)
     start = time.perf_counter()
-    _, history = preference.fit_preferences(model, processor, examples, config, collate=collate,
+    _, history = fit_module.fit(model, processor, examples, config, collate=collate,
                                             gradient_checkpointing=args.gc)
     job = time.perf_counter() - start
     return {"job_s": job, "ref_s": ref_time["s"], "steady_pairs_s": steps.steady(args.batch),

@@ -19,7 +19,7 @@ import numpy as np
 from vlalign.feedback.ratings import ASPECTS, mean_rating
 from vlalign.feedback.vlfeedback import RatingJudge
 from vlalign.models.settings import Runtime
-from vlalign.runner import Models
+from vlalign.runner import ScopedModels
 from vlalign.world.judging import candidate_answer, candidate_task, rate
 from vlalign.world.metrics import held_out_scenes
 from vlalign.world.render import render
@@ -33,7 +33,6 @@ def main() -> None:
     ap.add_argument("--answers", type=int, default=3)
     ap.add_argument("--split", choices=EVAL_SPLITS, default="test", help="test (report) or dev (tune)")
     args = ap.parse_args()
-    judge = RatingJudge(Models(Runtime(dtype="fp32")).judge(args.judge), style="world")  # as the world recipes run it
     truth, items = [], []
     for scene in held_out_scenes(args.split, args.items):
         rng = np.random.default_rng([scene.seed, 5])
@@ -41,7 +40,8 @@ def main() -> None:
         answers = [candidate_answer(scene, task, rng) for _ in range(args.answers)]
         truth.append([rate(scene, task, *answer).ratings for answer in answers])
         items.append((scene.id, render(scene, 48), task.instruction, [a for a, _, _ in answers]))
-    rated = judge.rate(items)
+    with ScopedModels(Runtime(dtype="fp32")).chat(args.judge) as chat:  # as the world recipes run it
+        rated = RatingJudge(chat, style="world").rate(items)
     exact = {a: [] for a in ASPECTS}
     error = {a: [] for a in ASPECTS}
     missing = {a: 0 for a in ASPECTS}

@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 import torch
+from _models import GivenModels
 from safetensors.torch import load_file
 
 from vlalign import runner
@@ -21,8 +22,6 @@ from vlalign.feedback.judge import JudgeUnavailable
 from vlalign.feedback.judge_local import ModelJudge
 from vlalign.feedback.judges import make_judge
 from vlalign.feedback.server_backends import ApiLabeler, load_adapter
-from vlalign.methods.base import Round
-from vlalign.methods.rlaif_v import server_sampler
 from vlalign.models.batching import chat_prompt
 from vlalign.models.generate import generate
 from vlalign.models.load import load
@@ -31,6 +30,8 @@ from vlalign.models.scoring import yes_probability
 from vlalign.models.settings import LoraSettings
 from vlalign.plugins import METHODS
 from vlalign.serve import make_server
+from vlalign.stages.round import Round
+from vlalign.stages.sample import server_sampler
 from vlalign.world.render import render
 from vlalign.world.scene import sample_scene
 
@@ -232,9 +233,9 @@ def test_round_two_without_an_adapter_says_what_to_do(serve, world_base, tmp_pat
     _, url = serve(*world_base, "base")
     config = _config(f"api:base@{url}", "world:labeler")
     store = RunStore(tmp_path)
-    r = Round(2, config, store, None, None, None, load, lambda _: None, lambda spec, rt=None: make_judge(spec))
+    r = Round(2, config, store, None, None, None, GivenModels(make_judge))
     with pytest.raises(ValueError, match=r"saved no LoRA adapter .* train with LoRA .*sampler_restart"):
-        server_sampler(r, config)
+        server_sampler(r, make_judge(config.sampler))
 
 
 def test_a_restart_hook_gets_the_rounds_policy(serve, world_base, tmp_path):
@@ -243,8 +244,7 @@ def test_a_restart_hook_gets_the_rounds_policy(serve, world_base, tmp_path):
     _, url = serve(*world_base, "base")
     seen = tmp_path / "restarted"
     config = _config(f"api:base@{url}", "world:labeler", f"sampler_restart=echo {{policy}} > {seen}")
-    r = Round(2, config, RunStore(tmp_path / "run"), None, None, None, load, lambda _: None,
-              lambda spec, rt=None: make_judge(spec))
-    sampler = server_sampler(r, config)
+    r = Round(2, config, RunStore(tmp_path / "run"), None, None, None, GivenModels(make_judge))
+    sampler = server_sampler(r, make_judge(config.sampler))
     assert sampler.model is None  # the restarted servers serve the new policy under their own name
     assert seen.read_text().strip() == str((tmp_path / "run" / "round1" / "policy").absolute())

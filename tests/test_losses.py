@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from vlalign.train import settings
+from vlalign.train.columns import Columns
 from vlalign.train.losses import TERMS, Logps, columns_of, dpo_loss, objective
-from vlalign.train.preference import Columns, make_loss
+from vlalign.train.preference import make_loss
 from vlalign.train.settings import TrainConfig
 
 trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer")

@@ -24,7 +24,8 @@ from vlalign.models.lora import (
 )
 from vlalign.models.scoring import NO_WORDS, YES_WORDS, answer_token_ids, score_responses, yes_probability
 from vlalign.models.settings import LoraSettings
-from vlalign.train.preference import PreferenceExample, fit_preferences
+from vlalign.train.examples import PreferenceExample
+from vlalign.train.fit import fit
 from vlalign.train.settings import OptimConfig, TrainConfig
 
 INSTRUCTIONS = ["describe the image.", "is there a red circle?", "what color is the square?",
@@ -199,7 +200,7 @@ def test_one_dpo_step_changes_trainable_weights(arch, lora, images):
                                   rejected=RESPONSES[(i + 1) % len(RESPONSES)]) for i in range(2)]
     config = TrainConfig(batch_size=2, epochs=1.0, lora=lora, optim=OptimConfig(lr=1e-2, warmup_ratio=0.0, log_every=1))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trained, history = fit_preferences(model, processor, examples, config)
+    trained, history = fit(model, processor, examples, config)
     assert len(history) == 1
     assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at step 1
     after = dict(trained.named_parameters())

@@ -16,7 +16,9 @@ from vlalign.models import prefix
 from vlalign.models.batching import to_device
 from vlalign.models.generate import Decoding, generate
 from vlalign.models.scoring import score_responses, yes_probability
-from vlalign.train.preference import Columns, PreferenceExample, batch_rows, split_columns
+from vlalign.train.columns import Columns
+from vlalign.train.examples import PreferenceExample
+from vlalign.train.preference import batch_rows, split_columns
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import plain_rows  # noqa: E402

@@ -14,12 +14,12 @@ import torch
 from tiny_archs import ARCHS, random_image
 
 import vlalign.feedback.labeler as labeler_mod
-import vlalign.stages as stages
+import vlalign.models.generate as generation
 import vlalign.train.preference as preference
 from vlalign.config import load_config
 from vlalign.models.load import save
 from vlalign.plugins import METHODS
-from vlalign.runner import Models, run
+from vlalign.runner import ScopedModels, run
 
 HERE = Path(__file__).resolve().parent
 
@@ -103,7 +103,7 @@ def test_bf16_runtime_loads_samples_labels_and_trains_in_bf16(arch, saved, tmp_p
         return wrapped
 
     same = lambda out: out  # noqa: E731
-    monkeypatch.setattr(stages, "generate", spy("sample", stages.generate, same))
+    monkeypatch.setattr(generation, "generate", spy("sample", generation.generate, same))
     monkeypatch.setattr(labeler_mod, "yes_probability", spy("label", labeler_mod.yes_probability, same))
     monkeypatch.setattr(preference, "continuation_logps", spy("train", preference.continuation_logps, same))
     model = saved[arch]
@@ -118,5 +118,5 @@ def test_bf16_runtime_loads_samples_labels_and_trains_in_bf16(arch, saved, tmp_p
     assert saved_config["dtype"] == "bfloat16"
     # every other model of a run (labeler, judge, pool) inherits the runtime: an fp32 checkpoint loads in bf16
     assert json.loads((model / "config.json").read_text())["dtype"] == "float32"
-    other, _ = Models(config.runtime).load(str(model))
-    assert {p.dtype for p in other.parameters()} == {torch.bfloat16}
+    with ScopedModels(config.runtime).using(str(model)) as (other, _):
+        assert {p.dtype for p in other.parameters()} == {torch.bfloat16}

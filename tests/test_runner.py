@@ -44,7 +44,7 @@ def _shard_times(stage_dir):
 def test_rlaif_v_rounds_then_resume_by_round_and_by_stage(tmp_path, monkeypatch):
     method, config = METHODS.get("rlaif-v"), _rlaif_v()
     calls = {"n": 0}
-    real_fit = runner.fit_preferences
+    real_fit = runner.fit
 
     def train_then_fail_in_round_two(*args, **kwargs):
         calls["n"] += 1
@@ -52,7 +52,7 @@ def test_rlaif_v_rounds_then_resume_by_round_and_by_stage(tmp_path, monkeypatch)
             raise KeyboardInterrupt("stopped during round 2's training")
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "fit_preferences", train_then_fail_in_round_two)
+    monkeypatch.setattr(runner, "fit", train_then_fail_in_round_two)
     with pytest.raises(KeyboardInterrupt):
         runner.run(method, config, tmp_path)
     assert (tmp_path / "round1" / "round.json").exists() and (tmp_path / "round1" / "policy").exists()
@@ -61,7 +61,7 @@ def test_rlaif_v_rounds_then_resume_by_round_and_by_stage(tmp_path, monkeypatch)
     round2_feedback = _shard_times(tmp_path / "round2" / "feedback")
     assert round1_responses and round2_feedback
 
-    monkeypatch.setattr(runner, "fit_preferences", real_fit)
+    monkeypatch.setattr(runner, "fit", real_fit)
     summary = runner.run(method, config, tmp_path)
     # round 1 came back from disk, round 2 resumed after its finished stages: nothing sampled or labeled twice
     assert _shard_times(tmp_path / "round1" / "responses") == round1_responses
@@ -226,7 +226,7 @@ def test_silkie_pool_judge_pairs_train(tiny_world_model_dir, tmp_path, judge_ser
 
 
 def test_silkie_counts_claims_only_for_the_configured_sources():
-    from vlalign.methods.silkie import ClaimCounting
+    from vlalign.stages.ratings import ClaimCounting
     from vlalign.world.claims import WorldClaims
 
     counting = ClaimCounting("world", ["world/describe"], {"p1"}, WorldClaims())

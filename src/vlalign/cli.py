@@ -198,14 +198,14 @@ def dpo(
     runtime = Runtime(dtype=dtype)
     from vlalign import ranks
     from vlalign.models.load import load, save
-    from vlalign.stages import examples_under
-    from vlalign.train.preference import fit_preferences
+    from vlalign.stages.pairs import examples_under
+    from vlalign.train.fit import fit
 
     examples = examples_under(pairs)
     model, processor = load(policy, runtime)
     if ranks.is_main():
         console.print(f"training on {len(examples)} pairs from {pairs} ({ranks.world_size()} process(es))")
-    model, history = fit_preferences(model, processor, examples, settings, out=out / "training")
+    model, history = fit(model, processor, examples, settings, out=out / "training")
     if ranks.is_main():  # every process holds the same trained weights; one writes them
         console.print(f"final loss {history[-1]['loss']:.4f}")
         print(save(model, processor, out / "policy"))

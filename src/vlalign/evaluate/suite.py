@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -29,28 +30,31 @@ def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
-def evaluate_one(model, processor, spec: Any, out_dir: Path, judge: Callable[[str], Any] | None = None,
-                 seed: int = 0) -> dict:
-    """One `EvalSpec`'s metrics for `model`; free-form answers are written to `out_dir/<name>.answers.jsonl`."""
+Judges = Callable[[str], AbstractContextManager[Any]]  # spec -> a judge held while the block runs (`Models.chat`)
+
+
+def evaluate_one(model, processor, spec: Any, out_dir: Path, judge: Judges | None = None, seed: int = 0) -> dict:
+    """One `EvalSpec`'s metrics for `model`; free-form answers are written to `out_dir/<name>.answers.jsonl`
+    and scored, by `judge(spec.judge)` where the benchmark is judged."""
     bench = get(spec.name)
     inputs = EvalInputs(_path(spec.data), tuple(Path(a) for a in spec.annotations), _path(spec.images), spec.limit,
                         image_size(processor), seed, spec.split)
     if bench.run is not None:
         return bench.run(model, processor, inputs)
     records = generate_answers(model, processor, bench.questions(inputs), bench, spec.batch_size)
-    return ranks.on_main(lambda: _score(bench, records, out_dir / f"{spec.name}.answers.jsonl", inputs,
-                                        judge(spec.judge) if spec.judge and judge is not None else None))
+    held = judge(spec.judge) if spec.judge and judge is not None else nullcontext(None)
+    return ranks.on_main(lambda: _score(bench, records, out_dir / f"{spec.name}.answers.jsonl", inputs, held))
 
 
-def _score(bench, records: list[dict], answers: Path, inputs: EvalInputs, judge: Any) -> dict:
-    """Write the answer file and score it."""
+def _score(bench, records: list[dict], answers: Path, inputs: EvalInputs, held: AbstractContextManager[Any]) -> dict:
+    """Write the answer file and score it (with the judge `held`, loaded only now)."""
     answers.parent.mkdir(parents=True, exist_ok=True)
     answers.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return bench.score(ScoreInputs(answers, inputs.annotations, judge))
+    with held as judge:
+        return bench.score(ScoreInputs(answers, inputs.annotations, judge))
 
 
-def run_suite(model, processor, specs: Sequence[Any], out_dir: Path, judge: Callable[[str], Any] | None = None,
-              seed: int = 0) -> dict[str, dict]:
+def run_suite(model, processor, specs: Sequence[Any], out_dir: Path, judge: Judges | None = None, seed: int = 0) -> dict[str, dict]:
     """Every spec's metrics, by benchmark name."""
     results = {}
     for spec in specs:
