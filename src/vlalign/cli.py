@@ -24,20 +24,27 @@ app.add_typer(config_app, name="config")
 app.command("score")(score)
 app.command("eval")(eval_)
 
-CONFIG_HELP = "YAML recipe (keys left out keep the method's defaults); see `vlalign config show METHOD`."
+CONFIG_HELP = ("A shipped recipe's name (`vlalign recipes` lists them) or a YAML file; keys left out keep the "
+               "method's defaults (`vlalign config show METHOD`).")
 OVERRIDES_HELP = "Dotted overrides of any config key: train.beta=0.2 rounds=2 'eval=[world]'."
 
 
-def load_method_config(method: str, config: Path | None, overrides: list[str] | None):
-    """(method, config): the method's config from YAML and overrides, checked in full (no model library
-    is imported yet, so a typo is reported at once)."""
+def load_method_config(method: str, config: str | None, overrides: list[str] | None):
+    """(method, config): the method's config from a recipe or YAML file and overrides, checked in full (no
+    model library is imported yet, so a typo is reported at once)."""
     from vlalign.config import load_config
+    from vlalign.recipes import locate, method_of
 
     m = METHODS.get(method)
-    return m, load_config(m.config, config, list(overrides or []))
+    path = locate(config) if config is not None else None
+    named = method_of(path) if path is not None else None
+    if named is not None and named != m.name:
+        raise ValueError(f"{config} is a recipe for {named}, not {m.name}: run `vlalign run {named} --config "
+                         f"{config}`, or pick a {m.name} recipe (`vlalign recipes`)")
+    return m, load_config(m.config, path, list(overrides or []))
 
 
-def run_method(method: str, config: Path | None, out: Path, overrides: list[str] | None) -> dict:
+def run_method(method: str, config: str | None, out: Path, overrides: list[str] | None) -> dict:
     m, settings = load_method_config(method, config, overrides)
     from vlalign.runner import run
 
@@ -69,7 +76,7 @@ def print_summary(summary: dict, out: Path) -> None:
 @app.command("run")
 def run_cmd(
     method: str = typer.Argument(..., help="The method: " + ", ".join(METHODS.names()) + "."),
-    config: Path = typer.Option(None, help=CONFIG_HELP),
+    config: str = typer.Option(None, help=CONFIG_HELP),
     out: Path = typer.Option(..., help="Run directory (resumes if it holds an earlier run of the method)."),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
 ) -> None:
@@ -79,7 +86,7 @@ def run_cmd(
 
 def _method_command(name: str):
     def command(
-        config: Path = typer.Option(None, help=CONFIG_HELP),
+        config: str = typer.Option(None, help=CONFIG_HELP),
         out: Path = typer.Option(..., help="Run directory (resumes if it holds an earlier run of the method)."),
         overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
     ) -> None:
@@ -96,7 +103,7 @@ for _name in METHODS.names():
 @config_app.command("show")
 def config_show(
     method: str = typer.Argument(None, help="The method: " + ", ".join(METHODS.names()) + " (default: all)."),
-    config: Path = typer.Option(None, help="Show this YAML recipe with the defaults filled in."),
+    config: str = typer.Option(None, help="Show this recipe (a name or a YAML file) with the defaults filled in."),
     markdown: bool = typer.Option(False, "--markdown", help="As the Markdown page docs/configs.md is."),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
 ) -> None:
@@ -113,13 +120,44 @@ def config_show(
                      else f"# {m.name}: {m.summary}\n{text}")
     head = ("# Config reference\n\nEvery key of every method, with its default and what it does (the output of "
             "`vlalign config show --markdown`; a test keeps this page equal to it). Defaults are each method's "
-            "general recipe; the world's recipes are the YAML files in `configs/`.\n\n") if markdown else ""
+            "general recipe; the shipped recipes (`vlalign recipes`) set what they change.\n\n") if markdown else ""
     if markdown:
         from vlalign.train.settings import TERM_HELP
 
         pages.append("## Loss terms\n\n| term | what it is |\n|---|---|\n"
                      + "".join(f"| `{k}` | {v} |\n" for k, v in TERM_HELP.items()))
     print(head + "\n".join(pages), end="")
+
+
+recipes_app = typer.Typer(help="The recipes that ship with vlalign: list them, or copy one out to edit.")
+app.add_typer(recipes_app, name="recipes")
+
+
+@recipes_app.callback(invoke_without_command=True)
+def recipes_list(ctx: typer.Context) -> None:
+    """List every shipped recipe: its name (for --config), the method it is for, and what it does."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.table import Table
+
+    from vlalign.recipes import recipes
+
+    table = Table("recipe", "for", "what it is", box=None, pad_edge=False)
+    for r in recipes():
+        table.add_row(r.name, r.method, r.about)
+    console.print(table)
+
+
+@recipes_app.command("copy")
+def recipes_copy(
+    name: str = typer.Argument(..., help="The recipe (`vlalign recipes` lists them)."),
+    dest: Path = typer.Argument(..., help="A folder (the recipe keeps its file name) or a file path."),
+    force: bool = typer.Option(False, "--force", help="Replace a file that is there."),
+) -> None:
+    """Write a recipe out to edit; run the copy with --config PATH."""
+    from vlalign.recipes import copy
+
+    print(copy(name, dest, force))
 
 
 @app.command("merge")

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 
 from vlalign import ranks
 from vlalign.config import ConfigError, to_dict
@@ -161,7 +162,7 @@ def claim(store: RunStore, method: Method) -> None:
     write_json(marker, {**info, "method": method.name})
 
 
-def round_prompts(store: RunStore, method: Method, config, k: int, processor) -> Stage:
+def round_prompts(store: RunStore, method: Method, config: RunConfig, k: int, processor: Processor | None) -> Stage:
     """Round k's prompts: fresh ones from the source (or round 1's again, for methods that reuse them)."""
     first = method.same_prompts
     stage = store.stage(f"round{1 if first else k}/prompts")
@@ -193,7 +194,7 @@ def check_trained(folder: Path, what: str) -> None:
         raise _refix(e, what) from None
 
 
-def load_trained(folder: Path, config, what: str) -> tuple:
+def load_trained(folder: Path, config: RunConfig, what: str) -> tuple[Model, Processor]:
     """(model, processor) this run saved, under the run's runtime; one damaged since is named with the fix."""
     try:
         return load(folder, config.runtime)
@@ -219,7 +220,7 @@ def train_arm(arm: Arm, model: Model, processor: Processor, folder: Path, config
     model, history = fit(model, processor, examples, arm.train, arm.objective, out=folder / "training",
                                      gradient_checkpointing=config.runtime.gradient_checkpointing,
                                      description="training")
-    if hasattr(model, "merge_and_unload"):  # the next round starts from (and refers to) the merged policy
+    if isinstance(model, PeftModel):  # the next round starts from (and refers to) the merged policy
         if adapter is not None:
             ranks.on_main(lambda: save_stacked_adapter(model, *adapter))
         model = model.merge_and_unload()
@@ -279,30 +280,32 @@ def _run(method: Method, config: RunConfig, store: RunStore) -> dict:
     ranks.on_main(lambda: claim(store, method))
     models = ScopedModels(config.runtime, config.api)
     check_backends(config.backends(), models)
-    processor = None
-    policy = None  # loaded when a step needs it: a finished run resumes without loading a model
+    assert config.policy is not None  # run() refuses a config without one (`problems`)
+    start: str = config.policy
+    loaded: tuple[Model, Processor] | None = None  # when a step needs it: a finished run resumes loading nothing
     summary: dict = {"method": method.name, "policy": config.policy, "rounds": []}
     if config.eval and config.eval_base:
         base = ranks.on_main(lambda: read_json(store.root / "base" / "eval.json"))
         if base is None:
-            policy, processor = load(config.policy, config.runtime)
+            loaded = policy, processor = load(start, config.runtime)
             with scope(f"{method.name} base"):
                 base = run_suite(policy, processor, config.eval, store.root / "base", models.chat, config.seed)
             ranks.on_main(lambda: write_json(store.root / "base" / "eval.json", base))
         summary["base"] = base
-    start = config.policy
     for k in range(1, config.rounds + 1):
         folder = store.root / f"round{k}"
         record = finished(folder, "round.json")
         if record is None:
-            if policy is None:
-                policy, processor = (load(start, config.runtime) if k == 1
-                                     else load_trained(Path(start), config, f"round {k - 1}"))
+            if loaded is None:
+                loaded = (load(start, config.runtime) if k == 1
+                          else load_trained(Path(start), config, f"round {k - 1}"))
+            policy, processor = loaded
             log(f"{method.name} round {k}/{config.rounds}")
             with scope(f"{method.name} round {k}"):
                 policy, record = run_round(method, config, store, k, policy, processor, start, models)
+            loaded = policy, processor
         else:  # done: checked (cheaply, no model is loaded) so a damaged checkpoint is named now
-            policy = None
+            loaded = None
             check_trained(folder / "policy", f"round {k}")
         summary["rounds"].append(record)
         start = str(folder / "policy")

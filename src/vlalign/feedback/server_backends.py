@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from vlalign.feedback.judge import ChatReply, ChatRequest, JudgeUnavailable
+from vlalign.feedback.judge import ChatReply, ChatRequest, Judge, JudgeUnavailable
 from vlalign.models.scoring import NO_WORDS, YES_WORDS
 from vlalign.models.settings import Decoding
 
@@ -52,7 +52,7 @@ class ServerSampler:
     """Where a round samples: an api judge (one or more servers), the model name its requests ask for (a
     LoRA adapter loaded for the round, or None: the judge's own model), and the spec the stage records."""
 
-    judge: object
+    judge: Judge
     spec: str
     model: str | None = None
 

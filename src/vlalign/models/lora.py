@@ -15,7 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+from safetensors.torch import load_file, save_file
 
+from vlalign.models.load import load, save
 from vlalign.models.settings import LoraSettings
 
 VISION_MARKERS = ("vision_tower", "vision_model", "visual", "image_newline")
@@ -53,8 +56,6 @@ def language_targets(model: torch.nn.Module) -> list[str]:
 def apply_lora(model: torch.nn.Module, settings: LoraSettings = LoraSettings()):
     """Wrap `model` in a fresh peft LoRA adapter (on the decoder's projections unless `target_modules` names
     others); base weights stay frozen, `modules_to_save` train in full."""
-    from peft import LoraConfig, get_peft_model
-
     targets = list(settings.target_modules) if settings.target_modules else language_targets(model)
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=targets,
@@ -64,8 +65,6 @@ def apply_lora(model: torch.nn.Module, settings: LoraSettings = LoraSettings()):
 
 def merge(adapter: str, out: str) -> str:
     """Fold a saved LoRA adapter into its base model and save the result as a plain checkpoint."""
-    from vlalign.models.load import load, save
-
     model, processor = load(adapter)
     if not hasattr(model, "merge_and_unload"):
         raise ValueError(f"{adapter} is not a LoRA adapter (no adapter_config.json); it needs no merge")
@@ -112,9 +111,6 @@ def save_stacked_adapter(model, out: str | Path, previous: str | Path | None = N
     So a server keeps its base and loads one adapter per round (vLLM's dynamic LoRA); the rank grows by r
     each round. Fully trained modules (`modules_to_save`) are the newest round's, which holds the sum.
     Written to a temporary folder, then renamed into place."""
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import load_file, save_file
-
     config = model.peft_config[model.active_adapter]
     new = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
     state, rank, base, targets = dict(new), config.r, config.base_model_name_or_path, set(config.target_modules)

@@ -54,8 +54,8 @@ def labeler_of(r: Round[LabeledConfig]) -> Iterator[Labeler]:
 def splitter_of(r: Round[LabeledConfig]) -> Iterator[ClaimSplitter]:
     """The claim splitter the config names, with its judge held while the block runs when it asks one."""
     c = r.config
-    asks = needs_judge(c.splitter) and c.judge is not None
-    with r.models.chat(c.judge, c.judge_runtime) if asks else nullcontext() as judge:
+    spec = c.judge if needs_judge(c.splitter) else None
+    with r.models.chat(spec, c.judge_runtime) if spec else nullcontext() as judge:
         yield make_splitter(c.splitter, judge)
 
 
@@ -71,7 +71,7 @@ def label_stage(store: RunStore, responses: Stage, out: Stage, labeler: Labeler,
         fb = label_each(labeler.model, labeler.processor, [store.images.get(r.image) for r in batch],
                         [r.response for r in batch], split, batch_size=batch_size,
                         instructions=[r.instruction for r in batch], keys=[r.id for r in batch])
-        errors = {i: f for i, f in enumerate(fb) if isinstance(f, Exception)}
+        errors: dict[int, BaseException] = {i: f for i, f in enumerate(fb) if isinstance(f, Exception)}
         return batch_result([FeedbackRecord(id=r.id, response_id=r.id, prompt_id=r.prompt_id, score=f.score,
                                             details=f.to_dict(), meta={"labeler": labeler.name}).to_row()
                              for r, f in zip(batch, fb, strict=True) if not isinstance(f, Exception)], errors)

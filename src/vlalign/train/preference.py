@@ -69,11 +69,11 @@ class Reference(Mapping[str, dict[str, float]]):
     row of a tensor per example, in the examples' order, so a large set costs no dict per pair."""
 
     def __init__(self, ids: Sequence[str], columns: Sequence[str], values: torch.Tensor):
-        self.ids, self.columns, self.values = ids, tuple(columns), values
+        self.ids, self.columns, self.table = ids, tuple(columns), values
         self._index: dict[str, int] | None = None
 
     def row(self, position: int) -> dict[str, float]:
-        return dict(zip(self.columns, self.values[position].tolist(), strict=True))
+        return dict(zip(self.columns, self.table[position].tolist(), strict=True))
 
     def __getitem__(self, id: str) -> dict[str, float]:
         if self._index is None:
