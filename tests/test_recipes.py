@@ -103,6 +103,11 @@ def test_a_method_from_a_package_of_its_own_runs_and_the_demo_still_starts(tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["method"] == "longest" and summary["rounds"][0]["pairs"] >= 1
+    recipe = tmp_path / "longest_world.yaml"  # the walkthrough's recipe parses under the installed method
+    recipe.write_text((ROOT / "docs" / "adding-a-method.md").read_text().split("```yaml\n")[1].split("```")[0])
+    shown = subprocess.run([sys.executable, "-m", "vlalign", "config", "show", "longest", "--config", str(recipe)],
+                           capture_output=True, text=True, timeout=120, env=env)
+    assert shown.returncode == 0 and yaml.safe_load(shown.stdout)["samples"] == 4, shown.stderr
     probe = ("from vlalign.world.demo import not_in_demo, recipes\n"
              "print(not_in_demo(), [r.label for r in recipes()][:1])")
     listed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
