@@ -45,6 +45,7 @@ from vlalign.models.load import IncompleteCheckpoint, check_complete, load, reso
 from vlalign.models.lora import save_stacked_adapter
 from vlalign.models.settings import Runtime
 from vlalign.progress import log, scope, warn
+from vlalign.redaction import redact
 from vlalign.report import try_report
 from vlalign.stages import preference_examples
 from vlalign.train.preference import columns_for, fit_preferences
@@ -53,10 +54,10 @@ MAIN = "policy"
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a reader (or a resumed run) never sees half a file."""
+    """Write JSON atomically (a reader, or a resumed run, never sees half a file), secrets masked."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.write_text(json.dumps(redact(data), indent=1, default=str))  # no credential of a spec reaches a file
     os.replace(tmp, path)
 
 

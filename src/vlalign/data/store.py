@@ -33,7 +33,6 @@ import contextlib
 import json
 import os
 import platform
-import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from vlalign.data.shards import (
     without_repeats,
 )
 from vlalign.progress import progress, warn
+from vlalign.redaction import redact, redact_secrets
 
 try:
     import fcntl
@@ -72,7 +72,6 @@ LEGACY_NAMES = {MANIFEST: "manifest.json", ERRORS: "errors.jsonl", DONE_ITEMS: "
 LOCK = ".lock"
 RUN_MARKER = "run.json"
 VERSIONED = ("vlalign", "torch", "transformers", "datasets", "peft")
-_SECRET = re.compile(r"(^|_)(api_?key|secret|password|token|authorization)$", re.IGNORECASE)
 
 
 def _now() -> str:
@@ -114,15 +113,6 @@ def quiet_datasets() -> Iterator[None]:
     finally:
         if was_enabled:
             datasets.enable_progress_bars()
-
-
-def redact(value: Any) -> Any:
-    """`value` with secrets (API keys, tokens, passwords) masked, so they never reach a manifest on disk."""
-    if isinstance(value, dict):
-        return {k: "***" if isinstance(k, str) and _SECRET.search(k) and v else redact(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redact(v) for v in value]
-    return value
 
 
 def _canonical(value: Any) -> str:
@@ -360,8 +350,8 @@ class Stage:
     def log_error(self, ids: str | Sequence[str], error: BaseException) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         ids = _ids(ids)
-        entry = {"id": ids[0] if len(ids) == 1 else list(ids), "error": f"{type(error).__name__}: {error}",
-                 "time": _now()}
+        entry = {"id": ids[0] if len(ids) == 1 else list(ids),
+                 "error": redact_secrets(f"{type(error).__name__}: {error}"), "time": _now()}
         line = json.dumps(entry)
         with open(self._own_log(ERRORS), "a") as f:
             f.write(line + "\n")

@@ -51,10 +51,12 @@ class TokenLogprob:
 
 @dataclass(frozen=True)
 class Choice:
-    """One of a reply's answers, with its tokens' log-probs when they were asked for."""
+    """One of a reply's answers, with its tokens' log-probs when they were asked for; `finish_reason` is
+    "length" when the token limit cut it (OpenAI's names)."""
 
     text: str
     logprobs: tuple[TokenLogprob, ...] | None = None
+    finish_reason: str = "stop"
 
 
 @dataclass

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import random
-import re
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,66 +32,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from PIL import Image
 
 from vlalign.feedback.judge import ChatReply, ChatRequest, Choice, JudgeUnavailable, TokenLogprob
+from vlalign.redaction import mask_values, redact_secrets, safe_url, url_secrets
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 DEFAULT_URL = "https://api.openai.com/v1"
 CHECK_TIMEOUT = 10.0
-MASK = "***"
 _EXCERPT = 160
-
-_SECRET_NAME = r"(?:proxy-)?authorization|x-api-key|api[-_]?key|access[-_]?token|token|password|passwd|secret"
-_SECRET_FIELD = re.compile(
-    rf"""(?<![A-Za-z0-9])(?P<name>{_SECRET_NAME})(?P<sep>["']?\s*[:=]\s*["']?)(?:(?:bearer|basic)\s+)?[^\s"',;&}}\]]+""",
-    re.IGNORECASE)
-_SCHEME_TOKEN = re.compile(r"\b(?P<scheme>bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE)
-_USERINFO = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)[^/\s@]+@", re.IGNORECASE)
-_SECRET_QUERY = re.compile(rf"^(?:{_SECRET_NAME}|key|sig|signature)$", re.IGNORECASE)
-
-
-def redact_secrets(text: str, secrets: Iterable[str] = ()) -> str:
-    """`text` with secrets masked: the given values (an API key, a URL password) wherever they occur, and
-    whatever looks like one: Authorization / api-key fields and headers, Bearer and Basic tokens, the
-    userinfo of URLs. For error strings and URLs, which may echo what a request carried."""
-    text = _USERINFO.sub(rf"\g<scheme>{MASK}@", mask_values(text, secrets))
-    text = _SECRET_FIELD.sub(lambda m: f"{m['name']}{m['sep']}{MASK}", text)
-    return _SCHEME_TOKEN.sub(rf"\g<scheme> {MASK}", text)
-
-
-def mask_values(text: str, secrets: Iterable[str]) -> str:
-    """`text` with each of `secrets` masked wherever it occurs (longest first, so no piece of one is left);
-    values shorter than 4 characters are left alone, as masking them would garble the text."""
-    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
-        text = text.replace(secret, MASK)
-    return text
-
-
-def safe_url(url: Any) -> str:
-    """The URL fit to show: no user or password, secret-looking query values masked."""
-    parts = urlsplit(str(url))
-    netloc = parts.netloc.rpartition("@")[2]
-    query = urlencode([(k, MASK if _SECRET_QUERY.match(k) else v)
-                       for k, v in parse_qsl(parts.query, keep_blank_values=True)])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def url_secrets(url: str | None) -> list[str]:
-    """What a URL carries that must never be shown: its userinfo, user, password (plain and percent-decoded),
-    and the Basic credentials an HTTP client derives from them."""
-    if not url:
-        return []
-    parts = urlsplit(url)
-    found = [v for k, v in parse_qsl(parts.query) if _SECRET_QUERY.match(k)]
-    userinfo = parts.netloc.rpartition("@")[0]
-    if userinfo:
-        plain = unquote(userinfo)
-        found += [userinfo, plain, *plain.split(":", 1), base64.b64encode(plain.encode()).decode("ascii")]
-    return [s for s in found if s]
-
 
 def image_data_url(image: Image.Image) -> str:
     """A PNG data URL, the form every OpenAI-compatible server accepts for inline images."""
