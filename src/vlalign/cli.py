@@ -309,6 +309,7 @@ def serve(
     max_tokens: int = typer.Option(4096, help="Most tokens a request may ask for."),
     max_n: int = typer.Option(128, help="Most answers one request may ask for (n)."),
     max_queue: int = typer.Option(256, help="Requests waiting at once; more get 429 with Retry-After."),
+    body_timeout: float = typer.Option(30.0, help="Seconds a client has to send the body it announced."),
     max_batch: int = typer.Option(16, help="Answers the model generates together; large n are generated in "
                                            "slices of this, shared with the other requests waiting."),
     fail_every: int = typer.Option(0, help="Fail every k-th request on purpose (tests of client retries)."),
@@ -321,10 +322,11 @@ def serve(
     from vlalign.serve import Limits, make_server
 
     limits = Limits(max_body=int(max_body_mb * 2 ** 20), max_image_pixels=max_image_pixels, max_tokens=max_tokens,
-                    default_max_tokens=min(256, max_tokens), max_n=max_n, max_queue=max_queue)
+                    default_max_tokens=min(256, max_tokens), max_n=max_n, max_queue=max_queue,
+                    body_timeout=body_timeout)
     server = make_server(make_judge(model), host, port, name or model, fail_every, fail_status, limits=limits,
                          api_key=api_key, lora_dirs=lora_dir, max_batch=max_batch,
-                         log=lambda line: print(line, file=sys.stderr, flush=True))
+                         log=lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush()))
     guarded = "an API key is required" if api_key else "no API key is required"
     print(f"serving {model} at http://{host}:{server.server_port}/v1 ({guarded}; adapters load from "
           f"{', '.join(map(str, lora_dir)) or 'nowhere'})", flush=True)

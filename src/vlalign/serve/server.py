@@ -39,7 +39,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.judge, self.model_name, self.limits, self.api_key = judge, model_name, limits, api_key or None
         self.fail_every, self.fail_status, self.max_wait, self.idle_timeout = fail_every, fail_status, max_wait, idle_timeout
-        self.log = log
+        self.log, self.log_lock = log, threading.Lock()  # one whole line at a time from the handler threads
         self.count, self.count_lock = 0, threading.Lock()  # chat requests received
         self.served = Served(judge, model_name, lora_dirs)
         self.batcher = Batcher(self.served, max_batch, limits.max_queue)
@@ -70,8 +70,9 @@ class _Handler(BaseHTTPRequestHandler):
             route = _printable(urlsplit(self.path).path) if self.path else "-"
             tokens = f"{self._tokens[0]}+{self._tokens[1]} tokens" if self._tokens else "- tokens"
             stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-            self.server.log(f"{stamp} {_printable(self.command, 16)} {route} {self._status or '-'} {tokens} "
-                            f"{time.monotonic() - started:.3f}s")
+            with self.server.log_lock:
+                self.server.log(f"{stamp} {_printable(self.command, 16)} {route} {self._status or '-'} {tokens} "
+                                f"{time.monotonic() - started:.3f}s")
 
     def send_response(self, code: int, message: str | None = None) -> None:
         self._status = code
