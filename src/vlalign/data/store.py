@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 import datasets
 
 from vlalign import ranks
+from vlalign.data.errors import SetupError
 from vlalign.data.images import ImageStore
 from vlalign.data.shards import (
     SHARD_GLOB,
@@ -521,6 +522,8 @@ class _StageRun:
         """(rows, the items that made them) of `batch`; failing items are logged and left out."""
         try:
             rows = self.process(batch)
+        except SetupError:
+            raise  # every record would fail the same way: the stage stops, keeping what it wrote
         except RecordErrors as e:
             ok = [it for i, it in enumerate(batch) if i not in e.errors]
             self.succeeded = self.succeeded or bool(ok)
@@ -591,7 +594,7 @@ def _pending(stage: Stage, items: list[T], id_of: Callable, per_item_output: boo
 def run_stage(stage: Stage, items: Iterable[T], process: Callable[[list[T]], list[dict[str, Any]]], *,
               id_of: Callable[[T], str | Sequence[str]], batch_size: int = 8, shard_size: int = 256,
               description: str | None = None, manifest: dict[str, Any] | None = None,
-              per_item_output: bool = True, quiet: bool = False) -> StageResult:
+              per_item_output: bool = True, quiet: bool = False, meters: Sequence[Any] = ()) -> StageResult:
     """Run `process` over the items not yet done and write its rows to `stage`, resumably.
 
     `process(batch)` returns rows (dicts with a stable `id`). With `per_item_output` (the default),
@@ -608,6 +611,10 @@ def run_stage(stage: Stage, items: Iterable[T], process: Callable[[list[T]], lis
 
     Under a launcher every process calls this with the same items and works on its share of those not done;
     the stage is complete when all are, and the result counts every process's rows and failures.
+
+    `meters` count what the backends `process` asks spent (requests, failures, retries, tokens: e.g.
+    `vlalign.stages.UsageMeter`): each records into the manifest after every batch (`record()`), so a kill
+    loses none of it, and once more with every process's share when the stage is done (`settle()`).
     """
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be at least 1 (got {batch_size}, {shard_size})")
@@ -625,7 +632,11 @@ def run_stage(stage: Stage, items: Iterable[T], process: Callable[[list[T]], lis
             for start in range(0, len(mine), batch_size):
                 batch = mine[start:start + batch_size]
                 run.keep(*run.attempt(batch))
+                for meter in meters:
+                    meter.record()
                 bar.advance(len(batch))
+        for meter in meters:
+            meter.settle()
         written, failed = map(sum, zip(*ranks.gather([(run.shards.written, run.failed)]), strict=True))
         ranks.on_main(stage.mark_complete)
     return StageResult(written=written, already_done=len(items) - len(pending), failed=failed)

@@ -73,7 +73,8 @@ def label_stage(store, responses, out, labeler, processor, labeler_name: str, sp
     the splitter gives no claims for fails alone (logged, and asked again on resume)."""
     from vlalign.data.records import FeedbackRecord, ResponseRecord
     from vlalign.data.store import batch_result, run_stage
-    from vlalign.feedback.labeler import label_each
+    from vlalign.feedback.labeler import label_each, labeling_usage
+    from vlalign.stages import UsageMeter
 
     items = [ResponseRecord.from_row(r) for r in responses.rows()]
 
@@ -87,7 +88,8 @@ def label_stage(store, responses, out, labeler, processor, labeler_name: str, sp
                              for r, f in zip(batch, fb, strict=True) if not isinstance(f, Exception)], errors)
 
     run_stage(out, items, process, id_of=lambda r: r.id, batch_size=batch_size, shard_size=1024,
-              description="labeling", manifest={"model": labeler_name, "config": {"splitter": type(split).__name__}})
+              description="labeling", manifest={"model": labeler_name, "config": {"splitter": type(split).__name__}},
+              meters=[UsageMeter(out, backend, key) for key, backend in labeling_usage(labeler, split).items()])
     return out
 
 
