@@ -11,13 +11,13 @@ import math
 
 import pytest
 from PIL import Image
+from test_faults_judge import _judge, _no_key  # noqa: F401 - the client of the fault suites; no key in the environment
 from test_faults_server import Raw, Reply, Status, fault_servers
 
 from vlalign.data.records import FeedbackRecord, ResponseRecord
 from vlalign.data.store import RunStore
 from vlalign.feedback.claims import SentenceClaims
 from vlalign.feedback.judge import ChatRequest, JudgeUnavailable
-from vlalign.feedback.judge_api import OpenAIJudge
 from vlalign.feedback.llm_claims import LLMClaims
 from vlalign.feedback.server_backends import ApiLabeler
 from vlalign.methods.rlaif_v import label_stage
@@ -29,16 +29,6 @@ PICTURE = Image.new("RGB", (8, 8), (200, 30, 30))
 def fault_server():
     with fault_servers() as start:
         yield start
-
-
-@pytest.fixture(autouse=True)
-def _no_key(monkeypatch):
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "VLALIGN_API_KEY_ENV"):
-        monkeypatch.delenv(name, raising=False)
-
-
-def _judge(server, **kw) -> OpenAIJudge:
-    return OpenAIJudge("m", server.url, **{"max_retries": 2, "backoff": 0.01, "max_backoff": 0.05, "timeout": 2, **kw})
 
 
 def scored(yes, no, token=None) -> Reply:
