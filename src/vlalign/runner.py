@@ -194,8 +194,9 @@ def train_arm(arm: Arm, model, processor, folder: Path, config, judge,
               adapter: tuple[Path, Path | None] | None = None) -> tuple[Any, dict]:
     """Train one arm into `folder` (or take it from there when it is done): train, merge, save, evaluate.
     A LoRA arm's adapter is kept at `adapter` (out, previous) before the merge."""
+    pairs = ranks.on_main(lambda: arm.pairs.fingerprint()) if isinstance(arm.pairs, Stage) else None
     done = finished(folder, "arm.json")
-    if done is not None:
+    if done is not None and done.get("pairs_fingerprint", pairs) == pairs:  # else: a resume changed its pairs
         return load_trained(folder / "policy", config, f"the {arm.name} arm in {folder}")[0], done
     examples = _examples(arm.pairs)
     gc = config.runtime.gradient_checkpointing
@@ -212,7 +213,7 @@ def train_arm(arm: Arm, model, processor, folder: Path, config, judge,
     ranks.on_main(lambda: save(model, processor, folder / "policy"))
     record = {"arm": arm.name, "pairs": len(examples), "checkpoint": str(folder / "policy"),
               "final_loss": history[-1]["loss"], "final_reward_accuracy": history[-1].get("reward_accuracy"),
-              **arm.stats}
+              "pairs_fingerprint": pairs, **arm.stats}
     if config.eval:
         record["eval"] = run_suite(model, processor, config.eval, folder / "eval", judge, config.seed)
     ranks.on_main(lambda: write_json(folder / "arm.json", record))
@@ -270,6 +271,10 @@ def _run(method: Method, config, store: RunStore) -> dict:
     for k in range(1, config.rounds + 1):
         folder = store.root / f"round{k}"
         record = finished(folder, "round.json")
+        failed = ranks.on_main(lambda k=k: store.unfinished(f"round{k}")) if record is not None and k == config.rounds else []
+        if failed:  # the last round's failed items are asked again (it trains again only if its pairs change)
+            log(f"{method.name} round {k}: asking again for the items that failed in {', '.join(failed)}")
+            record = None
         if record is None:
             if policy is None:
                 policy, processor = (load(start, config.runtime) if k == 1
