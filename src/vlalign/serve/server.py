@@ -108,15 +108,20 @@ class _Handler(BaseHTTPRequestHandler):
         self._error(ApiError(code, message or self.responses.get(code, ("error",))[0]))
 
     def _drain(self) -> None:
-        """Read what is left of a body that is refused unread, into nothing, for a moment (memory stays flat),
-        so the client gets to read the answer; the connection closes after it."""
+        """Read the body that is refused unread (as much as its Content-Length says, for a moment at most) into
+        nothing, so memory stays flat and the client gets to read the answer; the connection closes after it."""
         self.close_connection = True
+        given = (self.headers.get("Content-Length") or "").strip()
+        left = int(given) if given.isdigit() else None
         try:
             self.connection.shutdown(socket.SHUT_WR)
             self.connection.settimeout(0.2)
             until = time.monotonic() + DRAIN_SECONDS
-            while time.monotonic() < until and self.connection.recv(_CHUNK):
-                pass
+            while (left is None or left > 0) and time.monotonic() < until:
+                chunk = self.rfile.read1(min(_CHUNK, left or _CHUNK))
+                if not chunk:
+                    break
+                left = None if left is None else left - len(chunk)
         except OSError:
             pass
 
