@@ -1,5 +1,5 @@
 """Failed items are asked again on a resume, also once the run has finished: a stage whose log holds
-failures is not finished (`Stage.is_complete`), the last round of a finished run is entered again for them,
+failures is not settled (`Stage.settled`), the last round of a finished run is entered again for them,
 a stage made from others as a whole (the pairs) is made again when they changed, and an arm trains again
 only when its pairs changed. Shown in the store, and on an RLAIF-V run whose `api:` labeler broke one
 request the first time."""
@@ -34,11 +34,11 @@ def test_a_stage_with_failures_is_not_finished_until_they_succeed(tmp_path):
     store = RunStore(tmp_path)
     stage = _numbers(store.stage("round1/numbers"), range(6), fail={2, 5})
     assert stage.manifest["complete"] and stage.manifest["errors"] == 2
-    assert not stage.is_complete and store.unfinished("round1") == ["round1/numbers"]
+    assert not stage.settled and store.unfinished("round1") == ["round1/numbers"]
     assert store.unfinished("round2") == []
     before = stage.fingerprint()
     _numbers(stage, range(6), fail=set())
-    assert stage.is_complete and store.unfinished("round1") == [] and stage.fingerprint() != before
+    assert stage.settled and store.unfinished("round1") == [] and stage.fingerprint() != before
 
 
 def test_a_derived_stage_is_made_again_when_its_input_changed(tmp_path):
@@ -101,7 +101,7 @@ def test_a_finished_run_asks_its_failed_labels_again(tmp_path, monkeypatch, caps
         broken = start({"heart": [BROKEN], "square": [NO]}, default=[YES])
         first, _ = resume(broken)
         failed = {e["id"] for e in feedback.errors()}
-        assert failed and feedback.manifest["errors"] == len(failed) and not feedback.is_complete
+        assert failed and feedback.manifest["errors"] == len(failed) and not feedback.settled
         assert feedback.manifest["labeler_usage"]["failures"] == broken.hits["heart"] // 2  # each tried twice
         assert not failed & {f.id for f in feedback.records(FeedbackRecord)}
         assert first["pairs_fingerprint"] == pairs.fingerprint()
@@ -114,7 +114,7 @@ def test_a_finished_run_asks_its_failed_labels_again(tmp_path, monkeypatch, caps
 
         fixed = start({"heart": [NO], "square": [NO]}, default=[YES])
         again, err = resume(fixed)
-        assert "asking again" in err and feedback.is_complete and feedback.manifest["errors"] == 0
+        assert "asking again" in err and feedback.settled and feedback.manifest["errors"] == 0
         labeled = {f.id: f for f in feedback.records(FeedbackRecord)}
         assert failed <= set(labeled), "every failed answer is labeled now"
         assert _chats(fixed) == sum(len(labeled[i].details["claims"]) for i in failed), "and only they were asked"

@@ -241,8 +241,13 @@ class Stage:
 
     @property
     def is_complete(self) -> bool:
-        """Whether the stage ran to its end with no failed item left: a stage whose log holds failures not
-        written since is not finished, so a resume (of a finished run too) asks them again."""
+        """Whether the stage ran to its end (items that failed on the way are logged, and counted in `errors`)."""
+        return bool(self.manifest.get("complete", False))
+
+    @property
+    def settled(self) -> bool:
+        """Whether the stage ran to its end with no failed item left to ask again: one whose log holds failures
+        not written since is not, so a resume (of a finished run too) asks them again (`RunStore.unfinished`)."""
         manifest = self.manifest
         return bool(manifest.get("complete", False)) and not manifest.get("errors")
 
@@ -418,10 +423,10 @@ class RunStore:
 
     def unfinished(self, under: str) -> list[str]:
         """The stages in folder `under` (e.g. `round2`) that are not finished: stopped midway, or holding
-        failed items a resume asks again (see `Stage.is_complete`); their paths in the run."""
+        failed items a resume asks again (see `Stage.settled`); their paths in the run."""
         folder = self.root / under
         return [str(s.dir.relative_to(self.root)) for s in self.stages()
-                if s.dir.is_relative_to(folder) and not s.is_complete]
+                if s.dir.is_relative_to(folder) and not s.settled]
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
         """Hold the whole run for one process (`Busy` for a second one): training and saving happen outside
