@@ -194,6 +194,7 @@ class _Handler(BaseHTTPRequestHandler):
         routes = {"/v1/chat/completions": self._chat, "/v1/load_lora_adapter": self._load,
                   "/v1/unload_lora_adapter": self._unload}
         handler, read = routes.get(self._route()), False
+        self._until = self._deadline()  # from when the request came, before its body is read
         try:
             self._check_key()
             if handler is None:
@@ -213,7 +214,7 @@ class _Handler(BaseHTTPRequestHandler):
         with s.count_lock:
             s.count += 1
             fail = s.fail_every > 0 and s.count % s.fail_every == 0
-        deadline = self._deadline()
+        deadline = self._until
         request = parse_chat(body, s.limits)
         if not s.served.knows(request.model):
             raise ApiError(404, f"The model `{request.model}` does not exist.", "model", "model_not_found")
