@@ -21,4 +21,4 @@ def test_the_design_page_lists_the_layers_of_the_import_contract():
 
 def test_the_methods_page_lists_every_registered_method():
     table = "| method | what it is |\n|---|---|\n" + "".join(f"| `{n}` | {m.summary} |\n" for n, m in METHODS.items())
-    assert table in (ROOT / "docs" / "methods.md").read_text(), "docs/methods.md: the method table is the registry's"
+    assert table in (ROOT / "docs" / "methods.md").read_text(), f"docs/methods.md: the method table is the registry's:\n{table}"

@@ -16,6 +16,7 @@ import typer
 from vlalign.console import console, models_table
 from vlalign.evaluate.commands import eval_, score
 from vlalign.plugins import METHODS, add_commands
+from vlalign.redaction import redact_secrets
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Align vision-language models with AI feedback (RLAIF-V, VLFeedback/Silkie, POVID, mDPO, MPO).")
@@ -335,17 +336,41 @@ def serve(
     model: str = typer.Argument(..., help="Model directory or world:<name> to answer with."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port (0 picks a free one and prints it)."),
-    name: str = typer.Option(None, help="Model name the API reports (default: the model reference)."),
+    name: str = typer.Option(None, help="Model name the API reports (default: the model reference); requests "
+                                        "for any other name get 404."),
+    api_key: str = typer.Option(None, envvar="VLALIGN_API_KEY", show_default=False,
+                                help="Require 'Authorization: Bearer KEY' on every request (or set VLALIGN_API_KEY)."),
+    lora_dir: list[Path] = typer.Option([], help="A folder /v1/load_lora_adapter may load adapters from "
+                                                 "(repeat for more; none: loading is off)."),
+    max_body_mb: float = typer.Option(16.0, help="Largest request body in MB, refused (413) before it is read."),
+    max_image_pixels: int = typer.Option(4096 * 4096, help="Largest image (width x height) a request may send."),
+    max_tokens: int = typer.Option(4096, help="Most tokens a request may ask for."),
+    max_n: int = typer.Option(128, help="Most answers one request may ask for (n)."),
+    max_queue: int = typer.Option(256, help="Requests waiting at once; more get 429 with Retry-After."),
+    body_timeout: float = typer.Option(30.0, help="Seconds a client has to send the body it announced."),
+    max_batch: int = typer.Option(16, help="Answers the model generates together; large n are generated in "
+                                           "slices of this, shared with the other requests waiting."),
     fail_every: int = typer.Option(0, help="Fail every k-th request on purpose (tests of client retries)."),
     fail_status: int = typer.Option(503, help="HTTP status of those failures (503, 429, ...)."),
 ) -> None:
     """Serve a local model behind an OpenAI-compatible chat endpoint (/v1/chat/completions with n, seed and
-    top_logprobs as vLLM's; /v1/load_lora_adapter and /v1/unload_lora_adapter for each round's adapter)."""
+    top_logprobs as vLLM's; /v1/load_lora_adapter and /v1/unload_lora_adapter for each round's adapter).
+    One line per request (time, route, status, tokens, seconds) goes to stderr."""
     from vlalign.feedback.judges import make_judge
-    from vlalign.serve import make_server
+    from vlalign.serve import Limits, make_server
 
-    server = make_server(make_judge(model), host, port, name or model, fail_every, fail_status)
-    print(f"serving {model} at http://{host}:{server.server_port}/v1", flush=True)
+    limits = Limits(max_body=int(max_body_mb * 2 ** 20), max_image_pixels=max_image_pixels, max_tokens=max_tokens,
+                    default_max_tokens=min(256, max_tokens), max_n=max_n, max_queue=max_queue,
+                    body_timeout=body_timeout)
+    server = make_server(make_judge(model), host, port, name or model, fail_every, fail_status, limits=limits,
+                         api_key=api_key, lora_dirs=lora_dir, max_batch=max_batch,
+                         log=lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush()))
+    guarded = "an API key is required" if api_key else "no API key is required"
+    print(f"serving {model} at http://{host}:{server.server_port}/v1 ({guarded}; adapters load from "
+          f"{', '.join(map(str, lora_dir)) or 'nowhere'})", flush=True)
+    if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]warning:[/yellow] {host} is reachable from other machines and no API key is set: "
+                      f"pass --api-key or set VLALIGN_API_KEY", highlight=False)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -370,7 +395,7 @@ def main() -> None:
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
         if os.environ.get("VLALIGN_DEBUG"):
             raise
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)  # one line: paths stay whole
+        console.print(f"[red]error:[/red] {redact_secrets(str(e))}", highlight=False, soft_wrap=True)  # one line
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("stopped; run the same command again to continue where it stopped")

@@ -55,6 +55,7 @@ from vlalign.models.lora import save_stacked_adapter
 from vlalign.models.settings import Runtime
 from vlalign.models.types import Model, Processor
 from vlalign.progress import log, scope, warn
+from vlalign.redaction import redact
 from vlalign.report import try_report
 from vlalign.stages.pairs import examples_under, preference_examples
 from vlalign.stages.round import Round
@@ -65,10 +66,10 @@ MAIN = "policy"
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a reader (or a resumed run) never sees half a file."""
+    """Write JSON atomically (a reader, or a resumed run, never sees half a file), secrets masked."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.write_text(json.dumps(redact(data), indent=1, default=str))  # no credential of a spec reaches a file
     os.replace(tmp, path)
 
 
@@ -212,14 +213,21 @@ def round_adapter(store: RunStore, k: int) -> tuple[Path, Path | None] | None:
     return store.root / f"round{k}" / "adapter", previous if k > 1 else None
 
 
+def pairs_fingerprint(arm: Arm) -> str | None:
+    """What the arm's pairs stage holds (as the main process reads it): an arm trained on other pairs, which a
+    resume that asked failed items again can make, trains again."""
+    pairs = arm.pairs
+    return ranks.on_main(lambda: pairs.fingerprint()) if isinstance(pairs, Stage) else None
+
+
 def train_arm(arm: Arm, model: Model, processor: Processor, folder: Path, config: RunConfig, models: ScopedModels,
               adapter: tuple[Path, Path | None] | None = None) -> tuple[Model, dict]:
     """Train one arm into `folder`: train under its objective, merge, save, evaluate. A LoRA arm's adapter is
     kept at `adapter` (out, previous) before the merge."""
+    pairs = pairs_fingerprint(arm)
     examples = _examples(arm.pairs)
     model, history = fit(model, processor, examples, arm.train, arm.objective, out=folder / "training",
-                                     gradient_checkpointing=config.runtime.gradient_checkpointing,
-                                     description="training")
+                         gradient_checkpointing=config.runtime.gradient_checkpointing, description="training")
     if isinstance(model, PeftModel):  # the next round starts from (and refers to) the merged policy
         if adapter is not None:
             ranks.on_main(lambda: save_stacked_adapter(model, *adapter))
@@ -227,7 +235,7 @@ def train_arm(arm: Arm, model: Model, processor: Processor, folder: Path, config
     ranks.on_main(lambda: save(model, processor, folder / "policy"))
     record = {"arm": arm.name, "pairs": len(examples), "checkpoint": str(folder / "policy"),
               "final_loss": history[-1]["loss"], "final_reward_accuracy": history[-1].get("reward_accuracy"),
-              **arm.stats}
+              "pairs_fingerprint": pairs, **arm.stats}
     if config.eval:
         record["eval"] = run_suite(model, processor, config.eval, folder / "eval", models.chat, config.seed)
     ranks.on_main(lambda: write_json(folder / "arm.json", record))
@@ -246,6 +254,8 @@ def run_round(method: Method, config: RunConfig, store: RunStore, k: int, policy
     for i, arm in enumerate(arms):
         folder = store.root / f"round{k}" / ("" if i == 0 else arm.name)
         done = finished(folder, "arm.json")
+        if done is not None and done.get("pairs_fingerprint") not in (None, pairs_fingerprint(arm)):
+            done = None  # a resume asked failed items again and the pairs changed: the arm trains again
         if done is not None:
             record["arms"][arm.name] = done
             if i == 0:
@@ -275,6 +285,11 @@ def run(method: Method, config: RunConfig, out: str | Path) -> dict:
         return _run(method, config, store)
 
 
+def unfinished(store: RunStore, k: int) -> list[str]:
+    """The stages of round k with failed items left (as the main process reads them)."""
+    return ranks.on_main(lambda: store.unfinished(f"round{k}"))
+
+
 def _run(method: Method, config: RunConfig, store: RunStore) -> dict:
     started = time.time()
     ranks.on_main(lambda: claim(store, method))
@@ -295,6 +310,10 @@ def _run(method: Method, config: RunConfig, store: RunStore) -> dict:
     for k in range(1, config.rounds + 1):
         folder = store.root / f"round{k}"
         record = finished(folder, "round.json")
+        failed = unfinished(store, k) if record is not None and k == config.rounds else []
+        if failed:  # the last round's failed items are asked again (it trains again only if its pairs change)
+            log(f"{method.name} round {k}: asking again for the items that failed in {', '.join(failed)}")
+            record = None
         if record is None:
             if loaded is None:
                 loaded = (load(start, config.runtime) if k == 1

@@ -18,6 +18,7 @@ from vlalign.data.store import RunStore, Stage, batch_result, run_stage
 from vlalign.feedback.claims import ClaimSplitter
 from vlalign.feedback.splitters import make_splitter, needs_judge
 from vlalign.stages.pairs import pair_stage
+from vlalign.stages.ratings import UsageMeter
 from vlalign.stages.round import Round
 from vlalign.stages.sample import sampled
 from vlalign.stages.settings import SELF, LabeledConfig
@@ -63,7 +64,7 @@ def label_stage(store: RunStore, responses: Stage, out: Stage, labeler: Labeler,
                 batch_size: int = 64) -> Stage:
     """Claims of every response, each scored by the labeler's P(yes); score = -(rejected claims). A response
     the splitter gives no claims for fails alone (logged, and asked again on resume)."""
-    from vlalign.feedback.labeler import label_each  # torch: kept out of the config check
+    from vlalign.feedback.labeler import label_each, labeling_usage  # torch: kept out of the config check
 
     items = [ResponseRecord.from_row(r) for r in responses.rows()]
 
@@ -77,7 +78,8 @@ def label_stage(store: RunStore, responses: Stage, out: Stage, labeler: Labeler,
                              for r, f in zip(batch, fb, strict=True) if not isinstance(f, Exception)], errors)
 
     run_stage(out, items, process, id_of=lambda r: r.id, batch_size=batch_size, shard_size=1024,
-              description="labeling", manifest={"model": labeler.name, "config": {"splitter": type(split).__name__}})
+              description="labeling", manifest={"model": labeler.name, "config": {"splitter": type(split).__name__}},
+              meters=[UsageMeter(out, backend, key) for key, backend in labeling_usage(labeler.model, split).items()])
     return out
 
 

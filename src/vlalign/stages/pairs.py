@@ -63,7 +63,7 @@ def pair_stage(responses: Stage, feedback: Stage, out: Stage, rules: PairRules, 
         return rows
 
     run_stage(out, sorted(by_prompt), process, id_of=lambda pid: pid, batch_size=256, shard_size=4096,
-              description="pairs", per_item_output=False,
+              description="pairs", per_item_output=False, derived_from=(responses, feedback),
               manifest={"config": {"rules": to_dict(rules), "method": method, "scoring": scoring}})
     out.annotate(selection=stats)
     return out
