@@ -196,6 +196,21 @@ def test_freeze_vision_then_lora_reference_is_base(arch, images):
     assert torch.allclose(_logits(lora, batch), adapted)  # adapters back on afterwards
 
 
+# what LoRA adapts by default, family by family: GLM fuses its MLP's gate and up projections; a mixture of
+# experts' experts are 3-D tensors that no LoRA adapter wraps, so its adapters sit on attention
+ATTENTION = {"q_proj", "k_proj", "v_proj", "o_proj"}
+LORA_TARGETS = {"glm4v": ATTENTION | {"gate_up_proj", "down_proj"}, "glm46v": ATTENTION | {"gate_up_proj", "down_proj"},
+                "qwen3_vl_moe": ATTENTION}
+
+
+def test_lora_adapts_the_familys_decoder_projections(arch, built):
+    model, _ = built[arch]
+    targets = language_targets(model)
+    assert {t.rsplit(".", 1)[-1] for t in targets} == LORA_TARGETS.get(arch, ATTENTION | {"gate_proj", "up_proj",
+                                                                                           "down_proj"})
+    assert not any(is_vision_parameter(t) for t in targets)
+
+
 @pytest.mark.parametrize("lora", [None, LoraSettings(r=4)], ids=["full", "lora"])
 def test_one_dpo_step_changes_trainable_weights(arch, lora, images):
     model, processor = ARCHS[arch](seed=2)
