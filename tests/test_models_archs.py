@@ -15,7 +15,6 @@ from tiny_archs import ARCHS, random_image
 from vlalign.models.batching import IGNORE, chat_prompt, encode, model_inputs
 from vlalign.models.generate import Decoding, generate
 from vlalign.models.load import load, save
-from vlalign.models.moe import is_moe, router_coefficient
 from vlalign.models.lora import (
     apply_lora,
     freeze_vision,
@@ -23,6 +22,7 @@ from vlalign.models.lora import (
     language_targets,
     reference_context,
 )
+from vlalign.models.moe import is_moe, router_coefficient
 from vlalign.models.scoring import NO_WORDS, YES_WORDS, answer_token_ids, score_responses, yes_probability
 from vlalign.models.settings import LoraSettings
 from vlalign.train.examples import PreferenceExample
