@@ -297,21 +297,20 @@ def attention_masks(model, batch: dict, dtype: torch.dtype) -> torch.Tensor | di
     """The mask the decoder takes: one tensor, or one per layer type where layers differ (some slide, or only
     some read images both ways)."""
     text = model.config.get_text_config()
-    family = model.config.model_type
-    both_ways = BIDIRECTIONAL_IMAGES[family](text) if family in BIDIRECTIONAL_IMAGES else frozenset()
+    none = frozenset()
+    both_ways = BIDIRECTIONAL_IMAGES.get(model.config.model_type, lambda text: none)(text)
     causal = _allowed(batch)
-    images = _image_blocks(batch) if both_ways != frozenset() else None
+    with_images = causal | _image_blocks(batch) if both_ways != none else causal
     position = batch["packing"]["position"]
     window = getattr(text, "sliding_window", None)
     types = set(getattr(text, "layer_types", None) or ())
 
     def mask(layer_type: str | None) -> torch.Tensor:
-        allowed = causal | images if images is not None and (both_ways is ALL_LAYERS or layer_type in both_ways) \
-            else causal
+        allowed = with_images if both_ways is ALL_LAYERS or layer_type in both_ways else causal
         slides = layer_type == "sliding_attention" or not types
         return _additive(allowed, position, window if slides else None, dtype)
 
-    if "sliding_attention" in types or both_ways not in (ALL_LAYERS, frozenset()):
+    if "sliding_attention" in types or both_ways not in (ALL_LAYERS, none):
         return {t: mask(t) for t in types}
     return mask(None)
 
@@ -396,11 +395,9 @@ def token_weights(batch: dict) -> torch.Tensor:
 def continuation_logps_and_router(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`continuation_logps`, and from the same forward the MoE routers' load-balancing loss over the batch's
     tokens, each counted as often as plain rows hold it (`token_weights`): the value TRL adds on its rows."""
-    p = batch["packing"]
     with moe.captured_router_logits(model) as router_logits:
-        logps = token_logps(token_logits(model, batch), p["target"])
-    aux = moe.load_balancing_loss(model, router_logits, token_weights(batch))
-    return slot_sums(logps, batch), slot_sums(torch.ones_like(logps), batch), aux
+        total, count = continuation_logps(model, batch)
+    return total, count, moe.load_balancing_loss(model, router_logits, token_weights(batch))
 
 
 def last_logits(model, batch: dict) -> torch.Tensor:
