@@ -13,7 +13,10 @@ from tiny_archs import ARCHS, random_image
 import vlalign.train.preference as preference
 from vlalign.models import moe, prefix
 from vlalign.models.batching import encode, model_inputs
-from vlalign.train.preference import Columns, PreferenceExample, batch_rows, fit_preferences
+from vlalign.train.columns import Columns
+from vlalign.train.examples import PreferenceExample
+from vlalign.train.fit import fit
+from vlalign.train.preference import batch_rows
 from vlalign.train.settings import OptimConfig, TrainConfig
 
 INSTRUCTIONS = ["describe the image.", "is there a red circle?", "what color is the square?"]
@@ -108,7 +111,7 @@ def test_a_moe_dpo_run_logs_its_router_loss_and_keeps_its_reference_cache(exampl
     monkeypatch.setattr(preference, "_scored", lambda *a, **k: scored.append(1) or real(*a, **k))
     config = TrainConfig(batch_size=3, optim=OptimConfig(lr=1e-3, warmup_ratio=0.0, log_every=1, steps=2))
     model, processor = ARCHS["qwen3_vl_moe"](seed=3)
-    _, history = fit_preferences(model, processor, examples, config, out=tmp_path)
+    _, history = fit(model, processor, examples, config, out=tmp_path)
     assert len(history) == 2 and all(h["loss_router"] > 0 for h in history)
     for h in history:
         assert h["loss"] == pytest.approx(h["loss_sigmoid"] + 0.01 * h["loss_router"], rel=1e-5)
@@ -122,6 +125,6 @@ def test_a_moe_dpo_run_logs_its_router_loss_and_keeps_its_reference_cache(exampl
 
     off = TrainConfig(batch_size=3, router_aux_loss_coef=0.0,
                       optim=OptimConfig(lr=1e-3, warmup_ratio=0.0, log_every=1, steps=2))
-    _, quiet = fit_preferences(fresh, processor, examples, off, out=tmp_path)
+    _, quiet = fit(fresh, processor, examples, off, out=tmp_path)
     assert scored == [1]  # the cache made with the router term served the run without it
     assert "loss_router" not in quiet[0] and quiet[0]["loss"] == pytest.approx(quiet[0]["loss_sigmoid"])
