@@ -492,7 +492,9 @@ GEMMA4_SPECIAL = ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_o
 
 def build_gemma4(seed: int = 0, sliding_window: int = 8, bidirectional: str | None = "vision"):
     """`sliding_window` is tiny so that the sliding layers' window cuts through the tests' prompts; with
-    `bidirectional="vision"` (the larger Gemma 4 models) image tokens read each other both ways in them."""
+    `bidirectional="vision"` image tokens read each other both ways in them ("all": the text too). Five layers
+    (sliding, global, sliding, global, and a last global one reading the second's keys and values), so that
+    what a global layer lets an image token read reaches the answers through the next sliding layer."""
     from transformers import (
         Gemma4AudioFeatureExtractor,
         Gemma4Config,
@@ -526,7 +528,7 @@ def build_gemma4(seed: int = 0, sliding_window: int = 8, bidirectional: str | No
                            num_key_value_heads=2, head_dim=16, patch_size=patch, pooling_kernel_size=pool,
                            position_embedding_size=64, initializer_range=INIT_RANGE),
         audio_config=None, boi_token_id=ids("<|image>"), eoi_token_id=ids("<image|>"), image_token_id=ids("<|image|>"),
-        video_token_id=ids("<|video|>") if "<|video|>" in tok.get_vocab() else processor.video_token_id,
+        video_token_id=processor.video_token_id,  # the processor adds its video token to the tokenizer
         boa_token_id=ids("<|audio>"), eoa_token_index=ids("<audio|>"), audio_token_id=ids("<|audio|>"),
         initializer_range=INIT_RANGE,
     )
@@ -571,9 +573,9 @@ def _build_glm(processor_cls, config_cls, model_cls, seed: int):
                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1],
                                           "partial_rotary_factor": 0.5},
                          pad_token_id=tok.pad_token_id, initializer_range=INIT_RANGE),
-        image_token_id=ids("<|image|>"), video_token_id=ids("<|video|>"), image_start_token_id=ids("<|begin_of_image|>"),
-        image_end_token_id=ids("<|end_of_image|>"), video_start_token_id=ids("<|begin_of_video|>"),
-        video_end_token_id=ids("<|end_of_video|>"),
+        image_token_id=ids("<|image|>"), video_token_id=ids("<|video|>"),
+        image_start_token_id=ids("<|begin_of_image|>"), image_end_token_id=ids("<|end_of_image|>"),
+        video_start_token_id=ids("<|begin_of_video|>"), video_end_token_id=ids("<|end_of_video|>"),
     )
     torch.manual_seed(seed)
     return _finish(model_cls(config), tok), processor
@@ -628,9 +630,9 @@ def build_llava_onevision1_5(seed: int = 0):
 ARCHS: dict[str, Callable] = {"llava": build_llava, "qwen2_vl": build_qwen2_vl, "idefics3": build_idefics3,
                               "llava_next": build_llava_next, "qwen2_5_vl": build_qwen2_5_vl, "smolvlm": build_smolvlm,
                               "gemma3": build_gemma3, "llava_onevision": build_llava_onevision,
-                              "qwen3_vl": build_qwen3_vl, "qwen3_vl_moe": build_qwen3_vl_moe, "internvl": build_internvl,
-                              "gemma4": build_gemma4, "glm4v": build_glm4v, "glm46v": build_glm46v,
-                              "llava_onevision1_5": build_llava_onevision1_5}
+                              "qwen3_vl": build_qwen3_vl, "qwen3_vl_moe": build_qwen3_vl_moe,
+                              "internvl": build_internvl, "gemma4": build_gemma4, "glm4v": build_glm4v,
+                              "glm46v": build_glm46v, "llava_onevision1_5": build_llava_onevision1_5}
 
 
 def random_image(seed: int = 0, size: int = 40) -> Image.Image:

@@ -41,7 +41,9 @@ BIDIRECTIONAL_IMAGES: dict[str, Callable[[object], frozenset[str] | None]] = {
     "gemma4": lambda text: frozenset({"sliding_attention"} if text.use_bidirectional_attention == "vision" else ()),
 }
 TOKEN_TYPES = ("mm_token_type_ids", "token_type_ids")
-_told: weakref.WeakSet = weakref.WeakSet()  # models whose fallback has been announced
+# id(config) -> config of each model told why it falls back: one config per model, whichever wrapper (peft, the
+# training loop's) holds it; configs are unhashable, and an entry goes when its model does
+_told: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 @dataclass
@@ -73,8 +75,9 @@ def shares_prefix(model) -> bool:
     """Whether `model` takes shared-prefix rows; otherwise every continuation gets a row of its own, and the
     first time a model falls back a one-line notice says why."""
     reason = unshared_reason(model)
-    if reason is not None and model not in _told:
-        _told.add(model)
+    config = model.config
+    if reason is not None and _told.get(id(config)) is not config:
+        _told[id(config)] = config
         warn(f"{type(model).__name__} scores one row per text (no shared prompts): {reason}")
     return reason is None
 
