@@ -131,13 +131,16 @@ def _random_weights(args, model_class, config, processor, dtype: torch.dtype, se
     return Shape(f"{args.shape}-real" if args.real_size else args.shape, model.eval(), processor)
 
 
+# Qwen's turns, the newline between them put before a turn rather than after it, so that an answer's turn ends
+# at <|im_end|>: TRL then scores the answer and <|im_end|>, the tokens vlalign scores (the world's words have no
+# newline token to score)
 QWEN3_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% for message in messages %}{% if not loop.first %}\n{% endif %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}<|vision_start|><image><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>{% endfor %}"
+    "{% if add_generation_prompt %}\n<|im_start|>assistant\n{% endif %}"
 )
 
 
