@@ -20,15 +20,6 @@ def test_every_family_has_a_tiny_model_and_shares_its_prompts():
     assert {f.model_type for f in FAMILIES} <= SHARED_FAMILIES
 
 
-def test_the_sliding_column_is_the_models():
-    """'dynamic cache' is said of exactly the families whose decoders have sliding layers, which is what
-    sampling decides by (models/generate.py keeps their dynamic cache)."""
-    for family in FAMILIES:
-        model, _ = ARCHS[family.model_type]()
-        kinds = set(getattr(model.config.get_text_config(decoder=True), "layer_types", None) or ())
-        assert family.sliding == bool(kinds - {"full_attention"}), family.model_type
-
-
 def test_the_readme_table_is_generated():
     text = README.read_text()
     found = re.search(r"<!-- families: generated -->\n(.*?)<!-- /families -->", text, re.S)

@@ -13,6 +13,7 @@ import torch
 from tiny_archs import ARCHS, random_image
 
 from vlalign.models.batching import IGNORE, chat_prompt, encode, model_inputs
+from vlalign.models.families import FAMILIES
 from vlalign.models.generate import Decoding, generate
 from vlalign.models.load import load, save
 from vlalign.models.lora import (
@@ -199,8 +200,17 @@ def test_freeze_vision_then_lora_reference_is_base(arch, images):
 # what LoRA adapts by default, family by family: GLM fuses its MLP's gate and up projections; a mixture of
 # experts' experts are 3-D tensors that no LoRA adapter wraps, so its adapters sit on attention
 ATTENTION = {"q_proj", "k_proj", "v_proj", "o_proj"}
+FAMILIES_BY_TYPE = {f.model_type: f for f in FAMILIES}
 LORA_TARGETS = {"glm4v": ATTENTION | {"gate_up_proj", "down_proj"}, "glm46v": ATTENTION | {"gate_up_proj", "down_proj"},
                 "qwen3_vl_moe": ATTENTION}
+
+
+def test_the_family_table_says_which_decoders_slide(arch, built):
+    """The README's 'dynamic cache' is said of exactly the families whose decoders have sliding layers, which
+    is what sampling decides by (models/generate.py keeps their dynamic cache)."""
+    model, _ = built[arch]
+    kinds = set(getattr(model.config.get_text_config(decoder=True), "layer_types", None) or ())
+    assert FAMILIES_BY_TYPE[arch].sliding == bool(kinds - {"full_attention"})
 
 
 def test_lora_adapts_the_familys_decoder_projections(arch, built):
