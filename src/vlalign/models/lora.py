@@ -23,6 +23,20 @@ from vlalign.models.settings import LoraSettings
 
 VISION_MARKERS = ("vision_tower", "vision_model", "visual", "image_newline")
 LANGUAGE_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# family -> the decoder projections LoRA adapts when `target_modules` is null, where they are not the above.
+# GLM-4.xV fuses its MLP's gate and up projections into one. A mixture of experts keeps its experts as 3-D
+# weight tensors (no Linear layer for a LoRA adapter to wrap) and its routers as they were trained, so its
+# adapters sit on attention.
+FAMILY_PROJECTIONS: dict[str, tuple[str, ...]] = {
+    "glm4v": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"),
+    "glm46v": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"),
+    "qwen3_vl_moe": ("q_proj", "k_proj", "v_proj", "o_proj"),
+}
+
+
+def projections(family: str) -> tuple[str, ...]:
+    """The module names LoRA adapts in `family`'s decoder by default."""
+    return FAMILY_PROJECTIONS.get(family, LANGUAGE_PROJECTIONS)
 
 
 def is_vision_parameter(name: str) -> bool:
@@ -43,12 +57,14 @@ def freeze_vision(model: torch.nn.Module) -> int:
 
 
 def language_targets(model: torch.nn.Module) -> list[str]:
-    """Names of the decoder's attention and MLP projections (never the vision encoder's)."""
+    """Names of the decoder's attention and MLP projections (never the vision encoder's), as the family names
+    them (`projections`)."""
+    names = projections(model.config.model_type)
     targets = [name for name, module in model.named_modules()
-               if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in LANGUAGE_PROJECTIONS
+               if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in names
                and not is_vision_parameter(name)]
     if not targets:
-        raise ValueError(f"found no decoder projections ({', '.join(LANGUAGE_PROJECTIONS)}) in "
+        raise ValueError(f"found no decoder projections ({', '.join(names)}) in "
                          f"{type(model).__name__} to put LoRA adapters on")
     return targets
 
