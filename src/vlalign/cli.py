@@ -15,6 +15,7 @@ import typer
 
 from vlalign.console import console, models_table
 from vlalign.evaluate.commands import eval_, score
+from vlalign.evaluate.compare import compare_cmd
 from vlalign.plugins import METHODS, add_commands
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -23,6 +24,7 @@ config_app = typer.Typer(no_args_is_help=True, help="Method configs: every key w
 app.add_typer(config_app, name="config")
 app.command("score")(score)
 app.command("eval")(eval_)
+app.command("compare")(compare_cmd)
 
 CONFIG_HELP = "YAML recipe (keys left out keep the method's defaults); see `vlalign config show METHOD`."
 OVERRIDES_HELP = "Dotted overrides of any config key: train.beta=0.2 rounds=2 'eval=[world]'."
