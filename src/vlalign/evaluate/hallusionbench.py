@@ -22,8 +22,8 @@ Facts from the benchmark's `evaluation.py` and `utils.py` (tianyi-lab/HallusionB
   script's shortcut, kept); "FP Ratio" is the share of wrong answers whose truth is no.
 
 Two modes (`parse`): official asks the judge (or takes the file's verdicts); robust asks no one and reads
-the answer itself: yes when it says yes and not no, no when it says no (or not) and not yes, unclear else,
-right when that matches `gt_answer`. Intervals resample figure sets (a set's figures and question pairs
+the answer itself: yes when it has the word yes and not no, no the other way round, unclear else, right
+when that matches `gt_answer`. Intervals resample figure sets (a set's figures and question pairs
 stay together), each category apart.
 """
 
@@ -84,9 +84,10 @@ _WORD = re.compile(r"[a-z]+")
 
 
 def robust_verdict(answer: str, truth: str) -> int:
-    """0, 1 or 2 from the answer itself: yes or no when it says one and not the other, compared with truth."""
+    """0, 1 or 2 from the answer itself: yes or no when it says the one word and not the other ("I do not
+    know" says neither), compared with truth."""
     words = set(_WORD.findall(answer.lower()))
-    yes, no = "yes" in words, bool(words & {"no", "not"})
+    yes, no = "yes" in words, "no" in words
     if yes == no:
         return 2
     return int((yes and truth == "1") or (no and truth == "0"))

@@ -69,13 +69,13 @@ def judge_items(split: str, n: int, answers: int = ANSWERS) -> list[tuple[Scene,
     return out
 
 
-def judge_records(feedback: Feedback, inputs: EvalInputs) -> list[dict]:
-    """The judge's ratings of every candidate answer, beside the scene graph's."""
+def judge_records(feedback: Feedback, inputs: EvalInputs, answers: int = ANSWERS) -> list[dict]:
+    """The judge's ratings of `answers` candidate answers a scene, beside the scene graph's."""
     from vlalign.feedback.vlfeedback import RatingJudge
 
     if feedback.judge is None:
         raise ValueError("world-judge measures a judge: pass --judge (e.g. world:judge)")
-    items = judge_items(_split(inputs), inputs.limit or JUDGE_SCENES)
+    items = judge_items(_split(inputs), inputs.limit or JUDGE_SCENES, answers)
     processor = getattr(feedback.judge, "processor", None)  # a judge in this process; an API judge has none
     rated = RatingJudge(feedback.judge, style=feedback.style or "world").rate(
         [(scene.id, _render(scene, processor), instruction, answers) for scene, instruction, answers, _ in items])
@@ -129,14 +129,19 @@ def _records(path: str | Path, fields, issues: Issues) -> list:
     return records
 
 
-def world_judge_result(answers_path: str | Path, skip_bad: bool = False) -> Result:
-    """The world judge's agreement with the scene graph, from the records `judge_records` writes."""
-    issues = Issues(str(answers_path), skip=skip_bad)
-    rows = [(r["question_id"], judge_counts(r["truth"], r["judged"])) for r in _records(answers_path, [TRUTH, JUDGED],
-                                                                                         issues)]
-    outcomes = Outcomes.from_rows("world-judge", "scene", rows)
+def judge_result(records: Sequence[dict], notes: dict | None = None) -> Result:
+    """The judge's agreement with the scene graph, from `judge_records`' records."""
+    outcomes = Outcomes.from_rows("world-judge", "scene",
+                                  [(r["question_id"], judge_counts(r["truth"], r["judged"])) for r in records])
     sums = outcomes.sums()
-    return scored(outcomes, {"answers": int(sums["answers"]), "pairs": int(sums["pairs"]), **issues.report()})
+    return scored(outcomes, {"answers": int(sums["answers"]), "pairs": int(sums["pairs"]), **(notes or {})})
+
+
+def world_judge_result(answers_path: str | Path, skip_bad: bool = False) -> Result:
+    """`judge_result` of an answer file of `judge_records`' records."""
+    issues = Issues(str(answers_path), skip=skip_bad)
+    records = [r.record for r in _records(answers_path, [TRUTH, JUDGED], issues)]
+    return judge_result(records, issues.report())
 
 
 def claim_is_true(scene: Scene, question: str) -> bool:
@@ -147,9 +152,9 @@ def claim_is_true(scene: Scene, question: str) -> bool:
     return scene.count(shape, color) > 0
 
 
-def labeler_records(feedback: Feedback, inputs: EvalInputs) -> list[dict]:
-    """The policy's sampled descriptions of held-out scenes, their claims, the labeler's P(yes) of each, and
-    whether each is true."""
+def labeler_records(feedback: Feedback, inputs: EvalInputs, samples: int = SAMPLES) -> list[dict]:
+    """The policy's sampled descriptions of held-out scenes (`samples` a scene), their claims, the labeler's
+    P(yes) of each, and whether each is true."""
     from vlalign.feedback.labeler import label_responses
     from vlalign.feedback.splitters import make_splitter
     from vlalign.models.generate import generate, sample_seed
@@ -159,16 +164,16 @@ def labeler_records(feedback: Feedback, inputs: EvalInputs) -> list[dict]:
 
     if feedback.labeler is None:
         raise ValueError("world-labeler measures a labeler: pass --labeler (e.g. world:labeler)")
-    policy, processor = load(feedback.policy or "world:base")
-    scenes = [s for s in held_out_scenes(_split(inputs), inputs.limit or LABELER_SCENES) for _ in range(SAMPLES)]
+    policy, processor = load(feedback.policy or "world:base", dtype="fp32")  # world models run in fp32
+    scenes = [s for s in held_out_scenes(_split(inputs), inputs.limit or LABELER_SCENES) for _ in range(samples)]
     images = [_render(s, processor) for s in scenes]
     answers = generate(policy, processor, images, [DESCRIBE_INSTRUCTIONS[0]] * len(images),
                        Decoding(max_new_tokens=96, temperature=0.7),
-                       seeds=[sample_seed(0, s.id, k % SAMPLES) for k, s in enumerate(scenes)])
+                       seeds=[sample_seed(0, s.id, k % samples) for k, s in enumerate(scenes)])
     labeler, labeler_processor = feedback.labeler
     labeled = label_responses(labeler, labeler_processor, images, answers,
                               make_splitter(feedback.splitter or "world", feedback.judge))
-    return [{"question_id": f"{s.id}/{k % SAMPLES}", "scene": s.to_dict(), "answer": a,
+    return [{"question_id": f"{s.id}/{k % samples}", "scene": s.to_dict(), "answer": a,
              "claims": [{"question": c.question, "p_yes": c.p_yes, "true": claim_is_true(s, c.question)}
                         for c in fb.claims if not c.answers], "feedback": feedback.name}
             for k, (s, a, fb) in enumerate(zip(scenes, answers, labeled, strict=True))]
@@ -190,8 +195,9 @@ def claim_counts(claims: Sequence[dict]) -> dict[str, float]:
 @statistic("world-labeler")
 def labeler_statistic(sums, params) -> dict:
     """Accuracy at 0.5, AUC, the share of true claims, the mean P(yes) of true and of false claims."""
-    pos = np.stack([np.asarray(sums.get(f"true_{b}", 0.0)) for b in range(BINS)], axis=-1)
-    neg = np.stack([np.asarray(sums.get(f"false_{b}", 0.0)) for b in range(BINS)], axis=-1)
+    zero = np.zeros(np.shape(sums["claims"]))  # a step no claim fell in, as a number or one per replicate
+    pos = np.stack([np.asarray(sums.get(f"true_{b}", zero)) for b in range(BINS)], axis=-1)
+    neg = np.stack([np.asarray(sums.get(f"false_{b}", zero)) for b in range(BINS)], axis=-1)
     below = np.cumsum(neg, axis=-1) - neg
     pairs = (pos * (below + 0.5 * neg)).sum(axis=-1)
     true, false = sums.get("true", 0.0), sums.get("false", 0.0)
@@ -200,13 +206,17 @@ def labeler_statistic(sums, params) -> dict:
             "mean_p_yes_false": ratio(sums.get("false_p_yes", 0.0), false)}
 
 
-def world_labeler_result(answers_path: str | Path, skip_bad: bool = False) -> Result:
-    """The labeler's claim-level accuracy and AUC, from the records `labeler_records` writes; the answers of
-    one scene (`<scene id>/<k>`) make one row."""
-    issues = Issues(str(answers_path), skip=skip_bad)
-    records = _records(answers_path, [CLAIMS], issues)
+def labeler_result(records: Sequence[dict], notes: dict | None = None) -> Result:
+    """The labeler's claim-level accuracy and AUC, from `labeler_records`' records; the answers of one scene
+    (`<scene id>/<k>`) make one row."""
     scenes: dict[str, list[dict]] = {}
     for r in records:
         scenes.setdefault(str(r["question_id"]).rsplit("/", 1)[0], []).extend(r["claims"])
     outcomes = Outcomes.from_rows("world-labeler", "scene", [(k, claim_counts(c)) for k, c in scenes.items()])
-    return scored(outcomes, {"claims": int(outcomes.sums()["claims"]), "answers": len(records), **issues.report()})
+    return scored(outcomes, {"claims": int(outcomes.sums()["claims"]), "answers": len(records), **(notes or {})})
+
+
+def world_labeler_result(answers_path: str | Path, skip_bad: bool = False) -> Result:
+    """`labeler_result` of an answer file of `labeler_records`' records."""
+    issues = Issues(str(answers_path), skip=skip_bad)
+    return labeler_result([r.record for r in _records(answers_path, [CLAIMS], issues)], issues.report())
