@@ -133,7 +133,7 @@ def _check(value: Any, f: Field) -> tuple[Any, str | None]:
     if f.choices is not None:
         norm = value.strip().lower() if f.lower and isinstance(value, str) else value
         if norm not in f.choices:
-            return value, (f"unknown {f.name} {json.dumps(value)}; use one of {', '.join(f.choices)} "
+            return value, (f"unknown {f.name} {json.dumps(value)}; use one of {', '.join(map(str, f.choices))} "
                            f"({f.help})")
         return norm, None
     return value, None

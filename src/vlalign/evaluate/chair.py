@@ -38,6 +38,7 @@ from vlalign.evaluate import textkit
 from vlalign.evaluate.answers import (
     PLAIN,
     Answer,
+    AnswerFileError,
     Field,
     Issues,
     Layout,
@@ -235,6 +236,10 @@ def chair_rates(sums) -> dict:
             "recall": ratio(sums["right"], sums["truth"])}
 
 
+# per caption, whether it hallucinates: McNemar's test and the agreement of two evaluations of CHAIR_s
+HALLUCINATING = {"chair_s": ("bad_answers", None), "chair_s_refine": ("bad_answers", "with_objects")}
+
+
 @statistic("chair")
 def chair_statistic(sums, params) -> dict:
     """`chair_rates` and the mean number of words (pieces split on whitespace) per answer."""
@@ -246,7 +251,7 @@ def chair_outcomes(ids: Sequence, mentions: Sequence[Sequence[tuple[str, str]]],
     """One row per answer (caption): its CHAIR counts and its number of words."""
     rows = [(i, {**answer_counts([obj for _, obj in found], truth), "words": len(text.split())})
             for i, found, truth, text in zip(ids, mentions, truths, texts, strict=True)]
-    return Outcomes.from_rows("chair", "caption", rows)
+    return Outcomes.from_rows("chair", "caption", rows, binary=HALLUCINATING)
 
 
 def chair_from_mentions(mentions: Sequence[Sequence[tuple[str, str]]], truths: Sequence[set[str]],
@@ -290,16 +295,24 @@ def llm_mentions(answers: Sequence[Answer], judge, phrase_objects: Callable[[str
                  issues: Issues) -> list[list[tuple[str, str]] | None]:
     """Mentions from objects a judge extracts (RLAIF-V), each phrase mapped by `phrase_objects` and each
     word counted once. Answers of three words or fewer name nothing, as in the reference; a failed or
-    unparsable judge reply gives None and is counted in `issues`."""
+    unparsable judge reply gives None and is counted in `issues`. An answer whose line lists its `objects`
+    (phrases some other extractor gave, e.g. the paper's judge) is read from them and not asked about."""
     from vlalign.feedback.judge import ChatRequest
 
     long = [a for a in answers if len(a.answer.split()) > 3]
+    given = {a.line: a["objects"] for a in long if isinstance(a.get("objects"), list)}
+    ask = [a for a in long if a.line not in given]
+    if ask and judge is None:
+        raise AnswerFileError(f"{issues.path}: {len(ask)} answers list no `objects`, and the benchmark extracts objects "
+                              f"with a judge: pass one (--judge)")
     requests = [ChatRequest(EXTRACT_PROMPT.format(question=a.get("question", ""), answer=a.answer),
-                            max_tokens=256, id=f"question_id={a.question_id}") for a in long]
-    texts = ask_judge(judge, requests, [a.line for a in long], issues) if long else []
+                            max_tokens=256, id=f"question_id={a.question_id}") for a in ask]
+    texts = ask_judge(judge, requests, [a.line for a in ask], issues) if ask else []
+    replies = {a.line: text for a, text in zip(ask, texts, strict=True)}
     extracted: dict[int, list[tuple[str, str]] | None] = {}
-    for a, text in zip(long, texts, strict=True):
-        phrases = parse_object_list(text) if text is not None else None
+    for a in long:
+        text = replies.get(a.line)
+        phrases = given[a.line] if a.line in given else parse_object_list(text) if text is not None else None
         if text is not None and phrases is None:
             issues(a.line, "unparsable_judgement",
                    f"the judge's reply for question_id={a.question_id} holds no JSON list: {text[:200]!r}")

@@ -95,13 +95,14 @@ def compare_cmd(
     result = compare_paths(run_a, run_b, resamples, seed)
     for name, r in result.items():
         table = Table(title=f"{name}: B - A on {r['items']} shared {r['unit']}s ({LEVEL:.0%} intervals)")
-        for column in ("figure", "A", "B", "B - A [interval]", "p", "McNemar p"):
+        for column in ("figure", "A", "B", "B - A [interval]", "p", "McNemar p", "agree"):
             table.add_column(column, justify="left" if column == "figure" else "right", no_wrap=column == "figure")
         for k, d in r["figures"].items():
             lo, hi = d["interval"]
             mark = "*" if lo > 0 or hi < 0 else ""
             table.add_row(k, f"{d['a']:.3f}", f"{d['b']:.3f}", f"{d['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]{mark}",
-                          f"{d['p']:.3f}", f"{d['mcnemar_p']:.3f}" if "mcnemar_p" in d else "")
+                          f"{d['p']:.3f}", *((f"{d['mcnemar_p']:.3f}", f"{d['agreement']:.3f}") if "mcnemar_p" in d
+                                             else ("", "")))
         console.print(table)
     console.print("* the interval excludes 0")
     if out is not None:

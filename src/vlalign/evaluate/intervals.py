@@ -211,7 +211,9 @@ def mcnemar(a: np.ndarray, b: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class Difference:
-    """One figure of two evaluations of the same items: b - a, its paired interval and p-values."""
+    """One figure of two evaluations of the same items: b - a, its paired interval and p-values; for a
+    yes/no figure also McNemar's p and the agreement (the share of items both get right or both wrong:
+    two judges of the same answers agree that often)."""
 
     a: float
     b: float
@@ -219,10 +221,11 @@ class Difference:
     interval: tuple[float, float]
     p: float
     mcnemar_p: float | None = None
+    agreement: float | None = None
 
     def to_json(self) -> dict:
         return {"a": self.a, "b": self.b, "diff": self.diff, "interval": list(self.interval), "p": self.p,
-                **({"mcnemar_p": self.mcnemar_p} if self.mcnemar_p is not None else {})}
+                **({"mcnemar_p": self.mcnemar_p, "agreement": self.agreement} if self.mcnemar_p is not None else {})}
 
 
 def paired(a: Outcomes, b: Outcomes) -> tuple[Outcomes, Outcomes]:
@@ -248,12 +251,14 @@ def compare(a: Outcomes, b: Outcomes, level: float = LEVEL, resamples: int = RES
             continue
         d = rb[k] - ra[k]
         p = 1.0 if np.all(d == 0) else min(1.0, 2 * min(float(np.mean(d <= 0)), float(np.mean(d >= 0))))
-        test = None
+        test = agree = None
         if k in a.binary:
             right, mask = a.binary[k]
-            rows = a.columns[mask] > 0 if mask else np.ones(len(a), bool)
-            test = mcnemar(a.columns[right][rows], b.columns[right][rows])
-        out[k] = Difference(fa[k], fb[k], fb[k] - fa[k], tuple(_interval(d, level)), p, test)
+            rows = (a.columns[mask] > 0) & (b.columns[mask] > 0) if mask else np.ones(len(a), bool)
+            ya, yb = a.columns[right][rows] > 0, b.columns[right][rows] > 0
+            test = mcnemar(ya, yb)
+            agree = float(np.mean(ya == yb)) if rows.any() else 1.0
+        out[k] = Difference(fa[k], fb[k], fb[k] - fa[k], tuple(_interval(d, level)), p, test, agree)
     return out
 
 

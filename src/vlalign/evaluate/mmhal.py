@@ -106,16 +106,21 @@ def _with_template(answers: Sequence[Answer], template: list[dict], issues: Issu
 def mmhal_result(answers_path: str | Path, judge, data: str | Path | None = None, skip_bad: bool = False,
                  template: str = RUBRIC_PROMPT, parse: str = "official") -> Result:
     """Judge every answer (optionally completed from MMHal-Bench's template) and summarise the ratings, with
-    intervals over questions (each question type resampled apart)."""
+    intervals over questions (each question type resampled apart). Lines that carry a `rating` (one you
+    trust: the paper's judge's, or people's) are scored by it and no judge is asked."""
     check_parse(parse)
-    if judge is None:
-        raise AnswerFileError("MMHal-Bench is scored by a judge: pass one (--judge on the command line)")
     issues = Issues(str(answers_path), skip=skip_bad)
     answers = read_answers(answers_path, [], issues)
     if data is not None:
         answers = _with_template(answers, load_template(data), issues)
+    given = any("rating" in a.record for a in answers)
+    if judge is None and not given:
+        raise AnswerFileError("MMHal-Bench is scored by a judge: pass one (--judge on the command line), or give "
+                              "each line the `rating` it got")
     answers = validate(answers, FIELDS, issues)
     issues.require(answers)
+    if given:
+        return given_ratings(answers, issues, parse)
     from vlalign.feedback.judge import ChatRequest
 
     requests = [ChatRequest(template.format(
@@ -147,6 +152,19 @@ def score_mmhal(answers_path: str | Path, judge, data: str | Path | None = None,
                 template: str = RUBRIC_PROMPT, parse: str = "official") -> dict:
     """MMHal-Bench metrics of an answer file (see `mmhal_result`)."""
     return mmhal_result(answers_path, judge, data, skip_bad, template, parse).metrics
+
+
+RATING = Field("rating", "a rating you trust, 0-6 (the paper's judge's, or people's)", (int,),
+               choices=tuple(range(7)))
+
+
+def given_ratings(answers: Sequence[Answer], issues: Issues, parse: str) -> Result:
+    """The figures of the ratings the answer lines carry (to check a substitute judge against them)."""
+    rated = [(a, a["rating"]) for a in validate(answers, [RATING], issues)]
+    issues.require(rated)
+    return scored(mmhal_outcomes(rated), {"n": len(rated), "ratings": {str(a.question_id): r for a, r in rated},
+                                          "judge": "ratings given in the answer file", "parse": parse,
+                                          **issues.report()})
 
 
 # the judge of the reference's eval_gpt_mmhal.py (its --gpt-model default), which RLAIF-V's scripts keep

@@ -28,9 +28,10 @@ from pathlib import Path
 
 from vlalign.data.coco import QUALIFIED, REFINED_ADDITIONS, SYNONYMS
 from vlalign.evaluate import textkit
-from vlalign.evaluate.answers import AnswerFileError, Issues, check_parse, judge_note
+from vlalign.evaluate.answers import Issues, check_parse, judge_note
 from vlalign.evaluate.chair import (
     CAPTIONS,
+    HALLUCINATING,
     Reader,
     Vocabulary,
     answer_counts,
@@ -88,7 +89,7 @@ def halbench_metrics(mentions: Sequence[Sequence[tuple[str, str]]], truths: Sequ
     ids = ids if ids is not None else range(len(texts))
     rows = [(i, {**answer_counts([obj for _, obj in found], truth), "pieces": len(text.strip().split(" "))})
             for i, found, truth, text in zip(ids, mentions, truths, texts, strict=True)]
-    outcomes = Outcomes.from_rows("object-halbench", "caption", rows)
+    outcomes = Outcomes.from_rows("object-halbench", "caption", rows, binary=HALLUCINATING)
     sums = outcomes.sums()
     counts = {"sentence_num": len(texts), "coco_sentence_num": int(sums.get("with_objects", 0)),
               "coco_word_count": int(sums.get("right", 0)), "gt_word_count": int(sums.get("truth", 0)),
@@ -99,8 +100,6 @@ def halbench_metrics(mentions: Sequence[Sequence[tuple[str, str]]], truths: Sequ
 def object_halbench_result(answers_path: str | Path, annotations: Sequence[str | Path], judge,
                            skip_bad: bool = False, parse: str = "official") -> Result:
     """Object HalBench metrics of an answer file (`image_id`, and `question` for the judge) against COCO."""
-    if judge is None:
-        raise AnswerFileError("Object HalBench extracts objects with a judge: pass one (--judge on the command line)")
     reader = halbench_reader(parse)
     read = read_against_coco(answers_path, annotations, reader, skip_bad, CAPTIONS)
     judged = Issues(str(answers_path), skip=True)
@@ -111,7 +110,8 @@ def object_halbench_result(answers_path: str | Path, annotations: Sequence[str |
     judged.require(kept)
     result = halbench_metrics([m for *_, m in kept], [g for *_, g, _ in kept], [t for _, t, *_ in kept],
                               [a.question_id for a, *_ in kept])
-    notes = {**reader.report(), **judge_note(judge, PAPER_JUDGE), "ground_truth": read.truth.sources}
+    who = judge_note(judge, PAPER_JUDGE) if judge is not None else {"judge": "objects given in the answer file"}
+    notes = {**reader.report(), **who, "ground_truth": read.truth.sources}
     return Result({**result.metrics, **notes, **missing_report(read.missing), **read.issues.report(),
                    **judged.report("judge_skipped")}, result.outcomes)
 

@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 from vlalign import ranks
-from vlalign.evaluate.chair import answer_counts, chair_rates
+from vlalign.evaluate.chair import HALLUCINATING, answer_counts, chair_rates
 from vlalign.evaluate.intervals import Outcomes, Result, figures, ratio, scored, statistic
 from vlalign.evaluate.pope import parse_yes_no, pope_statistic, yes_no_counts
 from vlalign.world.scene import COLORS, EVAL_SPLITS, PARTNERS, SHAPES, Scene, SceneConfig, scenes
@@ -100,7 +100,8 @@ def chair_outcomes(scene_list: Sequence[Scene], answers: Sequence[str], ids: Seq
         raise ValueError(f"{len(scene_list)} scenes but {len(answers)} answers")
     ids = ids if ids is not None else [s.id for s in scene_list]
     return Outcomes.from_rows("world-chair", "caption",
-                              [(i, chair_counts(s, a)) for i, s, a in zip(ids, scene_list, answers, strict=True)])
+                              [(i, chair_counts(s, a)) for i, s, a in zip(ids, scene_list, answers, strict=True)],
+                              binary={"chair_s": HALLUCINATING["chair_s"]})
 
 
 def chair_metrics(scene_list: Sequence[Scene], answers: Sequence[str]) -> dict[str, float]:
