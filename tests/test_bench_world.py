@@ -132,3 +132,17 @@ def test_eval_world_feedback_benchmarks(tmp_path, bench, feedback):
     assert 0.0 <= m[key] <= 1.0
     records = [json.loads(line) for line in (tmp_path / "m.answers.jsonl").read_text().splitlines()]
     assert len(records) == (3 if bench == "world-judge" else 6)  # the labeler checks 2 answers a scene
+
+
+def test_eval_world_runs_the_whole_evaluation_with_intervals_over_scenes(tmp_path, tiny_world_model_dir):
+    out = tmp_path / "m.json"
+    result = CliRunner().invoke(app, ["eval", "world", "--model", str(tiny_world_model_dir), "--limit", "3",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    m = json.loads(out.read_text())
+    assert m["bootstrap"]["unit"] == "scene" and m["bootstrap"]["units"] == 3 and m["split"] == "test"
+    for key in ("chair_i", "object_recall", "pope_accuracy", "count_accuracy", "refusal_rate"):
+        lo, hi = m["intervals"][key]
+        assert lo <= m[key] <= hi, key
+    outcomes = json.loads((tmp_path / "m.outcomes.json").read_text())
+    assert outcomes["statistic"] == "world" and len(outcomes["ids"]) == 3
