@@ -16,7 +16,11 @@ record is made, and `ask_judge`, which sends judged scorers' requests and counts
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -90,6 +94,27 @@ class Question:
     image: Callable[[], Image.Image] | None
     record: dict
     long: bool = False
+
+
+def is_file_name(value: str) -> bool:
+    """A short name with an extension ("COCO_val2014_000000000042.jpg"), not inline base64 bytes."""
+    return len(value) < 512 and re.search(r"\.[A-Za-z0-9]{2,5}$", value) is not None
+
+
+def open_image(value: str, images: Path | None, subdirs: Sequence[str] = ("",), where: str = "") -> Image.Image:
+    """An image named by file (under `images`, in one of `subdirs`) or given inline as base64 bytes."""
+    roots = [images / d if images else Path(d) for d in subdirs]
+    if not is_file_name(value):
+        try:
+            return Image.open(io.BytesIO(base64.b64decode(value, validate=True))).convert("RGB")
+        except (binascii.Error, OSError, ValueError) as e:
+            raise ValueError(f"{where}image is neither a file name nor base64 image bytes ({e})") from e
+    for path in (r / value for r in roots):
+        if path.is_file():
+            return Image.open(path).convert("RGB")
+    tried = ", ".join(str(r / value) for r in roots)
+    raise FileNotFoundError(f"{where}image {value!r} not found (tried {tried}); pass --images with the "
+                            f"folder that holds the benchmark's images")
 
 
 @dataclass

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-from vlalign.evaluate.answers import Answer, Field, Issues, Question, check_parse, read_records
+from vlalign.evaluate.answers import Answer, Field, Issues, Question, check_parse, open_image, read_records
 from vlalign.evaluate.feedback import Choice, Feedback, PairItem, choose, read_pairwise
 from vlalign.evaluate.intervals import Outcomes, Result, ratio, scored, statistic
 
@@ -72,8 +72,6 @@ def read_pairs(path: str | Path, issues: Issues) -> list[Answer]:
 
 def pair_questions(inputs) -> list[Question]:
     """VL-RewardBench's pairs as questions for a judge: the record is what `vl_rewardbench_result` reads."""
-    from vlalign.evaluate.benchmarks import open_image
-
     if inputs.data is None:
         raise ValueError("pass --data with VL-RewardBench's data.jsonl (its released format)")
     out = []
