@@ -106,3 +106,32 @@ def test_a_question_answered_twice_is_named(tmp_path):
     path.write_text(json.dumps([*rows, rows[0]]))
     with pytest.raises(AnswerFileError, match="entry 10: question VD_illusion_0_0_0 already answered on entry 1"):
         score_hallusionbench(path)
+
+
+def test_eval_asks_questions_without_a_figure_without_an_image(tmp_path):
+    """`vlalign eval hallusionbench` on its released question format: a VS question with no `filename` is
+    asked without an image, in a batch of its own."""
+    from typer.testing import CliRunner
+
+    from vlalign.cli import app
+    from vlalign.world.metrics import held_out_scenes
+    from vlalign.world.render import render
+
+    (tmp_path / "VD" / "illusion").mkdir(parents=True)
+    render(held_out_scenes("dev", 1)[0]).save(tmp_path / "VD" / "illusion" / "0_0.png")
+    base = {"subcategory": "illusion", "set_id": "0", "figure_id": "0", "sample_note": "n", "question_id": "0",
+            "gt_answer_details": "no"}
+    rows = [{**base, "category": "VD", "visual_input": "1", "question": "is there a circle?", "gt_answer": "1",
+             "filename": "./VD/illusion/0_0.png"},
+            {**base, "category": "VS", "subcategory": "chart", "visual_input": "0", "question": "is there a star?",
+             "gt_answer": "0", "filename": None}]
+    (tmp_path / "HallusionBench.json").write_text(json.dumps(rows))
+    out = tmp_path / "m.json"
+    result = CliRunner().invoke(app, ["eval", "hallusionbench", "--model", "world:base", "--data",
+                                      str(tmp_path / "HallusionBench.json"), "--images", str(tmp_path),
+                                      "--parse", "robust", "--max-new-tokens", "8", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    answers = [json.loads(line) for line in (tmp_path / "m.answers.jsonl").read_text().splitlines()]
+    assert [a["category"] for a in answers] == ["VD", "VS"] and all(isinstance(a["answer"], str) for a in answers)
+    m = json.loads(out.read_text())
+    assert (m["questions"], m["figures"], m["question_pairs"]) == (2, 1, 2)  # VS's figure 0 is no figure

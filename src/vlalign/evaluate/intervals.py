@@ -50,6 +50,17 @@ def statistic(name: str) -> Callable[[Statistic], Statistic]:
     return register
 
 
+class _Sums(dict):
+    """Column sums; a column no row has sums to zero (a benchmark's part that a small file lacks)."""
+
+    def __init__(self, values: Mapping[str, Any], zero: Any):
+        super().__init__(values)
+        self.zero = zero
+
+    def __missing__(self, key: str) -> Any:
+        return self.zero
+
+
 def ratio(num, den):
     """num / den, and 0 where den is 0 (as every scorer here reports an empty ratio)."""
     num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
@@ -95,7 +106,7 @@ class Outcomes:
             raise ValueError(f"{len(self.strata)} strata for {len(self.ids)} {self.unit}s")
 
     def sums(self) -> dict[str, float]:
-        return {k: float(v.sum()) for k, v in self.columns.items()}
+        return _Sums({k: float(v.sum()) for k, v in self.columns.items()}, 0.0)
 
     def select(self, ids: Sequence[str]) -> Outcomes:
         """The rows of `ids`, in that order."""
@@ -172,7 +183,7 @@ def replicates(outcomes: Sequence[Outcomes], resamples: int = RESAMPLES, seed: i
             weights[:, idx] = np.bincount(draws.ravel(), minlength=size * m).reshape(size, m)
         for o, n, table, part in zip(outcomes, names, tables, parts, strict=True):
             sums = weights @ table
-            out = _statistic(o.statistic)({k: sums[:, j] for j, k in enumerate(n)}, o.params)
+            out = _statistic(o.statistic)(_Sums({k: sums[:, j] for j, k in enumerate(n)}, np.zeros(size)), o.params)
             part.append({k: np.broadcast_to(np.asarray(v, dtype=float), (size,)) for k, v in out.items()})
     return [{k: np.concatenate([p[k] for p in part]) for k in part[0]} for part in parts]
 
