@@ -21,6 +21,7 @@ Intervals resample scenes (a scene's answers and claims stay together).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from itertools import combinations
 from pathlib import Path
 
@@ -75,9 +76,10 @@ def judge_records(feedback: Feedback, inputs: EvalInputs, answers: int = ANSWERS
 
     if feedback.judge is None:
         raise ValueError("world-judge measures a judge: pass --judge (e.g. world:judge)")
+    feedback = replace(feedback, style=feedback.style or "world")
     items = judge_items(_split(inputs), inputs.limit or JUDGE_SCENES, answers)
     processor = getattr(feedback.judge, "processor", None)  # a judge in this process; an API judge has none
-    rated = RatingJudge(feedback.judge, style=feedback.style or "world").rate(
+    rated = RatingJudge(feedback.judge, style=feedback.style).rate(
         [(scene.id, _render(scene, processor), instruction, answers) for scene, instruction, answers, _ in items])
     return [{"question_id": scene.id, "scene": scene.to_dict(), "instruction": instruction, "answers": answers,
              "truth": truth, "judged": [r.ratings for r in judged], "feedback": feedback.name}
