@@ -102,6 +102,12 @@ def test_evaluation_runs_on_the_base_and_after_every_round(tmp_path):
     assert summary["rounds"][0]["eval"]["world"]["n_scenes"] == 4
     round_json = json.loads((tmp_path / "round1" / "round.json").read_text())
     assert round_json["eval"] == summary["rounds"][0]["eval"]
+    # every figure with its interval over scenes, the outcomes kept, and the round paired with the base
+    world = summary["rounds"][0]["eval"]["world"]
+    assert world["intervals"]["chair_i"][0] <= world["chair_i"] <= world["intervals"]["chair_i"][1]
+    assert (tmp_path / "base" / "world.outcomes.json").is_file()
+    assert (tmp_path / "round1" / "eval" / "world.outcomes.json").is_file()
+    assert world["vs_base"]["chair_i"]["diff"] == pytest.approx(world["chair_i"] - summary["base"]["world"]["chair_i"])
 
 
 def test_another_method_in_the_same_directory_is_refused(tmp_path):

@@ -15,6 +15,7 @@ import typer
 
 from vlalign.console import console, models_table
 from vlalign.evaluate.commands import eval_, score
+from vlalign.evaluate.compare import compare_cmd
 from vlalign.plugins import METHODS, add_commands
 from vlalign.redaction import redact_secrets
 
@@ -24,6 +25,7 @@ config_app = typer.Typer(no_args_is_help=True, help="Method configs: every key w
 app.add_typer(config_app, name="config")
 app.command("score")(score)
 app.command("eval")(eval_)
+app.command("compare")(compare_cmd)
 
 CONFIG_HELP = ("A shipped recipe's name (`vlalign recipes` lists them) or a YAML file; keys left out keep the "
                "method's defaults (`vlalign config show METHOD`).")

@@ -82,7 +82,13 @@ def not_in_demo() -> list[str]:
 
 
 def pick(metrics: dict) -> dict:
-    return {k: metrics[k] for k in KEYS if k in metrics}
+    """The summary's figures, with their intervals and comparison with the base where the metrics carry them."""
+    out = {k: metrics[k] for k in KEYS if k in metrics}
+    for extra in ("intervals", "vs_base"):
+        kept = {k: v for k, v in (metrics.get(extra) or {}).items() if k in out}
+        if kept:
+            out[extra] = kept
+    return out
 
 
 def _world(record: dict) -> dict:
