@@ -6,6 +6,7 @@ pages are also saved there as PNG screenshots."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,42 @@ def check_pair_viewer(driver, report: Path) -> None:
     assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
 
 
+TABLES = """return [...document.querySelectorAll('table.metrics')].map(t => ({
+  columns: [...t.querySelectorAll('thead th')].slice(1).map(th => th.textContent.trim()),
+  rows: [...t.querySelectorAll('tbody tr')].map(tr => ({
+    label: tr.querySelector('th').textContent.trim(), headline: tr.classList.contains('headline'),
+    changes: [...tr.querySelectorAll('td')].map(td => (td.querySelector('.chg') || {}).textContent || '')}))}));"""
+LEGEND = "return [...document.querySelectorAll('.metric-legend dt')].map(dt => dt.textContent.trim());"
+CHARTS = "return [...document.images].map(i => i.src).filter(s => s.includes('/plots/') && !s.includes('training'));"
+PANELS = """return [document.querySelectorAll('g[id^="axes_"]').length,
+                   [...document.querySelectorAll('g[id^="base-"]')].map(g => g.id)];"""
+
+
+def check_against_base(driver, page: Path) -> int:
+    """On `page`: every metrics chart draws the base's value in each of its panels (the SVG group
+    `base-<metric>`); a legend names every figure of the tables; and every headline figure shows its change
+    against the base in every column but the base's. Returns how many headline cells carry a change."""
+    assert open_page(driver, page) == [], page
+    tables, legend, charts = (driver.execute_script(js) for js in (TABLES, LEGEND, CHARTS))
+    assert tables and charts, page
+    changed = 0
+    for table in tables:
+        assert "base" in table["columns"], (page, table["columns"])
+        base = table["columns"].index("base")
+        for row in table["rows"]:
+            assert any(entry.startswith(row["label"] + " ") for entry in legend), (page, row["label"], legend)
+            if row["headline"]:
+                others = [c for i, c in enumerate(row["changes"]) if i != base]
+                assert all(re.fullmatch(r"[+-]\d+\.\d( pts)?( \([+-]\d+%\))?", c) for c in others if c) and others, \
+                    (page, row)
+                changed += sum(bool(c) for c in others)
+    for chart in charts:
+        driver.get(chart)
+        panels, lines = driver.execute_script(PANELS)
+        assert panels > 0 and len(lines) == panels, (chart, panels, lines)
+    return changed
+
+
 def _shots() -> Path | None:
     folder = os.environ.get("VLALIGN_SCREENSHOTS")
     return Path(folder) if folder else None
@@ -84,6 +121,14 @@ def test_hand_made_runs_report_in_chromium(tmp_path):
         assert broken_images(driver) == (1, [])
         for run in ("rlaif_v", "silkie", "povid"):
             check_run_pages(driver, report / run)
+
+
+def test_every_metrics_page_against_the_base_in_chromium(tmp_path):
+    need_chromium()
+    report = write_report(report_runs.collection(tmp_path / "demo")).parent
+    with chromium() as driver:
+        pages = [report / "index.html", *(report / run / "metrics.html" for run in ("rlaif_v", "silkie", "povid"))]
+        assert all(check_against_base(driver, page) > 0 for page in pages)
 
 
 @pytest.mark.slow
@@ -101,3 +146,6 @@ def test_quick_demo_report_in_chromium(quick_demo, tmp_path):
             screenshot(driver, shots / "demo-index.png")
         for run in ("rlaif_v", "rlaif_v_self", "silkie", "povid", "mdpo", "mpo"):
             check_run_pages(driver, report / run, shots)
+        # the demo's index and every run's metrics against the base: the charts' lines, the legend, the changes
+        for page in [report / "index.html", *(report / run / "metrics.html" for run in summary if (report / run).is_dir())]:
+            assert check_against_base(driver, page) > 0, page

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from vlalign.console import console, models_table
+from vlalign.console import console, duration
 from vlalign.evaluate.commands import eval_, score
 from vlalign.evaluate.compare import compare_cmd
 from vlalign.plugins import METHODS, add_commands
@@ -60,19 +60,17 @@ def run_method(method: str, config: str | None, out: Path, overrides: list[str] 
 
 
 def print_summary(summary: dict, out: Path) -> None:
-    """The metrics of the base and every round's arms, and where the models and the summary are."""
-    columns = {"base": (summary.get("base") or {}).get("world", {})} if summary.get("base") else {}
+    """The run's own benchmarks (the world's, a POPE file, ...): a table each of the base and every round's arms
+    against the base, a legend of the figures, and where the models and the summary are."""
+    from vlalign.console import run_tables
+
+    run_tables(summary)
     for r in summary["rounds"]:
         for arm, record in r["arms"].items():
-            metrics = (record.get("eval") or {}).get("world")
-            if metrics:
-                columns[f"round {r['round']}" + ("" if arm == "policy" else f" {arm}")] = metrics
-    if columns:
-        console.print(models_table(f"{summary['method']} (world, held-out scenes)", columns))
-    for r in summary["rounds"]:
-        for arm, record in r["arms"].items():
-            console.print(f"round {r['round']} {arm}: {record['pairs']} pairs, model at {record['checkpoint']}")
-    console.print(f"{summary['seconds']:.0f} s; summary at {out / 'summary.json'}")
+            console.print(f"round {r['round']} {arm}: {record['pairs']} pairs, model at {record['checkpoint']}",
+                          soft_wrap=True)
+    console.print(f"The run took {duration(summary['seconds'])}; its summary is {out / 'summary.json'}",
+                  soft_wrap=True, highlight=False)
     print(summary["final"])
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
+from vlalign.glossary import Change, Figure, change, label
 from vlalign.progress import console
 
 SUMMARY_KEYS = ("chair_s", "chair_i", "chair_i_unique", "object_recall", "mean_words", "pope_f1", "pope_accuracy",
                 "pope_yes_ratio", "count_accuracy", "refusal_rate")
 
-__all__ = ["SUMMARY_KEYS", "console", "figure", "metrics_table", "models_table"]
+__all__ = ["SUMMARY_KEYS", "console", "figure", "legend", "metrics_table", "models_table", "versus_table"]
+COLOUR = {"better": "green", "worse": "red"}
 
 
 def figure(metrics: dict, key: str, digits: int = 3) -> str:
@@ -50,3 +55,85 @@ def models_table(title: str, rows: dict[str, dict], keys: tuple[str, ...] = SUMM
         table.add_row(name, *(f"{m[k]:.1f}" if k == "mean_words" and isinstance(m.get(k), float)
                               else f"{m[k]:.3f}" if isinstance(m.get(k), float) else "" for k in keys))
     return table
+
+
+def _shown(key: str, value: float) -> str:
+    return f"{value:.1f}" if key == "mean_words" else f"{value:.3f}"
+
+
+def _versus(c: Change | None) -> Text:
+    """The change against the base, its paired interval and verdict, coloured by the metric's direction."""
+    if c is None:
+        return Text("")
+    return Text(f"{c.text} {c.interval_text}".strip(), style=COLOUR.get(c.verdict, ""))
+
+
+def versus_table(title: str, base: Mapping | None, rows: Mapping[str, Mapping], keys: Sequence[str],
+                 names: Mapping[str, Figure]) -> Table:
+    """One row per model against the base: the lead figure (the first key) with its 95% interval, its change
+    against the base in points and percent with the paired interval (green where better beyond the interval,
+    red where worse), and the other figures, each coloured the same way by its own paired comparison.
+    Columns never wrap mid-figure; a long model name folds."""
+    lead, rest = keys[0], list(keys[1:])
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True, title_justify="left")
+    table.add_column("model", overflow="fold", min_width=12, max_width=20)
+    table.add_column(f"{label(lead, names)} [95% CI]", justify="right", no_wrap=True)
+    if base is not None:
+        table.add_column("vs base [95% CI]", justify="right", no_wrap=True)
+    for k in rest:
+        table.add_column(label(k, names), justify="right", no_wrap=True)
+    for name, m in ({"base": base, **rows} if base is not None else dict(rows)).items():
+        cells: list[Text | str] = [name, figure(m, lead) if isinstance(m.get(lead), float) else ""]
+        if base is not None:
+            cells.append(_versus(change(lead, base, m, names)) if m is not base else Text(""))
+        for k in rest:
+            c = change(k, base, m, names) if base is not None and m is not base else None
+            v = m.get(k)
+            cells.append(Text(_shown(k, v), style=COLOUR.get(c.verdict, "") if c else "")
+                         if isinstance(v, float) else "")
+        table.add_row(*cells)
+    return table
+
+
+def legend(keys: Sequence[str], names: Mapping[str, Figure]) -> list[str]:
+    """One line per column: its label, what it measures and which way is better."""
+    better = {"lower": "lower is better", "higher": "higher is better", None: "neither way is better"}
+    out = [f"{label(k, names)}: {names[k].meaning} ({better[names[k].better]})" for k in keys if k in names]
+    return [*out, "vs base: the change against the base (a rate's in percentage points) and in percent of the "
+                  "base, with the 95% interval of the paired difference on the same scenes or questions; green: "
+                  "better beyond the interval, red: worse beyond it; other figures are coloured the same way"]
+
+
+def duration(seconds: float) -> str:
+    """`384` as `6 min 24 s`; under a minute as `48.4 s`."""
+    seconds = max(0.0, seconds)
+    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
+
+
+def run_tables(summary: Mapping) -> None:
+    """A run's end: for each benchmark it evaluated, the base and every round's arms against the base (the
+    change and its paired interval), then the legend of every column shown."""
+    from vlalign.glossary import glossary, table_keys
+
+    base = summary.get("base") or {}
+    columns: dict[str, dict[str, Mapping]] = {}
+    for r in summary.get("rounds") or []:
+        for arm, record in r["arms"].items():
+            for bench, metrics in (record.get("eval") or {}).items():
+                name = f"round {r['round']}" + ("" if arm == "policy" else f" {arm}")
+                columns.setdefault(bench, {})[name] = metrics
+    shown: list[str] = []
+    names = glossary([*base, *columns])
+    for bench in dict.fromkeys([*base, *columns]):
+        rows, first = columns.get(bench, {}), base.get(bench)
+        numeric = [k for k, v in (first or next(iter(rows.values()), {})).items()
+                   if isinstance(v, float) and not isinstance(v, bool)]
+        if not numeric:
+            continue
+        keys = table_keys(numeric)
+        where = f"{summary.get('method', 'run')} on {bench}"
+        console.print(versus_table(where + ("" if first else " (no base evaluated: eval_base=false)"), first, rows,
+                                   keys, names))
+        shown += [k for k in keys if k not in shown]
+    for line in legend(shown, names):
+        console.print(line, style="dim", highlight=False)

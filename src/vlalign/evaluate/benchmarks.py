@@ -27,8 +27,8 @@ files with `text`, CHAIR's caption lists, AMBER's and HallusionBench's result fi
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -53,6 +53,7 @@ from vlalign.evaluate.mmhal import load_template, mmhal_result
 from vlalign.evaluate.object_halbench import object_halbench_result
 from vlalign.evaluate.pope import POPE_SPLITS, UNSPLIT, build_pope, pope_result, question_files, split_in_name
 from vlalign.evaluate.vl_rewardbench import judge_pairs, pair_questions, vl_rewardbench_result
+from vlalign.glossary import Figure
 from vlalign.plugins import BENCHMARKS
 
 DESCRIBE_COCO = "Describe this image in detail."
@@ -91,7 +92,7 @@ class Benchmark:
     where given, evaluates a model in one go instead (the world's full evaluation). `judged(feedback,
     inputs)`, where given, makes it a benchmark of AI feedback: the judge or labeler answers (writing the
     answer records), and no policy does. `splits` are the splits it can be asked for, the first the
-    default."""
+    default. `glossary` names the figures it reports beyond the core ones (`vlalign.glossary`)."""
 
     name: str
     summary: str
@@ -103,6 +104,7 @@ class Benchmark:
     run: Callable[..., Result] | None = None
     splits: tuple[str, ...] = ()
     judged: Callable[[Feedback, EvalInputs], list[dict]] | None = None
+    glossary: Mapping[str, Figure] = field(default_factory=dict)
 
     def check_split(self, split: str | None) -> None:
         """A clear error for a split this benchmark does not have."""

@@ -278,6 +278,10 @@ class Collection:
     summary: dict | None
     base: dict | None
 
+    def benchmarks(self) -> list[str]:
+        """The benchmarks its runs evaluated on."""
+        return list(dict.fromkeys(b for run in self.runs for b in run.benchmarks()))
+
     def columns(self) -> list[tuple[str, dict]]:
         """(label, metrics) of every model the collection compares: its summary's rows when it has one (the
         demo's: base, each method's final policy, their other arms), else each run's final arm."""
@@ -294,7 +298,9 @@ class Collection:
 
 
 def _numeric(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    """The numbers of an evaluation, and its intervals and paired comparison with the base."""
+    return {k: v for k, v in metrics.items() if (isinstance(v, (int, float)) and not isinstance(v, bool))
+            or k in ("intervals", "vs_base")}
 
 
 def read_collection(root: Path) -> Collection:

@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from vlalign.console import duration
+from vlalign.glossary import PREFERRED, Figure, change, glossary
 from vlalign.report.gather import HEADLINE, Collection, RunInfo
 from vlalign.report.pairs import PairSet
 from vlalign.report.plots import metric_panels, other_training_keys, training_panels
@@ -36,10 +38,7 @@ def number(value: Any) -> str:
 
 
 def seconds(value: float | None) -> str:
-    if value is None:
-        return ""
-    value = max(0.0, value)
-    return f"{value:.1f} s" if value < 60 else f"{int(value // 60)} min {value % 60:02.0f} s"
+    return "" if value is None else duration(value)
 
 
 def when(value: float | None) -> str:
@@ -51,7 +50,7 @@ def when(value: float | None) -> str:
 def environment() -> Environment:
     env = Environment(loader=PackageLoader("vlalign.report", "templates"), autoescape=select_autoescape(),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(number=number, seconds=seconds, when=when)
+    env.filters.update(number=number, seconds=seconds, when=when, figure=figure_value)
     return env
 
 
@@ -79,13 +78,46 @@ def write_js(path: Path, variable: str, key: str | None, value: Any) -> None:
     path.write_text(f"{head}{target} = {data};\n", encoding="utf-8")
 
 
+# Numbers a model's evaluation records that say how it was made, not how well it did (best-of-N's n, scenes,
+# temperature; the pairs an arm trained on): the report shows them apart from the figures.
+SETTINGS = ("n", "scenes", "n_scenes", "temperature", "pairs", "limit", "eval_scenes", "rounds")
+
+
+def figure_value(value: Any) -> str:
+    """A figure as every metrics table shows it: rates to 3 decimals, larger figures to 1, counts whole."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "" if value is None else str(value)
+    return str(value) if isinstance(value, int) else f"{value:.3f}" if abs(value) <= 1 else f"{value:.1f}"
+
+
+def metric_table(columns: list[tuple[str, dict]], names: dict[str, Figure]) -> dict:
+    """The figures and the settings of these columns, apart, each figure's cells with the change against the
+    base column (where there is one), and the legend of the figures shown."""
+    keys = list(dict.fromkeys(k for _, m in columns for k in m if isinstance(m.get(k), (int, float))
+                              and not isinstance(m.get(k), bool)))
+    settings = [k for k in keys if k in SETTINGS]
+    figures = [k for k in keys if k not in SETTINGS]
+    first = [k for k in PREFERRED if k in figures]
+    figures = first + [k for k in figures if k not in first]
+    base = dict(columns).get("base")
+    rows = {k: [{"value": figure_value(m.get(k)),
+                 "change": change(k, base, m, names) if base is not None and label != "base" else None}
+                for label, m in columns] for k in figures}
+    legend = [{"key": k, "label": names[k].label, "meaning": names[k].meaning,
+               "better": {"lower": "lower is better", "higher": "higher is better"}.get(names[k].better,
+                                                                                        "neither way is better")}
+              for k in figures if k in names]
+    return {"figures": figures, "settings": settings, "rows": rows, "legend": legend, "has_base": base is not None,
+            "labels": {k: names[k].label if k in names else k for k in figures}}
+
+
 def metric_sections(run: RunInfo, out: Path) -> list[dict]:
     sections = []
     for i, bench in enumerate(run.benchmarks()):
         columns = run.columns(bench)
-        plot = metric_panels(columns, out / "plots" / f"metrics-{i}.svg")
-        keys = list(dict.fromkeys(k for _, m in columns for k in m))
-        sections.append({"bench": bench, "columns": columns, "metric_keys": keys,
+        names = glossary([bench])
+        plot = metric_panels(columns, out / "plots" / f"metrics-{i}.svg", names=names)
+        sections.append({"bench": bench, "columns": columns, "table": metric_table(columns, names),
                          "plot": plot.relative_to(out).as_posix() if plot else None})
     return sections
 
@@ -98,6 +130,12 @@ def training_section(run: RunInfo, out: Path) -> dict:
     tracked = (run.config or {}).get("train", {}).get("report_to", "none")
     return {"main": main.relative_to(out).as_posix() if main else None,
             "extra": extra.relative_to(out).as_posix() if extra else None, "others": others, "tracked": tracked}
+
+
+def marked(sets: list[PairSet]) -> bool:
+    """Whether a plugin's marker knows these pairs' prompts (the world's do): only then does the pair viewer
+    explain its highlights."""
+    return any(row[side].get("marks") is not None for s in sets for row in s.rows for side in ("chosen", "rejected"))
 
 
 def write_run_pages(run: RunInfo, sets: list[PairSet], out: Path, up: str | None = None,
@@ -115,7 +153,7 @@ def write_run_pages(run: RunInfo, sets: list[PairSet], out: Path, up: str | None
         "index.html": {"run": run, "config_text": config_text, "pairs": sum(s.total for s in sets)},
         "metrics.html": {"run": run, "sections": metric_sections(run, out)},
         "training.html": {"run": run, "training": training_section(run, out)},
-        "pairs.html": {"run": run, "sets": headers, "pairs_note": pairs_note},
+        "pairs.html": {"run": run, "sets": headers, "pairs_note": pairs_note, "marked": marked(sets)},
         "errors.html": {"run": run, "shown_errors": SHOWN_ERRORS},
     }
     for name, context in pages.items():
@@ -128,12 +166,11 @@ def write_collection_page(collection: Collection, out: Path) -> None:
     env = environment()
     copy_assets(out)
     columns = collection.columns()
-    plot = metric_panels(columns, out / "plots" / "compare.svg")
-    keys = list(dict.fromkeys(k for _, m in columns for k in m))
-    seconds_by = (collection.summary or {}).get("method_seconds") or {}
+    names = glossary(collection.benchmarks())
+    plot = metric_panels(columns, out / "plots" / "compare.svg", names=names)
     html = env.get_template("collection.html").render(
         page="index.html", **_common(collection.root.name, collection.root, None), collection=collection,
-        columns=columns, keys=keys, plot=plot.relative_to(out).as_posix() if plot else None, seconds_by=seconds_by)
+        columns=columns, table=metric_table(columns, names), plot=plot.relative_to(out).as_posix() if plot else None)
     (out / "index.html").write_text(html, encoding="utf-8")
 
 

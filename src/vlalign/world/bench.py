@@ -18,6 +18,7 @@ from vlalign.evaluate.answers import Field, Issues, Question, read_answers
 from vlalign.evaluate.benchmarks import Benchmark, EvalInputs, ScoreInputs
 from vlalign.evaluate.intervals import Outcomes, Result, ratio, scored, statistic
 from vlalign.evaluate.pope import pope_result
+from vlalign.glossary import Figure
 from vlalign.world.feedback_eval import (
     judge_records,
     labeler_records,
@@ -148,6 +149,32 @@ def _no_questions(_: EvalInputs) -> list[Question]:
     raise ValueError("this benchmark measures a judge or labeler: `vlalign eval` it with --judge or --labeler")
 
 
+ABSENT = {"random": "drawn at random", "popular": "the most frequent",
+          "adversarial": "the usual partners of present ones"}
+# The world benchmark's own figures (its CHAIR figures are the core ones, on shapes).
+GLOSSARY = {
+    "grounded_recall": Figure("grounded recall", "higher", "share of the scene's shapes the description names with "
+                              "the colour of one of them: seen, not guessed from a partner"),
+    "partner_recall": Figure("partner recall", "higher", "recall of shapes whose usual partner is in the scene too "
+                             "(the language prior helps name these without seeing them)"),
+    "lone_recall": Figure("lone recall", "higher", "recall of shapes whose usual partner is absent (only seeing "
+                          "names these)"),
+    "pope_f1": Figure("POPE F1", "higher", "F1 of yes answers, mean over POPE's random, popular and adversarial splits"),
+    "pope_accuracy": Figure("POPE acc.", "higher", "accuracy on POPE's yes/no questions, mean over its three splits"),
+    "pope_precision": Figure("POPE precision", "higher", "share of POPE's yes answers that are right, mean over splits"),
+    "pope_recall": Figure("POPE recall", "higher", "share of present shapes POPE's questions get a yes for"),
+    "pope_yes_ratio": Figure("yes-ratio", None, "share of POPE questions answered yes (half are about present "
+                             "shapes, so 0.5 is unbiased)"),
+    "color_accuracy": Figure("colour acc.", "higher", "share of 'what colour is the X?' questions answered right"),
+    "count_accuracy": Figure("count acc.", "higher", "share of 'how many shapes?' questions answered right"),
+    "refusal_rate": Figure("refusals", "higher", "share of harmful red-team requests about the scene refused"),
+    "over_refusal": Figure("over-refusals", "lower", "share of harmless requests about the scene refused"),
+    **{f"pope_{split}_{k}": Figure(f"POPE {split} {label}", "higher", f"{label} on POPE's {split} split (absent shapes "
+                                                         f"{ABSENT[split]})")
+       for split in ("random", "popular", "adversarial") for k, label in (("f1", "F1"), ("accuracy", "acc."))},
+}
+
+
 def run_world(model, processor, inputs: EvalInputs) -> Result:
     """Every world metric of `model` on `inputs.limit` held-out scenes (1,000 by default) of `inputs.split`
     (test by default; dev for choosing recipes)."""
@@ -159,10 +186,10 @@ def run_world(model, processor, inputs: EvalInputs) -> Result:
 BENCHMARKS = (
     Benchmark("world", "every exact world metric (CHAIR, recall, POPE, colour and count, red-team) on held-out "
               "scenes; limit = scenes, split = test (default) or dev", _no_answer_file, _world(chair_questions),
-              run=run_world, splits=EVAL_SPLITS),
+              run=run_world, splits=EVAL_SPLITS, glossary=GLOSSARY),
     Benchmark("world-chair", "CHAIR on the synthetic world, exact",
               lambda i: world_chair_result(i.answers, i.skip_bad), _world(chair_questions), long_tokens=96,
-              short_tokens=8, splits=EVAL_SPLITS),
+              short_tokens=8, splits=EVAL_SPLITS, glossary=GLOSSARY),
     Benchmark("world-pope", "POPE on the synthetic world",
               lambda i: pope_result(i.answers, i.skip_bad, i.parse), _world(pope_questions), long_tokens=96,
               short_tokens=8, splits=EVAL_SPLITS),

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from vlalign import ranks
 from vlalign.config import load_config
-from vlalign.console import console, models_table
+from vlalign.console import console
 from vlalign.plugins import METHODS
 from vlalign.progress import log, scope, warn
 from vlalign.recipes import get as recipe_named
@@ -28,18 +28,33 @@ if TYPE_CHECKING:
 KEYS = ("chair_s", "chair_i", "chair_i_unique", "object_recall", "grounded_recall", "partner_recall", "lone_recall",
         "mean_words", "pope_f1", "pope_accuracy", "pope_yes_ratio", "pope_adversarial_f1", "color_accuracy",
         "count_accuracy", "refusal_rate", "over_refusal")
-SCENES, QUICK_SCENES = 1000, 150
-BEST_OF = 8
-BEST_OF_QUICK = 4
+
+
+@dataclass(frozen=True)
+class Size:
+    """How large the demo is: the held-out scenes every model is evaluated on, and best-of-N's n and scenes."""
+
+    name: str
+    scenes: int
+    best_of: int
+    best_of_scenes: int
+    about: str
+
+
+QUICK = Size("quick", 150, 4, 100, "every path on small data, for tests: too small to judge the methods by")
+STANDARD = Size("standard", 500, 4, 200, "every method at a size that shows its effect beyond the 95% intervals")
+FULL = Size("full", 1000, 8, 1000, "every recipe as it ships: the README's Results")
+SIZES = {s.name: s for s in (QUICK, STANDARD, FULL)}
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """One row group of the demo: a shipped recipe (which names its method) and what the quick demo changes."""
+    """One row group of the demo: a shipped recipe (which names its method) and what the smaller demos change."""
 
     label: str
     recipe: str
     quick: tuple[str, ...] = ()
+    standard: tuple[str, ...] = ()  # the default demo's overrides (the full demo runs the recipe as it ships)
     pairs_of: str | None = None  # train on this recipe's round-1 pairs instead of making pairs
     start_from: str | None = None  # align this recipe's final policy instead of the demo's policy
 
@@ -47,27 +62,33 @@ class Recipe:
     def method(self) -> str:
         return recipe_named(self.recipe).method
 
-    def overrides(self, out: Path, quick: bool, policy: str, labeler: str, split: str) -> list[str]:
+    def overrides(self, out: Path, size: Size, policy: str, labeler: str, split: str) -> list[str]:
         config = load_config(METHODS.get(self.method).config, recipe_named(self.recipe).path)
-        scenes = QUICK_SCENES if quick else SCENES
         extra = [f"policy={policy}", "eval_base=false", "report=false",  # one report of every method at the end
-                 f"eval=[{{name: world, limit: {scenes}, split: {split}}}]"]
+                 f"eval=[{{name: world, limit: {size.scenes}, split: {split}}}]"]
         if getattr(config, "labeler", "self") not in ("self", None):
             extra.append(f"labeler={labeler}")
         if self.pairs_of:
             extra.append(f"pairs_from={out / self.pairs_of / 'round1' / 'pairs'}")
-        return [*extra, *(self.quick if quick else ())]
+        return [*extra, *{QUICK: self.quick, STANDARD: self.standard}.get(size, ())]
 
 
+# The default demo's sizes: fewer prompts than the recipes, batches of 256 (a world model's sampling step costs
+# about the same for 256 rows as for 64); POVID's small rounds train at RLAIF-V's learning rate.
+FAST = ("batch_size=256",)
 RECIPES: tuple[Recipe, ...] = (
-    Recipe("rlaif_v", "rlaif_v_world", ("rounds=1", "prompts.per_round=120", "samples=6")),
-    Recipe("rlaif_v_self", "rlaif_v_self_world", ("prompts.per_round=120", "samples=6")),
-    Recipe("silkie", "silkie_world", ("prompts.per_round=120", "baseline=false")),
-    Recipe("povid", "povid_world", ("prompts.per_round=120",)),
+    Recipe("rlaif_v", "rlaif_v_world", ("rounds=1", "prompts.per_round=120", "samples=6"),
+           (*FAST, "rounds=1", "prompts.per_round=240", "samples=6")),
+    Recipe("rlaif_v_self", "rlaif_v_self_world", ("prompts.per_round=120", "samples=6"),
+           (*FAST, "prompts.per_round=160", "samples=6")),
+    Recipe("silkie", "silkie_world", ("prompts.per_round=120", "baseline=false"),
+           (*FAST, "prompts.per_round=240", "baseline=false")),
+    Recipe("povid", "povid_world", ("prompts.per_round=120",),
+           (*FAST, "prompts.per_round=320", "train.optim.lr=1.0e-4", "stage2.optim.lr=1.0e-4")),
     Recipe("mdpo", "mdpo_world", pairs_of="rlaif_v"),
     Recipe("mpo", "mpo_world", pairs_of="rlaif_v"),
     Recipe("povid_rlaif_v", "povid_rlaif_v_world", ("rounds=1", "prompts.per_round=120", "samples=6"),
-           start_from="povid"),
+           (*FAST, "rounds=1", "prompts.per_round=200", "samples=6"), start_from="povid"),
 )
 
 
@@ -107,13 +128,50 @@ def cached(path: Path, compute) -> dict:
     return result
 
 
-def best_of_n_chair(policy_dir: str, reference: str, n: int, n_scenes: int, temperature: float, split: str) -> dict:
-    """CHAIR of the best of n samples by the implicit reward. The reference is the model alignment started
-    from, so after several rounds the reward sums every round's: beta * log(pi_K / pi_0)."""
+def evaluate_base(policy: str, n_scenes: int, split: str, folder: Path) -> dict:
+    """The base's world metrics on `n_scenes` scenes of `split`; its per-scene outcomes go to `folder`
+    (`world.outcomes.json`, and its descriptions' CHAIR alone in `world-chair.outcomes.json`) so that every
+    method's evaluation, and best-of-N's, is compared with it scene by scene."""
+    from vlalign.evaluate.intervals import write_outcomes
+    from vlalign.models.load import load
+    from vlalign.world.metrics import chair_outcomes, world_result
+
+    result, held_out, answers = world_result(*load(policy, dtype="fp32"), n_scenes=n_scenes, split=split)
+
+    def keep() -> None:
+        write_outcomes(folder / "world.outcomes.json", result.outcomes)
+        write_outcomes(folder / "world-chair.outcomes.json", chair_outcomes(held_out, answers))
+
+    ranks.on_main(keep)
+    return dict(result.metrics)
+
+
+def with_base(run_dir: Path, base: dict, folder: Path) -> None:
+    """Give a method's run directory the demo's base (evaluated once for all): its metrics as the run's
+    `base/eval.json` and its outcomes beside them, so the run's evaluations carry `vs_base` and its report
+    shows the base."""
+    import shutil
+
+    from vlalign.runner import write_json
+
+    def put() -> None:
+        (run_dir / "base").mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "base" / "eval.json", {"world": base})
+        shutil.copyfile(folder / "world.outcomes.json", run_dir / "base" / "world.outcomes.json")
+
+    ranks.on_main(put)
+
+
+def best_of_n_chair(policy_dir: str, reference: str, n: int, n_scenes: int, temperature: float, split: str,
+                    base: Path | None = None) -> dict:
+    """CHAIR of the best of n samples by the implicit reward, with intervals, and (given the base's CHAIR
+    outcomes `base`) compared with the base's greedy descriptions scene by scene. The reference is the model
+    alignment started from, so after several rounds the reward sums every round's: beta * log(pi_K / pi_0)."""
+    from vlalign.evaluate.intervals import compare, read_outcomes, summarize
     from vlalign.models.best_of_n import best_of_n
     from vlalign.models.load import load
     from vlalign.models.settings import Decoding
-    from vlalign.world.metrics import DESCRIBE, chair_metrics, held_out_scenes
+    from vlalign.world.metrics import DESCRIBE, chair_outcomes, held_out_scenes
     from vlalign.world.render import render
 
     policy, processor = load(policy_dir, dtype="fp32")
@@ -127,7 +185,11 @@ def best_of_n_chair(policy_dir: str, reference: str, n: int, n_scenes: int, temp
                          first=part[0][0]) if part else []
 
     ranked = ranks.spread(share, list(enumerate(images)))
-    return {"n": n, "scenes": n_scenes, "split": split, "temperature": temperature, **chair_metrics(held_out, [r.text for r in ranked])}
+    outcomes = chair_outcomes(held_out, [r.text for r in ranked])
+    out = {"n": n, "scenes": n_scenes, "split": split, "temperature": temperature, **summarize(outcomes)}
+    if base is not None and base.is_file():
+        out["vs_base"] = {k: d.to_json() for k, d in compare(read_outcomes(base), outcomes).items()}
+    return out
 
 
 def _rows(label: str, summary: dict) -> dict:
@@ -147,15 +209,14 @@ def _rows(label: str, summary: dict) -> dict:
     return out
 
 
-def run_demo(out: Path, quick: bool = False, policy: str = "world:base", labeler: str = "world:labeler",
+def run_demo(out: Path, size: Size = STANDARD, policy: str = "world:base", labeler: str = "world:labeler",
              split: str = "test") -> dict:
-    """Every recipe on the world, each evaluated on the held-out scenes of `split` (test for the numbers
-    to report, dev for choosing recipes), and the summary of all of them."""
+    """Every recipe on the world at `size`, each evaluated on the held-out scenes of `split` (test for the
+    numbers to report, dev for choosing recipes) and compared with the base scene by scene, and the summary
+    of all of them."""
     from vlalign.models.best_of_n import TEMPERATURE
-    from vlalign.models.load import load
     from vlalign.report import try_report
     from vlalign.runner import read_json, run, write_json
-    from vlalign.world.metrics import evaluate_world
 
     start = time.time()
     out = Path(out)
@@ -164,11 +225,11 @@ def run_demo(out: Path, quick: bool = False, policy: str = "world:base", labeler
     if skipped:
         warn(f"the demo runs the methods with a world recipe; not {', '.join(skipped)} (add a Recipe to "
              f"vlalign.world.demo.RECIPES to run one)")
-    scenes = QUICK_SCENES if quick else SCENES
+    scenes = size.scenes
+    base_folder = out / "eval" / f"base-{split}-{scenes}"
     with scope("demo"):
         log(f"evaluating the base on {scenes} {split} scenes")
-        base = cached(out / "eval" / f"base-{split}.json",
-                      lambda: evaluate_world(*load(policy, dtype="fp32"), n_scenes=scenes, split=split))
+        base = cached(base_folder / "world.json", lambda: evaluate_base(policy, scenes, split, base_folder))
         summary: dict = {"base": pick(base), "method_seconds": {}}
         finals: dict[str, str] = {}
         for recipe in recipes():
@@ -176,31 +237,43 @@ def run_demo(out: Path, quick: bool = False, policy: str = "world:base", labeler
             method = METHODS.get(recipe.method)
             aligned = finals[recipe.start_from] if recipe.start_from else policy
             config = load_config(method.config, recipe_named(recipe.recipe).path,
-                                 recipe.overrides(out, quick, aligned, labeler, split))
+                                 recipe.overrides(out, size, aligned, labeler, split))
             log(f"{recipe.label}: {method.summary}" + (f", from {recipe.start_from}'s policy" if recipe.start_from else ""))
+            with_base(out / recipe.label, base, base_folder)
             result = run(method, config, out / recipe.label)
             finals[recipe.label] = result["final"]
             summary.update(_rows(recipe.label, result))
             if recipe.label == "rlaif_v":
-                n = BEST_OF_QUICK if quick else BEST_OF
-                log(f"best-of-{n} with the implicit reward")
+                log(f"best-of-{size.best_of} with the implicit reward")
                 summary["rlaif_v_best_of_n"] = cached(
-                    out / "eval" / f"best_of_n-{split}.json",
-                    lambda r=result, n=n: best_of_n_chair(r["final"], policy, n, 100 if quick else scenes, TEMPERATURE,
-                                                          split))
+                    out / "eval" / f"best_of_n-{split}-{size.best_of}x{size.best_of_scenes}.json",
+                    lambda r=result: best_of_n_chair(r["final"], policy, size.best_of, size.best_of_scenes,
+                                                     TEMPERATURE, split, base_folder / "world-chair.outcomes.json"))
                 if len(result["rounds"]) > 1:  # the round mDPO and MPO train on, when it is not the final one
                     summary["rlaif_v_round1"] = _world(result["rounds"][0])
             summary["method_seconds"][recipe.label] = round(time.time() - began, 1)
     earlier = ranks.on_main(lambda: read_json(out / "summary.json")) or {}
     for label, seconds in earlier.get("method_seconds", {}).items():  # a resumed demo adds its own time
         summary["method_seconds"][label] = round(summary["method_seconds"].get(label, 0.0) + seconds, 1)
-    summary.update(eval_scenes=scenes, split=split, quick=quick, seconds=round(earlier.get("seconds", 0.0) + time.time() - start, 1))
+    summary.update(eval_scenes=scenes, split=split, size=size.name,
+                   seconds=round(earlier.get("seconds", 0.0) + time.time() - start, 1))
     ranks.on_main(lambda: (write_json(out / "summary.json", summary), try_report(out)))
     return summary
 
 
 def print_demo(summary: dict) -> None:
-    columns = {k: v for k, v in summary.items() if isinstance(v, dict) and "chair_i" in v}
-    console.print(models_table(f"demo summary (world, {summary['eval_scenes']} held-out {summary['split']} scenes)",
-                               columns))
-    console.print(f"{summary['seconds']:.0f} s")
+    from vlalign.console import duration, legend, versus_table
+    from vlalign.glossary import glossary, table_keys
+
+    names = glossary(["world"])
+    rows = {k: v for k, v in summary.items() if isinstance(v, dict) and "chair_i" in v and k != "base"}
+    keys = table_keys(summary["base"])
+    title = (f"demo ({summary.get('size', '?')}): every method against the base, on {summary['eval_scenes']} "
+             f"held-out {summary['split']} scenes")
+    console.print(versus_table(title, summary.get("base"), rows, keys, names))
+    for line in legend(keys, names):
+        console.print(line, style="dim", highlight=False)
+    console.print(f"The demo took {duration(summary['seconds'])} (per method: "
+                  + ", ".join(f"{k} {duration(v)}" for k, v in summary.get("method_seconds", {}).items()) + ").",
+                  highlight=False)
+

@@ -28,6 +28,9 @@ from vlalign.world.text import NUMBERS, SINGULARS, existence_question, is_refusa
 EVAL_SCENES = SceneConfig(cooccur_rate=0.3)
 DESCRIBE = "describe the image in detail."
 POPE_SPLITS = ("random", "popular", "adversarial")
+# Greedy answers per batch: a world model is so small that a step of 256 rows costs little more than one of
+# 64 (the time is per token, not per row), and the answers are the same whatever the batch.
+EVAL_BATCH = 256
 _NEGATORS = {"no", "not", "without"}
 
 
@@ -192,7 +195,7 @@ def shared_generate(model, processor, images: Sequence, prompts: Sequence[str], 
     return ranks.spread(answer, list(zip(images, prompts, strict=True)))
 
 
-def refusals(model, processor, scene_list: Sequence[Scene], images: dict, batch_size: int = 64) -> dict[str, list[bool]]:
+def refusals(model, processor, scene_list: Sequence[Scene], images: dict, batch_size: int = EVAL_BATCH) -> dict[str, list[bool]]:
     """Per scene, whether `model` refuses a harmful request (`refused`, safer) and a benign one
     (`over_refused`, worse), one request of each kind per scene."""
     from vlalign.models.settings import Decoding
@@ -213,7 +216,7 @@ def held_out_scenes(split: str, n: int, config: SceneConfig = EVAL_SCENES, start
     return list(scenes(split, n, config, start=start))
 
 
-def describe_held_out(model, processor, n_scenes: int = 1000, batch_size: int = 64, config: SceneConfig = EVAL_SCENES,
+def describe_held_out(model, processor, n_scenes: int = 1000, batch_size: int = EVAL_BATCH, config: SceneConfig = EVAL_SCENES,
                       start: int = 0, split: str = "test") -> tuple[list[Scene], dict, list[str]]:
     """The held-out scenes of `split`, their images by seed, and `model`'s greedy descriptions of them."""
     from vlalign.models.settings import Decoding
@@ -239,7 +242,7 @@ def world_statistic(sums, params) -> dict:
             "over_refusal": ratio(sums["over_refused"], sums["scenes"])}
 
 
-def world_result(model, processor, n_scenes: int = 1000, batch_size: int = 64, config: SceneConfig = EVAL_SCENES,
+def world_result(model, processor, n_scenes: int = 1000, batch_size: int = EVAL_BATCH, config: SceneConfig = EVAL_SCENES,
                  start: int = 0, split: str = "test") -> tuple[Result, list[Scene], list[str]]:
     """Greedy answers of `model` on `n_scenes` held-out scenes of `split`, scored exactly against the scene
     graph, with intervals over scenes (a scene's description and questions are drawn together); also the
@@ -275,7 +278,7 @@ def world_result(model, processor, n_scenes: int = 1000, batch_size: int = 64, c
     return scored(outcomes, {"n_scenes": n_scenes, "split": split}), held_out, answers
 
 
-def evaluate_world(model, processor, n_scenes: int = 1000, batch_size: int = 64, config: SceneConfig = EVAL_SCENES,
+def evaluate_world(model, processor, n_scenes: int = 1000, batch_size: int = EVAL_BATCH, config: SceneConfig = EVAL_SCENES,
                    start: int = 0, with_answers: bool = False, split: str = "test") -> dict:
     """Greedy answers of `model` on `n_scenes` held-out scenes of `split`, scored exactly against the scene graph
     (`world_result`'s metrics, each with its interval)."""
