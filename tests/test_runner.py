@@ -306,9 +306,10 @@ def test_a_prompt_file_too_short_for_the_rounds_is_reused_with_a_warning(tmp_pat
     assert len(ids[1]) == 3 and len(ids[0] & ids[1]) == 2  # the file's 4 records, cycled
 
 
-def test_a_run_on_user_data_gets_pope_and_chair_every_round(tmp_path):
+def test_a_run_on_user_data_gets_pope_and_chair_every_round(tmp_path, capsys):
     """eval: names real benchmarks with their data files; a run on a user's prompt file scores the base and
-    every round on them (here POPE's question files and CHAIR against COCO's annotations, on four images)."""
+    every round on them (here POPE's question files and CHAIR against COCO's annotations, on four images),
+    and its end-of-run tables are its own benchmarks': POPE's figures, the base's and the round's against it."""
     from pathlib import Path
 
     from PIL import Image
@@ -335,6 +336,19 @@ def test_a_run_on_user_data_gets_pope_and_chair_every_round(tmp_path):
         assert metrics["pope"]["random_n"] == 4 and 0 <= metrics["pope"]["accuracy"] <= 1
         assert 0 <= metrics["chair"]["chair_s"] <= 1
     assert (tmp_path / "run" / "round1" / "eval" / "pope.answers.jsonl").exists()
+
+    from vlalign.cli import print_summary
+    from vlalign.glossary import change, glossary
+
+    capsys.readouterr()
+    print_summary(summary, tmp_path / "run")
+    printed = capsys.readouterr().err
+    base, round1 = summary["base"]["pope"], summary["rounds"][0]["eval"]["pope"]
+    assert "rlaif-v on pope" in printed and "rlaif-v on chair" in printed and "world" not in printed
+    assert "F1 [95% CI]" in printed and "vs base [95% CI]" in printed
+    assert f"{base['f1']:.3f} [{base['intervals']['f1'][0]:.3f}, {base['intervals']['f1'][1]:.3f}]" in printed
+    assert "vs_base" in round1 and change("f1", base, round1, glossary(["pope"])).text in printed
+    assert "F1: harmonic mean of yes-precision and yes-recall (higher is better)" in " ".join(printed.split())
 
 
 def _live_weights() -> int:

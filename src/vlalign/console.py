@@ -65,7 +65,7 @@ def _versus(c: Change | None) -> Text:
     """The change against the base, its paired interval and verdict, coloured by the metric's direction."""
     if c is None:
         return Text("")
-    return Text(f"{c.text} {c.interval_text}".strip(), style=COLOUR.get(c.verdict, ""))
+    return Text("\n".join(t for t in (c.text, c.interval_text) if t), style=COLOUR.get(c.verdict, ""))
 
 
 def versus_table(title: str, base: Mapping | None, rows: Mapping[str, Mapping], keys: Sequence[str],
@@ -73,10 +73,11 @@ def versus_table(title: str, base: Mapping | None, rows: Mapping[str, Mapping], 
     """One row per model against the base: the lead figure (the first key) with its 95% interval, its change
     against the base in points and percent with the paired interval (green where better beyond the interval,
     red where worse), and the other figures, each coloured the same way by its own paired comparison.
-    Columns never wrap mid-figure; a long model name folds."""
+    Columns never wrap mid-figure or mid-name; the change's interval is on a second line."""
     lead, rest = keys[0], list(keys[1:])
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True, title_justify="left")
-    table.add_column("model", overflow="fold", min_width=12, max_width=20)
+    models = [*(["base"] if base is not None else []), *rows]
+    table.add_column("model", no_wrap=True, min_width=max(len(m) for m in models) if models else 5)
     table.add_column(f"{label(lead, names)} [95% CI]", justify="right", no_wrap=True)
     if base is not None:
         table.add_column("vs base [95% CI]", justify="right", no_wrap=True)
@@ -95,13 +96,19 @@ def versus_table(title: str, base: Mapping | None, rows: Mapping[str, Mapping], 
     return table
 
 
-def legend(keys: Sequence[str], names: Mapping[str, Figure]) -> list[str]:
-    """One line per column: its label, what it measures and which way is better."""
+def legend(keys: Sequence[str], names: Mapping[str, Figure]) -> Table:
+    """The columns' legend: each label, what it measures and which way is better, wrapped between words."""
     better = {"lower": "lower is better", "higher": "higher is better", None: "neither way is better"}
-    out = [f"{label(k, names)}: {names[k].meaning} ({better[names[k].better]})" for k in keys if k in names]
-    return [*out, "vs base: the change against the base (a rate's in percentage points) and in percent of the "
-                  "base, with the 95% interval of the paired difference on the same scenes or questions; green: "
-                  "better beyond the interval, red: worse beyond it; other figures are coloured the same way"]
+    table = Table.grid(padding=(0, 2))
+    table.add_column(no_wrap=True, style="bold")
+    table.add_column(ratio=1)
+    for k in keys:
+        if k in names:
+            table.add_row(names[k].label, f"{names[k].meaning} ({better[names[k].better]})")
+    table.add_row("vs base", "the change against the base (a rate's in percentage points, and in percent of the base), "
+                             "under it the 95% interval of the paired difference on the same scenes or questions; "
+                             "green: better beyond the interval, red: worse beyond it (the other figures too)")
+    return table
 
 
 def duration(seconds: float) -> str:
@@ -135,5 +142,4 @@ def run_tables(summary: Mapping) -> None:
         console.print(versus_table(where + ("" if first else " (no base evaluated: eval_base=false)"), first, rows,
                                    keys, names))
         shown += [k for k in keys if k not in shown]
-    for line in legend(shown, names):
-        console.print(line, style="dim", highlight=False)
+    console.print(legend(shown, names), highlight=False)

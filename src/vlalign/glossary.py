@@ -33,7 +33,7 @@ CORE: dict[str, Figure] = {
     "chair_i_unique": Figure("CHAIR_i per object", "lower", "CHAIR_i counting each distinct object once per "
                              "description (a repeated false object counts once)"),
     "recall": Figure("recall", "higher", "share of the objects in the image that the description names"),
-    "object_recall": Figure("object recall", "higher", "share of the objects in the image that the description names"),
+    "object_recall": Figure("recall", "higher", "share of the objects in the image that the description names"),
     "mean_words": Figure("words", None, "mean words per description: shorter answers hallucinate less and cover "
                          "less, so read CHAIR with recall and length"),
     "accuracy": Figure("accuracy", "higher", "share of yes/no questions answered right"),
@@ -65,7 +65,7 @@ PREFERRED = ("chair_i", "chair", "hallucination_rate", "f1", "average_score", "p
              "precision", "yes_ratio", "pope_accuracy", "cog")
 
 
-def table_keys(present: Iterable[str], limit: int = 6) -> list[str]:
+def table_keys(present: Iterable[str], limit: int = 5) -> list[str]:
     """The columns of a table of these figures: the preferred ones present, in order, at most `limit`."""
     have = set(present)
     return [k for k in PREFERRED if k in have][:limit] or sorted(have)[:limit]

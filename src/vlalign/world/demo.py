@@ -262,6 +262,8 @@ def run_demo(out: Path, size: Size = STANDARD, policy: str = "world:base", label
 
 
 def print_demo(summary: dict) -> None:
+    from rich.columns import Columns
+
     from vlalign.console import duration, legend, versus_table
     from vlalign.glossary import glossary, table_keys
 
@@ -271,9 +273,8 @@ def print_demo(summary: dict) -> None:
     title = (f"demo ({summary.get('size', '?')}): every method against the base, on {summary['eval_scenes']} "
              f"held-out {summary['split']} scenes")
     console.print(versus_table(title, summary.get("base"), rows, keys, names))
-    for line in legend(keys, names):
-        console.print(line, style="dim", highlight=False)
-    console.print(f"The demo took {duration(summary['seconds'])} (per method: "
-                  + ", ".join(f"{k} {duration(v)}" for k, v in summary.get("method_seconds", {}).items()) + ").",
+    console.print(legend(keys, names), highlight=False)
+    console.print(f"The demo took {duration(summary['seconds'])}; each method's run, best-of-N in RLAIF-V's:",
                   highlight=False)
-
+    console.print(Columns([f"{k} {duration(v)}" for k, v in summary.get("method_seconds", {}).items()], padding=(0, 3)),
+                  highlight=False)
