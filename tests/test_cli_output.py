@@ -28,6 +28,9 @@ def test_a_run_names_its_steps_fits_100_columns_and_says_where_its_models_and_re
     assert "Loading weights" not in err and "Writing model" not in err  # no stray bars from the libraries
     assert max(len(line) for line in err.splitlines()) <= 100
     assert f"model at {out / 'round1' / 'policy'}" in err.replace("\n", "")  # long paths wrap at 100 columns
-    assert "summary at" in err
+    assert "summary at" in err and "The run took " in err
+    # the end-of-run table: the run's own benchmark, the base and the round against it, and its legend
+    assert "rlaif-v on world" in err and "vs base [95% CI]" in err and " base " in err and " round 1 " in err
+    assert "CHAIR_i  share of object mentions" in err
     assert f"report at {out / 'report' / 'index.html'}" in err.replace("\n", "")  # written when the run ends
     assert (out / "report" / "index.html").exists()

@@ -67,10 +67,8 @@ def print_summary(summary: dict, out: Path) -> None:
     run_tables(summary)
     for r in summary["rounds"]:
         for arm, record in r["arms"].items():
-            console.print(f"round {r['round']} {arm}: {record['pairs']} pairs, model at {record['checkpoint']}",
-                          soft_wrap=True)
-    console.print(f"The run took {duration(summary['seconds'])}; its summary is {out / 'summary.json'}",
-                  soft_wrap=True, highlight=False)
+            console.print(f"round {r['round']} {arm}: {record['pairs']} pairs, model at {record['checkpoint']}")
+    console.print(f"The run took {duration(summary['seconds'])}; summary at {out / 'summary.json'}", highlight=False)
     print(summary["final"])
 
 

@@ -132,12 +132,16 @@ def _direction(diff: float, better: Better) -> str:
 
 
 def change(key: str, base: Mapping, metrics: Mapping, names: Mapping[str, Figure]) -> Change | None:
-    """`metrics[key]` against `base[key]` (None when either is missing). The interval is the paired one in
-    `metrics["vs_base"]` when the model's evaluation was compared with the base's item by item."""
-    b, v = base.get(key), metrics.get(key)
+    """`metrics[key]` against `base[key]` (None when either is missing). Where the model's evaluation was
+    compared with the base's item by item (`metrics["vs_base"]`), the change and its interval are that
+    comparison's, on the items both evaluated."""
+    paired = (metrics.get("vs_base") or {}).get(key) or {}
+    if _number(paired.get("a")) and _number(paired.get("b")):  # both on the items they share (best-of-N's subset)
+        b, v = paired["a"], paired["b"]
+    else:
+        b, v = base.get(key), metrics.get(key)
     if not _number(b) or not _number(v):
         return None
-    paired = (metrics.get("vs_base") or {}).get(key) or {}
     interval = tuple(paired["interval"]) if paired.get("interval") else None
     better = names[key].better if key in names else None
     verdict = ""
