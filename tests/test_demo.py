@@ -33,6 +33,21 @@ def test_quick_demo_lowers_chair_i(quick_demo):
 
 
 @pytest.mark.slow
+def test_quick_demo_compares_every_row_with_the_base_scene_by_scene(quick_demo):
+    out, summary = quick_demo
+    base = summary["base"]
+    for row in ("rlaif_v", "rlaif_v_best_of_n", "rlaif_v_self", "silkie", "povid_stage1", "povid", "mdpo", "mpo",
+                "povid_rlaif_v"):
+        paired = summary[row]["vs_base"]["chair_i"]
+        assert paired["b"] == pytest.approx(summary[row]["chair_i"]) and paired["interval"][0] <= paired["diff"]
+        assert paired["diff"] <= paired["interval"][1]
+        if row != "rlaif_v_best_of_n":  # best-of-N is paired on its own 100 scenes
+            assert paired["a"] == pytest.approx(base["chair_i"])
+    for run in ("rlaif_v", "silkie", "povid_rlaif_v"):  # each run holds the base, so its report shows it
+        assert json.loads((out / run / "base" / "eval.json").read_text())["world"]["chair_i"] == base["chair_i"]
+
+
+@pytest.mark.slow
 def test_quick_demo_reports_on_test_scenes_that_no_stage_drew(quick_demo):
     import pyarrow.parquet as pq
 
