@@ -23,11 +23,8 @@ imports the records before the cut and reports where it broke.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import hashlib
-import io
 import json
 import os
 import stat
@@ -36,8 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from vlalign.data.images import decode_image, image_value
 from vlalign.data.records import PairRecord, ResponseRecord, stable_id
 from vlalign.data.store import ERRORS, RunStore, Stage, StageResult, run_stage
 from vlalign.feedback.pairs import PairRules
@@ -287,21 +285,8 @@ def _meta(values: dict, where: str) -> dict:
 
 def _image_value(value: Any, where: str, name: str) -> bytes | str:
     """Image bytes ({bytes, path} as in parquet, base64 text in JSON) or a path, checked for its type."""
-    if isinstance(value, dict):
-        data = value.get("bytes")
-        if isinstance(data, (bytes, bytearray)) and data:
-            return bytes(data)
-        if isinstance(data, str) and data:
-            try:
-                return base64.b64decode(data, validate=True)
-            except binascii.Error:
-                raise BadRecord(f"{where}: {name}.bytes is text but not base64") from None
-        value = value.get("path")
-    if isinstance(value, str) and value.strip():
-        return _storable_text(value, where, name)
-    if value is None or value == "":
-        raise BadRecord(f"{where}: no image (neither bytes nor a path)")
-    raise BadRecord(f"{where}: field {name!r} must be a path or image bytes, got {type(value).__name__}")
+    found = image_value(value, where, name, error=BadRecord)
+    return found if isinstance(found, bytes) else _storable_text(found, where, name)
 
 
 def _require(record: dict, keys: tuple[str, ...], where: str) -> None:
@@ -361,13 +346,7 @@ def _read_regular(path: Path, where: str) -> bytes:
 
 
 def _decode(data: bytes, where: str, what: str) -> Image.Image:
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.convert("RGB")
-    except UnidentifiedImageError:
-        raise BadRecord(f"{where}: {what} is not an image (no format Pillow reads); replace the file") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise BadRecord(f"{where}: {what} is not a readable image ({type(e).__name__}: {e})") from None
+    return decode_image(data, where, what, error=BadRecord)
 
 
 # ---------------------------------------------------------------- records of each format
