@@ -91,11 +91,12 @@ def fit(model: Model, processor: Processor, examples: Sequence[PreferenceExample
            if objective.cached_reference(config) else Reference([], (), torch.zeros(len(examples), 0)))
     batches = Shuffled(examples, ref.row, config.batch_size, config.seed)
     checkpoints = (Checkpoints(Path(out) / "checkpoints", _job(config, examples, columns, objective))
-                   if out is not None and config.checkpoint_every else None)
+                   if out is not None and (config.checkpoint_every or config.checkpoint_minutes) else None)
     collate = collate or objective.collate(processor, columns, shares_prefix(model))
     history = train(model, batches, collate, objective.loss(config, columns, reference), config.optim,
                     config.steps_for(len(examples)), description=description, checkpoints=checkpoints,
-                    checkpoint_every=config.checkpoint_every, tracking=tracking)
+                    checkpoint_every=config.checkpoint_every, tracking=tracking,
+                    checkpoint_minutes=config.checkpoint_minutes)
     if out is not None and ranks.is_main():
         Path(out).mkdir(parents=True, exist_ok=True)
         text = json.dumps({"config": to_dict(config), "objective": objective.name, "n_pairs": len(examples),
