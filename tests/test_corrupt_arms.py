@@ -173,3 +173,31 @@ def test_a_copied_run_names_its_own_checkpoints(reference, run, config):
     on_disk = json.loads((run / "summary.json").read_text())
     assert on_disk["final"] == "round1/policy" and str(reference) not in json.dumps(on_disk)
     assert json.loads((run / "round1" / "longest" / "arm.json").read_text())["checkpoint"] == "round1/longest/policy"
+
+
+@pytest.mark.slow
+def test_silkies_baseline_arm_cut_short_with_its_marker_emptied_is_named_and_then_trained_again(tmp_path, capsys):
+    """The case as the fault probe met it, on Silkie itself: a finished run whose longest-answer baseline has its
+    checkpoint cut to 30% and its arm.json emptied."""
+    from vlalign.plugins import METHODS
+
+    silkie = METHODS.get("silkie")
+    config = load_config(silkie.config, None, [
+        "policy=world:base", "runtime.dtype=fp32", "report=false", "eval_base=false", "prompts.source=world",
+        "prompts.per_round=4", "pool=[{model: world:base, max_new_tokens: 24}, {model: world:small, temperature: 1.0, "
+        "max_new_tokens: 24}, {model: world:careful, max_new_tokens: 24}]", "answers_per_prompt=3",
+        "judge=world:judge", "judge_style=world", "splitter=world", "eval=[{name: world, limit: 2}]",
+        "train.batch_size=2", "train.epochs=1", "train.optim.lr=1e-3", "train.optim.log_every=1"])
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    runner.run(silkie, config, reference)
+    shutil.copytree(reference, run)
+    baseline = run / "round1" / "longest"
+    weights = baseline / "policy" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:int(weights.stat().st_size * 0.3)])
+    (baseline / "arm.json").write_text("")
+    with pytest.raises(IncompleteCheckpoint) as e:
+        runner.run(silkie, config, run)
+    assert str(baseline / "policy") in str(e.value) and f"{baseline / 'arm.json'} is damaged" in capsys.readouterr().err
+    shutil.rmtree(baseline / "policy")
+    runner.run(silkie, config, run)
+    assert differences(reference, run) == []
