@@ -84,18 +84,25 @@ def _overwrite(path: Path, keep_time: bool = False) -> None:
         os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
-def test_a_baseline_arm_cut_short_with_its_marker_emptied_is_named_with_the_fix(reference, run, config, capsys):
+def _cut_baseline_and_resume(method: Method, config, run: Path, capsys) -> None:
+    """The baseline arm's checkpoint cut to 30% and its arm.json emptied: a resume names the checkpoint with the fix
+    (and the damaged marker); the fix applied (the checkpoint deleted), the arm is trained again."""
     baseline = run / "round1" / "longest"
     weights = baseline / "policy" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:int(weights.stat().st_size * 0.3)])
     (baseline / "arm.json").write_text("")
     with pytest.raises(IncompleteCheckpoint) as e:
-        runner.run(TWO_ARMS, config, run)
+        runner.run(method, config, run)
     text = str(e.value)
     assert str(baseline / "policy") in text and "model.safetensors" in text and "run the same command again" in text
     assert f"{baseline / 'arm.json'} is damaged" in capsys.readouterr().err
     shutil.rmtree(baseline / "policy")  # the fix it names: the baseline arm trains again from its pairs
-    _same(reference, run, config)
+    runner.run(method, config, run)
+
+
+def test_a_baseline_arm_cut_short_with_its_marker_emptied_is_named_with_the_fix(reference, run, config, capsys):
+    _cut_baseline_and_resume(TWO_ARMS, config, run, capsys)
+    assert differences(reference, run) == []
 
 
 def test_a_baseline_arm_with_overwritten_weights_is_named_with_the_fix(reference, run, config):
@@ -182,22 +189,11 @@ def test_silkies_baseline_arm_cut_short_with_its_marker_emptied_is_named_and_the
     from vlalign.plugins import METHODS
 
     silkie = METHODS.get("silkie")
-    config = load_config(silkie.config, None, [
-        "policy=world:base", "runtime.dtype=fp32", "report=false", "eval_base=false", "prompts.source=world",
-        "prompts.per_round=4", "pool=[{model: world:base, max_new_tokens: 24}, {model: world:small, temperature: 1.0, "
-        "max_new_tokens: 24}, {model: world:careful, max_new_tokens: 24}]", "answers_per_prompt=3",
-        "judge=world:judge", "judge_style=world", "splitter=world", "eval=[{name: world, limit: 2}]",
-        "train.batch_size=2", "train.epochs=1", "train.optim.lr=1e-3", "train.optim.log_every=1"])
+    from test_kill_anywhere import CONFIGS  # the tiny Silkie run the kill tests use
+
+    config = load_config(silkie.config, None, [*CONFIGS["silkie"], "eval_base=false", "eval=[{name: world, limit: 2}]"])
     reference, run = tmp_path / "reference", tmp_path / "run"
     runner.run(silkie, config, reference)
     shutil.copytree(reference, run)
-    baseline = run / "round1" / "longest"
-    weights = baseline / "policy" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:int(weights.stat().st_size * 0.3)])
-    (baseline / "arm.json").write_text("")
-    with pytest.raises(IncompleteCheckpoint) as e:
-        runner.run(silkie, config, run)
-    assert str(baseline / "policy") in str(e.value) and f"{baseline / 'arm.json'} is damaged" in capsys.readouterr().err
-    shutil.rmtree(baseline / "policy")
-    runner.run(silkie, config, run)
+    _cut_baseline_and_resume(silkie, config, run, capsys)
     assert differences(reference, run) == []

@@ -52,8 +52,10 @@ def tracking_for(config: TrainConfig, out: Path | None) -> Tracking | None:
     return Tracking(config.report_to, out / "trackers", name=out.parent.name or "training", config=to_dict(config))
 def _job(config: TrainConfig, examples: Sequence[PreferenceExample], columns: Columns, objective: Objective) -> str:
     """What a mid-training checkpoint belongs to: the objective, the settings and the pairs (so no other job
-    resumes it); where the metrics are reported changes nothing that is trained, so it is left out."""
-    settings = {k: v for k, v in to_dict(config).items() if k != "report_to"}
+    resumes it); where the metrics are reported and how often checkpoints are written change nothing that is
+    trained, so they are left out."""
+    settings = {k: v for k, v in to_dict(config).items() if k not in ("report_to", "checkpoint_every",
+                                                                       "checkpoint_minutes")}
     blob = json.dumps([objective.name, settings, [*columns.names, columns.key], [example_digest(e) for e in examples]])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
