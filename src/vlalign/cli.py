@@ -207,13 +207,10 @@ def import_(
                                            "(default: the data file's folder)."),
 ) -> None:
     """Import released preference data into a run directory, ready to train on or export."""
-    from vlalign.data.store import ERRORS
-    from vlalign.formats.imports import import_data
+    from vlalign.formats.imports import import_data, import_summary
 
     stage = import_data(format, src, out, images)
-    report = stage.manifest.get("import", {})
-    console.print(f"imported {stage.counts()['rows']} pairs into {stage.dir}; {report.get('skipped', 0)} records "
-                  f"skipped (see {report.get('errors', stage.dir / ERRORS)})")
+    console.print(import_summary(stage), highlight=False, soft_wrap=True)
     print(stage.dir)
 
 

@@ -30,8 +30,6 @@ Layout::
 from __future__ import annotations
 
 import gc
-import json
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +41,7 @@ from peft import PeftModel
 
 from vlalign import ranks
 from vlalign.config import ConfigError, to_dict
+from vlalign.data.markers import read_marker, write_marker
 from vlalign.data.sources import PromptRequest, source_named
 from vlalign.data.store import RunStore, Stage
 from vlalign.evaluate.suite import run_suite
@@ -55,10 +54,10 @@ from vlalign.models.lora import save_stacked_adapter
 from vlalign.models.settings import Runtime
 from vlalign.models.types import Model, Processor
 from vlalign.progress import log, scope, warn
-from vlalign.redaction import redact
 from vlalign.report import try_report
 from vlalign.stages.pairs import examples_under, preference_examples
 from vlalign.stages.round import Round
+from vlalign.stages.saved import TRAINED, arm_folder, whole_round
 from vlalign.stages.settings import ApiSettings, RunConfig
 from vlalign.train.fit import fit
 
@@ -66,22 +65,13 @@ MAIN = "policy"
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (a reader, or a resumed run, never sees half a file), secrets masked."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(redact(data), indent=1, default=str))  # no credential of a spec reaches a file
-    os.replace(tmp, path)
+    """Write a marker atomically, the run's paths relative to it (`vlalign.data.markers`)."""
+    write_marker(path, data)
 
 
 def read_json(path: Path) -> Any | None:
     """A marker's content; None when it is missing or damaged (then its step runs again)."""
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        warn(f"{path} is damaged (not valid JSON); its step runs again")
-        return None
+    return read_marker(path)
 
 
 def finished(folder: Path, marker: str) -> Any | None:
@@ -223,7 +213,23 @@ def pairs_fingerprint(arm: Arm) -> str | None:
 def train_arm(arm: Arm, model: Model, processor: Processor, folder: Path, config: RunConfig, models: ScopedModels,
               adapter: tuple[Path, Path | None] | None = None) -> tuple[Model, dict]:
     """Train one arm into `folder`: train under its objective, merge, save, evaluate. A LoRA arm's adapter is
-    kept at `adapter` (out, previous) before the merge."""
+    kept at `adapter` (out, previous) before the merge. An arm saved before a stop during its evaluation is
+    loaded and evaluated, not trained again (unless its pairs changed since)."""
+    record = finished(folder, TRAINED)
+    if record is not None and record.get("pairs_fingerprint") in (None, pairs_fingerprint(arm)):
+        model = load_trained(folder / "policy", config, f"the {arm.name} arm in {folder}")[0]
+    else:
+        model, record = fit_arm(arm, model, processor, folder, config, adapter)
+        ranks.on_main(lambda: write_json(folder / TRAINED, record))
+    if config.eval:
+        record["eval"] = run_suite(model, processor, config.eval, folder / "eval", models.chat, config.seed)
+    ranks.on_main(lambda: write_json(folder / "arm.json", record))
+    return model, record
+
+
+def fit_arm(arm: Arm, model: Model, processor: Processor, folder: Path, config: RunConfig,
+            adapter: tuple[Path, Path | None] | None = None) -> tuple[Model, dict]:
+    """Train one arm and save it into `folder`: (the trained model, the arm's record without its evaluation)."""
     pairs = pairs_fingerprint(arm)
     examples = _examples(arm.pairs)
     model, history = fit(model, processor, examples, arm.train, arm.objective, out=folder / "training",
@@ -233,13 +239,9 @@ def train_arm(arm: Arm, model: Model, processor: Processor, folder: Path, config
             ranks.on_main(lambda: save_stacked_adapter(model, *adapter))
         model = model.merge_and_unload()
     ranks.on_main(lambda: save(model, processor, folder / "policy"))
-    record = {"arm": arm.name, "pairs": len(examples), "checkpoint": str(folder / "policy"),
-              "final_loss": history[-1]["loss"], "final_reward_accuracy": history[-1].get("reward_accuracy"),
-              "pairs_fingerprint": pairs, **arm.stats}
-    if config.eval:
-        record["eval"] = run_suite(model, processor, config.eval, folder / "eval", models.chat, config.seed)
-    ranks.on_main(lambda: write_json(folder / "arm.json", record))
-    return model, record
+    return model, {"arm": arm.name, "pairs": len(examples), "checkpoint": str(folder / "policy"),
+                   "final_loss": history[-1]["loss"], "final_reward_accuracy": history[-1].get("reward_accuracy"),
+                   "pairs_fingerprint": pairs, **arm.stats}
 
 
 def run_round(method: Method, config: RunConfig, store: RunStore, k: int, policy: Model, processor: Processor,
@@ -252,7 +254,7 @@ def run_round(method: Method, config: RunConfig, store: RunStore, k: int, policy
     record: dict = {"round": k, "arms": {}}
     trained, pristine = policy, True
     for i, arm in enumerate(arms):
-        folder = store.root / f"round{k}" / ("" if i == 0 else arm.name)
+        folder = arm_folder(store.root / f"round{k}", i, arm.name)
         done = finished(folder, "arm.json")
         if done is not None and done.get("pairs_fingerprint") not in (None, pairs_fingerprint(arm)):
             done = None  # a resume asked failed items again and the pairs changed: the arm trains again
@@ -309,7 +311,7 @@ def _run(method: Method, config: RunConfig, store: RunStore) -> dict:
         summary["base"] = base
     for k in range(1, config.rounds + 1):
         folder = store.root / f"round{k}"
-        record = finished(folder, "round.json")
+        record = whole_round(finished(folder, "round.json"), folder)
         failed = unfinished(store, k) if record is not None and k == config.rounds else []
         if failed:  # the last round's failed items are asked again (it trains again only if its pairs change)
             log(f"{method.name} round {k}: asking again for the items that failed in {', '.join(failed)}")

@@ -435,11 +435,22 @@ class RunStore:
         return [str(s.dir.relative_to(self.root)) for s in self.stages()
                 if s.dir.is_relative_to(folder) and not s.settled]
 
-    def lock(self) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
         """Hold the whole run for one process (`Busy` for a second one): training and saving happen outside
         any stage, so a second run on the same directory must stop before it starts, not when it meets a
-        stage in use."""
-        return _exclusive(self.root / LOCK, f"the run directory {self.root}")
+        stage in use. Once held, what a killed writer left half-written outside the stages is removed."""
+        with _exclusive(self.root / LOCK, f"the run directory {self.root}"):
+            ranks.on_main(self.clean_temporary)
+            yield
+
+    def clean_temporary(self) -> list[Path]:
+        """Remove the temporary files of writes a kill stopped midway, in the image store and beside the run's
+        markers (each stage cleans its own folder); only while holding the run's lock."""
+        leftovers = self.images.clean_temporary() + sorted(self.root.glob(".*.tmp"))
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return leftovers
 
 
 def stage_dirs(root: str | Path) -> list[Path]:

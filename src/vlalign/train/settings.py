@@ -70,6 +70,7 @@ class TrainConfig:
     lora: LoraSettings | None = None  # train a LoRA adapter instead of the full decoder (null: full)
     freeze_vision: bool = True  # keep the vision tower frozen (the projector trains)
     checkpoint_every: int = 0  # save a resumable checkpoint every N steps (0: never); a killed run resumes there
+    checkpoint_minutes: float = 5.0  # also save one once this many minutes passed since the last (0: never); bounds what a kill loses
     seed: int = 0  # shuffling and initialisation
     report_to: str = "none"  # also log the training metrics to tensorboard or wandb (WANDB_MODE=offline works), or none
 
@@ -94,9 +95,9 @@ class TrainConfig:
             problems.append(f"beta must be positive, got {self.beta}")
         if not 0 <= self.label_smoothing < 0.5:
             problems.append(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        if self.batch_size < 1 or self.epochs <= 0 or self.checkpoint_every < 0:
-            problems.append(f"need batch_size >= 1, epochs > 0, checkpoint_every >= 0; got {self.batch_size}, "
-                            f"{self.epochs}, {self.checkpoint_every}")
+        if self.batch_size < 1 or self.epochs <= 0 or self.checkpoint_every < 0 or not self.checkpoint_minutes >= 0:
+            problems.append(f"need batch_size >= 1, epochs > 0, checkpoint_every >= 0, checkpoint_minutes >= 0; got "
+                            f"{self.batch_size}, {self.epochs}, {self.checkpoint_every}, {self.checkpoint_minutes}")
         problems += tracker_problems(self.report_to)
         if problems:
             raise ValueError("; ".join(problems))
