@@ -34,14 +34,16 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vlalign import ranks
+from vlalign import preflight, ranks, run_record
 from vlalign.config import ConfigError, to_dict
+from vlalign.data import shortfalls
+from vlalign.data.hub import push_finished
 from vlalign.data.sources import PromptRequest, source_named
 from vlalign.data.store import RunStore, Stage
 from vlalign.evaluate.suite import run_suite
@@ -49,8 +51,8 @@ from vlalign.feedback.judge import Judge
 from vlalign.feedback.judge_local import ModelJudge
 from vlalign.feedback.judges import check_judge, make_judge
 from vlalign.methods.base import Arm, Method
-from vlalign.models.load import IncompleteCheckpoint, check_complete, load, resolve, save
-from vlalign.models.lora import save_stacked_adapter
+from vlalign.models.load import IncompleteCheckpoint, check_complete, load, resolve
+from vlalign.models.saved import save_trained
 from vlalign.models.settings import Runtime
 from vlalign.models.types import Model, Processor
 from vlalign.progress import log, scope, warn
@@ -216,14 +218,13 @@ def train_arm(arm: Arm, model: Model, processor: Processor, folder: Path, config
     """Train one arm into `folder`: train under its objective, merge, save, evaluate. A LoRA arm's adapter is
     kept at `adapter` (out, previous) before the merge."""
     examples = _examples(arm.pairs)
-    model, history = fit(model, processor, examples, arm.train, arm.objective, out=folder / "training",
-                                     gradient_checkpointing=config.runtime.gradient_checkpointing,
-                                     description="training")
-    if hasattr(model, "merge_and_unload"):  # the next round starts from (and refers to) the merged policy
-        if adapter is not None:
-            ranks.on_main(lambda: save_stacked_adapter(model, *adapter))
-        model = model.merge_and_unload()
-    ranks.on_main(lambda: save(model, processor, folder / "policy"))
+    reference = arm.train.reference  # a model of its own, held for the training only (null: the policy)
+    with models.using(reference) if reference else nullcontext((None, None)) as (reference_model, _):
+        model, history = fit(model, processor, examples, arm.train, arm.objective, out=folder / "training",
+                             reference=reference_model, gradient_checkpointing=config.runtime.gradient_checkpointing,
+                             description="training")
+    # the next round starts from (and refers to) the merged policy; a LoRA arm's adapter is kept beside it
+    model = save_trained(model, processor, folder, config.runtime, adapter[1] if adapter else None)
     record = {"arm": arm.name, "pairs": len(examples), "checkpoint": str(folder / "policy"),
               "final_loss": history[-1]["loss"], "final_reward_accuracy": history[-1].get("reward_accuracy"),
               **arm.stats}
@@ -259,6 +260,7 @@ def run_round(method: Method, config: RunConfig, store: RunStore, k: int, policy
                 trained = model
         if i == 0:
             record.update(record["arms"][arm.name])
+    record.update(config=to_dict(config), shortfalls=shortfalls.of_round(store.root, k))
     ranks.on_main(lambda: write_json(store.root / f"round{k}" / "round.json", record))
     return trained, record
 
@@ -266,19 +268,25 @@ def run_round(method: Method, config: RunConfig, store: RunStore, k: int, policy
 def run(method: Method, config: RunConfig, out: str | Path) -> dict:
     """Every round of `method` under `out`; returns (and writes to `out/summary.json`) the summary. The run
     directory is held for this process throughout (a second run on it stops at once, with `Busy`)."""
-    problems = config.problems()
+    problems = preflight.problems(config)
     if problems:
         raise ConfigError(problems, method.name)
-    store = RunStore(out)
-    with store.lock():
-        return _run(method, config, store)
+    with preflight.nothing_left(out):  # a refused start leaves the directory as it found it
+        store = RunStore(out)
+        with store.lock():
+            return _run(method, config, store)
 
 
 def _run(method: Method, config: RunConfig, store: RunStore) -> dict:
     started = time.time()
     ranks.on_main(lambda: claim(store, method))
+    run_record.check_config(store.root, config)
+    run_record.say_resumed(store.root)
     models = ScopedModels(config.runtime, config.api)
     check_backends(config.backends(), models)
+    if not (store.root / "round1" / "round.json").exists():  # the feedback models answer a few prompts first
+        ranks.on_main(lambda: preflight.trial(config, models))
+    run_record.record_start(store.root, config)
     processor = None
     policy = None  # loaded when a step needs it: a finished run resumes without loading a model
     summary: dict = {"method": method.name, "policy": config.policy, "rounds": []}
@@ -306,8 +314,12 @@ def _run(method: Method, config: RunConfig, store: RunStore) -> dict:
             check_trained(folder / "policy", f"round {k}")
         summary["rounds"].append(record)
         start = str(folder / "policy")
-    summary.update(final=start, config=to_dict(config))
+    summary.update(final=start, config=to_dict(config), changes=run_record.round_changes(summary["rounds"]))
     summary = ranks.on_main(lambda: finish(store, summary, started, config.report))
+    if config.hub.push:  # the run is whole on disk first: a failed push loses nothing (`vlalign push` retries it)
+        summary = ranks.on_main(lambda: {**summary, "pushed": push_finished(store.root, start, config.hub)})
+        ranks.on_main(lambda: write_json(store.root / "summary.json", summary))
+    run_record.finished()
     log(f"{method.name}: final policy at {start}; summary at {store.root / 'summary.json'}")
     return summary
 

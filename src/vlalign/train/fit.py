@@ -10,7 +10,7 @@ import copy
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -19,8 +19,8 @@ from vlalign import ranks
 from vlalign.config import to_dict
 from vlalign.models.prefix import shares_prefix
 from vlalign.train.columns import Columns
-from vlalign.train.examples import PreferenceExample, Shuffled
-from vlalign.train.loop import Checkpoints, Collate, Tracking, train
+from vlalign.train.examples import Picked, PreferenceExample, Shuffled, held_out
+from vlalign.train.loop import Checkpoints, Collate, Evaluation, Tracking, train
 from vlalign.train.objectives import Objective, Preference
 from vlalign.train.preference import Reference, example_digest, reference_logps
 from vlalign.train.settings import TrainConfig
@@ -28,12 +28,12 @@ from vlalign.train.settings import TrainConfig
 
 def prepare_policy(model, config: TrainConfig, gradient_checkpointing: bool = False):
     """Freeze the vision tower, wrap in LoRA as configured, and turn on gradient checkpointing."""
-    from vlalign.models.lora import apply_lora, freeze_vision
+    from vlalign.models.lora import apply_lora, freeze_vision, prepare_quantized
 
     if config.freeze_vision:
         freeze_vision(model)
     if config.lora is not None:
-        model = apply_lora(model, config.lora)
+        model = apply_lora(prepare_quantized(model, gradient_checkpointing), config.lora)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if config.lora is not None:
@@ -56,6 +56,18 @@ def _job(config: TrainConfig, examples: Sequence[PreferenceExample], columns: Co
     settings = {k: v for k, v in to_dict(config).items() if k != "report_to"}
     blob = json.dumps([objective.name, settings, [*columns.names, columns.key], [example_digest(e) for e in examples]])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def held_out_split(examples: Sequence[PreferenceExample], ref: Reference, config: TrainConfig
+                   ) -> tuple[Sequence[PreferenceExample], Callable[[int], dict], Evaluation | None]:
+    """The pairs that train (all of them, unless `config.eval_fraction` holds some out), their reference
+    values by position, and the held-out pairs' batches, which the loop evaluates (`train.loop.Evaluation`)."""
+    kept, out = held_out(examples, config.eval_fraction, config.seed)
+    if not out:
+        return examples, ref.row, None
+    pairs = [(examples[p], ref.row(p)) for p in out]
+    batches = [pairs[s:s + config.batch_size] for s in range(0, len(pairs), config.batch_size)]
+    return Picked(examples, kept), lambda p: ref.row(kept[p]), Evaluation(batches, config.eval_every)
 
 
 def frozen_copy(model) -> torch.nn.Module:
@@ -88,13 +100,14 @@ def fit(model, processor, examples: Sequence[PreferenceExample], config: TrainCo
     cache = Path(out) / "reference_logps.json" if out is not None else None
     ref = (reference_logps(reference if reference is not None else model, processor, examples, columns, cache)
            if objective.cached_reference(config) else Reference([], (), torch.zeros(len(examples), 0)))
-    batches = Shuffled(examples, ref.row, config.batch_size, config.seed)
+    trained, row, evaluation = held_out_split(examples, ref, config)
+    batches = Shuffled(trained, row, config.batch_size, config.seed)
     checkpoints = (Checkpoints(Path(out) / "checkpoints", _job(config, examples, columns, objective))
                    if out is not None and config.checkpoint_every else None)
     collate = collate or objective.collate(processor, columns, shares_prefix(model))
     history = train(model, batches, collate, objective.loss(config, columns, reference), config.optim,
-                    config.steps_for(len(examples)), description=description, checkpoints=checkpoints,
-                    checkpoint_every=config.checkpoint_every, tracking=tracking)
+                    config.steps_for(len(trained)), description=description, checkpoints=checkpoints,
+                    checkpoint_every=config.checkpoint_every, tracking=tracking, evaluation=evaluation)
     if out is not None and ranks.is_main():
         Path(out).mkdir(parents=True, exist_ok=True)
         text = json.dumps({"config": to_dict(config), "objective": objective.name, "n_pairs": len(examples),
