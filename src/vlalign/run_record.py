@@ -127,7 +127,8 @@ def round_changes(rounds: list[dict]) -> list[dict]:
     out = []
     for before, after in zip(rounds, rounds[1:], strict=False):
         if "config" in before and "config" in after:
-            diffs = {k: v for k, v in differences(before["config"], after["config"]).items() if not _under(k, FREE)}
+            diffs = {k: v for k, v in differences(before["config"], after["config"]).items()
+                     if not _under(k, (*FREE, "rounds"))}
             if diffs:
                 out.append({"round": after["round"], "changes": {k: {"before": a, "now": b}
                                                                  for k, (a, b) in diffs.items()}})

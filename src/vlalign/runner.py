@@ -251,6 +251,7 @@ def run_round(method: Method, config: RunConfig, store: RunStore, k: int, policy
             if i == 0:
                 trained = load_trained(folder / "policy", config, f"the {arm.name} arm in {folder}")[0]
         else:
+            shortfalls.require_pairs(arm.pairs, store.root, k, arm.name)
             base = policy if pristine else load(start, config.runtime)[0]
             pristine = False
             with scope(arm.name if i else "train"):

@@ -53,3 +53,14 @@ def of_round(root: Path, k: int) -> list[dict]:
     dirs = [d for d in stage_dirs(root) if d.relative_to(root).parts[0] == f"round{k}"
             or (k == 1 and not d.relative_to(root).parts[0].startswith(("round", "base")))]
     return ranks.on_main(lambda: of_stages(dirs, root))
+
+
+def require_pairs(pairs: Stage | str, root: Path, k: int, arm: str) -> None:
+    """Stop before training an arm whose pair stage made no pair, saying what the round fell short of (a
+    judge that rated nothing, prompts that were skipped) rather than only that nothing is left to train on."""
+    if not isinstance(pairs, Stage) or pairs.counts()["rows"]:
+        return
+    found = [s["message"] for s in of_round(root, k)]
+    why = ("; what fell short before it: " + "; ".join(found)) if found else \
+        " (nothing fell short before it: no two answers of a prompt differed enough under the pair rules)"
+    raise ValueError(f"round {k}: the {arm} arm has no preference pair to train on ({pairs.dir} is empty){why}")
