@@ -34,8 +34,9 @@ from vlalign.models.saved import ADAPTER_RECORD, merge, recorded_dtype, save_tra
 from vlalign.models.settings import ChatDecoding, LoraSettings, Runtime
 from vlalign.plugins import METHODS
 from vlalign.train.columns import Columns
-from vlalign.train.examples import PreferenceExample, held_out
+from vlalign.train.examples import PreferenceExample
 from vlalign.train.fit import fit
+from vlalign.train.heldout import held_out
 from vlalign.train.settings import OptimConfig, TrainConfig
 from vlalign.world.render import render
 from vlalign.world.scene import PARTNERS, sample_scene

@@ -10,7 +10,7 @@ import copy
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -19,8 +19,9 @@ from vlalign import ranks
 from vlalign.config import to_dict
 from vlalign.models.prefix import shares_prefix
 from vlalign.train.columns import Columns
-from vlalign.train.examples import Picked, PreferenceExample, Shuffled, held_out
-from vlalign.train.loop import Checkpoints, Collate, Evaluation, Tracking, train
+from vlalign.train.examples import PreferenceExample, Shuffled
+from vlalign.train.heldout import held_out_split
+from vlalign.train.loop import Checkpoints, Collate, Tracking, train
 from vlalign.train.objectives import Objective, Preference
 from vlalign.train.preference import Reference, example_digest, reference_logps
 from vlalign.train.settings import TrainConfig
@@ -56,18 +57,6 @@ def _job(config: TrainConfig, examples: Sequence[PreferenceExample], columns: Co
     settings = {k: v for k, v in to_dict(config).items() if k != "report_to"}
     blob = json.dumps([objective.name, settings, [*columns.names, columns.key], [example_digest(e) for e in examples]])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def held_out_split(examples: Sequence[PreferenceExample], ref: Reference, config: TrainConfig
-                   ) -> tuple[Sequence[PreferenceExample], Callable[[int], dict], Evaluation | None]:
-    """The pairs that train (all of them, unless `config.eval_fraction` holds some out), their reference
-    values by position, and the held-out pairs' batches, which the loop evaluates (`train.loop.Evaluation`)."""
-    kept, out = held_out(examples, config.eval_fraction, config.seed)
-    if not out:
-        return examples, ref.row, None
-    pairs = [(examples[p], ref.row(p)) for p in out]
-    batches = [pairs[s:s + config.batch_size] for s in range(0, len(pairs), config.batch_size)]
-    return Picked(examples, kept), lambda p: ref.row(kept[p]), Evaluation(batches, config.eval_every)
 
 
 def frozen_copy(model) -> torch.nn.Module:
