@@ -151,6 +151,9 @@ def merge_cmd(
                                          "else the base's own)."),
 ) -> None:
     """Fold a LoRA adapter into its base model: the merged model in the run's dtype, beside its adapter."""
+    from vlalign.models.paths import require_adapter
+
+    require_adapter(adapter)  # before torch loads: a wrong path answers at once
     from vlalign.models.saved import POLICY, merge
 
     print(merge(adapter, out, dtype) / POLICY)
@@ -308,6 +311,11 @@ def generate_cmd(
 
     if (image is None) == (prompts is None) or (image is not None and not prompt):
         raise typer.BadParameter("give either --image with --prompt, or --prompts FILE")
+    from vlalign.models.paths import reference_problem
+
+    problem = reference_problem("--model", model) or reference_problem("--reference", reference)
+    if problem:  # before torch loads: a wrong path answers at once
+        raise typer.BadParameter(problem)
     runtime = Runtime(dtype=dtype)
     from vlalign.models.best_of_n import TEMPERATURE as best_of_n_temperature
     from vlalign.models.best_of_n import best_of_n

@@ -52,6 +52,12 @@ def reference_problem(key: str, ref: str | None) -> str | None:
     return None
 
 
+def require_adapter(path: str | Path) -> None:
+    """A `ValueError` unless `path` holds a LoRA adapter (what `vlalign merge` folds into its base)."""
+    if not (Path(path) / "adapter_config.json").exists():
+        raise ValueError(f"{path} is not a LoRA adapter (no adapter_config.json there); it needs no merge")
+
+
 def token_count(ref: str, text: str) -> int:
     """How many tokens `text` is to a local model, by its own tokenizer.json (the `tokenizers` library, no
     torch); its words where the model has no such file."""

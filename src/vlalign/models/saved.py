@@ -23,6 +23,7 @@ import torch
 from vlalign import ranks
 from vlalign.models.load import load, save
 from vlalign.models.lora import is_quantized, save_stacked_adapter
+from vlalign.models.paths import require_adapter
 from vlalign.models.settings import Runtime
 
 ADAPTER_RECORD = "vlalign_adapter.json"
@@ -81,8 +82,7 @@ def merge(adapter: str | Path, out: str | Path, dtype: str | None = None) -> Pat
     """`vlalign merge`: a saved adapter merged into its base, as `out/policy` in the dtype its run recorded
     (else `dtype`, else the base's own), with the adapter copied to `out/adapter`."""
     adapter, out = Path(adapter), Path(out)
-    if not (adapter / "adapter_config.json").exists():
-        raise ValueError(f"{adapter} is not a LoRA adapter (no adapter_config.json); it needs no merge")
+    require_adapter(adapter)
     dtype = dtype or recorded_dtype(adapter) or "auto"
     model, processor = load(adapter, Runtime(dtype=dtype))
     if (out / ADAPTER).resolve() != adapter.resolve():
