@@ -179,20 +179,36 @@ def test_a_judge_whose_replies_do_not_parse_is_refused_within_a_minute(qwen_dir,
     assert not out.exists()  # the refused start left nothing behind
 
 
-def test_a_judge_in_the_style_it_was_trained_for_passes(prompt_file):
+def _round_prompts(config, root: Path):
+    from vlalign.data.sources import PromptRequest, source_named
+
+    store = RunStore(root)
+    stage = store.stage("round1/prompts")
+    source_named(config.prompts.source).write(PromptRequest(
+        store, stage, config.prompts.per_round, 0, config.prompts.parsed_options(),
+        preflight.policy_processor(config), path=config.prompts.source))
+    return stage
+
+
+def test_a_judge_in_the_style_it_was_trained_for_passes(prompt_file, tmp_path):
     from vlalign.runner import ScopedModels
 
     config = _silkie("policy=world:base", "judge=world:judge", "judge_style=world", f"prompts.source={prompt_file}",
                      "pool=[world:base, world:small]", "answers_per_prompt=2", "runtime.device=cpu")
     assert [what for what, _ in preflight.trials(config)] == ["judge world:judge"]
-    preflight.trial(config, ScopedModels(config.runtime))  # no Refused: its replies parse
+    prompts = _round_prompts(config, tmp_path)
+    assert [p.id for p in preflight.first_prompts(prompts, 5)] == ["r0", "r1", "r2"]  # the missing image skipped
+    preflight.trial(config, ScopedModels(config.runtime), prompts)  # no Refused: its replies parse
 
 
-def test_the_first_prompts_skip_bad_records_and_come_from_any_source(prompt_file):
-    config = _silkie(f"prompts.source={prompt_file}")
-    assert [p.id for p in preflight.first_prompts(config, 5)] == ["r0", "r1", "r2"]
-    world = preflight.first_prompts(_silkie("prompts.source=world", "policy=world:base"), 2)
-    assert len(world) == 2 and all(p.image.size[0] > 0 for p in world)
+def test_a_labeler_is_tried_on_the_runs_own_images(tmp_path):
+    from vlalign.runner import ScopedModels
+
+    config = _rlaif("labeler=world:labeler", "splitter=sentences", "prompts.per_round=2")
+    assert [what for what, _ in preflight.trials(config)] == ["labeler world:labeler"]
+    prompts = _round_prompts(config, tmp_path)
+    assert len(preflight.first_prompts(prompts)) == 2
+    preflight.trial(config, ScopedModels(config.runtime), prompts)
 
 
 def test_judge_decoding_settings_reach_every_request():

@@ -8,8 +8,9 @@ Two steps, both before the first long stage:
   folders it reads, a rating style whose prompt cannot fit the judge's context, a quantization whose package
   is missing or a quantized policy trained in full. The command line reports them with the typos
   (`vlalign.cli.load_method_config`), the runner again before it claims the run directory.
-- `trial(config, models)`: a local judge, claim splitter, injector or labeler gets the first prompts of the
-  run's own prompt source, asked the way the run will ask them, and the start is refused (`Refused`, with
+- `trial(config, models, prompts)`: a local judge, claim splitter, injector or labeler gets the first prompts
+  of the run's first round (written before anything else, so the trial asks about exactly those), asked the
+  way the run will ask them, and the start is refused (`Refused`, with
   the replies' reasons and the fix) when nothing usable comes back. API backends are not asked here (their
   reachability is checked by `vlalign.feedback.judges.check_judge`, and a trial would be paid).
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -149,43 +149,22 @@ class TrialPrompt:
     answer: str  # the reference answer, or a stock one
 
 
-def first_prompts(config: Any, n: int = TRIAL_PROMPTS) -> list[TrialPrompt]:
-    """The first `n` usable prompts of the run's source, read without touching the run directory: a prompt
-    file's first records, or a registered source's prompts written into a temporary store."""
-    from vlalign.data.sources import FILE, PromptRequest, source_named
-
-    prompts = config.prompts
-    source = source_named(prompts.source)
-    options = prompts.parsed_options()
-    if source.name == FILE:
-        from vlalign.data.prompts import BadRecord, open_image, read_prompt_file
-
-        out = []
-        for r in read_prompt_file(prompts.source, options.images, options.allow_outside):
-            if isinstance(r, BadRecord):
-                continue
-            try:
-                image = open_image(r)
-            except (FileNotFoundError, ValueError):
-                continue
-            out.append(TrialPrompt(r.id, image, r.instruction, r.reference or STOCK_ANSWER))
-            if len(out) == n:
-                break
-        return out
-    from vlalign.data.records import PromptRecord
-    from vlalign.data.store import RunStore
+def policy_processor(config: Any):
+    """The policy's processor under the run's runtime, without its weights (what a prompt source that renders
+    images sizes them for)."""
     from vlalign.models.paths import model_dir
     from vlalign.models.processors import configure, load_processor
 
-    runtime = config.runtime
-    processor = configure(load_processor(model_dir(config.policy), runtime.trust_remote_code), runtime)
-    with tempfile.TemporaryDirectory(prefix="vlalign-preflight-") as tmp:
-        store = RunStore(tmp)
-        stage = store.stage("prompts")
-        source.write(PromptRequest(store, stage, n, 0, options, processor, path=prompts.source, seed=config.seed))
-        records = [PromptRecord.from_row(row) for row in stage.rows()]
-        return [TrialPrompt(p.id, store.images.get(p.image).copy(), p.instruction, p.reference or STOCK_ANSWER)
-                for p in records]
+    return configure(load_processor(model_dir(config.policy), config.runtime.trust_remote_code), config.runtime)
+
+
+def first_prompts(prompts: Any, n: int = TRIAL_PROMPTS) -> list[TrialPrompt]:
+    """The first `n` prompts of the run's first round (its prompt stage), with their images."""
+    from vlalign.data.records import PromptRecord
+
+    records = [PromptRecord.from_row(row) for row in prompts.rows()[:n]]
+    return [TrialPrompt(p.id, prompts.images.get(p.image), p.instruction, p.reference or STOCK_ANSWER)
+            for p in records]
 
 
 def _local(spec: str | None) -> bool:
@@ -283,20 +262,20 @@ def trials(config: Any) -> list[tuple[str, Any]]:
     return out
 
 
-def trial(config: Any, models: Any) -> None:
-    """Ask every local feedback model the run uses about the first prompts of its source; `Refused` naming
-    each that gave nothing usable."""
+def trial(config: Any, models: Any, prompts: Any) -> None:
+    """Ask every local feedback model the run uses about the first prompts of its first round (`prompts`, the
+    round's prompt stage); `Refused` naming each that gave nothing usable."""
     checks = trials(config)
     if not checks:
         return
-    prompts = first_prompts(config)
-    if not prompts:
-        raise Refused(f"pre-flight: no usable prompt among the first records of {config.prompts.source}; fix the "
-                      f"records (each needs an image that opens and an instruction)")
+    picked = first_prompts(prompts)
+    if not picked:
+        raise Refused(f"pre-flight: {config.prompts.source} gave no usable prompt; fix its records (each needs an "
+                      f"image that opens and an instruction)")
     failed = []
     for what, check in checks:
-        log(f"pre-flight: the {what} answers {len(prompts)} prompt(s) of {config.prompts.source}")
-        problem = check(config, models, prompts)
+        log(f"pre-flight: the {what} answers {len(picked)} prompt(s) of {config.prompts.source}")
+        problem = check(config, models, picked)
         if problem is not None:
             failed.append(problem)
     if failed:

@@ -285,8 +285,10 @@ def _run(method: Method, config: RunConfig, store: RunStore) -> dict:
     run_record.say_resumed(store.root)
     models = ScopedModels(config.runtime, config.api)
     check_backends(config.backends(), models)
-    if not (store.root / "round1" / "round.json").exists():  # the feedback models answer a few prompts first
-        ranks.on_main(lambda: preflight.trial(config, models))
+    if preflight.trials(config) and not (store.root / "round1" / "round.json").exists():
+        # the feedback models answer the first of round 1's prompts before anything long runs
+        prompts = round_prompts(store, method, config, 1, preflight.policy_processor(config))
+        ranks.on_main(lambda: preflight.trial(config, models, prompts))
     run_record.record_start(store.root, config)
     processor = None
     policy = None  # loaded when a step needs it: a finished run resumes without loading a model
