@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from vlalign import ranks
+from vlalign.data import shortfalls
 from vlalign.data.images import decode_image, image_value
 from vlalign.data.records import PromptRecord, stable_id
 from vlalign.data.store import ERRORS, RunStore, Stage, run_stage
-from vlalign.progress import warn
+from vlalign.progress import log, warn
 
 if TYPE_CHECKING:
     from vlalign.data.sources import PromptRequest
@@ -164,7 +165,7 @@ def user_prompt_stage(store: RunStore, stage: Stage, path: str | Path, limit: in
                 for p in batch]
 
     run_stage(stage, items, process, id_of=lambda p: p.id, batch_size=64, shard_size=1000,
-              description="prompts", manifest={"config": {"path": str(path), "limit": limit}})
+              description=f"reading {Path(path).name}", manifest={"config": {"path": str(path), "limit": limit}})
     return stage
 
 
@@ -184,4 +185,9 @@ def file_prompts(request: PromptRequest) -> Stage:
     run_stage(request.stage, picked, lambda batch: batch, id_of=lambda r: r["id"], batch_size=1024, quiet=True,
               manifest={"config": {"from": str(request.path), "offset": request.offset, "n": request.n}})
     request.stage.annotate(repeated=min(repeated, n))
+    log(f"prompts: {n} of the {len(rows)} usable records of {request.path}, from record "
+        f"{request.offset % len(rows) + 1} on")
+    shortfalls.note(request.stage, "prompts", request.n - n,
+                    f"prompts: {request.path} has {len(rows)} usable record(s), fewer than the {request.n} a round "
+                    f"asks for (prompts.per_round); the round uses {n}")
     return request.stage

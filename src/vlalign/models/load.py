@@ -22,38 +22,22 @@ from transformers import AutoModelForImageTextToText
 
 from vlalign import ranks
 from vlalign.checksums import differences, moved, read_sums, sums, sums_json
+from vlalign.models.paths import model_dir, source_of
 from vlalign.models.processors import configure, load_processor
 from vlalign.models.settings import Runtime
 from vlalign.models.types import Model, Processor
-from vlalign.plugins import MODEL_SOURCES
 
 CHECKPOINT_MARKER = "vlalign_checkpoint.json"
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
 
 
-def source_of(ref: str) -> tuple[str, str] | None:
-    """(source, name) when `ref` names a plugin's model (`world:base`), else None (a path)."""
-    prefix, sep, rest = str(ref).partition(":")
-    if sep and len(prefix) > 1 and "/" not in prefix and prefix in MODEL_SOURCES:
-        return prefix, rest
-    return None
-
-
 def resolve(path: str | Path, full: bool = False) -> Path:
     """The directory behind a model reference, with a clear error when it is not a model directory or is
     damaged (`check_complete`; with `full`, every file it recorded is hashed)."""
-    found = source_of(str(path))
-    if found is not None:
-        source, name = found
-        return Path(MODEL_SOURCES.get(source)(name))
-    p = Path(path).expanduser().absolute()
-    if not ((p / "config.json").exists() or (p / "adapter_config.json").exists()):
-        sources = ", ".join(f"{s}:NAME" for s in MODEL_SOURCES.names())
-        raise FileNotFoundError(
-            f"no model at {p} (no config.json or adapter_config.json there). Pass a local model directory "
-            f"saved with save_pretrained{', or ' + sources if sources else ''}. Nothing is downloaded from a hub.")
-    check_complete(p, full)
+    p = model_dir(path)
+    if source_of(str(path)) is None:
+        check_complete(p, full)
     return p
 
 
@@ -149,6 +133,26 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def quantization_config(path: Path, runtime: Runtime):
+    """bitsandbytes' settings for `runtime.quantization` (4bit: NF4 with double quantization, QLoRA's),
+    computing in the run's dtype (auto: the checkpoint's); a clear error where bitsandbytes is missing."""
+    from transformers import BitsAndBytesConfig
+    from transformers.utils import is_bitsandbytes_available
+
+    if not is_bitsandbytes_available():
+        raise ValueError(f"runtime.quantization {runtime.quantization} loads through bitsandbytes, which is not "
+                         f"installed (or does not work on this machine): pip install bitsandbytes (or pip install "
+                         f"'vlalign[qlora]'), or set quantization: null")
+    dtype = torch_dtype(runtime)
+    if dtype == "auto":
+        saved = json.loads((path / "config.json").read_text()).get("dtype") or "float32"
+        dtype = _DTYPES.get(saved, torch.float32)
+    if runtime.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
+
+
 def _from_pretrained(path: Path, runtime: Runtime):
     kwargs: dict = {"dtype": torch_dtype(runtime), "trust_remote_code": runtime.trust_remote_code,
                     "use_safetensors": True}
@@ -156,6 +160,9 @@ def _from_pretrained(path: Path, runtime: Runtime):
         kwargs["attn_implementation"] = runtime.attn_implementation
     if runtime.device_map:
         kwargs["device_map"] = runtime.device_map
+    if runtime.quantization:  # a quantized model is placed as it loads: it cannot be moved afterwards
+        kwargs["quantization_config"] = quantization_config(path, runtime)
+        kwargs.setdefault("device_map", {"": runtime.device or default_device()})
     return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
 
 
@@ -174,7 +181,7 @@ def load(path: str | Path, runtime: Runtime | None = None, **overrides) -> tuple
         model = _from_pretrained(p, runtime)
         processor_dir = p
     processor = configure(load_processor(processor_dir, runtime.trust_remote_code), runtime)
-    if not runtime.device_map:
+    if not runtime.device_map and not runtime.quantization:
         model = model.to(runtime.device or default_device())
     return model.eval(), processor
 

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlalign import ranks
+from vlalign.data import shortfalls
 from vlalign.data.records import FeedbackRecord, PromptRecord, ResponseRecord
 from vlalign.data.store import ERRORS, Stage, batch_result, run_stage
 from vlalign.feedback.claims import ClaimSplitter, split_each
 from vlalign.feedback.judge import JudgeError
 from vlalign.feedback.ratings import MissingRating, rating_feedback
 from vlalign.feedback.vlfeedback import RatingJudge
-from vlalign.progress import warn
 
 
 class UsageMeter:
@@ -140,7 +140,7 @@ def record_missing_ratings(out: Stage, what: str = "judging") -> dict:
     by_aspect = dict(Counter(a for f in missing for a in f.details["missing"]))
     summary = {"answers": len(missing), "by_aspect": by_aspect, "log": str(out.dir / ERRORS)}
     out.write_manifest(missing_ratings=summary)
-    if missing:
-        warn(f"{what}: {len(missing)} answer(s) have no usable rating for {', '.join(by_aspect)}; they "
-             f"are kept without a score and make no pair (each reason is in {out.dir / ERRORS})")
+    shortfalls.note(out, "ratings", len(missing),
+                    f"{what}: {len(missing)} answer(s) have no usable rating for {', '.join(by_aspect)}; they "
+                    f"are kept without a score and make no pair (each reason is in {out.dir / ERRORS})")
     return summary

@@ -182,14 +182,49 @@ class CheckpointDue:
         self.last = time.monotonic()
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """Held-out global batches the loop scores with the training's own loss (no gradient) every `every` steps
+    and after the last; their metrics enter the history as `eval_<name>` (eval_loss, eval_reward_accuracy)."""
+
+    batches: list[list]
+    every: int = 0  # 0: after the last step only
+
+    def due(self, step: int, steps: int) -> bool:
+        return step == steps or (self.every > 0 and step % self.every == 0)
+
+
+def evaluate(forward: Prepared, evaluation: Evaluation, collate: Collate, loss_fn: LossFn, accelerator: Accelerator,
+             dtype: torch.dtype) -> dict[str, float]:
+    """The loss function's metrics over the held-out batches, each pair weighing the same (every process
+    scores its share of each batch, and the sums are added over the processes)."""
+    sums: dict[str, float] = {}
+    with torch.no_grad():
+        for number, items in enumerate(evaluation.batches):
+            mine, weight = share_of(items, accelerator.num_processes, accelerator.process_index)
+            pairs = len(mine) * (weight > 0)
+            batch = to_device(collate(mine, number), accelerator.device, dtype)
+            loss, metrics = loss_fn(forward, batch)
+            for k, v in {"loss": float(loss), **metrics, "pairs": 1.0}.items():
+                sums[k] = sums.get(k, 0.0) + v * pairs
+    if accelerator.num_processes > 1:
+        keys = sorted(sums)
+        total = accelerator.reduce(torch.tensor([sums[k] for k in keys], device=accelerator.device), "sum")
+        sums = dict(zip(keys, total.tolist(), strict=True))
+    total_pairs = sums.pop("pairs", 0.0) or 1.0
+    return {f"eval_{k}": v / total_pairs for k, v in sums.items()}
+
+
 def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, loss_fn: LossFn, config: OptimConfig,
           steps: int, accelerator: Accelerator | None = None, description: str = "training",
           checkpoints: Checkpoints | None = None, checkpoint_every: int = 0,
-          tracking: Tracking | None = None, checkpoint_minutes: float = 0.0) -> list[dict[str, float]]:
+          tracking: Tracking | None = None, checkpoint_minutes: float = 0.0,
+          evaluation: Evaluation | None = None) -> list[dict[str, float]]:
     """Run `steps` optimizer steps over `batches` (global batches: lists of items, cycled if shorter), each
     process collating its share of every batch with `collate(items, batch_number)`; return the logged
     metrics. A given `accelerator` logs with the trackers it was made with; `tracking` applies to the one
-    made here. `model` is trained in place (the caller saves it, unwrapped)."""
+    made here. With `evaluation`, its held-out batches are scored as it says, through the same accelerator
+    and loss. `model` is trained in place (the caller saves it, unwrapped)."""
     tracked = tracking is not None and tracking.report_to != "none" and accelerator is None
     accelerator = accelerator or make_accelerator(config, tracking if tracked else None)
     if tracked and tracking is not None:
@@ -233,6 +268,15 @@ def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, los
                 accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=step)
                 bar.update(description=f"{description} loss {entry['loss']:.4f}")
                 running = {}
+            if evaluation is not None and evaluation.due(step, steps):
+                wrapped.eval()
+                scores = evaluate(forward, evaluation, collate, loss_fn, accelerator, dtype)
+                wrapped.train()
+                if history and history[-1]["step"] == step:
+                    history[-1].update(scores)
+                else:
+                    history.append({"step": step, **scores})
+                accelerator.log(scores, step=step)
             if checkpoints is not None and step < steps and due(step):
                 if accelerator.is_main_process:
                     checkpoints.save(step, accelerator.unwrap_model(wrapped), optimizer, scheduler, history, running)
