@@ -78,7 +78,7 @@ def versus_table(title: str, base: Mapping | None, rows: Mapping[str, Mapping], 
     return table
 
 
-def legend(keys: Sequence[str], names: Mapping[str, Figure]) -> Table:
+def legend(keys: Sequence[str], names: Mapping[str, Figure], against_base: bool = True) -> Table:
     """The columns' legend: each label, what it measures and which way is better, wrapped between words."""
     better = {"lower": "lower is better", "higher": "higher is better", None: "neither way is better"}
     table = Table.grid(padding=(0, 2))
@@ -87,9 +87,11 @@ def legend(keys: Sequence[str], names: Mapping[str, Figure]) -> Table:
     for k in keys:
         if k in names:
             table.add_row(names[k].label, f"{names[k].meaning} ({better[names[k].better]})")
-    table.add_row("vs base", "the change against the base (a rate's in percentage points, and in percent of the base), "
-                             "under it the 95% interval of the paired difference on the same scenes or questions; "
-                             "green: better beyond the interval, red: worse beyond it (the other figures too)")
+    if against_base:
+        table.add_row("vs base", "the change against the base (a rate's in percentage points, and in percent of the "
+                                 "base), under it the 95% interval of the paired difference on the same scenes or "
+                                 "questions; green: better beyond the interval, red: worse beyond it (the other "
+                                 "figures too)")
     return table
 
 
@@ -124,4 +126,4 @@ def run_tables(summary: Mapping) -> None:
         console.print(versus_table(where + ("" if first else " (no base evaluated: eval_base=false)"), first, rows,
                                    keys, names))
         shown += [k for k in keys if k not in shown]
-    console.print(legend(shown, names), highlight=False)
+    console.print(legend(shown, names, against_base=bool(base)), highlight=False)

@@ -304,5 +304,7 @@ def _numeric(metrics: dict) -> dict:
 
 
 def read_collection(root: Path) -> Collection:
-    base = read_json(root / "eval" / "base.json")
-    return Collection(root, [read_run(d, base) for d in sub_runs(root)], read_json(root / "summary.json"), base)
+    """A collection's runs, each shown against the collection's base (the demo's summary holds it)."""
+    summary = read_json(root / "summary.json")
+    base = read_json(root / "eval" / "base.json") or (summary or {}).get("base")
+    return Collection(root, [read_run(d, base) for d in sub_runs(root)], summary, base)

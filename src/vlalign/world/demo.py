@@ -146,17 +146,14 @@ def evaluate_base(policy: str, n_scenes: int, split: str, folder: Path) -> dict:
     return dict(result.metrics)
 
 
-def with_base(run_dir: Path, base: dict, folder: Path) -> None:
-    """Give a method's run directory the demo's base (evaluated once for all): its metrics as the run's
-    `base/eval.json` and its outcomes beside them, so the run's evaluations carry `vs_base` and its report
-    shows the base."""
+def with_base(run_dir: Path, folder: Path) -> None:
+    """Give a method's run directory the outcomes of the demo's base (evaluated once for all) as its own
+    base's, so every round's evaluation is compared with it scene by scene (`vs_base`). Its metrics stay in
+    the demo's summary, which the report reads for each run."""
     import shutil
-
-    from vlalign.runner import write_json
 
     def put() -> None:
         (run_dir / "base").mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "base" / "eval.json", {"world": base})
         shutil.copyfile(folder / "world.outcomes.json", run_dir / "base" / "world.outcomes.json")
 
     ranks.on_main(put)
@@ -239,7 +236,7 @@ def run_demo(out: Path, size: Size = STANDARD, policy: str = "world:base", label
             config = load_config(method.config, recipe_named(recipe.recipe).path,
                                  recipe.overrides(out, size, aligned, labeler, split))
             log(f"{recipe.label}: {method.summary}" + (f", from {recipe.start_from}'s policy" if recipe.start_from else ""))
-            with_base(out / recipe.label, base, base_folder)
+            with_base(out / recipe.label, base_folder)
             result = run(method, config, out / recipe.label)
             finals[recipe.label] = result["final"]
             summary.update(_rows(recipe.label, result))
