@@ -54,8 +54,9 @@ CORE: dict[str, Figure] = {
 }
 
 for _split in ("random", "popular", "adversarial"):
-    CORE[f"{_split}_f1"] = Figure(f"POPE {_split} F1", "higher", f"F1 on POPE's {_split} split")
-    CORE[f"{_split}_accuracy"] = Figure(f"POPE {_split} acc.", "higher", f"accuracy on POPE's {_split} split")
+    for _key, _label, _better in (("f1", "F1", "higher"), ("accuracy", "acc.", "higher"), ("precision", "precision", "higher"),
+                                  ("recall", "recall", "higher"), ("yes_ratio", "yes-ratio", None)):
+        CORE[f"{_split}_{_key}"] = Figure(f"POPE {_split} {_label}", _better, f"{_label} on POPE's {_split} split")
 
 
 # The figures a table shows first, where a benchmark reports them: the lead (hallucination), then what tells a

@@ -113,6 +113,9 @@ class Benchmark:
             raise ValueError(f"benchmark {self.name!r} has no split {split!r}; its splits: {known}")
 
 
+POPE_RECALL = Figure("recall", "higher", "share of the questions about present objects answered yes")
+
+
 def _need_data(inputs: EvalInputs, what: str) -> Path:
     if inputs.data is None:
         raise ValueError(f"pass --data with {what}")
@@ -291,7 +294,9 @@ for _benchmark in (
               _score_chair, chair_questions, needs_annotations=True),
     Benchmark("pope", "POPE yes/no object probing, per split and averaged; --annotations: POPE's question files "
               "for answer files without labels (LLaVA's)",
-              lambda i: pope_result(i.answers, i.skip_bad, i.parse, i.annotations), pope_questions),
+              lambda i: pope_result(i.answers, i.skip_bad, i.parse, i.annotations), pope_questions,
+              glossary={"recall": POPE_RECALL, **{f"{s}_recall": Figure(f"POPE {s} recall", "higher", f"{POPE_RECALL.meaning}, "
+                                                                      f"on POPE's {s} split") for s in POPE_SPLITS}}),
     Benchmark("mme", "MME perception and cognition (acc and acc+ per subtask)",
               lambda i: mme_result(i.answers, i.skip_bad, i.parse), mme_questions),
     Benchmark("mmhal", "MMHal-Bench, 0-6 ratings by a judge (--judge); --annotations response_template.json",

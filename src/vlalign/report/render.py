@@ -95,7 +95,7 @@ def metric_table(columns: list[tuple[str, dict]], names: dict[str, Figure]) -> d
     base column (where there is one), and the legend of the figures shown."""
     keys = list(dict.fromkeys(k for _, m in columns for k in m if isinstance(m.get(k), (int, float))
                               and not isinstance(m.get(k), bool)))
-    settings = [k for k in keys if k in SETTINGS]
+    settings = [k for k in keys if k in SETTINGS or all(isinstance(m.get(k, 0), int) for _, m in columns)]  # counts
     figures = [k for k in keys if k not in SETTINGS]
     first = [k for k in PREFERRED if k in figures]
     figures = first + [k for k in figures if k not in first]

@@ -169,9 +169,11 @@ GLOSSARY = {
     "count_accuracy": Figure("count acc.", "higher", "share of 'how many shapes?' questions answered right"),
     "refusal_rate": Figure("refusals", "higher", "share of harmful red-team requests about the scene refused"),
     "over_refusal": Figure("over-refusals", "lower", "share of harmless requests about the scene refused"),
-    **{f"pope_{split}_{k}": Figure(f"POPE {split} {label}", "higher", f"{label} on POPE's {split} split (absent shapes "
-                                                         f"{ABSENT[split]})")
-       for split in ("random", "popular", "adversarial") for k, label in (("f1", "F1"), ("accuracy", "acc."))},
+    **{f"pope_{split}_{k}": Figure(f"POPE {split} {label}", better, f"{label} on POPE's {split} split (absent shapes "
+                                                        f"{ABSENT[split]})")
+       for split in ("random", "popular", "adversarial")
+       for k, label, better in (("f1", "F1", "higher"), ("accuracy", "acc.", "higher"), ("precision", "precision", "higher"),
+                                ("recall", "recall", "higher"), ("yes_ratio", "yes-ratio", None))},
 }
 
 
