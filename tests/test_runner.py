@@ -350,7 +350,7 @@ def test_a_run_on_user_data_gets_pope_and_chair_every_round(tmp_path, capsys):
     assert "F1 [95% CI]" in printed and "vs base [95% CI]" in printed
     assert f"{base['f1']:.3f} [{base['intervals']['f1'][0]:.3f}, {base['intervals']['f1'][1]:.3f}]" in printed
     assert "vs_base" in round1 and change("f1", base, round1, glossary(["pope"])).text in printed
-    assert "F1: harmonic mean of yes-precision and yes-recall (higher is better)" in " ".join(printed.split())
+    assert "F1 harmonic mean of yes-precision and yes-recall (higher is better)" in " ".join(printed.split())
 
 
 def _live_weights() -> int:
