@@ -287,12 +287,14 @@ def test_a_resumed_run_says_so_and_a_stop_says_what_is_kept(tmp_path, capsys, mo
     assert "round 1 finished" in message and "round 2 responses: complete" in message
     assert message.endswith(f"vlalign rlaif-v --out {tmp_path} rounds=2")
 
-    def stopped():
-        raise KeyboardInterrupt
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C inside the command, which typer turns into exit code 130
 
-    from vlalign import cli
+    from vlalign import cli, runner
 
-    monkeypatch.setattr(cli, "app", stopped)
+    monkeypatch.setattr(runner, "run", stopped)
+    monkeypatch.setattr(sys, "argv", ["vlalign", "rlaif-v", "--out", str(tmp_path), "rounds=2", "policy=world:base",
+                                      "labeler=self", "prompts.source=world", "samples=3", "splitter=world"])
     with pytest.raises(SystemExit) as e:
         cli.main()
     assert e.value.code == 130 and "Resume where it stopped" in capsys.readouterr().err
