@@ -33,7 +33,7 @@ import gc
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -59,8 +59,10 @@ from vlalign.stages.pairs import examples_under, preference_examples
 from vlalign.stages.round import Round
 from vlalign.stages.settings import ApiSettings, RunConfig
 from vlalign.train.fit import fit
+from vlalign.train.loop import Carried
 
 MAIN = "policy"
+OPTIMIZER = "optimizer.pt"  # an arm that carries its optimizer's state leaves it in its training folder
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -176,8 +178,10 @@ def round_prompts(store: RunStore, method: Method, config, k: int, processor) ->
     return stage
 
 
-def _examples(pairs: Stage | str):
-    return preference_examples(pairs) if isinstance(pairs, Stage) else examples_under(pairs)
+def _examples(pairs: Stage | str | Sequence):
+    if isinstance(pairs, Stage):
+        return preference_examples(pairs)
+    return examples_under(pairs) if isinstance(pairs, (str, Path)) else pairs  # a method's examples (groups)
 
 
 def _refix(e: IncompleteCheckpoint, what: str) -> IncompleteCheckpoint:
@@ -212,13 +216,15 @@ def round_adapter(store: RunStore, k: int) -> tuple[Path, Path | None] | None:
 
 
 def train_arm(arm: Arm, model: Model, processor: Processor, folder: Path, config: RunConfig, models: ScopedModels,
-              adapter: tuple[Path, Path | None] | None = None) -> tuple[Model, dict]:
-    """Train one arm into `folder`: train under its objective, merge, save, evaluate. A LoRA arm's adapter is
-    kept at `adapter` (out, previous) before the merge."""
+              adapter: tuple[Path, Path | None] | None = None, evaluate: bool = True,
+              carried: Carried | None = None) -> tuple[Model, dict]:
+    """Train one arm into `folder`: train under its objective, merge, save, evaluate (unless `evaluate` is
+    off). A LoRA arm's adapter is kept at `adapter` (out, previous) before the merge; `carried` is where its
+    optimizer's state comes from and goes."""
     examples = _examples(arm.pairs)
     model, history = fit(model, processor, examples, arm.train, arm.objective, out=folder / "training",
                                      gradient_checkpointing=config.runtime.gradient_checkpointing,
-                                     description="training")
+                                     description="training", carried=carried)
     if hasattr(model, "merge_and_unload"):  # the next round starts from (and refers to) the merged policy
         if adapter is not None:
             ranks.on_main(lambda: save_stacked_adapter(model, *adapter))
@@ -227,10 +233,16 @@ def train_arm(arm: Arm, model: Model, processor: Processor, folder: Path, config
     record = {"arm": arm.name, "pairs": len(examples), "checkpoint": str(folder / "policy"),
               "final_loss": history[-1]["loss"], "final_reward_accuracy": history[-1].get("reward_accuracy"),
               **arm.stats}
-    if config.eval:
+    if config.eval and evaluate:
         record["eval"] = run_suite(model, processor, config.eval, folder / "eval", models.chat, config.seed)
     ranks.on_main(lambda: write_json(folder / "arm.json", record))
     return model, record
+
+
+def carried_state(store: RunStore, k: int) -> Carried:
+    """Where round k's first arm takes its optimizer's state from (the round before's), and leaves its own."""
+    before = store.root / f"round{k - 1}" / "training" / OPTIMIZER if k > 1 else None
+    return Carried(before, store.root / f"round{k}" / "training" / OPTIMIZER)
 
 
 def run_round(method: Method, config: RunConfig, store: RunStore, k: int, policy: Model, processor: Processor,
@@ -254,7 +266,10 @@ def run_round(method: Method, config: RunConfig, store: RunStore, k: int, policy
             pristine = False
             with scope(arm.name if i else "train"):
                 model, record["arms"][arm.name] = train_arm(arm, base, processor, folder, config, models,
-                                                            round_adapter(store, k) if i == 0 else None)
+                                                            round_adapter(store, k) if i == 0 else None,
+                                                            evaluate=config.evaluates(k),
+                                                            carried=carried_state(store, k) if i == 0 and arm.carries
+                                                            else None)
             if i == 0:
                 trained = model
         if i == 0:
