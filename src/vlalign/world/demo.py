@@ -44,6 +44,7 @@ class Recipe:
     quick: tuple[str, ...] = ()
     pairs_of: str | None = None  # train on this recipe's round-1 pairs instead of making pairs
     start_from: str | None = None  # align this recipe's final policy instead of the demo's policy
+    start_round: int | None = None  # ... its policy after this round instead of its final one
 
     def overrides(self, out: Path, quick: bool, policy: str, labeler: str, split: str) -> list[str]:
         config = load_config(METHODS.get(self.method).config, CONFIGS / self.config)
@@ -57,6 +58,7 @@ class Recipe:
         return [*extra, *(self.quick if quick else ())]
 
 
+GRPO_QUICK = ("rounds=3", "prompts.per_round=32", "samples=6", "eval_every=3")
 RECIPES: tuple[Recipe, ...] = (
     Recipe("rlaif_v", "rlaif-v", "rlaif_v_world.yaml", ("rounds=1", "prompts.per_round=120", "samples=6")),
     Recipe("rlaif_v_self", "rlaif-v", "rlaif_v_self_world.yaml", ("prompts.per_round=120", "samples=6")),
@@ -66,6 +68,9 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("mpo", "mpo", "mpo_world.yaml", pairs_of="rlaif_v"),
     Recipe("povid_rlaif_v", "rlaif-v", "povid_rlaif_v_world.yaml", ("rounds=1", "prompts.per_round=120", "samples=6"),
            start_from="povid"),
+    Recipe("grpo", "grpo", "grpo_world.yaml", GRPO_QUICK),
+    Recipe("grpo_self", "grpo", "grpo_self_world.yaml", GRPO_QUICK),
+    Recipe("grpo_rlaif_v", "grpo", "grpo_rlaif_v_world.yaml", GRPO_QUICK, start_from="rlaif_v", start_round=1),
 )
 
 
@@ -161,10 +166,12 @@ def run_demo(out: Path, quick: bool = False, policy: str = "world:base", labeler
         for recipe in recipes():
             began = time.time()
             method = METHODS.get(recipe.method)
-            aligned = finals[recipe.start_from] if recipe.start_from else policy
+            aligned = (str(out / recipe.start_from / f"round{recipe.start_round}" / "policy") if recipe.start_round
+                       else finals[recipe.start_from] if recipe.start_from else policy)
             config = load_config(method.config, CONFIGS / recipe.config,
                                  recipe.overrides(out, quick, aligned, labeler, split))
-            log(f"{recipe.label}: {method.summary}" + (f", from {recipe.start_from}'s policy" if recipe.start_from else ""))
+            after = f" after round {recipe.start_round}" if recipe.start_round else ""
+            log(f"{recipe.label}: {method.summary}" + (f", from {recipe.start_from}'s policy{after}" if recipe.start_from else ""))
             result = run(method, config, out / recipe.label)
             finals[recipe.label] = result["final"]
             summary.update(_rows(recipe.label, result))
