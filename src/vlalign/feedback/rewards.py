@@ -188,7 +188,8 @@ def judged_value(reply: str, options: JudgeOptions, key: str) -> float:
     except ValueError:
         raise JudgeError(f"answer {key}: the judge's score {text!r} is not a number") from None
     if (options.low is not None and value < options.low) or (options.high is not None and value > options.high):
-        raise JudgeError(f"answer {key}: the judge's score {value:g} is outside [{options.low}, {options.high}]")
+        bounds = ", ".join("" if b is None else f"{b:g}" for b in (options.low, options.high))
+        raise JudgeError(f"answer {key}: the judge's score {value:g} is outside [{bounds}]")
     return value
 
 
