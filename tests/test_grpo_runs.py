@@ -66,7 +66,7 @@ def test_rewards_never_read_the_scene_graph(tmp_path, monkeypatch):
     carry another scene's instead makes the same rewards and groups, and nothing reads a graph back."""
     from vlalign.world.scene import Scene
 
-    make, store = _round(tmp_path / "a", SMALL)
+    make, store = _round(tmp_path / "a", [*SMALL, "prompts.per_round=4", "decoding.max_new_tokens=20"])
     arm = make(store)[0]
     groups = Stage(tmp_path / "a" / "round1" / "groups").rows()
     assert groups and any(len(set(g["rewards"])) > 1 for g in groups), "the rewards must tell answers apart"

@@ -26,7 +26,7 @@ from vlalign.report.plots import metric_panels, other_training_keys, rollout_pan
 PAGES = (("index.html", "overview"), ("metrics.html", "metrics"), ("training.html", "training"),
          ("pairs.html", "pairs"), ("errors.html", "errors"))
 GROUPS_PAGE = ("groups.html", "groups")  # an online run's rollouts
-ASSETS = ("style.css", "pairs.js", "groups.js")
+ASSETS = ("style.css", "viewer.js", "pairs.js", "groups.js")
 SHOWN_ERRORS = 200  # per stage on the errors page; the rest stay in the stage's errors.jsonl
 
 

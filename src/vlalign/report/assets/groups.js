@@ -3,7 +3,7 @@
  * data/group-sets.js lists the rollouts; each one's groups are in data/<slug>.js, loaded with a script tag
  * when it is chosen. A group shows its prompt and its answers best first, each with its reward, advantage,
  * reward components and claims. Filters narrow the groups, pages show 10 at a time, and every text goes in
- * as text (never as HTML).
+ * as text (never as HTML): the helpers of viewer.js build the nodes.
  */
 (function () {
   "use strict";
@@ -12,30 +12,8 @@
   const $ = (id) => document.getElementById(id);
   const state = { rows: [], shown: [], page: 0 };
 
-  function el(tag, attrs, ...children) {
-    const node = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (v !== null && v !== undefined && v !== false) node.setAttribute(k, v);
-    }
-    for (const c of children) {
-      if (c !== null && c !== undefined && c !== false) node.append(c);
-    }
-    return node;
-  }
-
-  const fmt = (x) => (x === null || x === undefined ? "n/a" : Number.isInteger(x) ? String(x) : x.toFixed(2));
-
-  function markedText(text, marks) {
-    const node = el("div", { class: "text" });
-    let pos = 0;
-    for (const [start, end, kind, note] of marks || []) {
-      if (start < pos) continue;
-      node.append(text.slice(pos, start), el("mark", { class: kind, title: note }, text.slice(start, end)));
-      pos = end;
-    }
-    node.append(text.slice(pos));
-    return node;
-  }
+  const { el, markedText, picture } = window.VLALIGN_VIEW;
+  const fmt = (x) => window.VLALIGN_VIEW.fmt(x, 2);
 
   function claims(list) {
     if (!list.length) return null;
@@ -54,8 +32,7 @@
       el("thead", {}, el("tr", {}, el("th", {}, "reward"), el("th", {}, "advantage"), el("th", {}, "components"),
         el("th", {}, "answer and its claims"))),
       el("tbody", {}, ...row.answers.map(answerRow)));
-    const img = el("img", { src: row.image, alt: "the prompt's image" });
-    img.addEventListener("load", () => { if (img.naturalWidth < 144) img.classList.add("pixelated"); });
+    const img = picture(row.image, "the prompt's image");
     return el("article", { class: "pair", "data-id": row.id },
       el("div", { class: "pair-head" }, el("span", { class: "gap" }, "reward spread " + fmt(row.spread)),
         el("span", { class: "source" }, row.source || "no source"), el("span", {}, "prompt " + row.id)),
