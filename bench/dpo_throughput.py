@@ -2,6 +2,7 @@
 (the decoder and projector; the vision tower frozen in both), run in turn, each in a process of its own.
 
     python bench/dpo_throughput.py --shape llava7b            # LLaVA-1.5-7B's shape scaled for a CPU
+    python bench/dpo_throughput.py --shape qwen3vl8b          # Qwen3-VL-8B's shape scaled for a CPU
     python bench/dpo_throughput.py --shape world              # the world's base policy
     python bench/dpo_throughput.py --shape llava7b --real-size --device cuda --pairs 16 --batch 4   # a GPU
 
@@ -218,8 +219,8 @@ def main() -> None:
         theirs = _spawn("trl", argv, "--order", str(Path(tmp) / "order.json"))
     steps = args.pairs // args.batch
     step_limit, job_limit = limits(prompt, answer)
-    if args.shape == "llava7b" and not args.real_size:
-        print(shapes.describe_shapes(round(prompt), round(answer)))
+    if args.shape in ("llava7b", "qwen3vl8b") and not args.real_size:
+        print(shapes.describe_shapes(round(prompt), round(answer), args.shape))
     print(f"{args.shape}{' real size' if args.real_size else ''}, {args.device}, {shapes.dtype_of(args)}, "
           f"{args.pairs} pairs, {steps} steps of {args.batch}, gradient checkpointing {'on' if args.gc else 'off'} "
           f"in both; P = {prompt:.0f} prompt tokens, A = {answer:.0f} answer tokens")

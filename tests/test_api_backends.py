@@ -56,8 +56,8 @@ def serve():
     """Start servers on free ports; returns (server, base URL); all are shut down after the test."""
     running = []
 
-    def start(model, processor, name: str):
-        server = make_server(ModelJudge(model, processor, name=name), port=0, model_name=name)
+    def start(model, processor, name: str, **kw):
+        server = make_server(ModelJudge(model, processor, name=name), port=0, model_name=name, **kw)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         running.append(server)
         return server, f"http://127.0.0.1:{server.server_port}/v1"
@@ -104,11 +104,42 @@ def test_n_seed_and_top_logprobs_have_vllm_shapes(serve, world_base, picture):
     assert bad.value.code == 400
 
 
+def test_finish_reason_and_usage_count_the_models_tokens(serve, world_base, picture):
+    from vlalign.feedback.judge_api import image_data_url
+
+    _, url = serve(*world_base, "base")
+    image = image_data_url(picture)
+    cut = _chat(url, image, max_tokens=2, logprobs=True, top_logprobs=1)
+    whole = _chat(url, image, max_tokens=64, logprobs=True, top_logprobs=1)
+    assert cut["choices"][0]["finish_reason"] == "length" and cut["usage"]["completion_tokens"] == 2
+    assert len(cut["choices"][0]["logprobs"]["content"]) == 2
+    steps = whole["choices"][0]["logprobs"]["content"]
+    assert whole["choices"][0]["finish_reason"] == "stop" and len(steps) < 64
+    assert whole["usage"]["completion_tokens"] == len(steps) + 1  # the end-of-sequence token counts, as in vLLM
+    model, processor = world_base
+    encoded = processor(images=[[picture]], text=[chat_prompt(processor, "describe the image.")], return_tensors="pt")
+    assert whole["usage"]["prompt_tokens"] == cut["usage"]["prompt_tokens"] == encoded["input_ids"].shape[1]
+    assert whole["usage"]["total_tokens"] == whole["usage"]["prompt_tokens"] + len(steps) + 1
+    assert whole["usage"]["completion_tokens"] != len(whole["choices"][0]["message"]["content"].split())
+
+
+def test_a_request_sliced_over_steps_draws_the_same_answers(serve, world_base, picture):
+    from vlalign.feedback.judge_api import image_data_url
+
+    image = image_data_url(picture)
+    (_, whole), (sliced_server, sliced) = serve(*world_base, "base"), serve(*world_base, "base", max_batch=2)
+    one = _chat(whole, image, n=6, seed=5, temperature=1.0)
+    three = _chat(sliced, image, n=6, seed=5, temperature=1.0)
+    assert sliced_server.batcher.batches == [1, 1, 1]  # 2 answers a step
+    assert [c["message"]["content"] for c in one["choices"]] == [c["message"]["content"] for c in three["choices"]]
+    assert one["usage"] == three["usage"]
+
+
 def test_a_full_model_directory_loads_and_unloads_by_name(serve, world_base, picture):
     from vlalign.feedback.judge_api import image_data_url
     from vlalign.models.load import resolve
 
-    server, url = serve(*world_base, "base")
+    server, url = serve(*world_base, "base", lora_dirs=[resolve("world:base").parent])
     loaded = _post(f"{url}/load_lora_adapter", {"lora_name": "again", "lora_path": str(resolve("world:base"))})
     assert loaded == "Success: LoRA adapter 'again' added successfully."
     with urllib.request.urlopen(f"{url}/models") as response:
@@ -190,7 +221,7 @@ def _samples(run) -> dict[str, list[tuple[str, int, str]]]:
 def test_a_round_samples_and_labels_on_servers_and_reloads_the_adapter(serve, world_base, world_labeler, tmp_path):
     """Two servers of the policy (requests spread over them) and one of the labeler: round 2 samples with round
     1's adapter, loaded into both; a second run in a fresh directory draws the same samples."""
-    servers = [serve(*world_base, "base") for _ in range(2)]
+    servers = [serve(*world_base, "base", lora_dirs=[tmp_path]) for _ in range(2)]
     labeler_server, labeler_url = serve(*world_labeler, "labeler")
     config = _config(f"api:base@{servers[0][1]},{servers[1][1]}", f"api:labeler@{labeler_url}")
     started = time.monotonic()

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 
 from vlalign import ranks
 from vlalign.config import ConfigError, to_dict
@@ -54,6 +55,7 @@ from vlalign.models.lora import save_stacked_adapter
 from vlalign.models.settings import Runtime
 from vlalign.models.types import Model, Processor
 from vlalign.progress import log, scope, warn
+from vlalign.redaction import redact
 from vlalign.report import try_report
 from vlalign.stages.pairs import examples_under, preference_examples
 from vlalign.stages.round import Round
@@ -66,10 +68,10 @@ OPTIMIZER = "optimizer.pt"  # an arm that carries its optimizer's state leaves i
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a reader (or a resumed run) never sees half a file."""
+    """Write JSON atomically (a reader, or a resumed run, never sees half a file), secrets masked."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.write_text(json.dumps(redact(data), indent=1, default=str))  # no credential of a spec reaches a file
     os.replace(tmp, path)
 
 
@@ -163,7 +165,7 @@ def claim(store: RunStore, method: Method) -> None:
     write_json(marker, {**info, "method": method.name})
 
 
-def round_prompts(store: RunStore, method: Method, config, k: int, processor) -> Stage:
+def round_prompts(store: RunStore, method: Method, config: RunConfig, k: int, processor: Processor | None) -> Stage:
     """Round k's prompts: fresh ones from the source (or round 1's again, for methods that reuse them)."""
     first = method.same_prompts
     stage = store.stage(f"round{1 if first else k}/prompts")
@@ -197,7 +199,7 @@ def check_trained(folder: Path, what: str) -> None:
         raise _refix(e, what) from None
 
 
-def load_trained(folder: Path, config, what: str) -> tuple:
+def load_trained(folder: Path, config: RunConfig, what: str) -> tuple[Model, Processor]:
     """(model, processor) this run saved, under the run's runtime; one damaged since is named with the fix."""
     try:
         return load(folder, config.runtime)
@@ -215,24 +217,32 @@ def round_adapter(store: RunStore, k: int) -> tuple[Path, Path | None] | None:
     return store.root / f"round{k}" / "adapter", previous if k > 1 else None
 
 
+def pairs_fingerprint(arm: Arm) -> str | None:
+    """What the arm's pairs stage holds (as the main process reads it): an arm trained on other pairs, which a
+    resume that asked failed items again can make, trains again."""
+    pairs = arm.pairs
+    return ranks.on_main(lambda: pairs.fingerprint()) if isinstance(pairs, Stage) else None
+
+
 def train_arm(arm: Arm, model: Model, processor: Processor, folder: Path, config: RunConfig, models: ScopedModels,
               adapter: tuple[Path, Path | None] | None = None, evaluate: bool = True,
               carried: Carried | None = None) -> tuple[Model, dict]:
     """Train one arm into `folder`: train under its objective, merge, save, evaluate (unless `evaluate` is
     off). A LoRA arm's adapter is kept at `adapter` (out, previous) before the merge; `carried` is where its
     optimizer's state comes from and goes."""
+    pairs = pairs_fingerprint(arm)
     examples = _examples(arm.pairs)
     model, history = fit(model, processor, examples, arm.train, arm.objective, out=folder / "training",
-                                     gradient_checkpointing=config.runtime.gradient_checkpointing,
-                                     description="training", carried=carried)
-    if hasattr(model, "merge_and_unload"):  # the next round starts from (and refers to) the merged policy
+                         gradient_checkpointing=config.runtime.gradient_checkpointing, description="training",
+                         carried=carried)
+    if isinstance(model, PeftModel):  # the next round starts from (and refers to) the merged policy
         if adapter is not None:
             ranks.on_main(lambda: save_stacked_adapter(model, *adapter))
         model = model.merge_and_unload()
     ranks.on_main(lambda: save(model, processor, folder / "policy"))
     record = {"arm": arm.name, "pairs": len(examples), "checkpoint": str(folder / "policy"),
               "final_loss": history[-1]["loss"], "final_reward_accuracy": history[-1].get("reward_accuracy"),
-              **arm.stats}
+              "pairs_fingerprint": pairs, **arm.stats}
     if config.eval and evaluate:
         record["eval"] = run_suite(model, processor, config.eval, folder / "eval", models.chat, config.seed)
     ranks.on_main(lambda: write_json(folder / "arm.json", record))
@@ -257,6 +267,8 @@ def run_round(method: Method, config: RunConfig, store: RunStore, k: int, policy
     for i, arm in enumerate(arms):
         folder = store.root / f"round{k}" / ("" if i == 0 else arm.name)
         done = finished(folder, "arm.json")
+        if done is not None and done.get("pairs_fingerprint") not in (None, pairs_fingerprint(arm)):
+            done = None  # a resume asked failed items again and the pairs changed: the arm trains again
         if done is not None:
             record["arms"][arm.name] = done
             if i == 0:
@@ -289,35 +301,46 @@ def run(method: Method, config: RunConfig, out: str | Path) -> dict:
         return _run(method, config, store)
 
 
+def unfinished(store: RunStore, k: int) -> list[str]:
+    """The stages of round k with failed items left (as the main process reads them)."""
+    return ranks.on_main(lambda: store.unfinished(f"round{k}"))
+
+
 def _run(method: Method, config: RunConfig, store: RunStore) -> dict:
     started = time.time()
     ranks.on_main(lambda: claim(store, method))
     models = ScopedModels(config.runtime, config.api)
     check_backends(config.backends(), models)
-    processor = None
-    policy = None  # loaded when a step needs it: a finished run resumes without loading a model
+    assert config.policy is not None  # run() refuses a config without one (`problems`)
+    start: str = config.policy
+    loaded: tuple[Model, Processor] | None = None  # when a step needs it: a finished run resumes loading nothing
     summary: dict = {"method": method.name, "policy": config.policy, "rounds": []}
     if config.eval and config.eval_base:
         base = ranks.on_main(lambda: read_json(store.root / "base" / "eval.json"))
         if base is None:
-            policy, processor = load(config.policy, config.runtime)
+            loaded = policy, processor = load(start, config.runtime)
             with scope(f"{method.name} base"):
                 base = run_suite(policy, processor, config.eval, store.root / "base", models.chat, config.seed)
             ranks.on_main(lambda: write_json(store.root / "base" / "eval.json", base))
         summary["base"] = base
-    start = config.policy
     for k in range(1, config.rounds + 1):
         folder = store.root / f"round{k}"
         record = finished(folder, "round.json")
+        failed = unfinished(store, k) if record is not None and k == config.rounds else []
+        if failed:  # the last round's failed items are asked again (it trains again only if its pairs change)
+            log(f"{method.name} round {k}: asking again for the items that failed in {', '.join(failed)}")
+            record = None
         if record is None:
-            if policy is None:
-                policy, processor = (load(start, config.runtime) if k == 1
-                                     else load_trained(Path(start), config, f"round {k - 1}"))
+            if loaded is None:
+                loaded = (load(start, config.runtime) if k == 1
+                          else load_trained(Path(start), config, f"round {k - 1}"))
+            policy, processor = loaded
             log(f"{method.name} round {k}/{config.rounds}")
             with scope(f"{method.name} round {k}"):
                 policy, record = run_round(method, config, store, k, policy, processor, start, models)
+            loaded = policy, processor
         else:  # done: checked (cheaply, no model is loaded) so a damaged checkpoint is named now
-            policy = None
+            loaded = None
             check_trained(folder / "policy", f"round {k}")
         summary["rounds"].append(record)
         start = str(folder / "policy")

@@ -4,30 +4,46 @@ after it in the same row.
 
 A block attention mask lets each continuation see the prompt and itself only, and its positions go on from the
 prompt's end, so every continuation is scored exactly as in its own row [prompt | continuation]: one vision
-pass and one prompt pass serve them all. Positions are the architecture's own: 1-D for most, Qwen2-VL's
-M-RoPE from its `get_rope_index`; Gemma 3's image tokens attend to each other both ways (its token type ids),
-and sliding-window layers get their window by position. A family or attention implementation not listed in
-`SHARED_FAMILIES` / `SHARED_ATTENTION` falls back to one row per continuation (`shares_prefix`), which is the
-plain forward, so such a model scores the same texts, only without the saving.
+pass and one prompt pass serve them all. Positions are the architecture's own: 1-D for most, the 3-D M-RoPE
+of Qwen2-VL / Qwen2.5-VL / Qwen3-VL and GLM-4.xV from their `get_rope_index` (Qwen3-VL's DeepStack adds vision
+features at the image tokens, which stay where the prompt put them); image tokens attend to each other both
+ways where the family does (Gemma 3 in every layer, Gemma 4 in its sliding layers), and sliding-window layers
+get their window by position. A family or attention implementation not listed in `SHARED_FAMILIES` /
+`SHARED_ATTENTION` falls back to one row per continuation (`shares_prefix`, with a one-line notice naming the
+reason), which is the plain forward, so such a model scores the same texts, only without the saving.
 """
 
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
+from vlalign.models import moe
 from vlalign.models.batching import TEXT_KEYS, _pad_cat, _room, chat_prompt
+from vlalign.progress import warn
 
 # families whose forward takes a 4-D attention mask and position ids as this module builds them (tested on each)
 SHARED_FAMILIES = frozenset({"llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm",
-                             "gemma3"})
+                             "gemma3", "qwen3_vl", "qwen3_vl_moe", "internvl", "gemma4", "glm4v", "glm46v",
+                             "llava_onevision1_5"})
 SHARED_ATTENTION = frozenset({"eager", "sdpa"})  # FlashAttention takes no arbitrary mask
-BIDIRECTIONAL_IMAGES = frozenset({"gemma3"})  # image tokens attend to their whole image (token_type_ids == 1)
+ALL_LAYERS = None
+# family -> the layer types in which image tokens attend to their whole image (token types == 1), given the
+# text config; ALL_LAYERS: every layer. Gemma 4 does so in its sliding layers only, and only where the
+# checkpoint asks for it (use_bidirectional_attention: vision); its global layers stay causal.
+BIDIRECTIONAL_IMAGES: dict[str, Callable[[object], frozenset[str] | None]] = {
+    "gemma3": lambda text: ALL_LAYERS,
+    "gemma4": lambda text: frozenset({"sliding_attention"} if text.use_bidirectional_attention == "vision" else ()),
+}
 TOKEN_TYPES = ("mm_token_type_ids", "token_type_ids")
+# id(config) -> config of each model told why it falls back: one config per model, whichever wrapper (peft, the
+# training loop's) holds it; configs are unhashable, and an entry goes when its model does
+_told: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 @dataclass
@@ -39,12 +55,31 @@ class Prefixed:
     slots: list[int]  # the batch's slots are numbered 0..n-1 over all its continuations
 
 
-def shares_prefix(model) -> bool:
-    """Whether `model` takes shared-prefix rows; otherwise every continuation gets a row of its own."""
+def unshared_reason(model) -> str | None:
+    """Why `model` cannot take shared-prefix rows, or None when it can."""
     config = model.config
     text = config.get_text_config()
-    return (config.model_type in SHARED_FAMILIES and config._attn_implementation in SHARED_ATTENTION
-            and not getattr(text, "use_bidirectional_attention", False))
+    if config.model_type not in SHARED_FAMILIES:
+        return f"the {config.model_type} family is not one whose shared-prefix rows are tested equal to plain rows"
+    if config._attn_implementation not in SHARED_ATTENTION:
+        return (f"{config._attn_implementation} attention takes no arbitrary mask (load it with "
+                f"attn_implementation sdpa or eager to share prompts)")
+    bidirectional = getattr(text, "use_bidirectional_attention", None)
+    if bidirectional and bidirectional != "vision":
+        return (f"its text attends both ways (use_bidirectional_attention: {bidirectional}), so a prompt's states "
+                f"depend on the text after it")
+    return None
+
+
+def shares_prefix(model) -> bool:
+    """Whether `model` takes shared-prefix rows; otherwise every continuation gets a row of its own, and the
+    first time a model falls back a one-line notice says why."""
+    reason = unshared_reason(model)
+    config = model.config
+    if reason is not None and _told.get(id(config)) is not config:
+        _told[id(config)] = config
+        warn(f"{type(model).__name__} scores one row per text (no shared prompts): {reason}")
+    return reason is None
 
 
 def encode_prompt(processor, image: Image.Image, instruction: str) -> dict[str, torch.Tensor]:
@@ -234,19 +269,21 @@ def _block_ids(token_types: torch.Tensor) -> torch.Tensor:
     return torch.where(image, starts.long().cumsum(-1) - 1, -1)
 
 
-def _allowed(batch: dict, bidirectional: bool) -> torch.Tensor:
+def _allowed(batch: dict) -> torch.Tensor:
     """(B, L, L) booleans: query i may read key j. Causal within the prompt and within each continuation, every
     continuation reads the whole prompt, and no continuation reads another."""
     segment = batch["packing"]["segment"]
     length = segment.shape[1]
     index = torch.arange(length, device=segment.device)
     q, k = segment[:, :, None], segment[:, None, :]
-    allowed = (index[:, None] >= index[None, :]) & ((k == 0) | (k == q)) & (k >= 0) & (q >= 0)
-    if bidirectional:
-        types = next(batch[t] for t in TOKEN_TYPES if t in batch)
-        blocks = _block_ids(types)
-        allowed |= (blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0)
-    return allowed
+    return (index[:, None] >= index[None, :]) & ((k == 0) | (k == q)) & (k >= 0) & (q >= 0)
+
+
+def _image_blocks(batch: dict) -> torch.Tensor:
+    """(B, L, L) booleans: query i and key j are tokens of the same image."""
+    types = next(batch[t] for t in TOKEN_TYPES if t in batch)
+    blocks = _block_ids(types)
+    return (blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0)
 
 
 def _additive(allowed: torch.Tensor, position: torch.Tensor, window: int | None, dtype: torch.dtype) -> torch.Tensor:
@@ -260,15 +297,25 @@ def _additive(allowed: torch.Tensor, position: torch.Tensor, window: int | None,
 
 
 def attention_masks(model, batch: dict, dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
-    """The mask the decoder takes: one tensor, or one per layer type where some layers slide."""
+    """The mask the decoder takes: one tensor, or one per layer type where layers differ (some slide, or only
+    some read images both ways)."""
     text = model.config.get_text_config()
-    allowed = _allowed(batch, model.config.model_type in BIDIRECTIONAL_IMAGES)
+    none = frozenset()
+    both_ways = BIDIRECTIONAL_IMAGES.get(model.config.model_type, lambda text: none)(text)
+    causal = _allowed(batch)
+    with_images = causal | _image_blocks(batch) if both_ways != none else causal
     position = batch["packing"]["position"]
     window = getattr(text, "sliding_window", None)
     types = set(getattr(text, "layer_types", None) or ())
-    if "sliding_attention" in types:
-        return {t: _additive(allowed, position, window if t == "sliding_attention" else None, dtype) for t in types}
-    return _additive(allowed, position, window if not types else None, dtype)
+
+    def mask(layer_type: str | None) -> torch.Tensor:
+        allowed = with_images if both_ways is ALL_LAYERS or layer_type in both_ways else causal
+        slides = layer_type == "sliding_attention" or not types
+        return _additive(allowed, position, window if slides else None, dtype)
+
+    if "sliding_attention" in types or both_ways not in (ALL_LAYERS, none):
+        return {t: mask(t) for t in types}
+    return mask(None)
 
 
 def position_ids(model, batch: dict) -> torch.Tensor:
@@ -338,6 +385,22 @@ def continuation_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     p = batch["packing"]
     logps = token_logps(token_logits(model, batch), p["target"])
     return slot_sums(logps, batch), slot_sums(torch.ones_like(logps), batch)
+
+
+def token_weights(batch: dict) -> torch.Tensor:
+    """(B, L): how many plain rows [prompt | continuation] hold each token: a prompt token one per continuation
+    of its row, a continuation token one, padding none."""
+    segment = batch["packing"]["segment"]
+    readers = segment.amax(-1, keepdim=True).clamp(min=1)
+    return torch.where(segment == 0, readers, (segment > 0).long())
+
+
+def continuation_logps_and_router(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`continuation_logps`, and from the same forward the MoE routers' load-balancing loss over the batch's
+    tokens, each counted as often as plain rows hold it (`token_weights`): the value TRL adds on its rows."""
+    with moe.captured_router_logits(model) as router_logits:
+        total, count = continuation_logps(model, batch)
+    return total, count, moe.load_balancing_loss(model, router_logits, token_weights(batch))
 
 
 def last_logits(model, batch: dict) -> torch.Tensor:

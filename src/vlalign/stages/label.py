@@ -19,6 +19,7 @@ from vlalign.feedback.claims import ClaimSplitter
 from vlalign.feedback.splitters import make_splitter, needs_judge
 from vlalign.models.settings import Runtime
 from vlalign.stages.pairs import pair_stage
+from vlalign.stages.ratings import UsageMeter
 from vlalign.stages.round import Round
 from vlalign.stages.sample import sampled
 from vlalign.stages.settings import SELF, LabeledConfig
@@ -65,8 +66,8 @@ def splitter_of(r: Round[LabeledConfig]) -> AbstractContextManager[ClaimSplitter
 def held_splitter(r: Round, splitter: str, judge: str | None = None, judge_runtime: Runtime | None = None
                   ) -> Iterator[ClaimSplitter]:
     """The claim splitter `splitter`, with its judge held while the block runs when it asks one."""
-    asks = needs_judge(splitter) and judge is not None
-    with r.models.chat(judge, judge_runtime) if asks else nullcontext() as chat:
+    spec = judge if needs_judge(splitter) else None
+    with r.models.chat(spec, judge_runtime) if spec else nullcontext() as chat:
         yield make_splitter(splitter, chat)
 
 
@@ -74,7 +75,7 @@ def label_stage(store: RunStore, responses: Stage, out: Stage, labeler: Labeler,
                 batch_size: int = 64) -> Stage:
     """Claims of every response, each scored by the labeler's P(yes); score = -(rejected claims). A response
     the splitter gives no claims for fails alone (logged, and asked again on resume)."""
-    from vlalign.feedback.labeler import label_each  # torch: kept out of the config check
+    from vlalign.feedback.labeler import label_each, labeling_usage  # torch: kept out of the config check
 
     items = [ResponseRecord.from_row(r) for r in responses.rows()]
 
@@ -82,13 +83,14 @@ def label_stage(store: RunStore, responses: Stage, out: Stage, labeler: Labeler,
         fb = label_each(labeler.model, labeler.processor, [store.images.get(r.image) for r in batch],
                         [r.response for r in batch], split, batch_size=batch_size,
                         instructions=[r.instruction for r in batch], keys=[r.id for r in batch])
-        errors = {i: f for i, f in enumerate(fb) if isinstance(f, Exception)}
+        errors: dict[int, BaseException] = {i: f for i, f in enumerate(fb) if isinstance(f, Exception)}
         return batch_result([FeedbackRecord(id=r.id, response_id=r.id, prompt_id=r.prompt_id, score=f.score,
                                             details=f.to_dict(), meta={"labeler": labeler.name}).to_row()
                              for r, f in zip(batch, fb, strict=True) if not isinstance(f, Exception)], errors)
 
     run_stage(out, items, process, id_of=lambda r: r.id, batch_size=batch_size, shard_size=1024,
-              description="labeling", manifest={"model": labeler.name, "config": {"splitter": type(split).__name__}})
+              description="labeling", manifest={"model": labeler.name, "config": {"splitter": type(split).__name__}},
+              meters=[UsageMeter(out, backend, key) for key, backend in labeling_usage(labeler.model, split).items()])
     return out
 
 

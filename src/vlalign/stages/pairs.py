@@ -26,13 +26,13 @@ def pair_stage(responses: Stage, feedback: Stage, out: Stage, rules: PairRules, 
     feedback, so a resumed stage makes the same choice and only writes what is missing."""
     score = score or (lambda f: f.score)
     verdicts = list(map(FeedbackRecord.from_row, feedback.rows()))
-    scores = {f.response_id: score(f) for f in verdicts}
+    scores = {f.response_id: s for f in verdicts if (s := score(f)) is not None}  # an answer without one is left out
     # what an answer names: claims checked by a choice (counts, in a labeler's claim dicts) say how many, not what
     claims = {f.response_id: sum(not (isinstance(c, dict) and c.get("answers")) for c in f.details["claims"])
               for f in verdicts if "claims" in f.details}
     by_prompt: dict[str, list[ResponseRecord]] = {}
     for r in map(ResponseRecord.from_row, responses.rows()):
-        if scores.get(r.id) is not None:
+        if r.id in scores:
             by_prompt.setdefault(r.prompt_id, []).append(r)
     candidates = {pid: candidate_pairs([Scored(r.id, r.response, scores[r.id], claims.get(r.id)) for r in rs], rules,
                                    key=pid)
@@ -45,8 +45,8 @@ def pair_stage(responses: Stage, feedback: Stage, out: Stage, rules: PairRules, 
     else:
         stats = {"kept": len(flat)}
     selected: dict[str, list[tuple[Scored, Scored]]] = {}
-    for pid, c, r in flat:
-        selected.setdefault(pid, []).append((c, r))
+    for pid, chosen_answer, rejected_answer in flat:
+        selected.setdefault(pid, []).append((chosen_answer, rejected_answer))
     models = {r.id: r.model for rs in by_prompt.values() for r in rs}
 
     def process(batch):
@@ -63,7 +63,7 @@ def pair_stage(responses: Stage, feedback: Stage, out: Stage, rules: PairRules, 
         return rows
 
     run_stage(out, sorted(by_prompt), process, id_of=lambda pid: pid, batch_size=256, shard_size=4096,
-              description="pairs", per_item_output=False,
+              description="pairs", per_item_output=False, derived_from=(responses, feedback),
               manifest={"config": {"rules": to_dict(rules), "method": method, "scoring": scoring}})
     out.annotate(selection=stats)
     return out

@@ -50,7 +50,9 @@ class _Holder:
     """The pool member in memory: switching to another member frees the one before."""
 
     def __init__(self, models: Models):
-        self.models, self.member, self.held = models, None, ExitStack()
+        self.models, self.held = models, ExitStack()
+        self.member: str | None = None
+        self.loaded: tuple = ()
 
     def answer(self, member: PoolMember, images: Sequence[Image.Image], instructions: Sequence[str],
                seeds: Sequence[int]) -> list[str | Exception]:

@@ -45,6 +45,7 @@ class UsageMeter:
         self.stage.annotate(**{self.key: self._total(spent)})
 
     def _spent(self) -> dict[str, int]:
+        assert self.usage is not None
         return {k: v - self.start[k] for k, v in self.usage.to_dict().items()}
 
     def _total(self, spent: list[dict[str, int]]) -> dict[str, int]:
@@ -135,10 +136,10 @@ def record_missing_ratings(out: Stage) -> dict:
         if f.id not in logged:
             out.log_error(f.id, MissingRating(f"{f.meta.get('error')}; the answer is kept without a score, so it "
                                               f"makes no pair"))
-    summary = {"answers": len(missing), "by_aspect": dict(Counter(a for f in missing for a in f.details["missing"])),
-               "log": str(out.dir / ERRORS)}
+    by_aspect = dict(Counter(a for f in missing for a in f.details["missing"]))
+    summary = {"answers": len(missing), "by_aspect": by_aspect, "log": str(out.dir / ERRORS)}
     out.write_manifest(missing_ratings=summary)
     if missing:
-        warn(f"judging: {len(missing)} answer(s) have no usable rating for {', '.join(summary['by_aspect'])}; they "
+        warn(f"judging: {len(missing)} answer(s) have no usable rating for {', '.join(by_aspect)}; they "
              f"are kept without a score and make no pair (each reason is in {out.dir / ERRORS})")
     return summary

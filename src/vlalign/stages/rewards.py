@@ -17,7 +17,7 @@ scene graph grades, and a reward that read it would grade with the answer key.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from vlalign.models.settings import Runtime
     from vlalign.models.types import Model, Processor
 
-Values = dict[str, dict[str, float | None]]  # response id -> the values its scoring pass gives (by kind)
+Values = dict[str, Mapping[str, float | None]]  # response id -> the values its scoring pass gives (by kind)
 
 
 def by_prompt(responses: Stage) -> dict[str, list[ResponseRecord]]:
@@ -138,7 +138,8 @@ def judge_stage(responses: Stage, out: Stage, judge: Judge, term: RewardTerm) ->
         replies = judge.complete([ChatRequest(p, (images.get(x.image),), options.system, options.max_tokens, id=x.id)
                                   for p, x in zip(prompts, batch, strict=True)])
         meter.record()
-        rows, errors = [], {}
+        rows: list[dict] = []
+        errors: dict[int, BaseException] = {}
         for i, (x, reply) in enumerate(zip(batch, replies, strict=True)):
             try:
                 if not reply.ok or reply.text is None:

@@ -17,7 +17,9 @@ import torch
 
 from vlalign import ranks
 from vlalign.config import to_dict
+from vlalign.models.lora import apply_lora, freeze_vision
 from vlalign.models.prefix import shares_prefix
+from vlalign.models.types import Model, Processor
 from vlalign.train.columns import Columns
 from vlalign.train.examples import PreferenceExample, Shuffled
 from vlalign.train.loop import Carried, Checkpoints, Collate, Tracking, train
@@ -28,8 +30,6 @@ from vlalign.train.settings import TrainConfig
 
 def prepare_policy(model, config: TrainConfig, gradient_checkpointing: bool = False):
     """Freeze the vision tower, wrap in LoRA as configured, and turn on gradient checkpointing."""
-    from vlalign.models.lora import apply_lora, freeze_vision
-
     if config.freeze_vision:
         freeze_vision(model)
     if config.lora is not None:
@@ -50,6 +50,8 @@ def tracking_for(config: TrainConfig, out: Path | None) -> Tracking | None:
         raise ValueError(f"report_to: {config.report_to} needs an output folder for its files; pass out=")
     out = Path(out).resolve()
     return Tracking(config.report_to, out / "trackers", name=out.parent.name or "training", config=to_dict(config))
+
+
 def _job(config: TrainConfig, examples: Sequence[PreferenceExample], columns: Columns, objective: Objective) -> str:
     """What a mid-training checkpoint belongs to: the objective, the settings and the pairs (so no other job
     resumes it); where the metrics are reported changes nothing that is trained, so it is left out."""
@@ -58,16 +60,15 @@ def _job(config: TrainConfig, examples: Sequence[PreferenceExample], columns: Co
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def frozen_copy(model) -> torch.nn.Module:
+def frozen_copy(model: Model) -> Model:
     """The starting policy, frozen: the reference a full-parameter objective reads at every step."""
     return copy.deepcopy(model).eval().requires_grad_(False)
 
 
-def fit(model, processor, examples: Sequence[PreferenceExample], config: TrainConfig,
-                    objective: Objective | None = None, *, out: Path | None = None, reference=None,
-                    collate: Collate | None = None, description: str = "DPO",
-                    gradient_checkpointing: bool = False, carried: Carried | None = None
-                    ) -> tuple[torch.nn.Module, list[dict]]:
+def fit(model: Model, processor: Processor, examples: Sequence[PreferenceExample], config: TrainConfig,
+        objective: Objective | None = None, *, out: Path | None = None, reference: Model | None = None,
+        collate: Collate | None = None, description: str = "DPO",
+        gradient_checkpointing: bool = False, carried: Carried | None = None) -> tuple[Model, list[dict]]:
     """Train `model` on `examples` under `objective` (default: the weighted terms of `config.loss`): prepare
     it (frozen vision, LoRA, gradient checkpointing), cache the reference log-probs, loop over shuffled
     batches. The reference is `reference` when given, else the starting policy: its log-probs cached (at step
@@ -80,7 +81,8 @@ def fit(model, processor, examples: Sequence[PreferenceExample], config: TrainCo
     if config.batch_size % ranks.world_size():
         raise ValueError(f"batch_size {config.batch_size} (pairs per optimizer step, over all processes) must be a "
                          f"multiple of the {ranks.world_size()} processes, which each train on an equal share")
-    objective = objective or Preference()
+    if objective is None:
+        objective = Preference()
     columns = objective.columns(config)
     tracking = tracking_for(config, out)
     torch.manual_seed(config.seed)

@@ -40,10 +40,10 @@ class GroupExample:
     """One prompt's scored answers. `image` is a picture or a function that decodes it (read per batch)."""
 
     id: str
-    image: _Decoded = _Decoded()
-    instruction: str
-    answers: tuple[str, ...]
-    advantages: tuple[float, ...]
+    image: _Decoded = _Decoded()  # required, as in PreferenceExample (the descriptor's default raises)
+    instruction: str  # type: ignore[misc]
+    answers: tuple[str, ...]  # type: ignore[misc]
+    advantages: tuple[float, ...]  # type: ignore[misc]
     old: Logps | None = None  # the sampling policy's per-token log-probs (None: each rollout trains one step)
     ref: Logps | None = None  # the KL reference's (None: no KL term)
 
@@ -88,7 +88,7 @@ def group_logps(model, processor, groups: Sequence[Group], temperature: float = 
     p = next(model.parameters())
     was_training = model.training
     model.eval()
-    batch = to_device(group_rows(processor, groups, prefix.shares_prefix(model)), p.device, p.dtype)
+    batch: dict = to_device(group_rows(processor, groups, prefix.shares_prefix(model)), p.device, p.dtype)
     packing = batch["packing"]
     logps = answer_logps(model, batch, temperature).float().cpu()
     model.train(was_training)

@@ -29,8 +29,15 @@ if TYPE_CHECKING:
 class Objective(Protocol):
     """What training minimises over a list of examples (`vlalign.train.fit.fit` runs it)."""
 
-    name: str
-    live_reference: bool  # the loss reads a reference model at every step (a frozen copy, or the adapters off)
+    @property
+    def name(self) -> str:
+        """Names the objective in the history and in what a mid-training checkpoint belongs to."""
+        ...
+
+    @property
+    def live_reference(self) -> bool:
+        """The loss reads a reference model at every step (a frozen copy, or the adapters switched off)."""
+        ...
 
     def columns(self, config: TrainConfig) -> Columns:
         """The answer columns every example's rows hold."""

@@ -20,12 +20,13 @@ import torch
 from vlalign import ranks
 from vlalign.models import prefix
 from vlalign.models.batching import pad_id, to_device
-from vlalign.models.prefix import continuation_logps, shares_prefix
+from vlalign.models.moe import router_coefficient
+from vlalign.models.prefix import continuation_logps, continuation_logps_and_router, shares_prefix
 from vlalign.progress import progress
 from vlalign.train.columns import Columns
 from vlalign.train.examples import PreferenceExample
 from vlalign.train.loop import Collate, LossFn
-from vlalign.train.losses import Logps, objective
+from vlalign.train.losses import Logps, objective, with_router
 from vlalign.train.settings import TrainConfig
 
 
@@ -65,11 +66,11 @@ class Reference(Mapping[str, dict[str, float]]):
     row of a tensor per example, in the examples' order, so a large set costs no dict per pair."""
 
     def __init__(self, ids: Sequence[str], columns: Sequence[str], values: torch.Tensor):
-        self.ids, self.columns, self.values = ids, tuple(columns), values
+        self.ids, self.columns, self.table = ids, tuple(columns), values
         self._index: dict[str, int] | None = None
 
     def row(self, position: int) -> dict[str, float]:
-        return dict(zip(self.columns, self.values[position].tolist(), strict=True))
+        return dict(zip(self.columns, self.table[position].tolist(), strict=True))
 
     def __getitem__(self, id: str) -> dict[str, float]:
         if self._index is None:
@@ -176,11 +177,13 @@ def make_loss(config: TrainConfig, columns: Columns = Columns()) -> LossFn:
 
     def loss_fn(model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         ref = batch.pop("ref")
-        total, count = continuation_logps(model, batch)
+        router = router_coefficient(model, config.router_aux_loss_coef)
+        total, count, aux = (continuation_logps_and_router(model, batch) if router
+                             else (*continuation_logps(model, batch), None))
         counts = split_columns(count, columns)
         x = Logps(split_columns(total, columns), ref, counts, config.beta, config.label_smoothing,
-                  _tokens_per_process(counts["chosen"]) if "sft" in config.loss else None)
-        loss, parts = objective(config.loss, x)
+                  _tokens_per_process(counts["chosen"]) if "sft" in config.loss else None, router=aux)
+        loss, parts = objective(with_router(config.loss, router), x)
         metrics = {"chosen_logp": float(x.policy["chosen"].detach().mean()), **parts}
         if x.ref:
             r_chosen, r_rejected = config.beta * x.ratio("chosen").detach(), config.beta * x.ratio("rejected").detach()
