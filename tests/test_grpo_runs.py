@@ -117,6 +117,31 @@ def test_two_rollouts_carry_the_optimizer_and_evaluate_the_last(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_packaged_world_recipe_runs_by_name(tmp_path):
+    """`vlalign run grpo --config grpo_world` (the recipe shipped as package data, shrunk by overrides) makes a
+    rollout scored by the recipe's rewards and evaluates it against the base."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from vlalign.cli import app
+    from vlalign.recipes import get
+
+    recipe = yaml.safe_load(get("grpo_world").path.read_text())
+    out = tmp_path / "run"
+    shrink = ["rounds=1", "prompts.per_round=4", "samples=3", "decoding.max_new_tokens=16", "batch_size=6",
+              "train.batch_size=2", "eval=[{name: world, limit: 4}]", "report=false"]
+    result = CliRunner().invoke(app, ["run", "grpo", "--config", "grpo_world", "--out", str(out), *shrink])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    [rollout] = summary["rounds"]
+    kinds = {r["kind"] for r in recipe["rewards"]}
+    assert set(rollout["rollout"]["components"]) == kinds and rollout["pairs"] > 0
+    assert "world" in summary["base"] and "chair_i" in rollout["eval"]["world"]["vs_base"], "paired with the base"
+    sampled = json.loads((out / "round1" / "responses" / ".manifest.json").read_text())["config"]["decoding"]
+    assert sampled["temperature"] == recipe["decoding"]["temperature"], "sampled as the recipe says"
+
+
+@pytest.mark.slow
 def test_a_grpo_run_killed_anywhere_ends_as_if_never_killed(tmp_path, monkeypatch):
     import test_kill_anywhere as kill
 
