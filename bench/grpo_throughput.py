@@ -7,7 +7,7 @@ both), each run in a process of its own under /usr/bin/time.
     python bench/grpo_throughput.py --shape world              # the world's base policy
     python bench/grpo_throughput.py --shape llava7b --real-size --device cuda --prompts 4 --steps 6   # a GPU
 
-Each run is made `--repeats` times, the two in turn, and the fastest (steady state) of each counts. Reported:
+Each is run `--runs` times (processes), the two in turn, and the fastest (steady state) of each counts. Reported:
 the whole process (wall seconds and peak RSS from /usr/bin/time, glibc's default allocator), and the
 steady state (steps 2 on): seconds per step (a rollout: sampling, reward, reference log-probs, training, and
 for vlalign the round's stages and saved policy), and the same without sampling (what the policy and the
@@ -41,7 +41,7 @@ def _args() -> argparse.Namespace:
     shapes.add_arguments(ap)
     ap.add_argument("--prompts", type=int, default=2, help="prompts per step (each answered 8 times)")
     ap.add_argument("--steps", type=int, default=4, help="optimizer steps (rollouts); the first is not timed")
-    ap.add_argument("--repeats", type=int, default=1, help="runs of each, in turn; the fastest steady state counts")
+    ap.add_argument("--runs", type=int, default=1, help="processes of each, in turn; the fastest steady state counts")
     ap.add_argument("--gc", action="store_true", help="gradient checkpointing in both (TRL's default, not vlalign's)")
     ap.add_argument("--run", choices=("vlalign", "trl"), help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -229,7 +229,7 @@ def main() -> None:
         del shape
         argv = [*sys.argv[1:], "--model-dir", str(Path(tmp) / "model"), "--data", str(Path(tmp) / "data")]
         runs: dict[str, list[dict]] = {"vlalign": [], "trl": []}
-        for _ in range(args.repeats):  # in turn, so that a machine whose load changes weighs on both alike
+        for _ in range(args.runs):  # in turn, so that a machine whose load changes weighs on both alike
             for which in runs:
                 runs[which].append(_spawn(which, argv))
         ours, theirs = (min(runs[w], key=lambda r: _steady(r["step_s"])) for w in ("vlalign", "trl"))
