@@ -153,18 +153,17 @@ def test_a_grpo_run_killed_anywhere_ends_as_if_never_killed(tmp_path, monkeypatc
 
 
 # Round 2's sampling policy is round 1's trained one, whose weights two processes make within float noise of
-# one process's (see test_parallel): its per-token log-probs agree to this much, the reference's exactly.
-LOGP_TOLERANCE = 1e-3
+# one process's (see test_parallel): its per-token log-probs agree to this much. The reference's are the
+# same model's on the same answers, batched otherwise across ranks: they agree to fp32 noise.
+LOGP_TOLERANCE = {"old": 1e-3, "ref": 1e-5}
 
 
-def _logps_apart(a: Path, b: Path) -> float:
-    """The largest difference between two log-prob stages' values (the reference's must be equal)."""
-    from test_parallel import rounded
-
+def _logps_apart(a: Path, b: Path) -> dict[str, float]:
+    """The largest difference between two log-prob stages' values, per column."""
     rows = [{r["id"]: r for r in Stage(d).rows()} for d in (a, b)]
     assert rows[0].keys() == rows[1].keys()
-    assert all(rounded(rows[0][i]["ref"]) == rounded(rows[1][i]["ref"]) for i in rows[0])
-    return max(abs(x - y) for i in rows[0] for x, y in zip(rows[0][i]["old"], rows[1][i]["old"], strict=True))
+    return {col: max(abs(x - y) for i in rows[0] for x, y in zip(rows[0][i][col], rows[1][i][col], strict=True))
+            for col in LOGP_TOLERANCE}
 
 
 PARALLEL = [*SMALL, *TRAIN, "prompts.per_round=8", "rounds=2", "train.optim.warmup_ratio=0",
@@ -191,7 +190,8 @@ def test_grpo_on_two_processes_matches_one_process(tmp_path):
         ids = ids_on_disk(two / rel)
         assert len(ids) == len(set(ids)), f"{rel}: a record written twice"
         if rel.name == "logps" and rel.parent.name != "round1":  # read under round 1's policy, trained apart
-            assert _logps_apart(one / rel, two / rel) < LOGP_TOLERANCE, rel
+            apart = _logps_apart(one / rel, two / rel)
+            assert all(apart[col] < tol for col, tol in LOGP_TOLERANCE.items()), (rel, apart)
         else:
             assert record_set(two / rel) == record_set(one / rel), f"{rel}: other records than one process's"
     base = load_file(Path(resolve("world:base")) / "model.safetensors")
