@@ -200,4 +200,6 @@ def test_grpo_on_two_processes_matches_one_process(tmp_path):
     assert moved > 1e-2, "training must change the weights for the comparison to mean anything"
     assert apart <= WEIGHT_TOLERANCE * moved, f"weights are {apart:.2e} apart; training moved them {moved:.2e}"
     together = json.loads((two / "summary.json").read_text())
-    assert together["rounds"][1]["eval"]["world"] == pytest.approx(alone["rounds"][1]["eval"]["world"], abs=0.02)
+    evals = [s["rounds"][1]["eval"]["world"] for s in (together, alone)]
+    figures = [{k: v for k, v in e.items() if isinstance(v, float)} for e in evals]  # not intervals, vs_base
+    assert "chair_i" in figures[0] and figures[0] == pytest.approx(figures[1], abs=0.02)
