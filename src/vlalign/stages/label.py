@@ -16,8 +16,9 @@ from typing import Any
 from vlalign.data.records import FeedbackRecord, ResponseRecord
 from vlalign.data.store import RunStore, Stage, batch_result, run_stage
 from vlalign.feedback.claims import ClaimSplitter
+from vlalign.feedback.judge import decoded
 from vlalign.feedback.splitters import make_splitter, needs_judge
-from vlalign.models.settings import Runtime
+from vlalign.models.settings import ChatDecoding, Runtime
 from vlalign.stages.pairs import pair_stage
 from vlalign.stages.ratings import UsageMeter
 from vlalign.stages.round import Round
@@ -59,16 +60,17 @@ def held_labeler(r: Round, spec: str, runtime: Runtime | None = None) -> Iterato
 def splitter_of(r: Round[LabeledConfig]) -> AbstractContextManager[ClaimSplitter]:
     """The claim splitter the config names, with its judge held while the block runs when it asks one."""
     c = r.config
-    return held_splitter(r, c.splitter, c.judge, c.judge_runtime)
+    return held_splitter(r, c.splitter, c.judge, c.judge_runtime, c.judge_decoding)
 
 
 @contextmanager
-def held_splitter(r: Round, splitter: str, judge: str | None = None, judge_runtime: Runtime | None = None
-                  ) -> Iterator[ClaimSplitter]:
-    """The claim splitter `splitter`, with its judge held while the block runs when it asks one."""
+def held_splitter(r: Round, splitter: str, judge: str | None = None, judge_runtime: Runtime | None = None,
+                  judge_decoding: ChatDecoding | None = None) -> Iterator[ClaimSplitter]:
+    """The claim splitter `splitter`, with its judge (under `judge_decoding`) held while the block runs when
+    it asks one."""
     spec = judge if needs_judge(splitter) else None
     with r.models.chat(spec, judge_runtime) if spec else nullcontext() as chat:
-        yield make_splitter(splitter, chat)
+        yield make_splitter(splitter, decoded(chat, judge_decoding) if chat is not None else None)
 
 
 def label_stage(store: RunStore, responses: Stage, out: Stage, labeler: Labeler, split: ClaimSplitter,
