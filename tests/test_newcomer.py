@@ -287,12 +287,14 @@ def test_a_resumed_run_says_so_and_a_stop_says_what_is_kept(tmp_path, capsys, mo
     assert "round 1 finished" in message and "round 2 responses: complete" in message
     assert message.endswith(f"vlalign rlaif-v --out {tmp_path} rounds=2")
 
-    def stopped():
-        raise KeyboardInterrupt
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C inside the command, which typer turns into exit code 130
 
-    from vlalign import cli
+    from vlalign import cli, runner
 
-    monkeypatch.setattr(cli, "app", stopped)
+    monkeypatch.setattr(runner, "run", stopped)
+    monkeypatch.setattr(sys, "argv", ["vlalign", "rlaif-v", "--out", str(tmp_path), "rounds=2", "policy=world:base",
+                                      "labeler=self", "prompts.source=world", "samples=3", "splitter=world"])
     with pytest.raises(SystemExit) as e:
         cli.main()
     assert e.value.code == 130 and "Resume where it stopped" in capsys.readouterr().err
@@ -519,3 +521,40 @@ def test_push_a_saved_model_and_a_runs_data_to_a_stand_in_hub(hub, tiny_world_mo
     pushed = push_finished(run, folder / "policy", HubSettings(push=True, repo="me/final", data_repo="me/final-data",
                                                                endpoint=hub.url))
     assert set(pushed) == {"model", "data"} and "config.json" in hub.names("model", "me/final")
+
+
+class _Splits:
+    """A stand-in chat judge that lists facts for the first `good` claim requests and answers prose after."""
+
+    name = "scripted-splitter"
+
+    def __init__(self, good: int):
+        self.good, self.asked = good, 0
+
+    def complete(self, requests):
+        replies = []
+        for _ in requests:
+            self.asked += 1
+            replies.append(ChatReply("- There is a red circle." if self.asked <= self.good else "the: the: complies."))
+        return replies
+
+
+class _Chat:
+    def __init__(self, judge):
+        self.judge = judge
+
+    def chat(self, spec, runtime=None):
+        from contextlib import nullcontext
+
+        return nullcontext(self.judge)
+
+
+@pytest.mark.parametrize(("good", "refused"), [(0, True), (1, True), (2, False)])
+def test_a_claim_splitter_that_fails_half_its_trials_is_refused(tmp_path, good, refused):
+    config = _rlaif("judge=/some/local/judge", "splitter=llm", "labeler=self", "prompts.per_round=2")
+    prompts = preflight.first_prompts(_round_prompts(config, tmp_path))
+    assert len(prompts) == 2
+    problem = preflight._splitter_trial(config, _Chat(_Splits(good)), prompts)
+    assert (problem is not None) == refused
+    if refused:
+        assert f"gave no list of claims for {2 - good} of the 2 trial answers" in problem

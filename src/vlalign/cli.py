@@ -459,11 +459,19 @@ def main() -> None:
         console.print(f"[red]error:[/red] {redact_secrets(str(e))}", highlight=False, soft_wrap=True)  # one line
         sys.exit(2)
     except KeyboardInterrupt:
-        from vlalign.run_record import interrupted
-
-        console.print(interrupted() or "stopped; run the same command again to continue where it stopped",
-                      highlight=False, soft_wrap=True)
+        _stopped()
         sys.exit(130)
+    except SystemExit as e:  # typer turns Ctrl-C inside a command into exit code 130, saying nothing
+        if e.code == 130:
+            _stopped()
+        raise
+
+
+def _stopped() -> None:
+    from vlalign.run_record import interrupted
+
+    console.print(interrupted() or "stopped; run the same command again to continue where it stopped",
+                  highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -205,11 +205,14 @@ def _splitter_trial(config: Any, models: Any, prompts: list[TrialPrompt]) -> str
         outcomes = split_each(split, [p.answer for p in prompts], [p.instruction for p in prompts],
                               keys=[p.id for p in prompts])
     errors = [o for o in outcomes if isinstance(o, Exception)]
-    if len(errors) < len(outcomes):
+    if 2 * len(errors) < len(outcomes):  # a splitter that fails half its trials fails most of a round
+        if errors:
+            warn(f"pre-flight: the claim splitter's judge {config.judge} split {len(outcomes) - len(errors)} of "
+                 f"{len(outcomes)} trial answers; the others: {errors[0]}")
         return None
-    return (f"the claim splitter's judge {config.judge} gave no list of claims for any of the first {len(prompts)} "
-            f"prompt(s)' answers: {errors[0]}. Fix: a judge that follows the claim prompt, another splitter, or a "
-            f"longer reply (judge_decoding.max_tokens)")
+    return (f"the claim splitter's judge {config.judge} gave no list of claims for {len(errors)} of the "
+            f"{len(outcomes)} trial answers (the first {len(prompts)} prompt(s)' answers): {errors[0]}. Fix: a judge "
+            f"that follows the claim prompt, another splitter, or a longer reply (judge_decoding.max_tokens)")
 
 
 def _labeler_trial(config: Any, models: Any, prompts: list[TrialPrompt]) -> str | None:
