@@ -19,7 +19,8 @@ from vlalign.world.demo import recipes
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = {"rlaif_v_world": "rlaif-v", "rlaif_v_self_world": "rlaif-v", "silkie_world": "silkie",
            "povid_world": "povid", "mdpo_world": "mdpo", "mpo_world": "mpo", "rlaif_v_llava": "rlaif-v",
-           "silkie_api": "silkie", "povid_rlaif_v_world": "rlaif-v"}
+           "silkie_api": "silkie", "povid_rlaif_v_world": "rlaif-v", "grpo_world": "grpo", "grpo_self_world": "grpo",
+           "grpo_rlaif_v_world": "grpo"}
 
 
 @pytest.mark.parametrize(("name", "method"), SHIPPED.items())
@@ -37,7 +38,7 @@ def test_every_recipe_is_listed_and_the_demo_runs_the_world_ones():
     assert {m for _, m in demo} == set(METHODS.names())  # the demo covers every method the core ships
 
 
-@pytest.mark.parametrize("method", ["rlaif-v", "silkie", "povid", "mdpo", "mpo"])
+@pytest.mark.parametrize("method", ["rlaif-v", "silkie", "povid", "mdpo", "mpo", "grpo"])
 def test_config_show_documents_every_key_and_round_trips(method):
     cls = METHODS.get(method).config
     assert undocumented(cls) == []

@@ -54,7 +54,7 @@ def test_quick_demo_reports_on_test_scenes_that_no_stage_drew(quick_demo):
 
     out, summary = quick_demo
     assert summary["split"] == "test" and summary["eval_scenes"] == 150
-    for row in ("base", "rlaif_v", "povid", "povid_rlaif_v"):
+    for row in ("base", "rlaif_v", "povid", "povid_rlaif_v", "grpo", "grpo_self", "grpo_rlaif_v"):
         assert {"chair_i_unique", "pope_accuracy", "count_accuracy"} <= set(summary[row])
     drawn = 0
     for path in out.rglob("*.parquet"):

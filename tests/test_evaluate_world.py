@@ -232,3 +232,26 @@ def test_eval_entries_name_a_split_the_benchmark_has():
         EvalSpec("world", split="train")
     with pytest.raises(ValueError, match="benchmark 'pope' has no split 'test'"):
         EvalSpec("pope", split="test")
+
+
+def test_world_eval_writes_outcomes_that_compare_pairs_scene_by_scene(tiny_world_model_dir, tmp_path):
+    """`vlalign world eval --out X.json` leaves X.outcomes.json beside it, so two evaluations of the same
+    scenes pair: a model against itself differs by exactly nothing on every figure."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from vlalign.cli import app
+
+    runner = CliRunner()
+    for name in ("a", "b"):
+        result = runner.invoke(app, ["world", "eval", "--model", str(tiny_world_model_dir), "--scenes", "3",
+                                     "--split", "dev", "--out", str(tmp_path / f"{name}.json")])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / f"{name}.outcomes.json").is_file()
+    result = runner.invoke(app, ["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                                 "--out", str(tmp_path / "d.json")])
+    assert result.exit_code == 0, result.output
+    [figures] = [b["figures"] for b in json.loads((tmp_path / "d.json").read_text())["benchmarks"].values()]
+    assert {"chair_i", "object_recall", "pope_accuracy"} <= set(figures)
+    assert all(f["diff"] == 0 for f in figures.values())

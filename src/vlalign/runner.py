@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -61,8 +61,10 @@ from vlalign.stages.resume import TRAINED, arm_folder, whole_round
 from vlalign.stages.round import Round
 from vlalign.stages.settings import ApiSettings, RunConfig
 from vlalign.train.fit import fit
+from vlalign.train.loop import Carried
 
 MAIN = "policy"
+OPTIMIZER = "optimizer.pt"  # an arm that carries its optimizer's state leaves it in its training folder
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -169,8 +171,10 @@ def round_prompts(store: RunStore, method: Method, config: RunConfig, k: int, pr
     return stage
 
 
-def _examples(pairs: Stage | str):
-    return preference_examples(pairs) if isinstance(pairs, Stage) else examples_under(pairs)
+def _examples(pairs: Stage | str | Sequence):
+    if isinstance(pairs, Stage):
+        return preference_examples(pairs)
+    return examples_under(pairs) if isinstance(pairs, (str, Path)) else pairs  # a method's examples (groups)
 
 
 def _refix(e: IncompleteCheckpoint, what: str) -> IncompleteCheckpoint:
@@ -212,24 +216,32 @@ def pairs_fingerprint(arm: Arm) -> str | None:
 
 
 def train_arm(arm: Arm, model: Model, processor: Processor, folder: Path, config: RunConfig, models: ScopedModels,
-              adapter: tuple[Path, Path | None] | None = None) -> tuple[Model, dict]:
-    """Train one arm into `folder`: train under its objective, merge, save, evaluate. A LoRA arm's adapter is
-    kept at `adapter` (out, previous) before the merge. An arm saved before a stop during its evaluation is
-    loaded and evaluated, not trained again (unless its pairs changed since)."""
+              adapter: tuple[Path, Path | None] | None = None, evaluate: bool = True,
+              carried: Carried | None = None) -> tuple[Model, dict]:
+    """Train one arm into `folder`: train under its objective, merge, save, evaluate (unless `evaluate` is
+    off). A LoRA arm's adapter is kept at `adapter` (out, previous) before the merge; `carried` is where its
+    optimizer's state comes from and goes. An arm saved before a stop during its evaluation is loaded and
+    evaluated, not trained again (unless its pairs changed since)."""
     record = finished(folder, TRAINED)
     if record is not None and record.get("pairs_fingerprint") in (None, pairs_fingerprint(arm)):
         model = load_trained(folder / "policy", config, f"the {arm.name} arm in {folder}")[0]
     else:
-        model, record = fit_arm(arm, model, processor, folder, config, models, adapter)
+        model, record = fit_arm(arm, model, processor, folder, config, models, adapter, carried)
         ranks.on_main(lambda: write_json(folder / TRAINED, record))
-    if config.eval:
+    if config.eval and evaluate:
         record["eval"] = run_suite(model, processor, config.eval, folder / "eval", models.chat, config.seed)
     ranks.on_main(lambda: write_json(folder / "arm.json", record))
     return model, record
 
 
+def carried_state(store: RunStore, k: int) -> Carried:
+    """Where round k's first arm takes its optimizer's state from (the round before's), and leaves its own."""
+    before = store.root / f"round{k - 1}" / "training" / OPTIMIZER if k > 1 else None
+    return Carried(before, store.root / f"round{k}" / "training" / OPTIMIZER)
+
+
 def fit_arm(arm: Arm, model: Model, processor: Processor, folder: Path, config: RunConfig, models: ScopedModels,
-            adapter: tuple[Path, Path | None] | None = None) -> tuple[Model, dict]:
+            adapter: tuple[Path, Path | None] | None = None, carried: Carried | None = None) -> tuple[Model, dict]:
     """Train one arm and save it into `folder`: (the trained model, the arm's record without its evaluation)."""
     pairs = pairs_fingerprint(arm)
     examples = _examples(arm.pairs)
@@ -237,7 +249,7 @@ def fit_arm(arm: Arm, model: Model, processor: Processor, folder: Path, config: 
     with models.using(reference) if reference else nullcontext((None, None)) as (reference_model, _):
         model, history = fit(model, processor, examples, arm.train, arm.objective, out=folder / "training",
                              reference=reference_model, gradient_checkpointing=config.runtime.gradient_checkpointing,
-                             description="training")
+                             description="training", carried=carried)
     # the next round starts from (and refers to) the merged policy; a LoRA arm's adapter is kept beside it
     model = save_trained(model, processor, folder, config.runtime, adapter[1] if adapter else None)
     return model, {"arm": arm.name, "pairs": len(examples), "checkpoint": str(folder / "policy"),
@@ -269,7 +281,10 @@ def run_round(method: Method, config: RunConfig, store: RunStore, k: int, policy
             pristine = False
             with scope(arm.name if i else "train"):
                 model, record["arms"][arm.name] = train_arm(arm, base, processor, folder, config, models,
-                                                            round_adapter(store, k) if i == 0 else None)
+                                                            round_adapter(store, k) if i == 0 else None,
+                                                            evaluate=config.evaluates(k),
+                                                            carried=carried_state(store, k) if i == 0 and arm.carries
+                                                            else None)
             if i == 0:
                 trained = model
         if i == 0:

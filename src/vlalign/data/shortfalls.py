@@ -5,6 +5,7 @@ the round's record and the run's summary count it (`of_round`) instead of lettin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from vlalign import ranks
@@ -55,7 +56,7 @@ def of_round(root: Path, k: int) -> list[dict]:
     return ranks.on_main(lambda: of_stages(dirs, root))
 
 
-def require_pairs(pairs: Stage | str, root: Path, k: int, arm: str) -> None:
+def require_pairs(pairs: Stage | str | Sequence, root: Path, k: int, arm: str) -> None:
     """Stop before training an arm whose pair stage made no pair, saying what the round fell short of (a
     judge that rated nothing, prompts that were skipped) rather than only that nothing is left to train on."""
     if not isinstance(pairs, Stage) or pairs.counts()["rows"]:

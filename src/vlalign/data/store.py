@@ -30,6 +30,7 @@ process's shards, so a stage resumes under any number of processes, and a record
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -83,6 +84,13 @@ def _now() -> str:
 
 def package_versions() -> dict[str, str | None]:
     """Versions of the packages that decide what a stage produces, read without importing them."""
+    return dict(_versions())
+
+
+@functools.cache
+def _versions() -> dict[str, str | None]:
+    """Read once per process: a run of many short rounds writes hundreds of manifests, and each read of the
+    installed packages' metadata costs as much as the write."""
     versions: dict[str, str | None] = {}
     for name in VERSIONED:
         try:

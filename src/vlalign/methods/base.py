@@ -26,10 +26,11 @@ class Arm:
     the next round starts from; other arms (a baseline) train from the same start and are evaluated beside it."""
 
     name: str
-    pairs: Stage | str  # a stage of this run, or a run / stage directory (pairs_from)
+    pairs: Stage | str | Sequence  # a stage of this run, a run / stage directory (pairs_from), or examples read already (groups)
     train: TrainConfig
     objective: Objective = field(default_factory=Preference)  # what the arm minimises (default: train.loss's terms)
     stats: dict = field(default_factory=dict)  # what the method reports about the round (scores, selection)
+    carries: bool = False  # the optimizer's state goes on from the previous round's (online RL: a round is a rollout)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
     index.html      overview: method, models, config, versions, time per stage, records and errors
     metrics.html    every configured benchmark for the base, each round and the final model (plots, tables)
-    training.html   loss, reward margin, reward accuracy and learning rate per step, per round
+    training.html   loss, reward margin, reward accuracy and learning rate per step, per round; an online
+                    run's rollouts per round (each reward component, length, KL, clip fraction)
     pairs.html      the pair viewer: filter and search every round's pairs, with what made each preference
+    groups.html     an online run's group viewer: each prompt's n answers with their rewards and claims
     errors.html     each stage's logged errors
     style.css, pairs.js, data/*.js, plots/*.svg, images/*.png
 
@@ -72,16 +74,18 @@ def _check_out(root: Path, out: Path) -> None:
 
 def _run(run, out: Path, up: str | None = None) -> None:
     """One run's report (a `gather.RunInfo`) into `out`."""
+    from vlalign.report.groups import group_sets
     from vlalign.report.pairs import copy_images, no_pairs_message, read_pair_sets
     from vlalign.report.render import write_run_pages
 
-    sets = read_pair_sets(run)
+    sets, groups = read_pair_sets(run), group_sets(run)
     note = None
     if not sets:
         note = no_pairs_message(run)
-        warn(f"report of {run.root}: {note}")
-    copy_images(sets, out, _noise(run))
-    write_run_pages(run, sets, out, up=up, pairs_note=note)
+        if not groups:  # an online run trains on groups, not pairs
+            warn(f"report of {run.root}: {note}")
+    copy_images([*sets, *groups], out, _noise(run))
+    write_run_pages(run, sets, out, up=up, pairs_note=note, groups=groups)
 
 
 def _noise(run) -> dict | None:

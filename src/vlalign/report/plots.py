@@ -145,3 +145,19 @@ def other_training_keys(histories: Sequence[tuple[str, list[dict]]]) -> list[str
     """The logged values besides the main four (each loss term, the chosen log-prob, POVID's two terms)."""
     keys = dict.fromkeys(k for _, h in histories for e in h for k in e)
     return [k for k in keys if k not in TRAINING and k != "step"]
+
+
+def rollout_panels(points: Sequence[dict[str, float]], path: Path) -> Path | None:
+    """One line panel per value of an online run's rollouts (rewards, length, KL, clip fraction), against the
+    round; None for a run without rollouts."""
+    keys = list(dict.fromkeys(k for p in points for k in p if k != "round"))
+    if not keys:
+        return None
+    plt = _pyplot()
+    fig, axes = _grid(plt, len(keys), width=2.8, height=1.8, below=0.45)
+    for ax, key in zip(axes, keys, strict=True):
+        xy = [(p["round"], p[key]) for p in points if key in p]
+        ax.plot(*zip(*xy, strict=True), marker="o", markersize=2.5, linewidth=1.2)
+        ax.set_title(key)
+        ax.set_xlabel("round")
+    return _save(plt, fig, path)

@@ -21,12 +21,14 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from vlalign.console import duration
 from vlalign.glossary import PREFERRED, Figure, change, glossary
 from vlalign.report.gather import HEADLINE, Collection, RunInfo
+from vlalign.report.groups import rollout_points
 from vlalign.report.pairs import PairSet
-from vlalign.report.plots import metric_panels, other_training_keys, training_panels
+from vlalign.report.plots import metric_panels, other_training_keys, rollout_panels, training_panels
 
 PAGES = (("index.html", "overview"), ("metrics.html", "metrics"), ("training.html", "training"),
          ("pairs.html", "pairs"), ("errors.html", "errors"))
-ASSETS = ("style.css", "pairs.js")
+GROUPS_PAGE = ("groups.html", "groups")  # an online run's rollouts
+ASSETS = ("style.css", "viewer.js", "pairs.js", "groups.js")
 SHOWN_ERRORS = 200  # per stage on the errors page; the rest stay in the stage's errors.jsonl
 
 
@@ -60,12 +62,12 @@ def copy_assets(out: Path) -> None:
         (out / name).write_bytes((folder / name).read_bytes())
 
 
-def _common(run_name: str, source: Path, up: str | None) -> dict[str, Any]:
+def _common(run_name: str, source: Path, up: str | None, nav: tuple = PAGES) -> dict[str, Any]:
     try:
         version = metadata.version("vlalign")
     except metadata.PackageNotFoundError:
         version = "?"
-    return {"run_name": run_name, "source": str(source), "up": up, "nav": PAGES, "version": version,
+    return {"run_name": run_name, "source": str(source), "up": up, "nav": nav, "version": version,
             "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "headline": HEADLINE}
 
 
@@ -128,8 +130,11 @@ def training_section(run: RunInfo, out: Path) -> dict:
     others = other_training_keys(histories)
     extra = training_panels(histories, out / "plots" / "training-other.svg", others) if others else None
     tracked = (run.config or {}).get("train", {}).get("report_to", "none")
+    rollouts = rollout_points(run.arms)
+    curves = rollout_panels(rollouts, out / "plots" / "rollouts.svg") if rollouts else None
     return {"main": main.relative_to(out).as_posix() if main else None,
-            "extra": extra.relative_to(out).as_posix() if extra else None, "others": others, "tracked": tracked}
+            "extra": extra.relative_to(out).as_posix() if extra else None, "others": others, "tracked": tracked,
+            "rollouts": curves.relative_to(out).as_posix() if curves else None}
 
 
 def marked(sets: list[PairSet]) -> bool:
@@ -139,15 +144,20 @@ def marked(sets: list[PairSet]) -> bool:
 
 
 def write_run_pages(run: RunInfo, sets: list[PairSet], out: Path, up: str | None = None,
-                    pairs_note: str | None = None) -> None:
-    """Every page of one run's report into `out` (its images are copied already)."""
+                    pairs_note: str | None = None, groups: list[PairSet] | None = None) -> None:
+    """Every page of one run's report into `out` (its images are copied already); the group viewer's too,
+    for a run with `groups` (an online run's rollouts)."""
     env = environment()
     copy_assets(out)
-    common = _common(run.name, run.root, up)
+    common = _common(run.name, run.root, up, (*PAGES, GROUPS_PAGE) if groups else PAGES)
     headers = [s.header() for s in sets]
     write_js(out / "data" / "sets.js", "VLALIGN_SETS", None, headers)
     for s in sets:
         write_js(out / "data" / f"{s.slug}.js", "VLALIGN_PAIRS", s.slug, s.rows)
+    if groups:
+        write_js(out / "data" / "group-sets.js", "VLALIGN_GROUP_SETS", None, [s.header() for s in groups])
+        for s in groups:
+            write_js(out / "data" / f"{s.slug}.js", "VLALIGN_GROUPS", s.slug, s.rows)
     config_text = yaml.safe_dump(run.config, sort_keys=False) if run.config else None
     pages = {
         "index.html": {"run": run, "config_text": config_text, "pairs": sum(s.total for s in sets)},
@@ -155,6 +165,7 @@ def write_run_pages(run: RunInfo, sets: list[PairSet], out: Path, up: str | None
         "training.html": {"run": run, "training": training_section(run, out)},
         "pairs.html": {"run": run, "sets": headers, "pairs_note": pairs_note, "marked": marked(sets)},
         "errors.html": {"run": run, "shown_errors": SHOWN_ERRORS},
+        **({"groups.html": {"run": run, "sets": [s.header() for s in groups]}} if groups else {}),
     }
     for name, context in pages.items():
         html = env.get_template(name).render(page=name, **common, **context)

@@ -9,7 +9,7 @@ The labeler is a separate model (held for the labeling stage only), a server (`a
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,7 @@ from vlalign.data.store import RunStore, Stage, batch_result, run_stage
 from vlalign.feedback.claims import ClaimSplitter
 from vlalign.feedback.judge import decoded
 from vlalign.feedback.splitters import make_splitter, needs_judge
+from vlalign.models.settings import ChatDecoding, Runtime
 from vlalign.stages.pairs import pair_stage
 from vlalign.stages.ratings import UsageMeter
 from vlalign.stages.round import Round
@@ -35,30 +36,41 @@ class Labeler:
     name: str
 
 
-@contextmanager
-def labeler_of(r: Round[LabeledConfig]) -> Iterator[Labeler]:
+def labeler_of(r: Round[LabeledConfig]) -> AbstractContextManager[Labeler]:
     """The round's labeler, held while the block runs: the policy (`self`), a server, or a model."""
-    c = r.config
-    assert c.labeler is not None  # the config's problems() refuses a run without one
-    if c.labeler == SELF:
+    assert r.config.labeler is not None  # the config's problems() refuses a run without one
+    return held_labeler(r, r.config.labeler, r.config.labeler_runtime)
+
+
+@contextmanager
+def held_labeler(r: Round, spec: str, runtime: Runtime | None = None) -> Iterator[Labeler]:
+    """The labeler `spec` names, held while the block runs: the policy (`self`), a server, or a model."""
+    if spec == SELF:
         yield Labeler(r.policy, r.processor, r.policy_name)
-    elif c.labeler.startswith("api:"):
+    elif spec.startswith("api:"):
         from vlalign.feedback.server_backends import ApiLabeler
 
-        with r.models.chat(c.labeler) as server:
+        with r.models.chat(spec) as server:
             yield Labeler(ApiLabeler(server, server.name), None, server.name)
     else:
-        with r.models.using(c.labeler, c.labeler_runtime) as (model, processor):
-            yield Labeler(model, processor, c.labeler)
+        with r.models.using(spec, runtime) as (model, processor):
+            yield Labeler(model, processor, spec)
+
+
+def splitter_of(r: Round[LabeledConfig]) -> AbstractContextManager[ClaimSplitter]:
+    """The claim splitter the config names, with its judge held while the block runs when it asks one."""
+    c = r.config
+    return held_splitter(r, c.splitter, c.judge, c.judge_runtime, c.judge_decoding)
 
 
 @contextmanager
-def splitter_of(r: Round[LabeledConfig]) -> Iterator[ClaimSplitter]:
-    """The claim splitter the config names, with its judge held while the block runs when it asks one."""
-    c = r.config
-    spec = c.judge if needs_judge(c.splitter) else None
-    with r.models.chat(spec, c.judge_runtime) if spec else nullcontext() as judge:
-        yield make_splitter(c.splitter, decoded(judge, c.judge_decoding) if judge is not None else None)
+def held_splitter(r: Round, splitter: str, judge: str | None = None, judge_runtime: Runtime | None = None,
+                  judge_decoding: ChatDecoding | None = None) -> Iterator[ClaimSplitter]:
+    """The claim splitter `splitter`, with its judge (under `judge_decoding`) held while the block runs when
+    it asks one."""
+    spec = judge if needs_judge(splitter) else None
+    with r.models.chat(spec, judge_runtime) if spec else nullcontext() as chat:
+        yield make_splitter(splitter, decoded(chat, judge_decoding) if chat is not None else None)
 
 
 def label_stage(store: RunStore, responses: Stage, out: Stage, labeler: Labeler, split: ClaimSplitter,

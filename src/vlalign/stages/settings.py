@@ -14,11 +14,10 @@ from vlalign.config import Alias, ConfigError, from_dict, prefixed
 from vlalign.data.hub import HubSettings
 from vlalign.data.sources import source_named
 from vlalign.feedback.pairs import PairRules
+from vlalign.feedback.rewards import SELF  # a labeler spec: the policy labels its own answers
 from vlalign.models.settings import ChatDecoding, Decoding, Runtime
 from vlalign.plugins import BENCHMARKS, SPLITTERS
 from vlalign.train.settings import TRAIN_ALIASES, TrainConfig
-
-SELF = "self"  # a labeler spec: the policy labels its own answers
 
 
 @dataclass(frozen=True)
@@ -100,6 +99,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)  # the preference objective and its optimizer
     eval: list[EvalSpec] = field(default_factory=list)  # benchmarks run on the base, after every round and at the end
     eval_base: bool = True  # evaluate the starting policy too, before the first round
+    eval_every: int = 1  # evaluate after every k-th round (and the last): online RL runs many short rounds
     pairs_from: str | None = None  # train on the pairs under this run or stage directory instead of making them (one round)
     batch_size: int = 16  # items per batch in the sampling and labeling stages
     api: ApiSettings = field(default_factory=ApiSettings)  # settings of every API backend the run calls
@@ -110,8 +110,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.rounds < 1:
             raise ValueError(f"rounds must be at least 1, got {self.rounds}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.batch_size < 1 or self.eval_every < 1:
+            raise ValueError(f"batch_size and eval_every must be at least 1, got {self.batch_size}, {self.eval_every}")
         if self.pairs_from is not None and self.rounds != 1:
             raise ValueError("pairs_from trains on fixed pairs, which is one round: set rounds: 1")
 
@@ -128,6 +128,10 @@ class RunConfig:
     def backends(self) -> list[str]:
         """The models and API backends the run calls besides the policy, checked before its first stage."""
         return [e.judge for e in self.eval if e.judge]
+
+    def evaluates(self, k: int) -> bool:
+        """Whether round k's policy is evaluated (every `eval_every`-th round, and the last)."""
+        return bool(self.eval) and (k % self.eval_every == 0 or k == self.rounds)
 
 
 @dataclass(frozen=True)

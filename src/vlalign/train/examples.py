@@ -11,6 +11,7 @@ are read at once.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -58,6 +59,10 @@ class PreferenceExample:
     instruction: str  # type: ignore[misc]  # (no required field after one with a default) does not apply
     chosen: str  # type: ignore[misc]
     rejected: str  # type: ignore[misc]
+
+    def digest(self) -> str:
+        """What the pair trains on (a cached reference or checkpoint of other texts is never used)."""
+        return hashlib.sha256("\x1f".join((self.instruction, self.chosen, self.rejected)).encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
         return f"PreferenceExample(id={self.id!r}, instruction={self.instruction[:40]!r})"

@@ -23,9 +23,9 @@ from vlalign.models.types import Model, Processor
 from vlalign.train.columns import Columns
 from vlalign.train.examples import PreferenceExample, Shuffled
 from vlalign.train.heldout import held_out_split
-from vlalign.train.loop import Checkpoints, Collate, Tracking, train
+from vlalign.train.loop import Carried, Checkpoints, Collate, Tracking, train
 from vlalign.train.objectives import Objective, Preference
-from vlalign.train.preference import Reference, example_digest, reference_logps
+from vlalign.train.preference import Reference, reference_logps
 from vlalign.train.settings import TrainConfig
 
 
@@ -51,13 +51,15 @@ def tracking_for(config: TrainConfig, out: Path | None) -> Tracking | None:
         raise ValueError(f"report_to: {config.report_to} needs an output folder for its files; pass out=")
     out = Path(out).resolve()
     return Tracking(config.report_to, out / "trackers", name=out.parent.name or "training", config=to_dict(config))
+
+
 def _job(config: TrainConfig, examples: Sequence[PreferenceExample], columns: Columns, objective: Objective) -> str:
     """What a mid-training checkpoint belongs to: the objective, the settings and the pairs (so no other job
     resumes it); where the metrics are reported and how often checkpoints are written change nothing that is
     trained, so they are left out."""
     settings = {k: v for k, v in to_dict(config).items() if k not in ("report_to", "checkpoint_every",
                                                                        "checkpoint_minutes")}
-    blob = json.dumps([objective.name, settings, [*columns.names, columns.key], [example_digest(e) for e in examples]])
+    blob = json.dumps([objective.name, settings, [*columns.names, columns.key], [e.digest() for e in examples]])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -69,15 +71,16 @@ def frozen_copy(model: Model) -> Model:
 def fit(model: Model, processor: Processor, examples: Sequence[PreferenceExample], config: TrainConfig,
         objective: Objective | None = None, *, out: Path | None = None, reference: Model | None = None,
         collate: Collate | None = None, description: str = "DPO",
-        gradient_checkpointing: bool = False) -> tuple[Model, list[dict]]:
+        gradient_checkpointing: bool = False, carried: Carried | None = None) -> tuple[Model, list[dict]]:
     """Train `model` on `examples` under `objective` (default: the weighted terms of `config.loss`): prepare
     it (frozen vision, LoRA, gradient checkpointing), cache the reference log-probs, loop over shuffled
     batches. The reference is `reference` when given, else the starting policy: its log-probs cached (at step
     0 the policy *is* the reference) and, for an objective that reads it at every step, the policy with its
     adapters switched off (LoRA) or a frozen copy. With `out`, the reference cache, mid-training checkpoints
-    and the history live there. Saving the model is the caller's."""
+    and the history live there; with `carried`, the optimizer's state goes on from an earlier training's.
+    Saving the model is the caller's."""
     if not examples:
-        raise ValueError(f"{description} needs at least one preference pair; the pair stage produced none")
+        raise ValueError(f"{description} needs at least one preference pair or group; the stage before it made none")
     if config.batch_size % ranks.world_size():
         raise ValueError(f"batch_size {config.batch_size} (pairs per optimizer step, over all processes) must be a "
                          f"multiple of the {ranks.world_size()} processes, which each train on an equal share")
@@ -100,7 +103,7 @@ def fit(model: Model, processor: Processor, examples: Sequence[PreferenceExample
     history = train(model, batches, collate, objective.loss(config, columns, reference), config.optim,
                     config.steps_for(len(trained)), description=description, checkpoints=checkpoints,
                     checkpoint_every=config.checkpoint_every, tracking=tracking,
-                    checkpoint_minutes=config.checkpoint_minutes, evaluation=evaluation)
+                    checkpoint_minutes=config.checkpoint_minutes, evaluation=evaluation, carried=carried)
     if out is not None and ranks.is_main():
         Path(out).mkdir(parents=True, exist_ok=True)
         text = json.dumps({"config": to_dict(config), "objective": objective.name, "n_pairs": len(examples),

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from safetensors.torch import load_file, save_file
-from transformers import get_cosine_schedule_with_warmup
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from vlalign import ranks
 from vlalign.checksums import differences, read_sums, sums, sums_json
@@ -85,6 +85,33 @@ def finish_tracking(accelerator: Accelerator) -> None:
     """Close the trackers (not `end_training`, which would also end the process group of a launched run)."""
     for tracker in accelerator.trackers:
         tracker.finish()
+
+
+@dataclass(frozen=True)
+class Carried:
+    """The optimizer's moments carried from one training to the next (an online run trains once per rollout,
+    and Adam restarted every rollout would take sign-sized steps): read from `before` at the start, unless
+    a mid-training checkpoint resumes, and written to `after` at the end (whole or not at all)."""
+
+    before: Path | None
+    after: Path
+
+    def load(self, optimizer) -> None:
+        if self.before is None or not self.before.exists():
+            return
+        saved = torch.load(self.before, weights_only=True)["state"]
+        current = optimizer.state_dict()
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if any(not 0 <= i < len(params) or s["exp_avg"].shape != params[i].shape for i, s in saved.items()):
+            warn(f"the optimizer state in {self.before} belongs to other parameters; this training starts afresh")
+            return
+        optimizer.load_state_dict({**current, "state": saved})  # the moments; lr and betas stay the config's
+
+    def save(self, optimizer) -> None:
+        self.after.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.after.with_name(f".{self.after.name}.tmp")
+        torch.save({"state": optimizer.state_dict()["state"]}, tmp)
+        os.replace(tmp, self.after)
 
 
 class Checkpoints:
@@ -219,21 +246,26 @@ def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, los
           steps: int, accelerator: Accelerator | None = None, description: str = "training",
           checkpoints: Checkpoints | None = None, checkpoint_every: int = 0,
           tracking: Tracking | None = None, checkpoint_minutes: float = 0.0,
-          evaluation: Evaluation | None = None) -> list[dict[str, float]]:
+          evaluation: Evaluation | None = None, carried: Carried | None = None) -> list[dict[str, float]]:
     """Run `steps` optimizer steps over `batches` (global batches: lists of items, cycled if shorter), each
     process collating its share of every batch with `collate(items, batch_number)`; return the logged
     metrics. A given `accelerator` logs with the trackers it was made with; `tracking` applies to the one
     made here. With `evaluation`, its held-out batches are scored as it says, through the same accelerator
-    and loss. `model` is trained in place (the caller saves it, unwrapped)."""
+    and loss. `model` is trained in place (the caller saves it, unwrapped). With `carried`, the optimizer
+    starts from the state an earlier training left, and leaves its own."""
     tracked = tracking is not None and tracking.report_to != "none" and accelerator is None
     accelerator = accelerator or make_accelerator(config, tracking if tracked else None)
     if tracked and tracking is not None:
         tracking.start(accelerator)
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * steps), steps)
+    warmup = math.ceil(config.warmup_ratio * steps)
+    scheduler = (get_constant_schedule_with_warmup(optimizer, warmup) if config.schedule == "constant"
+                 else get_cosine_schedule_with_warmup(optimizer, warmup, steps))
     wrapped, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     start, history, running = (checkpoints.resume(model, optimizer, scheduler) if checkpoints is not None
                                else (0, [], {}))
+    if start == 0 and carried is not None:
+        carried.load(optimizer)
     forward = Prepared(wrapped, model)
     due = CheckpointDue(checkpoint_every, checkpoint_minutes)
     dtype = next(model.parameters()).dtype
@@ -283,6 +315,8 @@ def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, los
                 accelerator.wait_for_everyone()
                 due.saved()
     wrapped.eval()
+    if carried is not None and accelerator.is_main_process:
+        carried.save(optimizer)
     if tracked:
         finish_tracking(accelerator)
     return history

@@ -4,7 +4,8 @@ An objective says which answer columns each example's rows hold (and under which
 reference's log-probs of them are cached before the first step, whether its loss also reads a reference
 model at every step (then a frozen copy of the starting policy, or the policy with its LoRA adapters
 switched off), how a batch is collated, and its loss. DPO-family terms on pairs (`Preference`, mDPO's
-corrupted-image column included) and POVID's noisy-image term (`POVIDNoise`) are objectives.
+corrupted-image column included), POVID's noisy-image term (`POVIDNoise`) and the group-relative policy
+gradient on groups of scored answers (`GroupPolicyGradient`: GRPO, Dr. GRPO, RLOO, DAPO) are objectives.
 
 Nothing here imports torch at module level, so methods name their objective in a config check's time.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from vlalign.train.columns import REAL, Columns, ImageOf
-from vlalign.train.settings import NoiseConfig, TrainConfig
+from vlalign.train.settings import NoiseConfig, PolicyGradientConfig, TrainConfig
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -153,3 +154,32 @@ class POVIDNoise:
         from vlalign.train.povid import make_povid_loss
 
         return make_povid_loss(config, self.noise, reference)
+
+
+@dataclass(frozen=True)
+class GroupPolicyGradient:
+    """The group-relative policy gradient (`vlalign.train.groups`) on groups of scored answers
+    (`GroupExample`s, which carry their advantages and any log-probs the loss reads, from the round's
+    stages). `train.loss` and `train.beta` do not apply."""
+
+    config: PolicyGradientConfig = field(default_factory=PolicyGradientConfig)
+    max_tokens: int = 512  # the answers' token limit: the `constant` aggregate divides by it
+    temperature: float = 1.0  # the answers' sampling temperature: their log-probs are read under it
+    name: str = "policy gradient"
+    live_reference: bool = False
+
+    def columns(self, config: TrainConfig) -> Columns:
+        return Columns()
+
+    def cached_reference(self, config: TrainConfig) -> bool:
+        return False
+
+    def collate(self, processor: Processor, columns: Columns, shared: bool) -> Collate:
+        from vlalign.train.groups import group_collate
+
+        return group_collate(processor, shared)
+
+    def loss(self, config: TrainConfig, columns: Columns, reference: Model | None) -> LossFn:
+        from vlalign.train.groups import make_group_loss
+
+        return make_group_loss(self.config, self.max_tokens, self.temperature)

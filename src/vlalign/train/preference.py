@@ -61,10 +61,6 @@ def model_fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
-def example_digest(e: PreferenceExample) -> str:
-    return hashlib.sha256("\x1f".join((e.instruction, e.chosen, e.rejected)).encode()).hexdigest()[:16]
-
-
 class Reference(Mapping[str, dict[str, float]]):
     """The reference log-probs: per example (by id, or by position with `row`), each column's value. One
     row of a tensor per example, in the examples' order, so a large set costs no dict per pair."""
@@ -143,7 +139,7 @@ def reference_logps(model, processor, examples: Sequence[PreferenceExample], col
     ids, digests = [], []
     for e in examples:
         ids.append(e.id)
-        digests.append(example_digest(e))
+        digests.append(e.digest())
     rows = _cached(cache, fingerprint, columns, ids, digests)
     if rows is None:
         rows = ranks.gather(_scored(model, processor, examples, columns, batch_size))

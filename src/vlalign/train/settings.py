@@ -31,6 +31,7 @@ TERM_HELP = {
 }
 TERMS = tuple(TERM_HELP)
 # report_to -> the packages that can serve it (any one will do) and the extra that installs one
+SCHEDULES = ("cosine", "constant")
 TRACKERS = {"none": ((), ""), "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"),
             "wandb": (("wandb",), "wandb")}
 
@@ -46,8 +47,11 @@ class OptimConfig:
     max_grad_norm: float = 1.0  # clip the gradient norm (0: no clipping)
     grad_accum: int = 1  # batches per optimizer step
     log_every: int = 10  # steps per logged history entry
+    schedule: str = "cosine"  # the learning rate after warmup: cosine (decays to 0 at the last step) or constant
 
     def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"optim.steps must be at least 1 (or null), got {self.steps}")
         if self.lr <= 0 or not 0 <= self.warmup_ratio < 1:
@@ -216,3 +220,33 @@ class NoiseConfig:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
         if not 0 <= self.step < self.T:
             raise ValueError(f"noise step must be in [0, T={self.T}), got {self.step}")
+
+
+BASELINES = ("mean", "leave_one_out")
+SCALES = ("group", "batch", "none")
+AGGREGATES = ("sequence", "token", "constant")
+RATIOS = ("token", "sequence")
+
+
+@dataclass(frozen=True)
+class PolicyGradientConfig:
+    """A group-relative policy gradient on n scored answers per prompt. GRPO is the default; Dr. GRPO is
+    `scale: none, aggregate: constant`; RLOO is `baseline: leave_one_out, scale: none`; DAPO is `aggregate:
+    token` with `clip_high` above `clip_low` and several optimizer steps per rollout."""
+
+    baseline: str = "mean"  # what an answer's reward is compared with: mean (its group's, GRPO) or leave_one_out (the others', RLOO)
+    scale: str = "group"  # advantages divided by the std of rewards of the group (GRPO), of the whole rollout (batch), or none (Dr. GRPO)
+    aggregate: str = "sequence"  # per-token losses averaged per answer then over answers (sequence, GRPO), over every token of the batch (token, DAPO), or summed over a constant: answers x max_new_tokens (constant, Dr. GRPO)
+    ratio: str = "token"  # the importance ratio per token, or one per answer from its mean log-ratio (sequence, GSPO)
+    clip_low: float = 0.2  # the ratio is clipped below at 1 - clip_low (a batch reused over several steps)
+    clip_high: float = 0.2  # ... and above at 1 + clip_high (DAPO raises it to 0.28)
+    kl: float = 0.0  # weight of the k3 estimate of KL(policy || reference) per token (0: no reference is read)
+
+    def __post_init__(self) -> None:
+        for key, value, choices in (("baseline", self.baseline, BASELINES), ("scale", self.scale, SCALES),
+                                    ("aggregate", self.aggregate, AGGREGATES), ("ratio", self.ratio, RATIOS)):
+            if value not in choices:
+                raise ValueError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+        if not (0 <= self.clip_low < 1 and self.clip_high >= 0 and self.kl >= 0):
+            raise ValueError(f"need 0 <= clip_low < 1, clip_high >= 0 and kl >= 0; got {self.clip_low}, "
+                             f"{self.clip_high}, {self.kl}")

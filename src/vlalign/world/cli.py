@@ -40,14 +40,17 @@ def world_eval(
     model: str = typer.Option("world:base", help="Model directory or world:<name>."),
     scenes: int = typer.Option(1000, help="Number of held-out scenes."),
     split: str = typer.Option("test", help="test (report) or dev (choose recipes)."),
-    out: Path = typer.Option(None, help="Write the metrics (and answers) as JSON here."),
+    out: Path = typer.Option(None, help="Write the metrics (and answers) as JSON here, and the per-scene outcomes "
+                                         "beside it (<stem>.outcomes.json, for `vlalign compare`)."),
 ) -> None:
     """Exact hallucination metrics (CHAIR, recall, POPE, colour/count accuracy) on held-out world scenes."""
+    from vlalign.evaluate.intervals import outcomes_path
     from vlalign.models.load import load
     from vlalign.world.metrics import evaluate_world
 
     m, p = load(model, dtype="fp32")
-    metrics = evaluate_world(m, p, n_scenes=scenes, with_answers=out is not None, split=split)
+    metrics = evaluate_world(m, p, n_scenes=scenes, with_answers=out is not None, split=split,
+                             outcomes=outcomes_path(out) if out is not None else None)
     answers = metrics.pop("answers", None)
     console.print(metrics_table(f"world eval: {model}", {model: metrics}, SUMMARY_KEYS))
     if out is not None:

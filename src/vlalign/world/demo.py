@@ -42,7 +42,8 @@ class Size:
 
 
 QUICK = Size("quick", 150, 4, 100, "every path on small data, for tests: too small to judge the methods by")
-STANDARD = Size("standard", 500, 4, 200, "every method at a size that shows its effect beyond the 95% intervals")
+STANDARD = Size("standard", 500, 4, 200, "every DPO-family method at a size that shows its effect beyond the 95% "
+                                         "intervals")
 FULL = Size("full", 1000, 8, 1000, "every recipe as it ships: the README's Results")
 SIZES = {s.name: s for s in (QUICK, STANDARD, FULL)}
 
@@ -57,6 +58,8 @@ class Recipe:
     standard: tuple[str, ...] = ()  # the default demo's overrides (the full demo runs the recipe as it ships)
     pairs_of: str | None = None  # train on this recipe's round-1 pairs instead of making pairs
     start_from: str | None = None  # align this recipe's final policy instead of the demo's policy
+    start_round: int | None = None  # ... its policy after this round instead of its final one
+    sizes: tuple[Size, ...] = (QUICK, STANDARD, FULL)  # the demos it is part of
 
     @property
     def method(self) -> str:
@@ -76,6 +79,9 @@ class Recipe:
 # The default demo's sizes: fewer prompts than the recipes, batches of 256 (a world model's sampling step costs
 # about the same for 256 rows as for 64); POVID's small rounds train at RLAIF-V's learning rate.
 FAST = ("batch_size=256",)
+# GRPO's small sizes: a few short rollouts. It is in the quick demo (every path) and the full one, not yet in the
+# default demo: no size that shows its effect in the default demo's minutes has been chosen on dev.
+GRPO_QUICK = ("rounds=3", "prompts.per_round=32", "samples=6", "eval_every=3")
 RECIPES: tuple[Recipe, ...] = (
     Recipe("rlaif_v", "rlaif_v_world", ("rounds=1", "prompts.per_round=120", "samples=6"),
            (*FAST, "rounds=1", "prompts.per_round=240", "samples=6")),
@@ -89,12 +95,16 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("mpo", "mpo_world", pairs_of="rlaif_v"),
     Recipe("povid_rlaif_v", "povid_rlaif_v_world", ("rounds=1", "prompts.per_round=120", "samples=6"),
            (*FAST, "rounds=1", "prompts.per_round=200", "samples=6"), start_from="povid"),
+    Recipe("grpo", "grpo_world", GRPO_QUICK, sizes=(QUICK, FULL)),
+    Recipe("grpo_self", "grpo_self_world", GRPO_QUICK, sizes=(QUICK, FULL)),
+    Recipe("grpo_rlaif_v", "grpo_rlaif_v_world", GRPO_QUICK, start_from="rlaif_v", start_round=1, sizes=(QUICK, FULL)),
 )
 
 
-def recipes() -> list[Recipe]:
-    """The demo's recipes in order (one that starts from another's policy comes after it)."""
-    return list(RECIPES)
+def recipes(size: Size | None = None) -> list[Recipe]:
+    """The demo's recipes in order (one that starts from another's policy comes after it): all of them, or those
+    of the demo of `size`."""
+    return [r for r in RECIPES if size is None or size in r.sizes]
 
 
 def not_in_demo() -> list[str]:
@@ -222,6 +232,9 @@ def run_demo(out: Path, size: Size = STANDARD, policy: str = "world:base", label
     if skipped:
         warn(f"the demo runs the methods with a world recipe; not {', '.join(skipped)} (add a Recipe to "
              f"vlalign.world.demo.RECIPES to run one)")
+    left_out = [r.label for r in RECIPES if size not in r.sizes]
+    if left_out:
+        log(f"not in the {size.name} demo: {', '.join(left_out)} (`vlalign demo --full` runs them)")
     scenes = size.scenes
     base_folder = out / "eval" / f"base-{split}-{scenes}"
     with scope("demo"):
@@ -229,13 +242,15 @@ def run_demo(out: Path, size: Size = STANDARD, policy: str = "world:base", label
         base = cached(base_folder / "world.json", lambda: evaluate_base(policy, scenes, split, base_folder))
         summary: dict = {"base": pick(base), "method_seconds": {}}
         finals: dict[str, str] = {}
-        for recipe in recipes():
+        for recipe in recipes(size):
             began = time.time()
             method = METHODS.get(recipe.method)
-            aligned = finals[recipe.start_from] if recipe.start_from else policy
+            aligned = (str(out / recipe.start_from / f"round{recipe.start_round}" / "policy") if recipe.start_round
+                       else finals[recipe.start_from] if recipe.start_from else policy)
             config = load_config(method.config, recipe_named(recipe.recipe).path,
                                  recipe.overrides(out, size, aligned, labeler, split))
-            log(f"{recipe.label}: {method.summary}" + (f", from {recipe.start_from}'s policy" if recipe.start_from else ""))
+            after = f" after round {recipe.start_round}" if recipe.start_round else ""
+            log(f"{recipe.label}: {method.summary}" + (f", from {recipe.start_from}'s policy{after}" if recipe.start_from else ""))
             with_base(out / recipe.label, base_folder)
             result = run(method, config, out / recipe.label)
             finals[recipe.label] = result["final"]

@@ -11,12 +11,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
 from vlalign import ranks
 from vlalign.evaluate.chair import HALLUCINATING, answer_counts, chair_rates
-from vlalign.evaluate.intervals import Outcomes, Result, figures, ratio, scored, statistic
+from vlalign.evaluate.intervals import Outcomes, Result, figures, ratio, scored, statistic, write_outcomes
 from vlalign.evaluate.pope import parse_yes_no, pope_statistic, yes_no_counts
 from vlalign.world.scene import COLORS, EVAL_SPLITS, PARTNERS, SHAPES, Scene, SceneConfig, scenes
 from vlalign.world.text import NUMBERS, SINGULARS, existence_question, is_refusal, redteam_task, split_words
@@ -279,10 +280,14 @@ def world_result(model, processor, n_scenes: int = 1000, batch_size: int = EVAL_
 
 
 def evaluate_world(model, processor, n_scenes: int = 1000, batch_size: int = EVAL_BATCH, config: SceneConfig = EVAL_SCENES,
-                   start: int = 0, with_answers: bool = False, split: str = "test") -> dict:
+                   start: int = 0, with_answers: bool = False, split: str = "test", outcomes: Path | None = None
+                   ) -> dict:
     """Greedy answers of `model` on `n_scenes` held-out scenes of `split`, scored exactly against the scene graph
-    (`world_result`'s metrics, each with its interval)."""
+    (`world_result`'s metrics, each with its interval); the per-scene outcomes are written to `outcomes` when
+    given, so that `vlalign compare` can pair two evaluations scene by scene."""
     result, held_out, answers = world_result(model, processor, n_scenes, batch_size, config, start, split)
+    if outcomes is not None and result.outcomes is not None:
+        write_outcomes(outcomes, result.outcomes)
     metrics = dict(result.metrics)
     if with_answers:
         metrics["answers"] = [{"scene": s.to_dict(), "answer": a} for s, a in zip(held_out, answers, strict=True)]

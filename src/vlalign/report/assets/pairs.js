@@ -2,7 +2,8 @@
  *
  * data/sets.js lists the pair sets (one per pair stage); each set's rows are in data/<slug>.js, loaded
  * with a script tag when the set is chosen (a page opened from disk may load scripts, but not fetch JSON).
- * Filters narrow the rows, pages show 25 at a time, and every text goes in as text (never as HTML).
+ * Filters narrow the rows, pages show 25 at a time, and every text goes in as text (never as HTML): the
+ * helpers of viewer.js build the nodes.
  */
 (function () {
   "use strict";
@@ -12,21 +13,7 @@
   const $ = (id) => document.getElementById(id);
   const state = { set: null, rows: [], shown: [], page: 0 };
 
-  function el(tag, attrs, ...children) {
-    const node = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (v !== null && v !== undefined && v !== false) node.setAttribute(k, v);
-    }
-    for (const c of children) {
-      if (c !== null && c !== undefined && c !== false) node.append(c);
-    }
-    return node;
-  }
-
-  function fmt(x, digits) {
-    if (x === null || x === undefined) return "n/a";
-    return Number.isInteger(x) ? String(x) : x.toFixed(digits === undefined ? 3 : digits);
-  }
+  const { el, fmt, markedText, picture } = window.VLALIGN_VIEW;
 
   function loadSet(slug, done) {
     window.VLALIGN_PAIRS = window.VLALIGN_PAIRS || {};
@@ -65,18 +52,6 @@
     return true;
   }
 
-  function markedText(text, marks) {
-    const node = el("div", { class: "text" });
-    let pos = 0;
-    for (const [start, end, kind, note] of marks || []) {
-      if (start < pos) continue;
-      node.append(text.slice(pos, start), el("mark", { class: kind, title: note }, text.slice(start, end)));
-      pos = end;
-    }
-    node.append(text.slice(pos));
-    return node;
-  }
-
   function claimsTable(claims) {
     const body = claims.map((c) => el("tr", { class: c.rejected ? "rejected-claim" : null },
       el("td", {}, c.claim), el("td", {}, c.question), el("td", { class: "p n" }, fmt(c.p_yes)),
@@ -113,12 +88,6 @@
   function answer(side, kind) {
     const head = kind + (side.model ? " · " + side.model : "") + (side.score !== null ? " · score " + fmt(side.score, 2) : "");
     return el("div", { class: "answer " + kind }, el("h3", {}, head), markedText(side.text, side.marks), why(side));
-  }
-
-  function picture(src, alt) {
-    const img = el("img", { src: src, alt: alt });
-    img.addEventListener("load", () => { if (img.naturalWidth < 144) img.classList.add("pixelated"); });
-    return img;
   }
 
   function card(row) {
