@@ -62,7 +62,8 @@ def test_pair_rows_give_the_log_probs_and_gradients_of_two_rows(arch, built, ima
     examples = _examples(images)
     columns = Columns()
     batch = batch_rows(processor, examples, columns)
-    assert batch["input_ids"].shape[0] == len(examples)  # one row per pair
+    assert batch["input_ids"].shape[0] == 1 and len(batch["packing"]["spans"]) == len(examples)  # a document per pair
+    assert bool(batch["attention_mask"].all())  # and no padding
     total, count = prefix.continuation_logps(model, batch)
     total.sum().backward()
     shared = _grads(model)
@@ -105,7 +106,7 @@ def test_a_corrupted_image_is_its_own_prefix(built, images):
     grey = Columns(("chosen", "rejected", "chosen_corrupt"), (("chosen_corrupt", lambda e: e.image.convert("L")
                                                                 .convert("RGB")),), key="grey")
     batch = batch_rows(processor, examples, grey)
-    assert batch["input_ids"].shape[0] == 2 * len(examples)
+    assert len(batch["packing"]["spans"]) == 2 * len(examples)
     with torch.no_grad():
         total, _ = prefix.continuation_logps(model, batch)
         corrupt = plain_rows.sequence_logps(model, processor, [e.image.convert("L").convert("RGB") for e in examples],

@@ -185,6 +185,8 @@ def dpo(
     beta: float = typer.Option(None, help="Shorthand for the override beta=..."),
     epochs: float = typer.Option(None, help="Shorthand for the override epochs=..."),
     dtype: str = typer.Option("auto", help="auto (the checkpoint's), bf16, fp16 or fp32."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing",
+                                                help="Recompute activations in the backward: less memory, more time."),
     overrides: list[str] = typer.Argument(None, help="Dotted overrides of the training settings: loss={sft: 1.0}.",
                                           show_default=False),
 ) -> None:
@@ -205,7 +207,8 @@ def dpo(
     model, processor = load(policy, runtime)
     if ranks.is_main():
         console.print(f"training on {len(examples)} pairs from {pairs} ({ranks.world_size()} process(es))")
-    model, history = fit_preferences(model, processor, examples, settings, out=out / "training")
+    model, history = fit_preferences(model, processor, examples, settings, out=out / "training",
+                                     gradient_checkpointing=gradient_checkpointing)
     if ranks.is_main():  # every process holds the same trained weights; one writes them
         console.print(f"final loss {history[-1]['loss']:.4f}")
         print(save(model, processor, out / "policy"))

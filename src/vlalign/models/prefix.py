@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from vlalign.models import packing
 from vlalign.models.batching import TEXT_KEYS, _pad_cat, _room, chat_prompt
 
 # families whose forward takes a 4-D attention mask and position ids as this module builds them (tested on each)
@@ -43,7 +44,8 @@ def shares_prefix(model) -> bool:
     """Whether `model` takes shared-prefix rows; otherwise every continuation gets a row of its own."""
     config = model.config
     text = config.get_text_config()
-    return (config.model_type in SHARED_FAMILIES and config._attn_implementation in SHARED_ATTENTION
+    return (config.model_type in SHARED_FAMILIES and packing.original(config) in SHARED_ATTENTION
+            and (config._attn_implementation or "eager").removeprefix(packing.PREFIX) in SHARED_ATTENTION
             and not getattr(text, "use_bidirectional_attention", False))
 
 
@@ -174,11 +176,14 @@ def run_grouped(groups: Sequence[list[int]], limit: int, make: Make, score: Call
 
 
 def collate(groups: Sequence[Prefixed], pad_id: int, shared: bool = True) -> dict:
-    """A right-padded batch of packed rows (one per group; with `shared=False`, one per continuation) and, under
-    `packing`, what the forward needs to mask and score them."""
-    rows = [(g, [j]) for g in groups for j in range(len(g.continuations))] if not shared else \
-        [(g, list(range(len(g.continuations)))) for g in groups]
-    length = max(len(g.prompt["input_ids"]) + sum(len(g.continuations[j]) for j in js) for g, js in rows)
+    """A batch and, under `packing`, what the forward needs to mask and score it. With `shared`, one row holds
+    every group as a document, its prompt then its continuations, and no token is padding
+    (`vlalign.models.packing`); otherwise every continuation gets a row of its own, [prompt | continuation],
+    right-padded: the plain forward, for models that cannot take packed rows."""
+    rows = [[(g, list(range(len(g.continuations)))) for g in groups]] if shared else \
+        [[(g, [j])] for g in groups for j in range(len(g.continuations))]
+    length = max(sum(len(g.prompt["input_ids"]) + sum(len(g.continuations[j]) for j in js) for g, js in row)
+                 for row in rows)
     n = len(rows)
     batch = {"input_ids": torch.full((n, length), pad_id, dtype=torch.long)}
     types = [k for k in TOKEN_TYPES if k in groups[0].prompt]
@@ -188,35 +193,51 @@ def collate(groups: Sequence[Prefixed], pad_id: int, shared: bool = True) -> dic
     position = torch.zeros((n, length), dtype=torch.long)
     scored: dict[str, list[int]] = {"row": [], "index": [], "target": [], "slot": []}
     last: dict[int, tuple[int, int]] = {}
-    for r, (g, js) in enumerate(rows):
-        p = len(g.prompt["input_ids"])
-        batch["input_ids"][r, :p] = g.prompt["input_ids"]
-        for key in types:
-            batch[key][r, :p] = g.prompt[key]
-        segment[r, :p] = 0
-        position[r, :p] = torch.arange(p)
-        start = p
-        for k, j in enumerate(js, start=1):
-            ids, m = g.continuations[j], len(g.continuations[j])
-            batch["input_ids"][r, start:start + m] = ids
-            segment[r, start:start + m] = k
-            position[r, start:start + m] = torch.arange(p, p + m)
-            slot = g.slots[j]
-            scored["row"] += [r] * m
-            scored["index"] += [p - 1, *range(start, start + m - 1)]  # the logit that predicts each token
-            scored["target"] += ids.tolist()
-            scored["slot"] += [slot] * m
-            last[slot] = (r, start + m - 1)
-            start += m
-    for key in {k for g, _ in rows for k in g.prompt} - set(TEXT_KEYS):
-        batch[key] = _pad_cat([g.prompt[key] for g, _ in rows])
+    spans: list[tuple[int, int, int, int]] = []  # (row, start, prompt end, end) of each document
+    for r, row in enumerate(rows):
+        start = 0
+        for g, js in row:
+            p = len(g.prompt["input_ids"])
+            end = start + p
+            batch["input_ids"][r, start:end] = g.prompt["input_ids"]
+            for key in types:
+                batch[key][r, start:end] = g.prompt[key]
+            segment[r, start:end] = 0
+            position[r, start:end] = torch.arange(p)
+            for k, j in enumerate(js, start=1):
+                ids, m = g.continuations[j], len(g.continuations[j])
+                batch["input_ids"][r, end:end + m] = ids
+                segment[r, end:end + m] = k
+                position[r, end:end + m] = torch.arange(p, p + m)
+                slot = g.slots[j]
+                scored["row"] += [r] * m
+                scored["index"] += [start + p - 1, *range(end, end + m - 1)]  # the logit that predicts each token
+                scored["target"] += ids.tolist()
+                scored["slot"] += [slot] * m
+                last[slot] = (r, end + m - 1)
+                end += m
+            spans.append((r, start, start + p, end))
+            start = end
+    prompts = [g for row in rows for g, _ in row]
+    for key in {k for g in prompts for k in g.prompt} - set(TEXT_KEYS):
+        batch[key] = _pad_cat([g.prompt[key] for g in prompts])
     slots = sorted(last)
     batch["attention_mask"] = (segment >= 0).long()
     batch["packing"] = {"segment": segment, "position": position,
                         **{k: torch.tensor(v, dtype=torch.long) for k, v in scored.items()},
                         "last_row": torch.tensor([last[s][0] for s in slots], dtype=torch.long),
-                        "last_index": torch.tensor([last[s][1] for s in slots], dtype=torch.long)}
+                        "last_index": torch.tensor([last[s][1] for s in slots], dtype=torch.long),
+                        "spans": torch.tensor(spans, dtype=torch.long)}
+    if "image_grid_thw" in batch:  # how many of the batch's image grids each document's prompt holds (M-RoPE)
+        batch["packing"]["grids"] = torch.tensor([len(g.prompt["image_grid_thw"]) for g in prompts], dtype=torch.long)
     return batch
+
+
+def is_packed(batch: dict) -> bool:
+    """Whether a row of `batch` holds more than one text after a prompt (several documents, or a document
+    with several continuations): such rows need `vlalign.models.packing`'s attention."""
+    p = batch["packing"]
+    return len(p["spans"]) > batch["input_ids"].shape[0] or int(p["segment"].max()) > 1
 
 
 # ---- the forward ----
@@ -234,58 +255,44 @@ def _block_ids(token_types: torch.Tensor) -> torch.Tensor:
     return torch.where(image, starts.long().cumsum(-1) - 1, -1)
 
 
-def _allowed(batch: dict, bidirectional: bool) -> torch.Tensor:
-    """(B, L, L) booleans: query i may read key j. Causal within the prompt and within each continuation, every
-    continuation reads the whole prompt, and no continuation reads another."""
-    segment = batch["packing"]["segment"]
-    length = segment.shape[1]
-    index = torch.arange(length, device=segment.device)
-    q, k = segment[:, :, None], segment[:, None, :]
-    allowed = (index[:, None] >= index[None, :]) & ((k == 0) | (k == q)) & (k >= 0) & (q >= 0)
-    if bidirectional:
-        types = next(batch[t] for t in TOKEN_TYPES if t in batch)
-        blocks = _block_ids(types)
-        allowed |= (blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0)
-    return allowed
+def packed_rows(model, batch: dict) -> packing.Rows:
+    """The packed row of `batch` as the attention reads it."""
+    p = batch["packing"]
+    blocks = None
+    if model.config.model_type in BIDIRECTIONAL_IMAGES:
+        blocks = _block_ids(next(batch[t] for t in TOKEN_TYPES if t in batch))[0]
+    return packing.Rows([(s, e_prompt, e) for _, s, e_prompt, e in p["spans"].tolist()], p["segment"][0],
+                        p["position"][0], blocks)
 
 
-def _additive(allowed: torch.Tensor, position: torch.Tensor, window: int | None, dtype: torch.dtype) -> torch.Tensor:
-    """The (B, 1, L, L) additive mask; a sliding window counts by position, as the model counts it in a row of
-    its own. Padding reads itself, so no softmax row is empty."""
-    if window is not None:
-        allowed = allowed & ((position[:, :, None] - position[:, None, :]) < window)
-    allowed = allowed | torch.eye(allowed.shape[1], dtype=torch.bool, device=allowed.device)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
-
-
-def attention_masks(model, batch: dict, dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
-    """The mask the decoder takes: one tensor, or one per layer type where some layers slide."""
-    text = model.config.get_text_config()
-    allowed = _allowed(batch, model.config.model_type in BIDIRECTIONAL_IMAGES)
-    position = batch["packing"]["position"]
-    window = getattr(text, "sliding_window", None)
-    types = set(getattr(text, "layer_types", None) or ())
-    if "sliding_attention" in types:
-        return {t: _additive(allowed, position, window if t == "sliding_attention" else None, dtype) for t in types}
-    return _additive(allowed, position, window if not types else None, dtype)
+def decoder_masks(model, length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | dict:
+    """What the decoder takes as its mask for a packed row: a stand-in the packed attention ignores, one per
+    layer type where some layers slide (as the family's forward expects)."""
+    mask = packing.placeholder_mask(length, dtype, device)
+    types = set(getattr(model.config.get_text_config(), "layer_types", None) or ())
+    return {t: mask for t in types} if "sliding_attention" in types else mask
 
 
 def position_ids(model, batch: dict) -> torch.Tensor:
-    """1-D positions, or for M-RoPE models the prompt's own 3-D positions (`get_rope_index`) with every
-    continuation going on as text after the prompt's largest position."""
-    position, segment = batch["packing"]["position"], batch["packing"]["segment"]
+    """1-D positions, or for M-RoPE models each document's prompt with its own 3-D positions
+    (`get_rope_index`) and its continuations going on as text after the prompt's largest position."""
+    p = batch["packing"]
+    position = p["position"]
     rope_index = getattr(_inner(model), "get_rope_index", None)
     if rope_index is None or "image_grid_thw" not in batch:
         return position
-    prompt = (segment == 0).long()
-    rope, _ = rope_index(batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
-                         image_grid_thw=batch["image_grid_thw"], attention_mask=prompt)
-    ends = prompt.sum(-1) - 1
-    rows = torch.arange(len(ends), device=ends.device)
-    last = rope[:, rows, ends].amax(0)  # text goes on from the largest position so far (as after an image)
-    text = (last[:, None] + position - ends[:, None])[None]
-    return torch.where(segment[None] == 0, rope, torch.where(segment[None] > 0, text, 0))
+    out = position[None].repeat(3, 1, 1)
+    grids = batch["image_grid_thw"]
+    first = 0
+    for (r, s, e_prompt, e), n in zip(p["spans"].tolist(), p["grids"].tolist(), strict=True):
+        ids = batch["input_ids"][r:r + 1, s:e_prompt]
+        rope, _ = rope_index(ids, mm_token_type_ids=batch["mm_token_type_ids"][r:r + 1, s:e_prompt],
+                             image_grid_thw=grids[first:first + n], attention_mask=torch.ones_like(ids))
+        first += n
+        out[:, r, s:e_prompt] = rope[:, 0]
+        last = rope[:, 0, -1].amax()  # text goes on from the largest position so far (as after an image)
+        out[:, r, e_prompt:e] = last + position[r, e_prompt:e] - (e_prompt - s - 1)
+    return out
 
 
 def _model_inputs(batch: dict) -> dict:
@@ -297,15 +304,23 @@ def forward_at(model, batch: dict, rows: torch.Tensor, index: torch.Tensor) -> t
     keep = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
     keep[rows, index] = True
     inputs = _model_inputs(batch)
-    if shares_prefix(model):
+    layout = None
+    if is_packed(batch):
+        if not shares_prefix(model):
+            raise ValueError(f"{type(model).__name__} cannot take shared-prefix rows; collate with shared=False")
+        packing.install(model)
+        layout = packed_rows(model, batch)
         dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
-        inputs.update(attention_mask=attention_masks(model, batch, dtype), position_ids=position_ids(model, batch))
-    elif int(batch["packing"]["segment"].max()) > 1:
-        raise ValueError(f"{type(model).__name__} cannot take shared-prefix rows; collate with shared=False")
+        inputs.update(attention_mask=decoder_masks(model, keep.shape[1], dtype, keep.device),
+                      position_ids=position_ids(model, batch), **{packing.KWARG: layout})
     try:
         logits = model(**inputs, logits_to_keep=keep).logits
     except TypeError:  # a model without logits_to_keep: the full logits, then the positions
         logits = model(**inputs).logits[keep]
+    layers = model.config.get_text_config().num_hidden_layers
+    if layout is not None and layout.calls < layers:
+        raise RuntimeError(f"{type(model).__name__}: only {layout.calls} of {layers} decoder layers took the packed "
+                           f"rows (the family's forward drops `{packing.KWARG}`); take it out of SHARED_FAMILIES")
     rank = keep.flatten().cumsum(0) - 1
     return logits[rank.view_as(keep)[rows, index]]
 
