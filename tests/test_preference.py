@@ -217,3 +217,18 @@ def test_saved_model_loads_back(model_and_processor, examples, tmp_path, lora, t
         base = sequence_logps(load(tiny_world_model_dir, dtype="float32", device="cpu")[0], batch)[0]
     assert float(a) == pytest.approx(float(b), abs=1e-4)
     assert abs(float(a) - float(base)) > 1e-3  # what was saved is the trained model, not the base
+
+
+@pytest.mark.parametrize(("warmup", "steps"), [(0, 1), (0, 8), (3, 10), (10, 10)])
+def test_the_schedule_is_transformers_cosine_with_warmup(warmup, steps):
+    """The loop's schedule (written out so training does not import the Trainer's utilities) is transformers'."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    from vlalign.train.loop import cosine_schedule
+
+    def optimizer():
+        return torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+
+    ours = cosine_schedule(optimizer(), warmup, steps).lr_lambdas[0]
+    theirs = get_cosine_schedule_with_warmup(optimizer(), warmup, steps).lr_lambdas[0]
+    assert [ours(s) for s in range(steps + 2)] == pytest.approx([theirs(s) for s in range(steps + 2)], abs=1e-12)

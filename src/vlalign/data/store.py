@@ -40,9 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
-
-import datasets
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from vlalign import ranks
 from vlalign.data.images import ImageStore
@@ -58,6 +56,9 @@ from vlalign.data.shards import (
     without_repeats,
 )
 from vlalign.progress import progress, warn
+
+if TYPE_CHECKING:  # `datasets` (and pandas under it) is imported where it is used: training reads shards with pyarrow
+    import datasets
 
 try:
     import fcntl
@@ -107,6 +108,8 @@ def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
 @contextlib.contextmanager
 def quiet_datasets() -> Iterator[None]:
     """No tqdm bar per shard from `datasets`: the stage's own progress bar says how far it is."""
+    import datasets
+
     was_enabled = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
@@ -276,6 +279,8 @@ class Stage:
         Parquet writer): a shard of that index already there is replaced whole."""
         if not rows:
             raise ValueError("a shard needs at least one row")
+        import datasets
+
         index = self.next_shard_index() if index is None else index
         path = self.dir / shard_name(index, ranks.rank())
         dataset = datasets.Dataset.from_list(rows)
@@ -333,6 +338,8 @@ class Stage:
         one shard (null type) and filled in another reads as one typed column. Each record id is read once:
         see `vlalign.data.shards` for a shard that was copied or damaged after it was written.
         """
+        import datasets
+
         parts = [(s, read_shard(s)) for s in self.shards()]
         if not parts:
             return datasets.Dataset.from_dict({})

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from safetensors.torch import load_file, save_file
-from transformers import get_cosine_schedule_with_warmup
+from torch.optim.lr_scheduler import LambdaLR
 
 from vlalign import ranks
 from vlalign.models.batching import to_device
@@ -169,7 +169,7 @@ def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, los
     if tracked:
         tracking.start(accelerator)
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * steps), steps)
+    scheduler = cosine_schedule(optimizer, math.ceil(config.warmup_ratio * steps), steps)
     wrapped, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     start, history, running = (checkpoints.resume(model, optimizer, scheduler) if checkpoints is not None
                                else (0, [], {}))
@@ -214,6 +214,20 @@ def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, los
     if tracked:
         finish_tracking(accelerator)
     return history
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, warmup: int, steps: int) -> LambdaLR:
+    """The learning rate rises linearly over `warmup` steps, then falls along half a cosine to 0 at `steps`:
+    transformers' `get_cosine_schedule_with_warmup` (a test holds them equal), written out because importing
+    it loads the Trainer's utilities and peft before the first step."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        done = (step - warmup) / max(1, steps - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * done)))
+
+    return LambdaLR(optimizer, factor)
 
 
 def make_accelerator(config: OptimConfig, tracking: Tracking | None = None) -> Accelerator:
