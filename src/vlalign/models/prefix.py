@@ -1,14 +1,16 @@
 """Shared-prefix rows: a prompt (image + instruction) is forwarded once, and every text that continues it (a
-pair's chosen and rejected answers, a labeler's questions about one image, best-of-N's samples) is packed
-after it in the same row.
+pair's chosen and rejected answers, a labeler's questions about one image, best-of-N's samples, a group's n
+answers) follows it in the same document.
 
-A block attention mask lets each continuation see the prompt and itself only, and its positions go on from the
-prompt's end, so every continuation is scored exactly as in its own row [prompt | continuation]: one vision
-pass and one prompt pass serve them all. Positions are the architecture's own: 1-D for most, Qwen2-VL's
-M-RoPE from its `get_rope_index`; Gemma 3's image tokens attend to each other both ways (its token type ids),
-and sliding-window layers get their window by position. A family or attention implementation not listed in
-`SHARED_FAMILIES` / `SHARED_ATTENTION` falls back to one row per continuation (`shares_prefix`), which is the
-plain forward, so such a model scores the same texts, only without the saving.
+A batch is one row holding its documents one after another, without padding (`collate`); the attention of
+`vlalign.models.packing` lets each continuation see its prompt and itself only, and its positions go on from
+the prompt's end, so every continuation is scored exactly as in its own row [prompt | continuation]: one
+vision pass and one prompt pass serve them all. Positions are the architecture's own: 1-D for most, Qwen2-VL's
+M-RoPE from its `get_rope_index` for each document; Gemma 3's image tokens attend to each other both ways
+(its token type ids), and sliding-window layers get their window by position. A family or attention
+implementation not listed in `SHARED_FAMILIES` / `SHARED_ATTENTION` falls back to one right-padded row per
+continuation (`shares_prefix`), which is the plain forward, so such a model scores the same texts, only
+without the saving.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from PIL import Image
 from vlalign.models import packing
 from vlalign.models.batching import TEXT_KEYS, _pad_cat, _room, chat_prompt
 
-# families whose forward takes a 4-D attention mask and position ids as this module builds them (tested on each)
+# families whose forward hands `vlalign.models.packing.KWARG` to the decoder's attention and takes position ids
+# as this module builds them (tested on each)
 SHARED_FAMILIES = frozenset({"llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm",
                              "gemma3"})
-SHARED_ATTENTION = frozenset({"eager", "sdpa"})  # FlashAttention takes no arbitrary mask
+SHARED_ATTENTION = frozenset({"eager", "sdpa"})  # the implementations the packed attention stands in for
 BIDIRECTIONAL_IMAGES = frozenset({"gemma3"})  # image tokens attend to their whole image (token_type_ids == 1)
 TOKEN_TYPES = ("mm_token_type_ids", "token_type_ids")
 
