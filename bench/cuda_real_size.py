@@ -53,8 +53,9 @@ def main() -> None:
     from vlalign.models.generate import generate, sample_seed
     from vlalign.models.scoring import yes_probability
     from vlalign.models.settings import Decoding, LoraSettings
-    from vlalign.train.povid import train_povid_stage2
-    from vlalign.train.preference import PreferenceExample, fit_preferences
+    from vlalign.train.examples import PreferenceExample
+    from vlalign.train.fit import fit
+    from vlalign.train.objectives import POVIDNoise
     from vlalign.train.settings import NoiseConfig, OptimConfig, TrainConfig
     from vlalign.world.model import TinyVLMConfig, build_processor
     from vlalign.world.render import render
@@ -103,11 +104,11 @@ def main() -> None:
     examples = [PreferenceExample(f"e{i}", images[i], prompts[i], truths[i], truths[(i + 1) % 4]) for i in range(4)]
     lora = TrainConfig(batch_size=2, epochs=1, lora=LoraSettings(r=16, alpha=32),
                        optim=OptimConfig(lr=1e-5, warmup_ratio=0.0, log_every=1))
-    model, history = step("LoRA DPO, 2 steps of 2 pairs", lambda: fit_preferences(model, processor, examples, lora))
+    model, history = step("LoRA DPO, 2 steps of 2 pairs", lambda: fit(model, processor, examples, lora))
     print(f"  DPO losses: {[round(h['loss'], 4) for h in history]}", flush=True)
     model = model.merge_and_unload()
-    model, history = step("POVID stage 2 (LoRA), 2 steps", lambda: train_povid_stage2(
-        model, processor, examples, lora, NoiseConfig(step=500)))
+    model, history = step("POVID stage 2 (LoRA), 2 steps", lambda: fit(
+        model, processor, examples, lora, POVIDNoise(NoiseConfig(step=500))))
     print(f"  POVID losses: {[round(h['loss'], 4) for h in history]}, noisy term "
           f"{[round(h['noisy_loss'], 4) for h in history]}", flush=True)
     ranked = step("best-of-2 by implicit reward (LoRA)", lambda: best_of_n(

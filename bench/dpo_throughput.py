@@ -4,6 +4,7 @@ whole process under `/usr/bin/time -v` with glibc's default allocator, run in tu
 
     python bench/dpo_throughput.py --shape llava7b                      # LLaVA-1.5-7B's shape scaled for a CPU
     python bench/dpo_throughput.py --shape llava7b --answers 50-300     # answers of mixed lengths
+    python bench/dpo_throughput.py --shape qwen3vl8b                    # Qwen3-VL-8B's shape scaled for a CPU
     python bench/dpo_throughput.py --shape world --pairs 512            # the world's base policy, 64 steps of 8
     python bench/dpo_throughput.py --shape llava7b --real-size --device cuda --pairs 16 --batch 4   # a GPU
 
@@ -236,8 +237,8 @@ def main() -> None:
     step_limit, job_limit = limits(tokens, args.batch)
     prompt = statistics.mean(t["prompt"] for t in tokens)
     answer = statistics.mean((t["chosen"] + t["rejected"]) / 2 for t in tokens)
-    if args.shape == "llava7b" and not args.real_size:
-        print(shapes.describe_shapes(round(prompt), round(answer)))
+    if args.shape in ("llava7b", "qwen3vl8b") and not args.real_size:
+        print(shapes.describe_shapes(round(prompt), round(answer), args.shape))
     print(f"{args.shape}{' real size' if args.real_size else ''}, {args.device}, {shapes.dtype_of(args)}, "
           f"{args.pairs} pairs, {steps} steps of {args.batch}, gradient checkpointing {'on' if args.gc else 'off'} "
           f"in both; P = {prompt:.0f} prompt tokens, A = {answer:.0f} answer tokens (mean"

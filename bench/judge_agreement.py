@@ -6,23 +6,20 @@ Draws held-out scenes with candidate answers of every quality (exact, hallucinat
 refusals, compliance with harmful requests), asks the judge for its three ratings exactly as Silkie does,
 and reports per aspect the exact agreement and mean absolute error, how often a rating is missing, and
 the pairwise agreement that matters for VLFeedback's pairs: over two answers to the same scene whose true
-mean ratings differ, how often the judge orders them the same way.
+mean ratings differ, how often the judge orders them the same way. The same figures, with their intervals,
+as `vlalign eval world-judge` (`vlalign.world.feedback_eval`).
 """
 
 from __future__ import annotations
 
 import argparse
-from itertools import combinations
 
-import numpy as np
-
-from vlalign.feedback.ratings import ASPECTS, mean_rating
-from vlalign.feedback.vlfeedback import RatingJudge
-from vlalign.models.settings import Runtime
-from vlalign.runner import Models
-from vlalign.world.judging import candidate_answer, candidate_task, rate
-from vlalign.world.metrics import held_out_scenes
-from vlalign.world.render import render
+from vlalign.console import figure
+from vlalign.evaluate.benchmarks import EvalInputs
+from vlalign.evaluate.feedback import Feedback
+from vlalign.feedback.judge_local import ModelJudge
+from vlalign.models.load import load
+from vlalign.world.feedback_eval import SHORT, judge_records, judge_result
 from vlalign.world.scene import EVAL_SPLITS
 
 
@@ -33,39 +30,15 @@ def main() -> None:
     ap.add_argument("--answers", type=int, default=3)
     ap.add_argument("--split", choices=EVAL_SPLITS, default="test", help="test (report) or dev (tune)")
     args = ap.parse_args()
-    judge = RatingJudge(Models(Runtime(dtype="fp32")).judge(args.judge), style="world")  # as the world recipes run it
-    truth, items = [], []
-    for scene in held_out_scenes(args.split, args.items):
-        rng = np.random.default_rng([scene.seed, 5])
-        task = candidate_task(scene, rng)  # several answers to one instruction, as in Silkie's pool
-        answers = [candidate_answer(scene, task, rng) for _ in range(args.answers)]
-        truth.append([rate(scene, task, *answer).ratings for answer in answers])
-        items.append((scene.id, render(scene, 48), task.instruction, [a for a, _, _ in answers]))
-    rated = judge.rate(items)
-    exact = {a: [] for a in ASPECTS}
-    error = {a: [] for a in ASPECTS}
-    missing = {a: 0 for a in ASPECTS}
-    pairs_agree = pairs = 0
-    for true_group, judged_group in zip(truth, rated, strict=True):
-        for t, j in zip(true_group, judged_group, strict=True):
-            for a in ASPECTS:
-                if j.ratings[a] is None:
-                    missing[a] += 1
-                    continue
-                exact[a].append(j.ratings[a] == t[a])
-                error[a].append(abs(j.ratings[a] - t[a]))
-        for (t1, j1), (t2, j2) in combinations(zip(true_group, judged_group, strict=True), 2):
-            m1, m2 = mean_rating(t1), mean_rating(t2)
-            if m1 == m2:
-                continue
-            pairs += 1
-            jm1, jm2 = mean_rating(j1.ratings), mean_rating(j2.ratings)
-            pairs_agree += jm1 is not None and jm2 is not None and (jm1 - jm2) * (m1 - m2) > 0
-    n = sum(len(g) for g in truth)
-    print(f"judge {args.judge}: {n} answers to {len(truth)} instructions")
-    for a in ASPECTS:
-        print(f"  {a:24s} exact {np.mean(exact[a]):.3f}  MAE {np.mean(error[a]):.3f}  missing {missing[a] / n:.3f}")
-    print(f"  pairwise order agreement {pairs_agree / max(pairs, 1):.3f} over {pairs} pairs of different quality")
+    judge = ModelJudge(*load(args.judge, dtype="fp32"), name=args.judge)
+    feedback = Feedback(judge, style="world")  # as the world recipes run it
+    records = judge_records(feedback, EvalInputs(limit=args.items, split=args.split), args.answers)
+    m = judge_result(records).metrics
+    print(f"judge {args.judge}: {m['answers']} answers to {len(records)} instructions")
+    for aspect, short in SHORT.items():
+        print(f"  {aspect:24s} exact {figure(m, f'{short}_exact')}  MAE {figure(m, f'{short}_mae')}  "
+              f"missing {figure(m, f'{short}_missing')}")
+    print(f"  pairwise order agreement {figure(m, 'pairwise_agreement')} over {m['pairs']} pairs of different quality")
 
 
 if __name__ == "__main__":

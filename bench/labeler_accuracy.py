@@ -4,38 +4,20 @@
 
 Samples answers from the policy on held-out scenes, splits them into claims (RLAIF-V's divide step),
 scores every claim with the labeler's P(yes), and compares with the truth. RLAIF-V's feedback is only as
-good as this number, so it is the first thing to check when alignment does not lower hallucination.
+good as this number, so it is the first thing to check when alignment does not lower hallucination. The
+same figures, with their intervals, as `vlalign eval world-labeler` (`vlalign.world.feedback_eval`).
 """
 
 from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
-from vlalign.feedback.labeler import label_responses
-from vlalign.models.generate import generate, sample_seed
+from vlalign.console import figure
+from vlalign.evaluate.benchmarks import EvalInputs
+from vlalign.evaluate.feedback import Feedback
 from vlalign.models.load import load
-from vlalign.models.settings import Decoding
-from vlalign.world.claims import WorldClaims
-from vlalign.world.metrics import held_out_scenes
-from vlalign.world.render import render
-from vlalign.world.scene import COLORS, EVAL_SPLITS, SHAPES
-from vlalign.world.text import DESCRIBE_INSTRUCTIONS
-
-
-def claim_is_true(scene, question: str) -> bool:
-    words = question.replace("?", " ").split()
-    shape = next(w for w in words if w in SHAPES)
-    color = next((w for w in words if w in COLORS), None)
-    return scene.count(shape, color) > 0
-
-
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    pos, neg = scores[labels], scores[~labels]
-    if not len(pos) or not len(neg):
-        return float("nan")
-    return float((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
+from vlalign.world.feedback_eval import labeler_records, labeler_result
+from vlalign.world.scene import EVAL_SPLITS
 
 
 def main() -> None:
@@ -46,22 +28,12 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=2)
     ap.add_argument("--split", choices=EVAL_SPLITS, default="test", help="test (report) or dev (tune)")
     args = ap.parse_args()
-    policy, processor = load(args.policy, dtype="fp32")
-    labeler, labeler_processor = load(args.labeler, dtype="fp32")
-    held_out = [s for s in held_out_scenes(args.split, args.prompts) for _ in range(args.samples)]
-    images = [render(s, processor.image_processor.crop_size["height"]) for s in held_out]
-    seeds = [sample_seed(0, s.id, k % args.samples) for k, s in enumerate(held_out)]
-    answers = generate(policy, processor, images, [DESCRIBE_INSTRUCTIONS[0]] * len(images),
-                       Decoding(max_new_tokens=96, temperature=0.7), seeds=seeds)
-    feedback = label_responses(labeler, labeler_processor, images, answers, WorldClaims())
-    p_yes, truth = [], []
-    for scene, fb in zip(held_out, feedback, strict=True):
-        for c in fb.claims:
-            p_yes.append(c.p_yes)
-            truth.append(claim_is_true(scene, c.question))
-    p, t = np.asarray(p_yes), np.asarray(truth)
-    print(f"claims {len(p)}  true {t.mean():.3f}  labeler accuracy {((p >= 0.5) == t).mean():.3f}  "
-          f"AUC {auc(p, t):.3f}  mean P(yes) true {p[t].mean():.3f} false {p[~t].mean():.3f}")
+    feedback = Feedback(labeler=load(args.labeler, dtype="fp32"), labeler_name=args.labeler, splitter="world",
+                        policy=args.policy)
+    m = labeler_result(labeler_records(feedback, EvalInputs(limit=args.prompts, split=args.split), args.samples)).metrics
+    print(f"claims {m['claims']}  true {figure(m, 'true_share')}  labeler accuracy {figure(m, 'accuracy')}  "
+          f"AUC {figure(m, 'auc')}  mean P(yes) true {figure(m, 'mean_p_yes_true')} false "
+          f"{figure(m, 'mean_p_yes_false')}")
 
 
 if __name__ == "__main__":

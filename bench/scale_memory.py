@@ -82,8 +82,8 @@ def _tiny():
 def child(parquet: Path, run: Path) -> dict:
     """Import, then one epoch of DPO; the peak RSS of this process after each."""
     from vlalign.formats.imports import import_data
-    from vlalign.stages import examples_under
-    from vlalign.train.preference import fit_preferences
+    from vlalign.stages.pairs import examples_under
+    from vlalign.train.fit import fit
     from vlalign.train.settings import OptimConfig, TrainConfig
 
     start = time.monotonic()
@@ -94,7 +94,7 @@ def child(parquet: Path, run: Path) -> dict:
     processor.vlalign_max_length = MAX_LENGTH
     config = TrainConfig(batch_size=BATCH, epochs=1.0, optim=OptimConfig(lr=1e-4, log_every=100))
     start = time.monotonic()
-    _, history = fit_preferences(model, processor, examples, config, out=run / "training")
+    _, history = fit(model, processor, examples, config, out=run / "training")
     return {"pairs": len(examples), "import_s": round(imported, 1), "train_s": round(time.monotonic() - start, 1),
             "peak_import_mb": round(after_import, 1), "peak_rss_mb": round(_peak_mb(), 1),
             "steps": history[-1]["step"]}

@@ -1,4 +1,4 @@
-"""The two model shapes the throughput benchmarks run, built in code with random weights, and their data.
+"""The model shapes the throughput benchmarks run, built in code with random weights, and their data.
 
 - `world`: the world's base policy (world:base, LLaVA: 48-px images of 9 tokens, a 4-layer decoder, short
   prompts and answers), with the world's own prompts and answers.
@@ -7,6 +7,10 @@
   widths are chosen so that the shares of the FLOPs of one (prompt + answer) row between the vision tower
   (with its projector), the decoder layers and the LM head (over every position) are the 7B's
   (`flop_shares` prints both). `--real-size` builds the 7B itself (for a GPU, bf16).
+- `qwen3vl8b`: Qwen3-VL-8B's shape scaled for a CPU the same way: a 512-px image in 16-px patches merged 2x2
+  (1024 patches, 256 image tokens), DeepStack mergers, a Qwen3 decoder with grouped-query attention and
+  interleaved M-RoPE, widths chosen so that vision (with its mergers) : decoder : head FLOPs per row are the
+  8B's (`qwen3vl_flops`). `--real-size` builds the 8B itself.
 
 Every benchmark prints its ratios as its last line.
 """
@@ -36,6 +40,15 @@ CPU = dict(vision_hidden=64, vision_layers=2, vision_heads=2, vision_mlp=256, hi
 IMAGE, PATCH = 336, 14
 INSTRUCTION_TOKENS, ANSWER_TOKENS = 40, 150
 
+# Qwen3-VL-8B: its ViT (27 layers of 1152, MLP 4304, 16-px patches merged 2x2, DeepStack mergers after blocks 8,
+# 16 and 24) + Qwen3-8B (36 layers of 4096, 32 query and 8 key/value heads of 128, MLP 12288, 152k vocabulary)
+QWEN3_REAL = dict(vision_hidden=1152, vision_layers=27, vision_heads=16, vision_mlp=4304, deepstack=3, hidden=4096,
+                  layers=36, heads=32, kv_heads=8, head_dim=128, mlp=12288, vocab=151936)
+# Scaled so that vision : decoder : head FLOPs per row are the 8B's (see qwen3vl_flops)
+QWEN3_CPU = dict(vision_hidden=48, vision_layers=2, vision_heads=2, vision_mlp=192, deepstack=2, hidden=256, layers=6,
+                 heads=4, kv_heads=1, head_dim=64, mlp=768, vocab=1800)
+QWEN3_IMAGE, QWEN3_PATCH, QWEN3_MERGE = 512, 16, 2
+
 
 @dataclass
 class Shape:
@@ -45,12 +58,14 @@ class Shape:
 
     @property
     def image_size(self) -> int:
+        if self.name.startswith("qwen3vl8b"):
+            return QWEN3_IMAGE
         return self.model.config.vision_config.image_size
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--shape", choices=("world", "llava7b"), default="llava7b")
-    ap.add_argument("--real-size", action="store_true", help="llava7b at its real size (for a GPU)")
+    ap.add_argument("--shape", choices=("world", "llava7b", "qwen3vl8b"), default="llava7b")
+    ap.add_argument("--real-size", action="store_true", help="llava7b or qwen3vl8b at its real size (for a GPU)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default=None, help="default: bf16 on cuda, fp32 on cpu")
     ap.add_argument("--threads", type=int, default=2, help="torch threads on a CPU")
@@ -90,6 +105,8 @@ def build(args, seed: int = 0) -> Shape:
 
         model, processor = load("world:base", dtype="fp32" if dtype == torch.float32 else "bf16", device=args.device)
         return Shape("world", model, processor)
+    if args.shape == "qwen3vl8b":
+        return build_qwen3vl(args, dtype, seed)
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     sizes = REAL if args.real_size else CPU
@@ -105,12 +122,75 @@ def build(args, seed: int = 0) -> Shape:
                        eos_token_id=tok.eos_token_id)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=processor.image_token_id,
                          vision_feature_select_strategy="default", vision_feature_layer=-2)
+    return _random_weights(args, LlavaForConditionalGeneration, config, processor, dtype, seed)
+
+
+def _random_weights(args, model_class, config, processor, dtype: torch.dtype, seed: int) -> Shape:
+    """`model_class` of `config` with random weights on the bench's device, named by the shape."""
     torch.manual_seed(seed)
     with torch.device(args.device):
-        model = LlavaForConditionalGeneration._from_config(config, dtype=dtype)
+        model = model_class._from_config(config, dtype=dtype)
     for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
-        setattr(model.generation_config, key, getattr(tok, key))
-    return Shape("llava7b-real" if args.real_size else "llava7b", model.eval(), processor)
+        setattr(model.generation_config, key, getattr(processor.tokenizer, key))
+    return Shape(f"{args.shape}-real" if args.real_size else args.shape, model.eval(), processor)
+
+
+# Qwen's turns, the newline between them put before a turn rather than after it, so that an answer's turn ends
+# at <|im_end|>: TRL then scores the answer and <|im_end|>, the tokens vlalign scores (the world's words have no
+# newline token to score)
+QWEN3_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if not loop.first %}\n{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><image><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>{% endfor %}"
+    "{% if add_generation_prompt %}\n<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_qwen3vl(args, dtype: torch.dtype, seed: int = 0) -> Shape:
+    """Qwen3-VL-8B's shape (`QWEN3_CPU` widths, or `QWEN3_REAL` with --real-size) over the world's words and
+    Qwen's chat tokens, with the architecture's own processor at a fixed 512-px image."""
+    from transformers import (
+        Qwen2VLImageProcessorPil,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+    )
+
+    from vlalign.models.processors import make_processor
+
+    sizes = QWEN3_REAL if args.real_size else QWEN3_CPU
+    tok = world_processor(sizes["vocab"]).tokenizer
+    tok.add_special_tokens({"additional_special_tokens": ["<image>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
+                                                          "<|vision_end|>", "<|video_pad|>"]})
+    tok.eos_token = "<|im_end|>"
+    pixels = QWEN3_IMAGE * QWEN3_IMAGE
+    image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": pixels, "longest_edge": pixels},
+                                               patch_size=QWEN3_PATCH, temporal_patch_size=2, merge_size=QWEN3_MERGE)
+    processor = make_processor(Qwen3VLProcessor, image_processor=image_processor, tokenizer=tok,
+                               chat_template=QWEN3_CHAT_TEMPLATE)
+    ids = tok.convert_tokens_to_ids
+    half = sizes["head_dim"] // 2  # M-RoPE's T, H, W sections in the 8B's proportions (24, 20, 20 of 64)
+    sections = [half - 2 * (half * 20 // 64), half * 20 // 64, half * 20 // 64]
+    config = Qwen3VLConfig(
+        vision_config=dict(depth=sizes["vision_layers"], hidden_size=sizes["vision_hidden"],
+                           intermediate_size=sizes["vision_mlp"], num_heads=sizes["vision_heads"],
+                           out_hidden_size=sizes["hidden"], patch_size=QWEN3_PATCH, spatial_merge_size=QWEN3_MERGE,
+                           temporal_patch_size=2, num_position_embeddings=2304,
+                           deepstack_visual_indexes=list(range(sizes["vision_layers"]))[-sizes["deepstack"]:]
+                           if not args.real_size else [8, 16, 24]),
+        text_config=dict(vocab_size=max(sizes["vocab"], len(tok)), hidden_size=sizes["hidden"],
+                         intermediate_size=sizes["mlp"], num_hidden_layers=sizes["layers"],
+                         num_attention_heads=sizes["heads"], num_key_value_heads=sizes["kv_heads"],
+                         head_dim=sizes["head_dim"], max_position_embeddings=4096,
+                         rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": sections,
+                                          "mrope_interleaved": True},
+                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
+        image_token_id=ids("<image>"), video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+    return _random_weights(args, Qwen3VLForConditionalGeneration, config, processor, dtype, seed)
 
 
 # ---- FLOPs ----
@@ -126,13 +206,33 @@ def flops(sizes: dict, prompt: int, answer: int, image_tokens: int = (IMAGE // P
     return {"vision": vision + projector, "decoder": decoder, "head": head}
 
 
-def flop_shares(sizes: dict, prompt: int, answer: int) -> str:
-    f = flops(sizes, prompt, answer)
+def qwen3vl_flops(sizes: dict, prompt: int, answer: int,
+                  patches: int = (QWEN3_IMAGE // QWEN3_PATCH) ** 2) -> dict[str, float]:
+    """Forward FLOPs of one (prompt + answer) row of Qwen3-VL: the ViT (patch embedding over two frames,
+    attention over the image's patches) and its main and DeepStack mergers, the decoder (grouped-query
+    attention, scores causal), the LM head over every position."""
+    tv, dv, d, t = patches, sizes["vision_hidden"], sizes["hidden"], prompt + answer
+    merged = patches // QWEN3_MERGE**2
+    vision = (sizes["vision_layers"] * (2 * tv * (4 * dv * dv + 2 * dv * sizes["vision_mlp"]) + 4 * tv * tv * dv)
+              + 2 * tv * 3 * 2 * QWEN3_PATCH**2 * dv)
+    mergers = (1 + sizes["deepstack"]) * 2 * merged * (16 * dv * dv + 4 * dv * d)
+    q, kv = sizes["heads"] * sizes["head_dim"], sizes["kv_heads"] * sizes["head_dim"]
+    decoder = sizes["layers"] * (2 * t * (2 * d * q + 2 * d * kv + 3 * d * sizes["mlp"]) + 2 * t * t * q)
+    head = 2 * t * d * sizes["vocab"]
+    return {"vision": vision + mergers, "decoder": decoder, "head": head}
+
+
+def flop_shares(sizes: dict, prompt: int, answer: int, count=flops) -> str:
+    f = count(sizes, prompt, answer)
     total = sum(f.values())
     return " ".join(f"{k} {100 * v / total:.1f}%" for k, v in f.items())
 
 
-def describe_shapes(prompt: int, answer: int) -> str:
+def describe_shapes(prompt: int, answer: int, shape: str = "llava7b") -> str:
+    if shape == "qwen3vl8b":
+        return (f"FLOP shares of one row (P={prompt}, A={answer}): 8B "
+                f"{flop_shares(QWEN3_REAL, prompt, answer, qwen3vl_flops)}; CPU shape "
+                f"{flop_shares(QWEN3_CPU, prompt, answer, qwen3vl_flops)}")
     return (f"FLOP shares of one row (P={prompt}, A={answer}): 7B {flop_shares(REAL, prompt, answer)}; "
             f"CPU shape {flop_shares(CPU, prompt, answer)}")
 

@@ -23,8 +23,8 @@ from vlalign.data.records import PairRecord, PromptRecord
 from vlalign.data.store import Stage
 from vlalign.methods.silkie import SilkieConfig
 from vlalign.models.load import load
-from vlalign.stages import preference_examples
-from vlalign.train.preference import fit_preferences
+from vlalign.stages.pairs import preference_examples
+from vlalign.train.fit import fit
 from vlalign.train.settings import TrainConfig
 from vlalign.world.claims import WorldClaims
 from vlalign.world.metrics import chair_metrics, describe_held_out
@@ -93,7 +93,7 @@ def main() -> None:
         keep, change = VARIANTS[name]
         start = time.time()
         chosen = [e for e, p in zip(examples, records, strict=True) if keep(p, source)]
-        model, _ = fit_preferences(load(config.policy, config.runtime)[0], processor, chosen, change(config.train))
+        model, _ = fit(load(config.policy, config.runtime)[0], processor, chosen, change(config.train))
         m = chair_metrics(held_out, describe_held_out(model, processor, args.scenes, split=args.split)[2])
         print(f"{name:30s} {len(chosen):5d}  {_row(m)}  {time.time() - start:5.0f}", flush=True)
 

@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 import torch
+from _models import GivenModels
 from safetensors.torch import load_file
 
 from vlalign import runner
@@ -21,8 +22,6 @@ from vlalign.feedback.judge import JudgeUnavailable
 from vlalign.feedback.judge_local import ModelJudge
 from vlalign.feedback.judges import make_judge
 from vlalign.feedback.server_backends import ApiLabeler, load_adapter
-from vlalign.methods.base import Round
-from vlalign.methods.rlaif_v import server_sampler
 from vlalign.models.batching import chat_prompt
 from vlalign.models.generate import generate
 from vlalign.models.load import load
@@ -31,6 +30,8 @@ from vlalign.models.scoring import yes_probability
 from vlalign.models.settings import LoraSettings
 from vlalign.plugins import METHODS
 from vlalign.serve import make_server
+from vlalign.stages.round import Round
+from vlalign.stages.sample import server_sampler
 from vlalign.world.render import render
 from vlalign.world.scene import sample_scene
 
@@ -55,8 +56,8 @@ def serve():
     """Start servers on free ports; returns (server, base URL); all are shut down after the test."""
     running = []
 
-    def start(model, processor, name: str):
-        server = make_server(ModelJudge(model, processor, name=name), port=0, model_name=name)
+    def start(model, processor, name: str, **kw):
+        server = make_server(ModelJudge(model, processor, name=name), port=0, model_name=name, **kw)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         running.append(server)
         return server, f"http://127.0.0.1:{server.server_port}/v1"
@@ -103,11 +104,42 @@ def test_n_seed_and_top_logprobs_have_vllm_shapes(serve, world_base, picture):
     assert bad.value.code == 400
 
 
+def test_finish_reason_and_usage_count_the_models_tokens(serve, world_base, picture):
+    from vlalign.feedback.judge_api import image_data_url
+
+    _, url = serve(*world_base, "base")
+    image = image_data_url(picture)
+    cut = _chat(url, image, max_tokens=2, logprobs=True, top_logprobs=1)
+    whole = _chat(url, image, max_tokens=64, logprobs=True, top_logprobs=1)
+    assert cut["choices"][0]["finish_reason"] == "length" and cut["usage"]["completion_tokens"] == 2
+    assert len(cut["choices"][0]["logprobs"]["content"]) == 2
+    steps = whole["choices"][0]["logprobs"]["content"]
+    assert whole["choices"][0]["finish_reason"] == "stop" and len(steps) < 64
+    assert whole["usage"]["completion_tokens"] == len(steps) + 1  # the end-of-sequence token counts, as in vLLM
+    model, processor = world_base
+    encoded = processor(images=[[picture]], text=[chat_prompt(processor, "describe the image.")], return_tensors="pt")
+    assert whole["usage"]["prompt_tokens"] == cut["usage"]["prompt_tokens"] == encoded["input_ids"].shape[1]
+    assert whole["usage"]["total_tokens"] == whole["usage"]["prompt_tokens"] + len(steps) + 1
+    assert whole["usage"]["completion_tokens"] != len(whole["choices"][0]["message"]["content"].split())
+
+
+def test_a_request_sliced_over_steps_draws_the_same_answers(serve, world_base, picture):
+    from vlalign.feedback.judge_api import image_data_url
+
+    image = image_data_url(picture)
+    (_, whole), (sliced_server, sliced) = serve(*world_base, "base"), serve(*world_base, "base", max_batch=2)
+    one = _chat(whole, image, n=6, seed=5, temperature=1.0)
+    three = _chat(sliced, image, n=6, seed=5, temperature=1.0)
+    assert sliced_server.batcher.batches == [1, 1, 1]  # 2 answers a step
+    assert [c["message"]["content"] for c in one["choices"]] == [c["message"]["content"] for c in three["choices"]]
+    assert one["usage"] == three["usage"]
+
+
 def test_a_full_model_directory_loads_and_unloads_by_name(serve, world_base, picture):
     from vlalign.feedback.judge_api import image_data_url
     from vlalign.models.load import resolve
 
-    server, url = serve(*world_base, "base")
+    server, url = serve(*world_base, "base", lora_dirs=[resolve("world:base").parent])
     loaded = _post(f"{url}/load_lora_adapter", {"lora_name": "again", "lora_path": str(resolve("world:base"))})
     assert loaded == "Success: LoRA adapter 'again' added successfully."
     with urllib.request.urlopen(f"{url}/models") as response:
@@ -189,7 +221,7 @@ def _samples(run) -> dict[str, list[tuple[str, int, str]]]:
 def test_a_round_samples_and_labels_on_servers_and_reloads_the_adapter(serve, world_base, world_labeler, tmp_path):
     """Two servers of the policy (requests spread over them) and one of the labeler: round 2 samples with round
     1's adapter, loaded into both; a second run in a fresh directory draws the same samples."""
-    servers = [serve(*world_base, "base") for _ in range(2)]
+    servers = [serve(*world_base, "base", lora_dirs=[tmp_path]) for _ in range(2)]
     labeler_server, labeler_url = serve(*world_labeler, "labeler")
     config = _config(f"api:base@{servers[0][1]},{servers[1][1]}", f"api:labeler@{labeler_url}")
     started = time.monotonic()
@@ -232,9 +264,9 @@ def test_round_two_without_an_adapter_says_what_to_do(serve, world_base, tmp_pat
     _, url = serve(*world_base, "base")
     config = _config(f"api:base@{url}", "world:labeler")
     store = RunStore(tmp_path)
-    r = Round(2, config, store, None, None, None, load, lambda _: None, lambda spec, rt=None: make_judge(spec))
+    r = Round(2, config, store, None, None, None, GivenModels(make_judge))
     with pytest.raises(ValueError, match=r"saved no LoRA adapter .* train with LoRA .*sampler_restart"):
-        server_sampler(r, config)
+        server_sampler(r, make_judge(config.sampler))
 
 
 def test_a_restart_hook_gets_the_rounds_policy(serve, world_base, tmp_path):
@@ -243,8 +275,7 @@ def test_a_restart_hook_gets_the_rounds_policy(serve, world_base, tmp_path):
     _, url = serve(*world_base, "base")
     seen = tmp_path / "restarted"
     config = _config(f"api:base@{url}", "world:labeler", f"sampler_restart=echo {{policy}} > {seen}")
-    r = Round(2, config, RunStore(tmp_path / "run"), None, None, None, load, lambda _: None,
-              lambda spec, rt=None: make_judge(spec))
-    sampler = server_sampler(r, config)
+    r = Round(2, config, RunStore(tmp_path / "run"), None, None, None, GivenModels(make_judge))
+    sampler = server_sampler(r, make_judge(config.sampler))
     assert sampler.model is None  # the restarted servers serve the new policy under their own name
     assert seen.read_text().strip() == str((tmp_path / "run" / "round1" / "policy").absolute())

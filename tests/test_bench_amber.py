@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,29 @@ def test_unknown_question_id_names_the_line(tmp_path, parse):
         score_amber(path, [AMBER], parse=parse)
     with pytest.raises(FileNotFoundError, match="AMBER needs relation.json, safe_words.txt"):
         score_amber(path, [AMBER / "annotations.json"])
+
+
+def test_amber_parts_apart(tmp_path):
+    # the discriminative part alone: the yes/no figures of test_amber_official_by_hand, no generative ones;
+    # the two descriptions (ids 1 and 8) are the other part
+    d = score_amber(DATA / "amber_official_answers.jsonl", [AMBER], part="discriminative")
+    assert (d["accuracy"], d["f1"], d["accuracy_pct"], d["f1_pct"]) == (0.5, pytest.approx(0.6), 50.0, 60.0)
+    assert (d["existence_f1_pct"], d["relation_accuracy_pct"], d["attribute_f1_pct"]) == (39.9, 66.6, 99.7)
+    assert d["other_part"] == 2 and d["n"] == 10 and not {"chair", "hal", "amber_score"} & set(d)
+    g = score_amber(DATA / "amber_official_answers.jsonl", [AMBER], part="generative")
+    assert (g["chair_pct"], g["cover_pct"], g["hal_pct"], g["cog_pct"]) == (40.0, 50.0, 50.0, 66.6)
+    assert g["other_part"] == 10 and not {"accuracy", "f1", "amber_score"} & set(g)
+    assert g["intervals"].keys() == {k for k, v in g.items() if isinstance(v, float)}
+    yes_no_only = tmp_path / "a.jsonl"
+    yes_no_only.write_text('{"question_id": 3, "answer": "Yes"}\n{"question_id": 4, "answer": "No"}\n')
+    with pytest.raises(AnswerFileError, match=r"no generative question to score \(2 of the other part\)"):
+        score_amber(yes_no_only, [AMBER], part="generative")
+
+
+def test_amber_result_file_as_released(tmp_path):
+    # AMBER's inference input: a JSON list of {"id", "response"}; the same answers give the same figures
+    rows = [json.loads(line) for line in (DATA / "amber_official_answers.jsonl").read_text().splitlines() if line]
+    path = tmp_path / "responses.json"
+    path.write_text(json.dumps([{"id": r["question_id"], "response": r["answer"]} for r in rows]))
+    m, ref = score_amber(path, [AMBER]), score_amber(DATA / "amber_official_answers.jsonl", [AMBER])
+    assert {k: m[k] for k in ref["intervals"]} == {k: ref[k] for k in ref["intervals"]}

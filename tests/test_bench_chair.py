@@ -160,3 +160,20 @@ def test_llm_variant_with_a_judge(tmp_path):
     assert m["judge_skipped"] == {"judge_error": 1, "unparsable_judgement": 1}
     assert m["judge_skipped_lines"] == {"judge_error": [4], "unparsable_judgement": [5]}
     assert m["extractor"] == "judge:scripted"
+
+
+@pytest.mark.parametrize("layout", ["imgToEval", "list"])
+def test_chair_caption_files_as_released(tmp_path, layout):
+    # CHAIR's own input: {"imgToEval": {id: {"image_id", "caption"}}} (coco-caption's output), or a JSON list
+    # of {"image_id", "caption"}; the same three captions as chair_answers.jsonl give the same figures
+    rows = [json.loads(line) for line in (DATA / "chair_answers.jsonl").read_text().splitlines() if line.strip()]
+    captions = [{"image_id": r["image_id"], "caption": r["answer"]} for r in rows]
+    data = {"overall": {}, "imgToEval": {str(c["image_id"]): c for c in captions}} if layout == "imgToEval" else captions
+    path = tmp_path / "captions.json"
+    path.write_text(json.dumps(data))
+    m = score_chair(path, [COCO], parse="robust")
+    assert (m["chair_s"], m["chair_i"], m["recall"], m["n_answers"]) == pytest.approx((2 / 3, 3 / 9, 5 / 8, 3))
+    # the image id is the caption's id: the outcomes pair by it
+    from vlalign.evaluate.chair import chair_result
+
+    assert chair_result(path, [COCO], parse="robust").outcomes.ids == ("1", "2", "3")

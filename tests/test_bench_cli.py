@@ -26,6 +26,8 @@ DATA = Path(__file__).parent / "data" / "bench"
     ("chair", "chair_quirks.jsonl", ["--annotations", str(DATA / "coco")], "chair_s", 2 / 3),  # test_bench_chair
     ("amber", "amber_answers.jsonl", ["--annotations", str(DATA / "amber"), "--parse", "robust"], "amber_score", 0.7),
     ("amber", "amber_official_answers.jsonl", ["--annotations", str(DATA / "amber")], "existence_f1_pct", 39.9),
+    ("amber-discriminative", "amber_official_answers.jsonl", ["--annotations", str(DATA / "amber")], "f1_pct", 60.0),
+    ("hallusionbench", "hallusionbench_result.json", [], "qAcc", 25.0),  # test_bench_hallusionbench
 ])
 def test_score_writes_metrics_and_prints_a_table(tmp_path, bench, answers, extra, key, value):
     out = tmp_path / "m" / "metrics.json"

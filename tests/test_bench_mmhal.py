@@ -82,3 +82,43 @@ def test_missing_fields_or_judge(tmp_path):
         score_mmhal(path, ScriptedJudge(lambda p: "Rating: 1"))
     with pytest.raises(AnswerFileError, match="scored by a judge"):
         score_mmhal(path, None)
+
+
+def test_checking_a_substitute_judge_against_trusted_ratings(tmp_path):
+    """The README's recipe: score the answers by ratings you trust, then by the substitute, and compare."""
+    from typer.testing import CliRunner
+
+    from vlalign.cli import app
+    from vlalign.evaluate.intervals import write_outcomes
+    from vlalign.evaluate.mmhal import mmhal_result
+
+    rows = [{"question_id": i, "question": "q", "gt_answer": "g", "image_content": ["dog"],
+             "question_type": "attribute" if i < 3 else "counting", "answer": f"answer {i}"} for i in range(6)]
+    trusted = [5, 2, 4, 1, 6, 3]  # hallucinating (below 3): 1, 3
+    substitute = [5, 4, 4, 1, 6, 2]  # calls 1 fine and 5 hallucinating: the two disagree on 2 of 6
+    ref, answers = tmp_path / "trusted.jsonl", tmp_path / "answers.jsonl"
+    ref.write_text("".join(json.dumps({**r, "rating": t}) + "\n" for r, t in zip(rows, trusted, strict=True)))
+    answers.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    judge = ScriptedJudge(lambda p: f"Rating: {substitute[int(p.split('answer ')[-1].strip())]}")
+    judge.name = "api:gpt-4o"
+    a, b = mmhal_result(ref, None), mmhal_result(answers, judge)
+    assert a.metrics["judge"] == "ratings given in the answer file" and a.metrics["average_score"] == 21 / 6
+    assert b.metrics["paper_judge"] == "gpt-4-0314" and "not the paper's gpt-4-0314" in b.metrics["judge_substituted"]
+    judge.name = "api:gpt-4-0314"
+    assert "judge_substituted" not in mmhal_result(answers, judge).metrics
+    write_outcomes(tmp_path / "a.outcomes.json", a.outcomes)
+    write_outcomes(tmp_path / "b.outcomes.json", b.outcomes)
+    out = tmp_path / "diff.json"
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "a.outcomes.json"), str(tmp_path / "b.outcomes.json"),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(out.read_text())["benchmarks"]["a"]["figures"]
+    # the shift of the final scores: average 21/6 -> 22/6, hallucination rate 2/6 -> 2/6; the hallucination
+    # calls agree on 4 of 6 questions, one discordant each way (McNemar p = 1)
+    assert figures["average_score"]["diff"] == pytest.approx(1 / 6)
+    assert figures["hallucination_rate"]["diff"] == 0.0
+    assert (figures["hallucination_rate"]["agreement"], figures["hallucination_rate"]["mcnemar_p"]) == \
+        (pytest.approx(4 / 6), 1.0)
+    with pytest.raises(AnswerFileError, match=r"line 1: unknown rating 7"):
+        ref.write_text(json.dumps({**rows[0], "rating": 7}) + "\n")
+        mmhal_result(ref, None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,85 @@ def test_build_pope_draws_images_reproducibly():
         build_pope(OBJECTS, n_images=4)
     with pytest.raises(ValueError, match="image 'A': no object left to ask about"):
         build_pope({"A": ["x", "y"], "B": ["y", "x"]}, n_images=None, per_image=1)
+
+
+OFFICIAL = DATA / "pope_official"
+
+
+def test_llava_answer_files_take_labels_by_position_from_pope_files():
+    # LLaVA's answers (question ids 0-5, answer in `text`) name no split and no label: the splits come from
+    # llava_pope_test.jsonl, the labels from POPE's files in order (LLaVA numbers its questions anew)
+    files = [OFFICIAL / "llava_pope_test.jsonl", OFFICIAL / "coco_pope_adversarial.json",
+             OFFICIAL / "coco_pope_random.json"]
+    m = score_pope(OFFICIAL / "llava_answers.jsonl", annotations=files)
+    # adversarial: said yes, no, no ("There is not a cat."), no against yes, no, yes, no:
+    #   TP 1, TN 2, FN 1 -> acc 3/4, P 1, R 1/2, F1 2/3, yes 1/4
+    assert [m[f"adversarial_{k}"] for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")] == \
+        pytest.approx([0.75, 1.0, 0.5, 2 / 3, 0.25])
+    # random: said yes, yes against no, yes: TP 1, FP 1 -> acc 1/2, P 1/2, R 1, F1 2/3, yes 1
+    assert [m[f"random_{k}"] for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")] == \
+        pytest.approx([0.5, 0.5, 1.0, 2 / 3, 1.0])
+    assert m["accuracy"] == pytest.approx((0.75 + 0.5) / 2) and m["splits"] == ["random", "adversarial"]
+    # the folder holding the same files gives the same figures (the answer file in it has neither field)
+    assert score_pope(OFFICIAL / "llava_answers.jsonl", annotations=[OFFICIAL])["accuracy"] == m["accuracy"]
+
+
+def test_answers_with_pope_ids_take_labels_by_id(tmp_path):
+    # answers to coco_pope_adversarial.json in another order: matched by id, not position
+    path = tmp_path / "answers.jsonl"
+    path.write_text("".join(json.dumps({"question_id": q, "answer": a}) + "\n"
+                            for q, a in ((2, "No"), (1, "Yes"), (4, "Yes"), (3, "Yes"))))
+    m = score_pope(path, annotations=[OFFICIAL / "coco_pope_adversarial.json"])
+    # labels by id: 2 no (said no: TN), 1 yes (TP), 4 no (FP), 3 yes (TP) -> acc 3/4, P 2/3, R 1
+    assert (m["splits"], m["adversarial_accuracy"], m["adversarial_precision"], m["adversarial_recall"]) == \
+        (["adversarial"], 0.75, pytest.approx(2 / 3), 1.0)
+    path.write_text(json.dumps({"question_id": 9, "answer": "No"}) + "\n")
+    with pytest.raises(AnswerFileError, match="adversarial has 1 answers without a label but its question file has 4"):
+        score_pope(path, annotations=[OFFICIAL / "coco_pope_adversarial.json"])
+
+
+def test_question_files_keep_their_ids_and_need_no_split(tmp_path):
+    from vlalign.evaluate.benchmarks import BENCHMARKS, EvalInputs
+
+    pope = BENCHMARKS["pope"]
+    qs = pope.questions(EvalInputs(OFFICIAL / "coco_pope_adversarial.json"))
+    assert [q.question_id for q in qs] == [1, 2, 3, 4]  # 1 stays 1
+    assert {q.record["category"] for q in qs} == {"adversarial"}  # from the file name
+    plain = tmp_path / "questions.jsonl"
+    plain.write_text((OFFICIAL / "coco_pope_random.json").read_text())
+    assert [(q.question_id, q.record["category"]) for q in pope.questions(EvalInputs(plain))] == [(1, "all"), (2, "all")]
+    # two split files in a folder number from 1 each: then the split is named in the id
+    both = tmp_path / "both"
+    both.mkdir()
+    for name in ("coco_pope_adversarial.json", "coco_pope_random.json"):
+        (both / name).write_text((OFFICIAL / name).read_text())
+    assert [q.question_id for q in pope.questions(EvalInputs(both))][:2] == ["adversarial-1", "adversarial-2"]
+    # answers to a question file with no split are scored as one split, `all`
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text('{"question_id": 1, "label": "no", "answer": "No"}\n'
+                       '{"question_id": 2, "label": "yes", "answer": "No"}\n')
+    m = score_pope(answers)
+    assert (m["splits"], m["all_accuracy"], m["accuracy"], m["all_n"]) == (["all"], 0.5, 0.5, 2)
+
+
+def test_score_pope_prints_and_writes_an_interval_for_every_figure(tmp_path):
+    from typer.testing import CliRunner
+
+    from vlalign.cli import app
+
+    out = tmp_path / "m.json"
+    result = CliRunner().invoke(app, ["score", "pope", "--answers", str(DATA / "pope_answers.jsonl"),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    m = json.loads(out.read_text())
+    figures = [k for k, v in m.items() if isinstance(v, float)]
+    assert len(figures) == 20 and set(m["intervals"]) == set(figures)  # 5 figures x (3 splits + mean)
+    for k in figures:
+        lo, hi = m["intervals"][k]
+        assert lo <= m[k] <= hi, k
+        assert re.search(rf"{k} +│ +{m[k]:.3f} \[{lo:.3f}, {hi:.3f}\]", result.output), k
+    # the adversarial split's accuracy: both answers right, so every resample of its 2 questions is too
+    assert m["intervals"]["adversarial_accuracy"] == [1.0, 1.0]
+    assert m["bootstrap"]["unit"] == "question" and m["bootstrap"]["units"] == 10
+    assert "intervals: 95%, 1000 bootstrap resamples of 10 questions" in result.output
+    assert (tmp_path / "m.outcomes.json").is_file()

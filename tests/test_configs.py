@@ -12,7 +12,9 @@ import yaml
 
 from vlalign.config import ConfigError, describe, load_config, undocumented
 from vlalign.plugins import METHODS
-from vlalign.world.demo import CONFIGS, recipes
+from vlalign.recipes import LAUNCH, get
+from vlalign.recipes import recipes as shipped
+from vlalign.world.demo import recipes
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = {"rlaif_v_world": "rlaif-v", "rlaif_v_self_world": "rlaif-v", "silkie_world": "silkie",
@@ -21,17 +23,18 @@ SHIPPED = {"rlaif_v_world": "rlaif-v", "rlaif_v_self_world": "rlaif-v", "silkie_
 
 
 @pytest.mark.parametrize(("name", "method"), SHIPPED.items())
-def test_shipped_configs_load_and_are_complete(name, method):
-    config = load_config(METHODS.get(method).config, ROOT / "configs" / f"{name}.yaml")
+def test_shipped_recipes_load_and_are_complete(name, method):
+    recipe = get(name)
+    assert recipe.method == method and recipe.about
+    config = load_config(METHODS.get(method).config, recipe.path)
     assert config.problems() == []
 
 
-def test_every_yaml_is_listed_and_the_demo_runs_the_world_ones():
-    assert {p.stem for p in (ROOT / "configs").glob("*.yaml")} == set(SHIPPED)
-    assert CONFIGS == ROOT / "configs"
-    demo = {(r.config, r.method) for r in recipes()}
-    assert demo == {(f"{n}.yaml", m) for n, m in SHIPPED.items() if n.endswith("_world")}
-    assert {m for _, m in demo} == set(METHODS.names())  # the demo covers the whole registry
+def test_every_recipe_is_listed_and_the_demo_runs_the_world_ones():
+    assert {r.name: r.method for r in shipped() if r.method != LAUNCH} == SHIPPED
+    demo = {(r.recipe, r.method) for r in recipes()}
+    assert demo == {(n, m) for n, m in SHIPPED.items() if n.endswith("_world")}
+    assert {m for _, m in demo} == set(METHODS.names())  # the demo covers every method the core ships
 
 
 @pytest.mark.parametrize("method", ["rlaif-v", "silkie", "povid", "mdpo", "mpo"])
@@ -61,7 +64,7 @@ def test_overrides_change_only_what_they_name():
     assert config.train.loss == cls().train.loss  # the method's own objective stays
     assert (config.train.batch_size, config.train.optim.lr) == (4, 1e-3)
     assert config.train.optim.warmup_ratio == cls().train.optim.warmup_ratio
-    replaced = load_config(METHODS.get("rlaif-v").config, ROOT / "configs" / "rlaif_v_world.yaml",
+    replaced = load_config(METHODS.get("rlaif-v").config, get("rlaif_v_world").path,
                            ["train.loss={sft: 1.0}", "prompts.per_round=5"])
     assert replaced.train.loss == {"sft": 1.0} and replaced.train.beta == 0.3  # a mapping value is replaced whole
     assert replaced.prompts.per_round == 5 and replaced.prompts.options["mix"]["count"] == 0.25

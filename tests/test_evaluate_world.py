@@ -225,7 +225,7 @@ def test_world_prompts_never_draw_evaluation_scenes(tmp_path):
 
 
 def test_eval_entries_name_a_split_the_benchmark_has():
-    from vlalign.methods.base import EvalSpec
+    from vlalign.stages.settings import EvalSpec
 
     assert EvalSpec("world", limit=10, split="dev").split == "dev"
     with pytest.raises(ValueError, match="no split 'train'.*test, dev"):

@@ -116,14 +116,17 @@ def test_trl_dpo_trainer_trains_on_the_export_as_it_is(tmp_path, tiny_world_mode
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["qwen2_vl", "idefics3"])
+@pytest.mark.parametrize("arch", ["qwen2_vl", "idefics3", "qwen3_vl", "qwen3_vl_moe", "internvl", "gemma4", "glm4v",
+                                  "glm46v", "llava_onevision1_5"])
 def test_trl_trains_on_the_export_with_other_families(tmp_path, arch):
     """The export carries no model-specific tokens, so TRL's DPOTrainer trains on it with any family's
-    processor (here tiny Qwen2-VL and Idefics3 checkpoints, saved as real ones)."""
+    processor (tiny checkpoints of each, saved as real ones). On the mixture of experts TRL adds the routers'
+    loss with the coefficient vlalign takes by the same convention."""
     from tiny_archs import ARCHS
     from trl import DPOConfig, DPOTrainer
 
     from vlalign.models.load import save
+    from vlalign.models.moe import is_moe, router_coefficient
     from vlalign.models.processors import load_processor
 
     model, processor = ARCHS[arch]()
@@ -136,3 +139,6 @@ def test_trl_trains_on_the_export_with_other_families(tmp_path, arch):
     result = trainer.train()
     assert result.global_step == 2
     assert all(math.isfinite(log["loss"]) for log in trainer.state.log_history if "loss" in log)
+    assert trainer.router_aux_loss_coef == router_coefficient(model, None)
+    logged = [log for log in trainer.state.log_history if "loss" in log]
+    assert all(("aux_loss" in log) == is_moe(model) for log in logged)

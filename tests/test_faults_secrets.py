@@ -91,3 +91,50 @@ def test_redact_secrets_and_safe_url():
     assert redact_secrets("prompt_tokens: 12, max_tokens=5") == "prompt_tokens: 12, max_tokens=5"  # not secrets
     assert safe_url(f"http://alice:{URL_KEY}@host:8000/v1?api-version=2&api_key=zzz") == \
         "http://host:8000/v1?api-version=2&api_key=%2A%2A%2A"
+
+
+# ---------------------------------------------------------------- everything a run writes
+
+PASSWORD, QUERY_KEY = "pa55-w0rd-in-the-url", "query-k3y-in-the-url"
+
+
+def test_redact_masks_urls_inside_any_recorded_value():
+    from vlalign.redaction import redact
+
+    spec = f"api:m@http://alice:{PASSWORD}@host:8000/v1?key={QUERY_KEY}&api-version=2"
+    clean = redact({"labeler": spec, "pool": [{"model": spec}], "api_key": "sk-x", "rounds": 2, "note": None})
+    assert PASSWORD not in str(clean) and QUERY_KEY not in str(clean)
+    assert clean["labeler"] == "api:m@http://***@host:8000/v1?key=***&api-version=2"
+    assert clean["api_key"] == "***" and clean["rounds"] == 2 and clean["note"] is None
+    assert redact_secrets(f"see https://h/v1?sig={QUERY_KEY}, then ?page=2") == "see https://h/v1?sig=***, then ?page=2"
+
+
+@pytest.mark.slow
+def test_a_run_with_credentials_in_its_specs_writes_them_nowhere(fault_server, tmp_path, monkeypatch, capsys):
+    """An RLAIF-V run whose labeler URL carries a password and a key: summary.json, every manifest, the
+    error logs (one reply breaks), the report and every progress or warning line show them masked."""
+    from test_faults_labeler import scored
+
+    from vlalign import runner
+    from vlalign.config import load_config
+    from vlalign.plugins import METHODS
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    server = fault_server({"heart": [scored(float("nan"), -1.0)], "square": [scored(-2.5, -0.1)]},
+                          default=[scored(-0.1, -2.5)])
+    url = server.url.replace("http://", f"http://alice:{PASSWORD}@") + f"?key={QUERY_KEY}"
+    config = load_config(METHODS.get("rlaif-v").config, None, [
+        "policy=world:base", "runtime.dtype=fp32", f"labeler=api:m@{url}", "rounds=1", "prompts.source=world",
+        "prompts.per_round=6", "samples=3", "decoding.max_new_tokens=24", "decoding.temperature=1.0",
+        "splitter=world", "batch_size=12", "train.batch_size=4", "train.optim.lr=1e-3", "eval=[]",
+        "eval_base=false", "api.max_retries=0", "report=true"])
+    runner.run(METHODS.get("rlaif-v"), config, tmp_path / "run")
+    printed = capsys.readouterr()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["config"]["labeler"] == f"api:m@http://***@127.0.0.1:{server.server_port}/v1?key=***"
+    written = [p for p in (tmp_path / "run").rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".html")]
+    assert {"summary.json", "index.html", "errors.html", ".errors.jsonl", ".manifest.json"} <= {p.name for p in written}
+    assert any(p.name == ".errors.jsonl" and p.read_text() for p in written), "a reply broke, and was logged"
+    leaked = [str(p) for p in written for s in (PASSWORD, QUERY_KEY) if s in p.read_text(errors="replace")]
+    leaked += [s for s in (PASSWORD, QUERY_KEY) if s in printed.out + printed.err]
+    assert not leaked, leaked

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from vlalign.feedback.judge import ChatReply, ChatRequest
+from vlalign.feedback.judge import ChatReply, ChatRequest, Choice
 from vlalign.feedback.judge_api import OpenAIJudge
 from vlalign.serve import make_server
 
@@ -113,3 +113,53 @@ def test_many_concurrent_clients_leave_no_threads_behind(slow_server, monkeypatc
     assert all(r.ok for r in replies)
     time.sleep(0.8)
     assert threading.active_count() <= threads_before + 1
+
+
+class CountingJudge:
+    """Answers answer i of a request with "prompt#seed+i" after `seconds` per answer generated, keeping the
+    prompts of every call."""
+
+    name = "counting"
+
+    def __init__(self, seconds: float):
+        self.seconds, self.calls = seconds, []
+
+    def complete(self, requests):
+        self.calls.append([(r.prompt, r.n) for r in requests])
+        time.sleep(self.seconds * sum(r.n for r in requests))
+        return [ChatReply(f"{r.prompt}#{r.seed}", prompt_tokens=4, completion_tokens=r.n,
+                          choices=[Choice(f"{r.prompt}#{r.seed + i}") for i in range(r.n)]) for r in requests]
+
+
+def test_a_large_n_is_sliced_so_other_clients_are_answered_in_between(monkeypatch):
+    """One worker, 8 answers a step: a request for 96 answers takes 12 steps, and a request that arrives
+    during them is answered within a step or two, with the big one's answers still drawn with seed + i."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    judge = CountingJudge(0.02)
+    server = make_server(judge, port=0, model_name="counting", max_batch=8)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        client = OpenAIJudge("counting", f"http://127.0.0.1:{server.server_port}/v1", max_retries=0)
+        done: dict[str, float] = {}
+        big: list = []
+
+        def ask_big():
+            big.extend(client.complete([ChatRequest("big", n=96, seed=1000, temperature=1.0, id="big")]))
+            done["big"] = time.monotonic()
+
+        thread = threading.Thread(target=ask_big)
+        thread.start()
+        time.sleep(0.3)  # the big request is a few steps in
+        [small] = client.complete([ChatRequest("small", seed=7, temperature=1.0, id="small")])
+        done["small"] = time.monotonic()
+        thread.join()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert small.text == "small#7"
+    assert [c.text for c in big[0].answers()] == [f"big#{1000 + i}" for i in range(96)]  # as one unsliced request
+    assert big[0].prompt_tokens == 4 and big[0].completion_tokens == 96  # the prompt counted once
+    step = next(i for i, call in enumerate(judge.calls) if ("small", 1) in call)
+    assert step < len(judge.calls) - 2, "the small request did not wait for the big one to end"
+    assert all(sum(n for _, n in call) <= 8 for call in judge.calls)
+    assert done["small"] < done["big"]

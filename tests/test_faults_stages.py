@@ -5,9 +5,8 @@ reply did not give is kept as missing, counted and logged with its reason; token
 from __future__ import annotations
 
 import re
-from types import SimpleNamespace
 
-import pytest
+from _models import GivenModels
 from PIL import Image
 
 from vlalign.data.records import FeedbackRecord, PromptRecord, ResponseRecord
@@ -16,8 +15,11 @@ from vlalign.feedback.judge import ChatReply
 from vlalign.feedback.judge_api import Usage
 from vlalign.feedback.llm_claims import LLMClaims
 from vlalign.feedback.vlfeedback import RatingJudge
-from vlalign.methods.base import Round
-from vlalign.methods.silkie import ClaimCounting, PoolMember, SilkieConfig, pool_stage, rating_stage
+from vlalign.methods.silkie import SilkieConfig
+from vlalign.stages.label import Labeler, label_stage
+from vlalign.stages.pool import PoolMember, pool_stage
+from vlalign.stages.ratings import ClaimCounting, rating_stage
+from vlalign.stages.round import Round
 
 ANSWERS = {"p0": ["a red circle.", "a red circle and a star.", "a blue square."],
            "p1": ["two circles.", "one circle.", "a star."],
@@ -75,8 +77,7 @@ def _responses(store: RunStore):
 
 
 def _rate(store, judge, counted=None):
-    return rating_stage(SimpleNamespace(store=store), store.stage("responses"), store.stage("feedback"),
-                        RatingJudge(judge), counted)
+    return rating_stage(store.stage("responses"), store.stage("feedback"), RatingJudge(judge), counted)
 
 
 def test_rating_failed_requests_retry_on_resume_missing_ratings_are_counted_and_usage_adds_up(tmp_path, capsys):
@@ -135,15 +136,14 @@ def _round(tmp_path, judge, pool) -> Round:
     prompts.write_shard([PromptRecord(id=p, image=image, instruction=f"describe {p}{' flaky' if p == 'p2' else ''}.",
                                       source="file").to_row() for p in ANSWERS])
     config = SilkieConfig(pool=pool, answers_per_prompt=2, judge="api:scripted")
-    return Round(1, config, store, prompts, None, None, lambda *a, **k: pytest.fail("nothing loads"),
-                 lambda spec: None, lambda spec, runtime=None: judge)
+    return Round(1, config, store, prompts, None, None, GivenModels(lambda spec: judge))
 
 
 def test_a_failed_pool_reply_fails_only_its_record(tmp_path):
     pool = [PoolMember("api:a", max_new_tokens=7), PoolMember("api:b", max_new_tokens=9)]
     judge = Scripted(down=True)
     r = _round(tmp_path, judge, pool)
-    out = pool_stage(r, r.stage("responses"))
+    out = pool_stage(r, r.stage("responses"), pool, 2)
     ids = sorted(row["id"] for row in out.rows())
     assert ids == sorted(f"{p}/api:{m}" for p in ANSWERS for m in "ab" if p != "p2")
     assert sorted(e["id"] for e in out.errors()) == ["p2/api:a", "p2/api:b"]
@@ -151,19 +151,18 @@ def test_a_failed_pool_reply_fails_only_its_record(tmp_path):
     asked = len(judge.prompts)
     assert asked == 8, "each answer was asked once: the good ones were not asked again"
     judge.down = False
-    pool_stage(r, r.stage("responses"))
+    pool_stage(r, r.stage("responses"), pool, 2)
     assert len(judge.prompts) == asked + 2 and len(out.rows()) == 8 and out.manifest["errors"] == 0
 
 
 def test_labeling_with_the_llm_splitter_fails_only_the_answer_it_could_not_split(tmp_path, tiny_world_model_dir):
-    from vlalign.methods.rlaif_v import label_stage
     from vlalign.models.load import load
 
     store = RunStore(tmp_path / "run")
     responses = _responses(store)
     judge = Scripted(down=False)
     model, processor = load(tiny_world_model_dir, dtype="fp32")
-    out = label_stage(store, responses, store.stage("feedback"), model, processor, "tiny", LLMClaims(judge),
+    out = label_stage(store, responses, store.stage("feedback"), Labeler(model, processor, "tiny"), LLMClaims(judge),
                       batch_size=6)
     assert len(out.rows()) == 11 and "p3/m1" not in {row["id"] for row in out.rows()}
     assert [e["id"] for e in out.errors()] == ["p3/m1"] and out.manifest["errors"] == 1

@@ -94,6 +94,17 @@ def test_pairs_min_gap_and_identical_answers():
     assert _ids(candidate_pairs(half, PairRules(min_gap=0.5, max_per_prompt=None))) == [("x", "y")]
 
 
+def test_extremes_keeps_the_best_against_the_worst_first():
+    # candidates (gap 1): (a,b) 1, (a,c) 3, (b,c) 2, (d,c) 2
+    assert _ids(candidate_pairs([A, B, C, D], PairRules(max_per_prompt=1, pick="extremes"))) == [("a", "c")]
+    # the next widest gaps tie at 2: the pair with the better chosen answer (b and d both score -1: list order)
+    assert _ids(candidate_pairs([A, B, C, D], PairRules(max_per_prompt=2, pick="extremes"))) == [("a", "c"), ("b", "c")]
+    # the draw keeps the seeded choice; both keep every pair when there is no cap to apply
+    assert len(candidate_pairs([A, B, C, D], PairRules(max_per_prompt=2))) == 2
+    with pytest.raises(ValueError, match="pick must be draw or extremes"):
+        PairRules(pick="best")
+
+
 def test_claim_balance_drops_pairs_whose_chosen_answer_claims_less():
     # x: 3 claims, none rejected; y: 1 claim, none rejected; z: 3 claims, 1 rejected; w: 4 claims, 2 rejected
     x, y = Scored("x", "x", 0.0, claims=3), Scored("y", "y", 0.0, claims=1)

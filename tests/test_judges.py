@@ -17,6 +17,7 @@ from vlalign.feedback.judge_api import OpenAIJudge
 from vlalign.feedback.judge_local import ModelJudge
 from vlalign.feedback.judges import make_judge
 from vlalign.feedback.vlfeedback import RatingJudge, parse_rubric_reply, rubric_prompt
+from vlalign.models.batching import chat_prompt
 from vlalign.models.load import load
 from vlalign.serve import make_server
 from vlalign.world.judging import Verdict, judge_prompt, judge_task, parse_verdict, rate
@@ -91,10 +92,16 @@ def test_api_judge_answers_through_the_server(serve, model_judge, picture, monke
     assert [(r.prompt, len(r.images), r.max_tokens, r.system) for r in seen] == [
         ("describe the image.", 1, 8, None), ("what is a circle?", 0, 8, None)]
     assert np.array_equal(np.asarray(seen[0].images[0]), np.asarray(picture))
-    # the server counts whitespace-separated words as tokens: "describe the image." = 3, "what is a circle?" = 4
-    assert judge.usage.prompt_tokens == 3 + 4
-    assert [r.prompt_tokens for r in replies] == [3, 4]
-    assert judge.usage.completion_tokens == sum(len(r.text.split()) for r in replies)
+    # usage counts the model's tokens: the text-only prompt as the processor encodes it in the chat template,
+    # the one with an image with its image tokens, each answer with its end-of-sequence token (when it ended)
+    processor = model_judge.processor
+    text_only = processor(text=[chat_prompt(processor, "what is a circle?", with_image=False)], return_tensors="pt")
+    with_image = processor(images=[[picture]], text=[chat_prompt(processor, "describe the image.")], return_tensors="pt")
+    assert [r.prompt_tokens for r in replies] == [with_image["input_ids"].shape[1], text_only["input_ids"].shape[1]]
+    local = model_judge.complete(requests)
+    assert [r.completion_tokens for r in replies] == [r.completion_tokens for r in local]
+    assert all(0 < r.completion_tokens <= 8 for r in replies)
+    assert judge.usage.prompt_tokens == sum(r.prompt_tokens for r in replies)
     assert judge.usage.to_dict() | {"prompt_tokens": 0, "completion_tokens": 0} == {
         "requests": 2, "failures": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0}
     assert server.count == 2

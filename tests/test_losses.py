@@ -15,10 +15,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import LlamaConfig
 
 from vlalign.train import settings
-from vlalign.train.losses import TERMS, Logps, columns_of, dpo_loss, objective
-from vlalign.train.preference import Columns, make_loss
+from vlalign.train.columns import Columns
+from vlalign.train.losses import TERMS, Logps, columns_of, dpo_loss, objective, with_router
+from vlalign.train.preference import make_loss
 from vlalign.train.settings import TrainConfig
 
 trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer")
@@ -31,21 +33,23 @@ class _StubModel:
 
     training = True
 
-    def __init__(self, per_token_logps: torch.Tensor):
-        self.per_token_logps = per_token_logps
+    def __init__(self, per_token_logps: torch.Tensor, aux_loss: torch.Tensor | None = None):
+        self.per_token_logps, self.aux_loss = per_token_logps, aux_loss
 
     def __call__(self, **kwargs):
         lp = self.per_token_logps
         return SimpleNamespace(log_probs=lp, entropy=torch.zeros_like(lp), mean_logits=torch.zeros_like(lp),
-                               is_top1=torch.zeros_like(lp, dtype=torch.bool))
+                               is_top1=torch.zeros_like(lp, dtype=torch.bool), aux_loss=self.aux_loss)
 
 
-def _bare_trainer(loss_types: list[str], weights: list[float], beta: float, label_smoothing: float = 0.0):
+def _bare_trainer(loss_types: list[str], weights: list[float], beta: float, label_smoothing: float = 0.0,
+                  router_aux_loss_coef: float = 0.0):
     trainer = object.__new__(trl_dpo.DPOTrainer)
     identity = lambda t: t  # noqa: E731
     trainer.__dict__.update(
         accelerator=SimpleNamespace(device=torch.device("cpu"), gather_for_metrics=identity, gather=identity),
-        aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True, f_divergence_type="reverse_kl",
+        aux_loss_enabled=router_aux_loss_coef != 0.0, router_aux_loss_coef=router_aux_loss_coef,
+        ld_alpha=None, precompute_ref_logps=True, f_divergence_type="reverse_kl",
         loss_types=loss_types, loss_weights=weights, beta=beta, label_smoothing=label_smoothing,
         use_weighting=False, _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
         _total_train_tokens=0, _tp_size=1,
@@ -54,8 +58,9 @@ def _bare_trainer(loss_types: list[str], weights: list[float], beta: float, labe
 
 
 def trl_loss(loss_type: str | dict[str, float], beta: float, chosen, rejected, ref_chosen, ref_rejected, chosen_len,
-             rejected_len, label_smoothing: float = 0.0) -> float:
-    """TRL's batch-mean loss for sequence log-prob sums with the given completion lengths (tokens)."""
+             rejected_len, label_smoothing: float = 0.0, router: tuple[float, torch.Tensor] | None = None) -> float:
+    """TRL's batch-mean loss for sequence log-prob sums with the given completion lengths (tokens); `router` is
+    (router_aux_loss_coef, the model's aux_loss) for a mixture of experts."""
     lengths = torch.cat([chosen_len, rejected_len]).long()
     logps = torch.cat([chosen, rejected]).double()
     n, width = len(lengths), int(lengths.max()) + 2
@@ -66,8 +71,9 @@ def trl_loss(loss_type: str | dict[str, float], beta: float, chosen, rejected, r
     shifted = completion_mask[:, 1:].double()
     per_token = shifted * (logps / lengths.clamp(min=1)).unsqueeze(1)  # spread each sum over its tokens
     terms = loss_type if isinstance(loss_type, dict) else {loss_type: 1.0}
-    trainer = _bare_trainer(list(terms), list(terms.values()), beta, label_smoothing)
-    trainer.model = _StubModel(per_token)
+    coef, aux = router or (0.0, None)
+    trainer = _bare_trainer(list(terms), list(terms.values()), beta, label_smoothing, coef)
+    trainer.model = _StubModel(per_token, aux)
     inputs = {"input_ids": torch.zeros(n, width, dtype=torch.long), "attention_mask": torch.ones(n, width),
               "completion_mask": completion_mask,
               "ref_chosen_logps": ref_chosen.double(), "ref_rejected_logps": ref_rejected.double()}
@@ -98,6 +104,21 @@ def test_term_matches_trl(term, beta, seed):
     c, r, rc, rr, lc, lr = _random_logps(seed)
     loss, _ = objective({term: 1.0}, _x(c, r, rc, rr, lc, lr, beta))
     assert float(loss) == pytest.approx(trl_loss(term, beta, c, r, rc, rr, lc, lr), abs=1e-6)
+
+
+@pytest.mark.parametrize("coef", [0.001, 0.01, 0.5])
+def test_the_router_term_enters_the_loss_as_trls_aux_loss(coef):
+    """A mixture of experts: TRL adds router_aux_loss_coef x the model's aux_loss to its terms; the router term
+    with that weight adds the same (its value from the same rows is TRL's: tests/test_moe.py)."""
+    c, r, rc, rr, lc, lr = _random_logps(7)
+    aux = torch.tensor(1.37, dtype=torch.float64)
+    x = Logps({"chosen": c, "rejected": r}, {"chosen": rc, "rejected": rr}, {"chosen": lc, "rejected": lr}, 0.1,
+              router=aux)
+    loss, parts = objective(with_router({"sigmoid": 1.0, "sft": 0.5}, coef), x)
+    theirs = trl_loss({"sigmoid": 1.0, "sft": 0.5}, 0.1, c, r, rc, rr, lc, lr, router=(coef, aux))
+    assert float(loss) == pytest.approx(theirs, abs=1e-6)
+    assert parts["loss_router"] == pytest.approx(1.37)
+    assert "loss_router" not in objective(with_router({"sigmoid": 1.0}, 0.0), x)[1]
 
 
 @pytest.mark.parametrize("term", ["sigmoid", "hinge", "ipo", "bco_pair"])
@@ -183,7 +204,8 @@ def test_make_loss_reads_columns_and_reports_rewards(monkeypatch):
 
     monkeypatch.setattr(preference, "continuation_logps", lambda model, batch: (torch.cat([c, r]), torch.cat([lc, lr])))
     config = TrainConfig(beta=0.2, loss={"sigmoid": 1.0, "nll": 0.5, "anchor": 1.5})
-    loss, metrics = make_loss(config, Columns())(None, {"ref": {"chosen": rc, "rejected": rr}})
+    dense = SimpleNamespace(config=LlamaConfig())  # a model without expert routers: no router term
+    loss, metrics = make_loss(config, Columns())(dense, {"ref": {"chosen": rc, "rejected": rr}})
     expected = (trl_loss("sigmoid", 0.2, c, r, rc, rr, lc, lr) + 0.5 * float((-c / lc).mean())
                 + 1.5 * float(-F.logsigmoid(0.2 * (c - rc)).mean()))
     assert float(loss) == pytest.approx(expected, abs=1e-5)

@@ -13,6 +13,7 @@ import torch
 from tiny_archs import ARCHS, random_image
 
 from vlalign.models.batching import IGNORE, chat_prompt, encode, model_inputs
+from vlalign.models.families import FAMILIES
 from vlalign.models.generate import Decoding, generate
 from vlalign.models.load import load, save
 from vlalign.models.lora import (
@@ -22,9 +23,11 @@ from vlalign.models.lora import (
     language_targets,
     reference_context,
 )
+from vlalign.models.moe import is_moe, router_coefficient
 from vlalign.models.scoring import NO_WORDS, YES_WORDS, answer_token_ids, score_responses, yes_probability
 from vlalign.models.settings import LoraSettings
-from vlalign.train.preference import PreferenceExample, fit_preferences
+from vlalign.train.examples import PreferenceExample
+from vlalign.train.fit import fit
 from vlalign.train.settings import OptimConfig, TrainConfig
 
 INSTRUCTIONS = ["describe the image.", "is there a red circle?", "what color is the square?",
@@ -33,7 +36,9 @@ RESPONSES = ["there is a red circle.", "yes", "it is blue.", "this picture shows
 QUESTIONS = ["is there a red circle?", "is there a blue square on the left?", "is it yellow?"]
 VISION_MODULE = {"llava": "vision_tower", "qwen2_vl": "visual", "idefics3": "vision_model", "llava_next": "vision_tower",
                  "qwen2_5_vl": "visual", "smolvlm": "vision_model", "gemma3": "vision_tower",
-                 "llava_onevision": "vision_tower"}
+                 "llava_onevision": "vision_tower", "qwen3_vl": "visual", "qwen3_vl_moe": "visual",
+                 "internvl": "vision_tower", "gemma4": "vision_tower", "glm4v": "visual", "glm46v": "visual",
+                 "llava_onevision1_5": "visual"}
 
 pytestmark = pytest.mark.parametrize("arch", list(ARCHS))
 
@@ -192,6 +197,30 @@ def test_freeze_vision_then_lora_reference_is_base(arch, images):
     assert torch.allclose(_logits(lora, batch), adapted)  # adapters back on afterwards
 
 
+# what LoRA adapts by default, family by family: GLM fuses its MLP's gate and up projections; a mixture of
+# experts' experts are 3-D tensors that no LoRA adapter wraps, so its adapters sit on attention
+ATTENTION = {"q_proj", "k_proj", "v_proj", "o_proj"}
+FAMILIES_BY_TYPE = {f.model_type: f for f in FAMILIES}
+LORA_TARGETS = {"glm4v": ATTENTION | {"gate_up_proj", "down_proj"}, "glm46v": ATTENTION | {"gate_up_proj", "down_proj"},
+                "qwen3_vl_moe": ATTENTION}
+
+
+def test_the_family_table_says_which_decoders_slide(arch, built):
+    """The README's 'dynamic cache' is said of exactly the families whose decoders have sliding layers, which
+    is what sampling decides by (models/generate.py keeps their dynamic cache)."""
+    model, _ = built[arch]
+    kinds = set(getattr(model.config.get_text_config(decoder=True), "layer_types", None) or ())
+    assert FAMILIES_BY_TYPE[arch].sliding == bool(kinds - {"full_attention"})
+
+
+def test_lora_adapts_the_familys_decoder_projections(arch, built):
+    model, _ = built[arch]
+    targets = language_targets(model)
+    assert {t.rsplit(".", 1)[-1] for t in targets} == LORA_TARGETS.get(arch, ATTENTION | {"gate_proj", "up_proj",
+                                                                                           "down_proj"})
+    assert not any(is_vision_parameter(t) for t in targets)
+
+
 @pytest.mark.parametrize("lora", [None, LoraSettings(r=4)], ids=["full", "lora"])
 def test_one_dpo_step_changes_trainable_weights(arch, lora, images):
     model, processor = ARCHS[arch](seed=2)
@@ -199,9 +228,12 @@ def test_one_dpo_step_changes_trainable_weights(arch, lora, images):
                                   rejected=RESPONSES[(i + 1) % len(RESPONSES)]) for i in range(2)]
     config = TrainConfig(batch_size=2, epochs=1.0, lora=lora, optim=OptimConfig(lr=1e-2, warmup_ratio=0.0, log_every=1))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trained, history = fit_preferences(model, processor, examples, config)
+    trained, history = fit(model, processor, examples, config)
     assert len(history) == 1
-    assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at step 1
+    assert history[0]["loss_sigmoid"] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at step 1
+    # a mixture of experts adds its routers' load-balancing term with the checkpoint's weight
+    router = router_coefficient(model, None) * history[0]["loss_router"] if is_moe(model) else 0.0
+    assert history[0]["loss"] == pytest.approx(math.log(2) + router, abs=1e-4)
     after = dict(trained.named_parameters())
     changed = set()
     for name, param in after.items():

@@ -81,6 +81,9 @@ def test_two_processes_train_the_weights_of_one(tiny_world_model_dir, tmp_path):
 def test_the_shipped_accelerate_configs_load(name, kind):
     from accelerate.commands.config.config_args import load_config_from_file
 
-    path = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / f"{name}.yaml"
-    config = load_config_from_file(str(path))
+    from vlalign.recipes import get
+
+    recipe = get(name)
+    assert recipe.method == "accelerate launch"
+    config = load_config_from_file(str(recipe.path))
     assert config.distributed_type.name == kind and config.num_processes == 2

@@ -26,9 +26,10 @@ from vlalign.feedback.judge import ChatReply
 from vlalign.models.batching import encode, model_inputs
 from vlalign.models.load import load
 from vlalign.models.settings import LoraSettings
+from vlalign.train.examples import PreferenceExample
+from vlalign.train.fit import fit
 from vlalign.train.losses import dpo_loss, povid_loss
-from vlalign.train.povid import train_povid_stage2
-from vlalign.train.preference import PreferenceExample
+from vlalign.train.objectives import POVIDNoise
 from vlalign.train.settings import NoiseConfig, OptimConfig, TrainConfig
 from vlalign.world.render import render
 from vlalign.world.scene import COLORS, sample_scene
@@ -253,7 +254,8 @@ def test_train_povid_stage2_two_steps(tiny_world_model_dir, pov_examples, monkey
     # 2 examples, batch 2, 2 epochs -> steps_for = round(2 * 2 / 2) = 2 optimizer steps, both logged
     config = TrainConfig(batch_size=2, epochs=2.0, lora=lora,
                          optim=OptimConfig(lr=1e-3, warmup_ratio=0.0, log_every=1))
-    trained, history = train_povid_stage2(model, processor, pov_examples, config, NoiseConfig(gamma=0.5, step=500))
+    trained, history = fit(model, processor, pov_examples, config,
+                                       POVIDNoise(NoiseConfig(gamma=0.5, step=500)))
 
     assert [h["step"] for h in history] == [1, 2]
     for h in history:

@@ -16,7 +16,11 @@ from vlalign.models.load import load, save
 from vlalign.models.prefix import continuation_logps
 from vlalign.models.scoring import sequence_logps
 from vlalign.models.settings import LoraSettings
-from vlalign.train.preference import Columns, PreferenceExample, columns_for, fit_preferences, reference_logps
+from vlalign.train.columns import Columns
+from vlalign.train.examples import PreferenceExample
+from vlalign.train.fit import fit
+from vlalign.train.objectives import Preference
+from vlalign.train.preference import reference_logps
 from vlalign.train.settings import OptimConfig, TrainConfig
 from vlalign.world.render import render
 from vlalign.world.scene import PARTNERS, sample_scene
@@ -52,7 +56,7 @@ def test_reference_cache_written_and_reused(model_and_processor, examples, tmp_p
                                             tiny_world_model_dir):
     model, processor = model_and_processor
     out = tmp_path / "dpo"
-    fit_preferences(model, processor, examples, _config(), out=out)
+    fit(model, processor, examples, _config(), out=out)
     saved = json.loads((out / "reference_logps.json").read_text())
     assert sorted(saved["logps"]) == sorted(e.id for e in examples)
     assert saved["columns"] == ["chosen", "rejected", ""]
@@ -69,7 +73,7 @@ def test_reference_cache_written_and_reused(model_and_processor, examples, tmp_p
 
     monkeypatch.setattr(preference, "continuation_logps", counting)
     model2, processor2 = load(tiny_world_model_dir, dtype="float32", device="cpu")
-    fit_preferences(model2, processor2, examples, _config(), out=out)
+    fit(model2, processor2, examples, _config(), out=out)
     assert calls == [True]  # one training forward (with grad), no reference forward (no grad)
 
 
@@ -107,7 +111,7 @@ def test_first_step_loss_and_nll_term(model_and_processor, examples, tmp_path):
     adds w * mean(-chosen_sum / chosen_len) over the same (reference) log-probs."""
     model, processor = model_and_processor
     out = tmp_path / "nll"
-    _, history = fit_preferences(model, processor, examples,
+    _, history = fit(model, processor, examples,
                                  _config(loss={"sigmoid": 1.0, "nll": 0.5}, lora=LoraSettings(r=4)), out=out)
     cache = json.loads((out / "reference_logps.json").read_text())["logps"]
     lengths = {e.id: len(processor.tokenizer(e.chosen, add_special_tokens=False)["input_ids"]) + 1 for e in examples}
@@ -121,14 +125,14 @@ def test_first_step_loss_and_nll_term(model_and_processor, examples, tmp_path):
 def test_sft_only_needs_no_reference(model_and_processor, examples, monkeypatch):
     model, processor = model_and_processor
     monkeypatch.setattr(preference, "reference_logps", lambda *a, **k: pytest.fail("sft needs no reference"))
-    _, history = fit_preferences(model, processor, examples, _config(loss={"sft": 1.0}))
+    _, history = fit(model, processor, examples, _config(loss={"sft": 1.0}))
     assert history[0]["loss"] > 0 and "reward_margin" not in history[0]
 
 
 def test_ipo_first_step_and_training(model_and_processor, examples):
     """IPO at zero margin: (0 - 1/(2 beta))^2 = 1/(4 beta^2) = 1 for beta = 0.5; then it trains (finite, lower)."""
     model, processor = model_and_processor
-    _, history = fit_preferences(model, processor, examples,
+    _, history = fit(model, processor, examples,
                                  _config(steps_epochs=6, lr=1e-3, beta=0.5, loss={"ipo": 1.0}))
     assert history[0]["loss"] == pytest.approx(1.0, abs=1e-4)
     assert len(history) == 6 and all(math.isfinite(h["loss"]) for h in history)
@@ -139,7 +143,7 @@ def test_training_makes_margin_positive(model_and_processor, examples):
     model, processor = model_and_processor
     before = reference_logps(model, processor, examples)
     config = _config(steps_epochs=10, lr=2e-3, beta=0.1)
-    trained, history = fit_preferences(model, processor, examples, config)
+    trained, history = fit(model, processor, examples, config)
     after = reference_logps(trained, processor, examples)
     margins = [config.beta * ((after[e.id]["chosen"] - before[e.id]["chosen"])
                               - (after[e.id]["rejected"] - before[e.id]["rejected"])) for e in examples]
@@ -151,7 +155,7 @@ def test_optim_steps_is_honoured(model_and_processor, examples):
     """optim.steps wins over epochs (it used to be recomputed from epochs)."""
     model, processor = model_and_processor
     config = replace(_config(steps_epochs=1), optim=OptimConfig(steps=3, lr=1e-4, warmup_ratio=0.0, log_every=1))
-    _, history = fit_preferences(model, processor, examples, config)
+    _, history = fit(model, processor, examples, config)
     assert [h["step"] for h in history] == [1, 2, 3]
 
 
@@ -163,7 +167,7 @@ def test_a_killed_training_resumes_from_its_checkpoint(examples, tmp_path, tiny_
     def fresh():
         return load(tiny_world_model_dir, dtype="float32", device="cpu")
 
-    whole, whole_history = fit_preferences(*fresh(), examples, config, out=tmp_path / "whole")
+    whole, whole_history = fit(*fresh(), examples, config, out=tmp_path / "whole")
     real_step = torch.optim.AdamW.step
     steps = {"n": 0}
 
@@ -175,10 +179,10 @@ def test_a_killed_training_resumes_from_its_checkpoint(examples, tmp_path, tiny_
 
     monkeypatch.setattr(torch.optim.AdamW, "step", stop_after_three)
     with pytest.raises(KeyboardInterrupt):
-        fit_preferences(*fresh(), examples, config, out=tmp_path / "killed")
+        fit(*fresh(), examples, config, out=tmp_path / "killed")
     assert [p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()] == ["checkpoint-2"]
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
-    resumed, history = fit_preferences(*fresh(), examples, config, out=tmp_path / "killed")
+    resumed, history = fit(*fresh(), examples, config, out=tmp_path / "killed")
     assert [h["step"] for h in history] == [h["step"] for h in whole_history]
     assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in whole_history], abs=1e-6)
     for (name, a), (_, b) in zip(whole.named_parameters(), resumed.named_parameters(), strict=True):
@@ -188,24 +192,24 @@ def test_a_killed_training_resumes_from_its_checkpoint(examples, tmp_path, tiny_
 def test_conditional_term_needs_a_corrupted_image(model_and_processor, examples):
     model, processor = model_and_processor
     with pytest.raises(ValueError, match="chosen_corrupt"):
-        fit_preferences(model, processor, examples, _config(loss={"sigmoid": 1.0, "conditional": 1.0}))
-    grey = columns_for(_config(loss={"conditional": 1.0}), {"chosen_corrupt": lambda e: e.image.convert("L")})
-    assert grey.names == ("chosen", "rejected", "chosen_corrupt")
-    _, history = fit_preferences(model, processor, examples, _config(loss={"conditional": 1.0}), columns=grey)
+        fit(model, processor, examples, _config(loss={"sigmoid": 1.0, "conditional": 1.0}))
+    grey = Preference({"chosen_corrupt": lambda e: e.image.convert("L")}, key="grey")
+    assert grey.columns(_config(loss={"conditional": 1.0})).names == ("chosen", "rejected", "chosen_corrupt")
+    _, history = fit(model, processor, examples, _config(loss={"conditional": 1.0}), grey)
     assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy = reference at step 1
 
 
 def test_empty_examples_raise(model_and_processor):
     model, processor = model_and_processor
     with pytest.raises(ValueError, match="at least one preference pair"):
-        fit_preferences(model, processor, [], _config())
+        fit(model, processor, [], _config())
 
 
 @pytest.mark.parametrize("lora", [None, LoraSettings(r=4)])
 def test_saved_model_loads_back(model_and_processor, examples, tmp_path, lora, tiny_world_model_dir):
     model, processor = model_and_processor
     out = tmp_path / "saved"
-    trained, _ = fit_preferences(model, processor, examples, _config(steps_epochs=2, lr=1e-3, lora=lora))
+    trained, _ = fit(model, processor, examples, _config(steps_epochs=2, lr=1e-3, lora=lora))
     save(trained, processor, out)
     assert (out / ("adapter_config.json" if lora else "config.json")).exists()
     reloaded, processor2 = load(out, dtype="float32", device="cpu")

@@ -14,12 +14,12 @@ import torch
 from tiny_archs import ARCHS, random_image
 
 import vlalign.feedback.labeler as labeler_mod
-import vlalign.stages as stages
+import vlalign.models.generate as generation
 import vlalign.train.preference as preference
 from vlalign.config import load_config
 from vlalign.models.load import save
 from vlalign.plugins import METHODS
-from vlalign.runner import Models, run
+from vlalign.runner import ScopedModels, run
 
 HERE = Path(__file__).resolve().parent
 
@@ -43,8 +43,12 @@ def round_overrides(model: Path, prompts: Path) -> list[str]:
             "rules.length_balance=false", "train.batch_size=4", "train.optim.lr=1e-3", "batch_size=8"]
 
 
-# The families the README names first, and the processor class each must load back as.
-PROCESSORS = {"llava": "LlavaProcessor", "qwen2_vl": "Qwen2VLProcessor", "idefics3": "Idefics3Processor"}
+# The families the README names first and today's, and the processor class each must load back as (LLaVA-OneVision
+# -1.5's is the class transformers maps it to).
+PROCESSORS = {"llava": "LlavaProcessor", "qwen2_vl": "Qwen2VLProcessor", "idefics3": "Idefics3Processor",
+              "qwen3_vl": "Qwen3VLProcessor", "qwen3_vl_moe": "Qwen3VLProcessor", "internvl": "InternVLProcessor",
+              "gemma4": "Gemma4Processor", "glm4v": "Glm4vProcessor", "glm46v": "Glm46VProcessor",
+              "llava_onevision1_5": "Exaone4_5_Processor"}
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +93,51 @@ def test_a_saved_checkpoint_generates_and_runs_a_round_in_a_fresh_process(arch, 
     assert (out / "round1" / "policy" / "config.json").exists()
 
 
+LABEL_AND_RANK = """
+import json, sys
+from PIL import Image
+from vlalign.models.best_of_n import best_of_n
+from vlalign.models.load import load
+from vlalign.models.scoring import yes_probability
+from vlalign.models.settings import Decoding
+model, processor = load(sys.argv[1])
+reference, _ = load(sys.argv[2])
+images = [Image.open(p) for p in sys.argv[3:]]
+questions = ["is there a red circle?", "is there a blue square on the left?", "is it yellow?"]
+probs = yes_probability(model, processor, [images[0]] * 3, questions)
+ranked = best_of_n(model, reference, processor, images, ["describe the image."] * len(images), n=3,
+                   decoding=Decoding(max_new_tokens=6, temperature=1.0))
+print(json.dumps({"probs": probs, "ranked": [[r.text, r.reward, r.candidates] for r in ranked]}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", list(PROCESSORS))
+def test_a_saved_checkpoint_labels_and_ranks_best_of_n_in_a_fresh_process(arch, saved, tmp_path):
+    """In a fresh process the checkpoint is the labeler (P(yes) of questions about one image, the same values as
+    the model it was saved from) and ranks best-of-N samples by the implicit reward against a reference."""
+    from vlalign.models.scoring import yes_probability
+
+    reference = save(*ARCHS[arch](seed=1), tmp_path / "reference")
+    paths = [tmp_path / f"img{i}.png" for i in range(2)]
+    for i, path in enumerate(paths):
+        random_image(i, size=32 + 8 * i).save(path)
+    done = subprocess.run([sys.executable, "-c", LABEL_AND_RANK, str(saved[arch]), str(reference), *map(str, paths)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    model, processor = ARCHS[arch]()
+    questions = ["is there a red circle?", "is there a blue square on the left?", "is it yellow?"]
+    from PIL import Image
+
+    here = yes_probability(model, processor, [Image.open(paths[0])] * 3, questions)
+    assert out["probs"] == pytest.approx(here, abs=1e-5)
+    assert len(out["ranked"]) == 2
+    for text, reward, candidates in out["ranked"]:
+        assert len(candidates) == 3 and [text, reward] == max(candidates, key=lambda c: c[1])
+        assert len({c[1] for c in candidates}) > 1  # the policy and its reference differ, so the rewards do
+
+
 @pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
 def test_bf16_runtime_loads_samples_labels_and_trains_in_bf16(arch, saved, tmp_path, monkeypatch):
     seen: dict[str, set] = {"sample": set(), "label": set(), "train": set(), "pixels": set()}
@@ -103,7 +152,7 @@ def test_bf16_runtime_loads_samples_labels_and_trains_in_bf16(arch, saved, tmp_p
         return wrapped
 
     same = lambda out: out  # noqa: E731
-    monkeypatch.setattr(stages, "generate", spy("sample", stages.generate, same))
+    monkeypatch.setattr(generation, "generate", spy("sample", generation.generate, same))
     monkeypatch.setattr(labeler_mod, "yes_probability", spy("label", labeler_mod.yes_probability, same))
     monkeypatch.setattr(preference, "continuation_logps", spy("train", preference.continuation_logps, same))
     model = saved[arch]
@@ -118,5 +167,5 @@ def test_bf16_runtime_loads_samples_labels_and_trains_in_bf16(arch, saved, tmp_p
     assert saved_config["dtype"] == "bfloat16"
     # every other model of a run (labeler, judge, pool) inherits the runtime: an fp32 checkpoint loads in bf16
     assert json.loads((model / "config.json").read_text())["dtype"] == "float32"
-    other, _ = Models(config.runtime).load(str(model))
-    assert {p.dtype for p in other.parameters()} == {torch.bfloat16}
+    with ScopedModels(config.runtime).using(str(model)) as (other, _):
+        assert {p.dtype for p in other.parameters()} == {torch.bfloat16}

@@ -44,7 +44,7 @@ def _shard_times(stage_dir):
 def test_rlaif_v_rounds_then_resume_by_round_and_by_stage(tmp_path, monkeypatch):
     method, config = METHODS.get("rlaif-v"), _rlaif_v()
     calls = {"n": 0}
-    real_fit = runner.fit_preferences
+    real_fit = runner.fit
 
     def train_then_fail_in_round_two(*args, **kwargs):
         calls["n"] += 1
@@ -52,7 +52,7 @@ def test_rlaif_v_rounds_then_resume_by_round_and_by_stage(tmp_path, monkeypatch)
             raise KeyboardInterrupt("stopped during round 2's training")
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "fit_preferences", train_then_fail_in_round_two)
+    monkeypatch.setattr(runner, "fit", train_then_fail_in_round_two)
     with pytest.raises(KeyboardInterrupt):
         runner.run(method, config, tmp_path)
     assert (tmp_path / "round1" / "round.json").exists() and (tmp_path / "round1" / "policy").exists()
@@ -61,7 +61,7 @@ def test_rlaif_v_rounds_then_resume_by_round_and_by_stage(tmp_path, monkeypatch)
     round2_feedback = _shard_times(tmp_path / "round2" / "feedback")
     assert round1_responses and round2_feedback
 
-    monkeypatch.setattr(runner, "fit_preferences", real_fit)
+    monkeypatch.setattr(runner, "fit", real_fit)
     summary = runner.run(method, config, tmp_path)
     # round 1 came back from disk, round 2 resumed after its finished stages: nothing sampled or labeled twice
     assert _shard_times(tmp_path / "round1" / "responses") == round1_responses
@@ -102,6 +102,12 @@ def test_evaluation_runs_on_the_base_and_after_every_round(tmp_path):
     assert summary["rounds"][0]["eval"]["world"]["n_scenes"] == 4
     round_json = json.loads((tmp_path / "round1" / "round.json").read_text())
     assert round_json["eval"] == summary["rounds"][0]["eval"]
+    # every figure with its interval over scenes, the outcomes kept, and the round paired with the base
+    world = summary["rounds"][0]["eval"]["world"]
+    assert world["intervals"]["chair_i"][0] <= world["chair_i"] <= world["intervals"]["chair_i"][1]
+    assert (tmp_path / "base" / "world.outcomes.json").is_file()
+    assert (tmp_path / "round1" / "eval" / "world.outcomes.json").is_file()
+    assert world["vs_base"]["chair_i"]["diff"] == pytest.approx(world["chair_i"] - summary["base"]["world"]["chair_i"])
 
 
 def test_another_method_in_the_same_directory_is_refused(tmp_path):
@@ -226,7 +232,7 @@ def test_silkie_pool_judge_pairs_train(tiny_world_model_dir, tmp_path, judge_ser
 
 
 def test_silkie_counts_claims_only_for_the_configured_sources():
-    from vlalign.methods.silkie import ClaimCounting
+    from vlalign.stages.ratings import ClaimCounting
     from vlalign.world.claims import WorldClaims
 
     counting = ClaimCounting("world", ["world/describe"], {"p1"}, WorldClaims())
@@ -329,3 +335,39 @@ def test_a_run_on_user_data_gets_pope_and_chair_every_round(tmp_path):
         assert metrics["pope"]["random_n"] == 4 and 0 <= metrics["pope"]["accuracy"] <= 1
         assert 0 <= metrics["chair"]["chair_s"] <= 1
     assert (tmp_path / "run" / "round1" / "eval" / "pope.answers.jsonl").exists()
+
+
+def _live_weights() -> int:
+    """Bytes of every model weight alive in this process (each storage once)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in gc.get_objects()
+                if type(p) is torch.nn.Parameter}
+    return sum(storages.values())
+
+
+def test_the_labeler_is_gone_before_the_policy_trains(tmp_path, monkeypatch):
+    """A separate labeler is held for its stage only: while the policy trains, the weights in memory are the
+    ones a self-labeled run holds (the policy and its frozen copy, if any), to the byte."""
+    seen: dict[str, tuple[int, list[str]]] = {}
+    real_fit, real_models = runner.fit, runner.ScopedModels
+    held: list = []
+
+    class Watched(real_models):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            held.append(self)
+
+    def watched_fit(*args, **kwargs):
+        seen[label] = (_live_weights(), held[-1].held())
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "fit", watched_fit)
+    monkeypatch.setattr(runner, "ScopedModels", Watched)
+    for label, labeler in (("separate", "world:labeler"), ("self", "self")):
+        runner.run(METHODS.get("rlaif-v"), _rlaif_v("rounds=1", f"labeler={labeler}"), tmp_path / label)
+    assert seen["separate"][1] == seen["self"][1] == [], "no model but the policy is held while it trains"
+    assert seen["separate"][0] == seen["self"][0] > 0

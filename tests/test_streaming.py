@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 import vlalign.train.examples as examples
 from vlalign.data.records import PairRecord
 from vlalign.data.store import RunStore
-from vlalign.stages import examples_under, preference_examples
+from vlalign.stages.pairs import examples_under, preference_examples
 from vlalign.train.examples import PreferenceExample, Shuffled, StagePairs
 from vlalign.train.loop import share_of
 

@@ -10,7 +10,8 @@ import torch
 
 from vlalign.config import load_config
 from vlalign.models.load import load
-from vlalign.train.preference import PreferenceExample, fit_preferences
+from vlalign.train.examples import PreferenceExample
+from vlalign.train.fit import fit
 from vlalign.train.settings import OptimConfig, TrainConfig
 from vlalign.world.render import render
 from vlalign.world.scene import PARTNERS, sample_scene
@@ -32,7 +33,7 @@ def _train(model_dir, out, report_to: str) -> list[dict]:
     torch.manual_seed(0)
     model, processor = load(model_dir, dtype="float32", device="cpu")
     config = TrainConfig(batch_size=2, report_to=report_to, optim=OptimConfig(steps=STEPS, lr=1e-3, log_every=1))
-    return fit_preferences(model, processor, _examples(), config, out=out)[1]
+    return fit(model, processor, _examples(), config, out=out)[1]
 
 
 def test_tensorboard_gets_every_logged_scalar_and_numerics_stay(tiny_world_model_dir, tmp_path):
@@ -81,7 +82,7 @@ def test_report_to_needs_an_output_folder(tiny_world_model_dir):
     model, processor = load(tiny_world_model_dir, dtype="float32", device="cpu")
     config = TrainConfig(batch_size=2, report_to="tensorboard", optim=OptimConfig(steps=1))
     with pytest.raises(ValueError, match="needs an output folder"):
-        fit_preferences(model, processor, _examples(), config)
+        fit(model, processor, _examples(), config)
 
 
 def test_the_flat_hyperparameters_are_scalars():

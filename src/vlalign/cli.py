@@ -15,7 +15,9 @@ import typer
 
 from vlalign.console import console, models_table
 from vlalign.evaluate.commands import eval_, score
+from vlalign.evaluate.compare import compare_cmd
 from vlalign.plugins import METHODS, add_commands
+from vlalign.redaction import redact_secrets
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Align vision-language models with AI feedback (RLAIF-V, VLFeedback/Silkie, POVID, mDPO, MPO).")
@@ -23,21 +25,29 @@ config_app = typer.Typer(no_args_is_help=True, help="Method configs: every key w
 app.add_typer(config_app, name="config")
 app.command("score")(score)
 app.command("eval")(eval_)
+app.command("compare")(compare_cmd)
 
-CONFIG_HELP = "YAML recipe (keys left out keep the method's defaults); see `vlalign config show METHOD`."
+CONFIG_HELP = ("A shipped recipe's name (`vlalign recipes` lists them) or a YAML file; keys left out keep the "
+               "method's defaults (`vlalign config show METHOD`).")
 OVERRIDES_HELP = "Dotted overrides of any config key: train.beta=0.2 rounds=2 'eval=[world]'."
 
 
-def load_method_config(method: str, config: Path | None, overrides: list[str] | None):
-    """(method, config): the method's config from YAML and overrides, checked in full (no model library
-    is imported yet, so a typo is reported at once)."""
+def load_method_config(method: str, config: str | None, overrides: list[str] | None):
+    """(method, config): the method's config from a recipe or YAML file and overrides, checked in full (no
+    model library is imported yet, so a typo is reported at once)."""
     from vlalign.config import load_config
+    from vlalign.recipes import locate, method_of
 
     m = METHODS.get(method)
-    return m, load_config(m.config, config, list(overrides or []))
+    path = locate(config) if config is not None else None
+    named = method_of(path) if path is not None else None
+    if named is not None and named != m.name:
+        raise ValueError(f"{config} is a recipe for {named}, not {m.name}: run `vlalign run {named} --config "
+                         f"{config}`, or pick a {m.name} recipe (`vlalign recipes`)")
+    return m, load_config(m.config, path, list(overrides or []))
 
 
-def run_method(method: str, config: Path | None, out: Path, overrides: list[str] | None) -> dict:
+def run_method(method: str, config: str | None, out: Path, overrides: list[str] | None) -> dict:
     m, settings = load_method_config(method, config, overrides)
     from vlalign.runner import run
 
@@ -69,7 +79,7 @@ def print_summary(summary: dict, out: Path) -> None:
 @app.command("run")
 def run_cmd(
     method: str = typer.Argument(..., help="The method: " + ", ".join(METHODS.names()) + "."),
-    config: Path = typer.Option(None, help=CONFIG_HELP),
+    config: str = typer.Option(None, help=CONFIG_HELP),
     out: Path = typer.Option(..., help="Run directory (resumes if it holds an earlier run of the method)."),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
 ) -> None:
@@ -79,7 +89,7 @@ def run_cmd(
 
 def _method_command(name: str):
     def command(
-        config: Path = typer.Option(None, help=CONFIG_HELP),
+        config: str = typer.Option(None, help=CONFIG_HELP),
         out: Path = typer.Option(..., help="Run directory (resumes if it holds an earlier run of the method)."),
         overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
     ) -> None:
@@ -96,7 +106,7 @@ for _name in METHODS.names():
 @config_app.command("show")
 def config_show(
     method: str = typer.Argument(None, help="The method: " + ", ".join(METHODS.names()) + " (default: all)."),
-    config: Path = typer.Option(None, help="Show this YAML recipe with the defaults filled in."),
+    config: str = typer.Option(None, help="Show this recipe (a name or a YAML file) with the defaults filled in."),
     markdown: bool = typer.Option(False, "--markdown", help="As the Markdown page docs/configs.md is."),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
 ) -> None:
@@ -113,13 +123,44 @@ def config_show(
                      else f"# {m.name}: {m.summary}\n{text}")
     head = ("# Config reference\n\nEvery key of every method, with its default and what it does (the output of "
             "`vlalign config show --markdown`; a test keeps this page equal to it). Defaults are each method's "
-            "general recipe; the world's recipes are the YAML files in `configs/`.\n\n") if markdown else ""
+            "general recipe; the shipped recipes (`vlalign recipes`) set what they change.\n\n") if markdown else ""
     if markdown:
         from vlalign.train.settings import TERM_HELP
 
         pages.append("## Loss terms\n\n| term | what it is |\n|---|---|\n"
                      + "".join(f"| `{k}` | {v} |\n" for k, v in TERM_HELP.items()))
     print(head + "\n".join(pages), end="")
+
+
+recipes_app = typer.Typer(help="The recipes that ship with vlalign: list them, or copy one out to edit.")
+app.add_typer(recipes_app, name="recipes")
+
+
+@recipes_app.callback(invoke_without_command=True)
+def recipes_list(ctx: typer.Context) -> None:
+    """List every shipped recipe: its name (for --config), the method it is for, and what it does."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.table import Table
+
+    from vlalign.recipes import recipes
+
+    table = Table("recipe", "for", "what it is", box=None, pad_edge=False)
+    for r in recipes():
+        table.add_row(r.name, r.method, r.about)
+    console.print(table)
+
+
+@recipes_app.command("copy")
+def recipes_copy(
+    name: str = typer.Argument(..., help="The recipe (`vlalign recipes` lists them)."),
+    dest: Path = typer.Argument(..., help="A folder (the recipe keeps its file name) or a file path."),
+    force: bool = typer.Option(False, "--force", help="Replace a file that is there."),
+) -> None:
+    """Write a recipe out to edit; run the copy with --config PATH."""
+    from vlalign.recipes import copy
+
+    print(copy(name, dest, force))
 
 
 @app.command("merge")
@@ -200,15 +241,15 @@ def dpo(
     runtime = Runtime(dtype=dtype)
     from vlalign import ranks
     from vlalign.models.load import load, save
-    from vlalign.stages import examples_under
-    from vlalign.train.preference import fit_preferences
+    from vlalign.stages.pairs import examples_under
+    from vlalign.train.fit import fit
 
     examples = examples_under(pairs)
     model, processor = load(policy, runtime)
     if ranks.is_main():
         console.print(f"training on {len(examples)} pairs from {pairs} ({ranks.world_size()} process(es))")
-    model, history = fit_preferences(model, processor, examples, settings, out=out / "training",
-                                     gradient_checkpointing=gradient_checkpointing)
+    model, history = fit(model, processor, examples, settings, out=out / "training",
+                         gradient_checkpointing=gradient_checkpointing)
     if ranks.is_main():  # every process holds the same trained weights; one writes them
         console.print(f"final loss {history[-1]['loss']:.4f}")
         print(save(model, processor, out / "policy"))
@@ -300,17 +341,41 @@ def serve(
     model: str = typer.Argument(..., help="Model directory or world:<name> to answer with."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port (0 picks a free one and prints it)."),
-    name: str = typer.Option(None, help="Model name the API reports (default: the model reference)."),
+    name: str = typer.Option(None, help="Model name the API reports (default: the model reference); requests "
+                                        "for any other name get 404."),
+    api_key: str = typer.Option(None, envvar="VLALIGN_API_KEY", show_default=False,
+                                help="Require 'Authorization: Bearer KEY' on every request (or set VLALIGN_API_KEY)."),
+    lora_dir: list[Path] = typer.Option([], help="A folder /v1/load_lora_adapter may load adapters from "
+                                                 "(repeat for more; none: loading is off)."),
+    max_body_mb: float = typer.Option(16.0, help="Largest request body in MB, refused (413) before it is read."),
+    max_image_pixels: int = typer.Option(4096 * 4096, help="Largest image (width x height) a request may send."),
+    max_tokens: int = typer.Option(4096, help="Most tokens a request may ask for."),
+    max_n: int = typer.Option(128, help="Most answers one request may ask for (n)."),
+    max_queue: int = typer.Option(256, help="Requests waiting at once; more get 429 with Retry-After."),
+    body_timeout: float = typer.Option(30.0, help="Seconds a client has to send the body it announced."),
+    max_batch: int = typer.Option(16, help="Answers the model generates together; large n are generated in "
+                                           "slices of this, shared with the other requests waiting."),
     fail_every: int = typer.Option(0, help="Fail every k-th request on purpose (tests of client retries)."),
     fail_status: int = typer.Option(503, help="HTTP status of those failures (503, 429, ...)."),
 ) -> None:
     """Serve a local model behind an OpenAI-compatible chat endpoint (/v1/chat/completions with n, seed and
-    top_logprobs as vLLM's; /v1/load_lora_adapter and /v1/unload_lora_adapter for each round's adapter)."""
+    top_logprobs as vLLM's; /v1/load_lora_adapter and /v1/unload_lora_adapter for each round's adapter).
+    One line per request (time, route, status, tokens, seconds) goes to stderr."""
     from vlalign.feedback.judges import make_judge
-    from vlalign.serve import make_server
+    from vlalign.serve import Limits, make_server
 
-    server = make_server(make_judge(model), host, port, name or model, fail_every, fail_status)
-    print(f"serving {model} at http://{host}:{server.server_port}/v1", flush=True)
+    limits = Limits(max_body=int(max_body_mb * 2 ** 20), max_image_pixels=max_image_pixels, max_tokens=max_tokens,
+                    default_max_tokens=min(256, max_tokens), max_n=max_n, max_queue=max_queue,
+                    body_timeout=body_timeout)
+    server = make_server(make_judge(model), host, port, name or model, fail_every, fail_status, limits=limits,
+                         api_key=api_key, lora_dirs=lora_dir, max_batch=max_batch,
+                         log=lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush()))
+    guarded = "an API key is required" if api_key else "no API key is required"
+    print(f"serving {model} at http://{host}:{server.server_port}/v1 ({guarded}; adapters load from "
+          f"{', '.join(map(str, lora_dir)) or 'nowhere'})", flush=True)
+    if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]warning:[/yellow] {host} is reachable from other machines and no API key is set: "
+                      f"pass --api-key or set VLALIGN_API_KEY", highlight=False)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -335,7 +400,7 @@ def main() -> None:
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
         if os.environ.get("VLALIGN_DEBUG"):
             raise
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)  # one line: paths stay whole
+        console.print(f"[red]error:[/red] {redact_secrets(str(e))}", highlight=False, soft_wrap=True)  # one line
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("stopped; run the same command again to continue where it stopped")

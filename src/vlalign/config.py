@@ -204,6 +204,7 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError([f"not valid YAML: {e}"], str(path)) from e
     if not isinstance(data, dict):
         raise ConfigError([f"expected a mapping of settings at the top, got {type(data).__name__}"], str(path))
+    data.pop("method", None)  # a recipe names its method (`vlalign.recipes`); the method's config does not hold it
     return data
 
 

@@ -10,11 +10,19 @@ from vlalign.progress import console
 SUMMARY_KEYS = ("chair_s", "chair_i", "chair_i_unique", "object_recall", "mean_words", "pope_f1", "pope_accuracy",
                 "pope_yes_ratio", "count_accuracy", "refusal_rate")
 
-__all__ = ["SUMMARY_KEYS", "console", "metrics_table", "models_table"]
+__all__ = ["SUMMARY_KEYS", "console", "figure", "metrics_table", "models_table"]
+
+
+def figure(metrics: dict, key: str, digits: int = 3) -> str:
+    """A figure with its 95% interval where the metrics carry one: `0.859 [0.851, 0.867]`."""
+    value, interval = metrics[key], (metrics.get("intervals") or {}).get(key)
+    text = f"{value:.{digits}f}"
+    return f"{text} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else text
 
 
 def metrics_table(title: str, columns: dict[str, dict], keys: list[str] | tuple[str, ...] | None = None) -> Table:
-    """One row per metric and one column per model: long model names wrap instead of being cut."""
+    """One row per metric and one column per model (each figure with its interval, where it has one): long
+    model names wrap instead of being cut."""
     table = Table(title=title)
     table.add_column("metric", no_wrap=True)
     for name in columns:
@@ -22,7 +30,7 @@ def metrics_table(title: str, columns: dict[str, dict], keys: list[str] | tuple[
     first = next(iter(columns.values()), {})
     keys = keys or [k for k, v in first.items() if isinstance(v, int | float) and not isinstance(v, bool)]
     for k in keys:
-        table.add_row(k, *(f"{c[k]:.3f}" if isinstance(c.get(k), float) else str(c.get(k, "")) for c in columns.values()))
+        table.add_row(k, *(figure(c, k) if isinstance(c.get(k), float) else str(c.get(k, "")) for c in columns.values()))
     return table
 
 

@@ -1,11 +1,12 @@
 """Registries: the names a config or a command may use, and what each stands for.
 
-The core registers its own entries (methods, benchmarks, claim splitters); a plugin registers more
-through the `vlalign.plugins` entry point group, a function that receives nothing and calls `register`
-on the registries below, and adds commands through the `vlalign.commands` group, a function that
-receives the CLI's typer app (kept apart, so the command line starts without loading the registries). The embedded world is such a plugin (`vlalign.world.plugin:register`), so no
-general module imports it. Registries are filled on first use, and registering is cheap: entries that
-need torch import it only when they are called.
+The core registers its own entries (methods, benchmarks, claim splitters, ...). A plugin adds more through
+each registry's entry point group (`vlalign.methods`, `vlalign.benchmarks`, ...: the `group` below): an entry
+point names a function that takes nothing and calls `register` on that registry. Commands come through the
+`vlalign.commands` group, whose functions receive the CLI's typer app (kept apart, so the command line starts
+without filling the registries). The embedded world is such a plugin (`vlalign.world.plugin`, one function per
+group, listed in pyproject.toml), so no general module imports it. Registries are filled on first use, and
+registering is cheap: entries that need torch import it only when they are called.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ SPLITTERS: Registry = Registry("claim splitter", "vlalign.splitters", ("vlalign.
 RATING_STYLES: Registry = Registry("rating style", "vlalign.rating_styles", ("vlalign.feedback.vlfeedback",))
 VOCABULARIES: Registry = Registry("injection vocabulary", "vlalign.vocabularies", ("vlalign.feedback.injection",))
 BENCHMARKS: Registry = Registry("benchmark", "vlalign.benchmarks", ("vlalign.evaluate.benchmarks",))
+# Folders of shipped YAML recipes (`vlalign.recipes`): name -> folder.
+RECIPE_FOLDERS: Registry = Registry("recipe folder", "vlalign.recipes", ("vlalign.recipes",))
 # The report's highlights: an entry maps (answer, its PromptRecord) to `vlalign.report.marks.Mark`s, or to None
 # where it knows nothing of that prompt (the world marks the objects its scene graph does not hold).
 ANSWER_MARKERS: Registry = Registry("answer marker", "vlalign.answer_markers")

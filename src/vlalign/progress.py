@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from vlalign import ranks
+from vlalign.redaction import redact_secrets
 
 # A terminal gets its own width; a pipe or a log file 100 columns, wide enough for the tables.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 100)
@@ -31,7 +32,8 @@ def scope(name: str) -> Iterator[None]:
 
 
 def _named(text: str) -> str:
-    return ": ".join([*_scopes, text])
+    """`text` under its scopes, with any credential it carries masked (a spec's URL, an echoed key)."""
+    return redact_secrets(": ".join([*_scopes, text]))
 
 
 def log(message: str) -> None:

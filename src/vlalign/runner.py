@@ -29,34 +29,47 @@ Layout::
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import torch
+from peft import PeftModel
 
 from vlalign import ranks
 from vlalign.config import ConfigError, to_dict
 from vlalign.data.sources import PromptRequest, source_named
-from vlalign.data.store import RunStore, Stage, find_pair_stages, no_pairs_error
+from vlalign.data.store import RunStore, Stage
 from vlalign.evaluate.suite import run_suite
-from vlalign.methods.base import ApiSettings, Arm, Method, Round
+from vlalign.feedback.judge import Judge
+from vlalign.feedback.judge_local import ModelJudge
+from vlalign.feedback.judges import check_judge, make_judge
+from vlalign.methods.base import Arm, Method
 from vlalign.models.load import IncompleteCheckpoint, check_complete, load, resolve, save
 from vlalign.models.lora import save_stacked_adapter
 from vlalign.models.settings import Runtime
+from vlalign.models.types import Model, Processor
 from vlalign.progress import log, scope, warn
+from vlalign.redaction import redact
 from vlalign.report import try_report
-from vlalign.stages import preference_examples
-from vlalign.train.preference import columns_for, fit_preferences
+from vlalign.stages.pairs import examples_under, preference_examples
+from vlalign.stages.round import Round
+from vlalign.stages.settings import ApiSettings, RunConfig
+from vlalign.train.fit import fit
 
 MAIN = "policy"
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a reader (or a resumed run) never sees half a file."""
+    """Write JSON atomically (a reader, or a resumed run, never sees half a file), secrets masked."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.write_text(json.dumps(redact(data), indent=1, default=str))  # no credential of a spec reaches a file
     os.replace(tmp, path)
 
 
@@ -77,49 +90,66 @@ def finished(folder: Path, marker: str) -> Any | None:
     return ranks.on_main(lambda: read_json(folder / marker) if (folder / "policy").exists() else None)
 
 
-class Models:
-    """The models a run uses besides the policy, each loaded once, under its own runtime settings or the
-    policy's; judges (API or local) likewise."""
+class ScopedModels:
+    """The `Models` of a run: each model other than the policy is loaded when a stage's `with` block asks for it
+    (under its own runtime settings, or the policy's) and freed when the last block holding it ends, so
+    nothing but the policy is in memory while it trains. API backends hold no weights: each is made once and
+    kept, so its token use adds up over the run."""
 
     def __init__(self, runtime: Runtime, api: ApiSettings | None = None):
         self.runtime, self.api = runtime, api or ApiSettings()
-        self._models: dict[tuple, tuple] = {}
-        self._judges: dict[tuple, Any] = {}
+        self._held: dict[tuple[str, Runtime], list] = {}  # key -> [(model, processor), blocks holding it]
+        self._endpoints: dict[str, Judge] = {}
 
-    def load(self, spec: str, runtime: Runtime | None = None) -> tuple:
+    @contextmanager
+    def using(self, spec: str, runtime: Runtime | None = None) -> Iterator[tuple[Model, Processor]]:
         key = (spec, runtime or self.runtime)
-        if key not in self._models:
-            self._models[key] = load(spec, runtime or self.runtime)
-        return self._models[key]
+        if key not in self._held:
+            self._held[key] = [load(spec, key[1]), 0]
+        entry = self._held[key]
+        entry[1] += 1
+        try:
+            yield entry[0]
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._held[key]
+                entry.clear()
+                free_memory()
 
-    def drop(self, spec: str) -> None:
-        for key in [k for k in self._models if k[0] == spec]:
-            del self._models[key]
-        self._judges = {k: v for k, v in self._judges.items() if k[0] != spec}
+    @contextmanager
+    def chat(self, spec: str, runtime: Runtime | None = None) -> Iterator[Judge]:
+        if spec.startswith("api:"):
+            yield self.endpoint(spec)
+            return
+        with self.using(spec, runtime) as (model, processor):
+            yield ModelJudge(model, processor, name=spec)
 
-    def judge(self, spec: str, runtime: Runtime | None = None):
-        key = (spec, runtime or self.runtime)
-        if key not in self._judges:
-            if spec.startswith("api:"):
-                from vlalign.feedback.judges import make_judge
+    def endpoint(self, spec: str) -> Judge:
+        """The API backend of `spec`, made once per run."""
+        if spec not in self._endpoints:
+            a = self.api
+            self._endpoints[spec] = make_judge(spec, a.concurrency, timeout=a.timeout, max_retries=a.max_retries)
+        return self._endpoints[spec]
 
-                a = self.api
-                self._judges[key] = make_judge(spec, a.concurrency, timeout=a.timeout, max_retries=a.max_retries)
-            else:
-                from vlalign.feedback.judge_local import ModelJudge
-
-                self._judges[key] = ModelJudge(*self.load(spec, runtime), name=spec)
-        return self._judges[key]
+    def held(self) -> list[str]:
+        """The specs of the models in memory now (besides the policy)."""
+        return [spec for spec, _ in self._held]
 
 
-def check_backends(specs: list[str], models: Models) -> None:
+def free_memory() -> None:
+    """Give the memory of models just dropped back: to the allocator now, and CUDA's cache to the device."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def check_backends(specs: list[str], models: ScopedModels) -> None:
     """Every model the run needs exists, and every API backend has its key and answers, before the first
     stage runs (not after hours of sampling)."""
-    from vlalign.feedback.judges import check_judge
-
     for spec in dict.fromkeys(specs):
         if spec.startswith("api:"):
-            check_judge(models.judge(spec))
+            check_judge(models.endpoint(spec))
         else:
             resolve(spec)
 
@@ -133,7 +163,7 @@ def claim(store: RunStore, method: Method) -> None:
     write_json(marker, {**info, "method": method.name})
 
 
-def round_prompts(store: RunStore, method: Method, config, k: int, processor) -> Stage:
+def round_prompts(store: RunStore, method: Method, config: RunConfig, k: int, processor: Processor | None) -> Stage:
     """Round k's prompts: fresh ones from the source (or round 1's again, for methods that reuse them)."""
     first = method.same_prompts
     stage = store.stage(f"round{1 if first else k}/prompts")
@@ -149,13 +179,7 @@ def round_prompts(store: RunStore, method: Method, config, k: int, processor) ->
 
 
 def _examples(pairs: Stage | str):
-    if isinstance(pairs, Stage):
-        return preference_examples(pairs)
-    from vlalign.stages import examples_under
-
-    if not find_pair_stages(pairs):
-        raise no_pairs_error(Path(pairs))
-    return examples_under(pairs)
+    return preference_examples(pairs) if isinstance(pairs, Stage) else examples_under(pairs)
 
 
 def _refix(e: IncompleteCheckpoint, what: str) -> IncompleteCheckpoint:
@@ -171,7 +195,7 @@ def check_trained(folder: Path, what: str) -> None:
         raise _refix(e, what) from None
 
 
-def load_trained(folder: Path, config, what: str) -> tuple:
+def load_trained(folder: Path, config: RunConfig, what: str) -> tuple[Model, Processor]:
     """(model, processor) this run saved, under the run's runtime; one damaged since is named with the fix."""
     try:
         return load(folder, config.runtime)
@@ -189,56 +213,68 @@ def round_adapter(store: RunStore, k: int) -> tuple[Path, Path | None] | None:
     return store.root / f"round{k}" / "adapter", previous if k > 1 else None
 
 
-def train_arm(arm: Arm, model, processor, folder: Path, config, judge,
-              adapter: tuple[Path, Path | None] | None = None) -> tuple[Any, dict]:
-    """Train one arm into `folder` (or take it from there when it is done): train, merge, save, evaluate.
-    A LoRA arm's adapter is kept at `adapter` (out, previous) before the merge."""
-    done = finished(folder, "arm.json")
-    if done is not None:
-        return load_trained(folder / "policy", config, f"the {arm.name} arm in {folder}")[0], done
+def pairs_fingerprint(arm: Arm) -> str | None:
+    """What the arm's pairs stage holds (as the main process reads it): an arm trained on other pairs, which a
+    resume that asked failed items again can make, trains again."""
+    pairs = arm.pairs
+    return ranks.on_main(lambda: pairs.fingerprint()) if isinstance(pairs, Stage) else None
+
+
+def train_arm(arm: Arm, model: Model, processor: Processor, folder: Path, config: RunConfig, models: ScopedModels,
+              adapter: tuple[Path, Path | None] | None = None) -> tuple[Model, dict]:
+    """Train one arm into `folder`: train under its objective, merge, save, evaluate. A LoRA arm's adapter is
+    kept at `adapter` (out, previous) before the merge."""
+    pairs = pairs_fingerprint(arm)
     examples = _examples(arm.pairs)
-    gc = config.runtime.gradient_checkpointing
-    if arm.fit is not None:
-        model, history = arm.fit(model, processor, examples, arm.train, folder / "training", gc)
-    else:
-        columns = columns_for(arm.train, arm.images, arm.images_key)
-        model, history = fit_preferences(model, processor, examples, arm.train, out=folder / "training",
-                                         columns=columns, gradient_checkpointing=gc, description="training")
-    if hasattr(model, "merge_and_unload"):  # the next round starts from (and refers to) the merged policy
+    model, history = fit(model, processor, examples, arm.train, arm.objective, out=folder / "training",
+                         gradient_checkpointing=config.runtime.gradient_checkpointing, description="training")
+    if isinstance(model, PeftModel):  # the next round starts from (and refers to) the merged policy
         if adapter is not None:
             ranks.on_main(lambda: save_stacked_adapter(model, *adapter))
         model = model.merge_and_unload()
     ranks.on_main(lambda: save(model, processor, folder / "policy"))
     record = {"arm": arm.name, "pairs": len(examples), "checkpoint": str(folder / "policy"),
               "final_loss": history[-1]["loss"], "final_reward_accuracy": history[-1].get("reward_accuracy"),
-              **arm.stats}
+              "pairs_fingerprint": pairs, **arm.stats}
     if config.eval:
-        record["eval"] = run_suite(model, processor, config.eval, folder / "eval", judge, config.seed)
+        record["eval"] = run_suite(model, processor, config.eval, folder / "eval", models.chat, config.seed)
     ranks.on_main(lambda: write_json(folder / "arm.json", record))
     return model, record
 
 
-def run_round(method: Method, config, store: RunStore, k: int, policy, processor, start: str, models: Models):
-    """Round k: prompts, the method's arms, each trained from the round's starting policy."""
+def run_round(method: Method, config: RunConfig, store: RunStore, k: int, policy: Model, processor: Processor,
+              start: str, models: ScopedModels) -> tuple[Model, dict]:
+    """Round k: prompts, the method's arms, each trained from the round's starting policy. An arm already done
+    is read back (the first arm's policy, which the next round starts from) and loads nothing else; the
+    starting policy is loaded again only for an arm that trains after another arm changed it."""
     prompts = None if config.pairs_from else round_prompts(store, method, config, k, processor)
-    arms = list(method.pairs(Round(k, config, store, prompts, policy, processor, models.load, models.drop,
-                                   models.judge)))
+    arms = list(method.pairs(Round(k, config, store, prompts, policy, processor, models)))
     record: dict = {"round": k, "arms": {}}
-    trained = policy
+    trained, pristine = policy, True
     for i, arm in enumerate(arms):
         folder = store.root / f"round{k}" / ("" if i == 0 else arm.name)
-        with scope(arm.name if i else "train"):
-            base = policy if i == 0 else load(start, config.runtime)[0]
-            model, record["arms"][arm.name] = train_arm(arm, base, processor, folder, config, models.judge,
-                                                        round_adapter(store, k) if i == 0 else None)
+        done = finished(folder, "arm.json")
+        if done is not None and done.get("pairs_fingerprint") not in (None, pairs_fingerprint(arm)):
+            done = None  # a resume asked failed items again and the pairs changed: the arm trains again
+        if done is not None:
+            record["arms"][arm.name] = done
+            if i == 0:
+                trained = load_trained(folder / "policy", config, f"the {arm.name} arm in {folder}")[0]
+        else:
+            base = policy if pristine else load(start, config.runtime)[0]
+            pristine = False
+            with scope(arm.name if i else "train"):
+                model, record["arms"][arm.name] = train_arm(arm, base, processor, folder, config, models,
+                                                            round_adapter(store, k) if i == 0 else None)
+            if i == 0:
+                trained = model
         if i == 0:
-            trained = model
             record.update(record["arms"][arm.name])
     ranks.on_main(lambda: write_json(store.root / f"round{k}" / "round.json", record))
     return trained, record
 
 
-def run(method: Method, config, out: str | Path) -> dict:
+def run(method: Method, config: RunConfig, out: str | Path) -> dict:
     """Every round of `method` under `out`; returns (and writes to `out/summary.json`) the summary. The run
     directory is held for this process throughout (a second run on it stops at once, with `Busy`)."""
     problems = config.problems()
@@ -249,35 +285,46 @@ def run(method: Method, config, out: str | Path) -> dict:
         return _run(method, config, store)
 
 
-def _run(method: Method, config, store: RunStore) -> dict:
+def unfinished(store: RunStore, k: int) -> list[str]:
+    """The stages of round k with failed items left (as the main process reads them)."""
+    return ranks.on_main(lambda: store.unfinished(f"round{k}"))
+
+
+def _run(method: Method, config: RunConfig, store: RunStore) -> dict:
     started = time.time()
     ranks.on_main(lambda: claim(store, method))
-    models = Models(config.runtime, config.api)
+    models = ScopedModels(config.runtime, config.api)
     check_backends(config.backends(), models)
-    processor = None
-    policy = None  # loaded when a step needs it: a finished run resumes without loading a model
+    assert config.policy is not None  # run() refuses a config without one (`problems`)
+    start: str = config.policy
+    loaded: tuple[Model, Processor] | None = None  # when a step needs it: a finished run resumes loading nothing
     summary: dict = {"method": method.name, "policy": config.policy, "rounds": []}
     if config.eval and config.eval_base:
         base = ranks.on_main(lambda: read_json(store.root / "base" / "eval.json"))
         if base is None:
-            policy, processor = load(config.policy, config.runtime)
+            loaded = policy, processor = load(start, config.runtime)
             with scope(f"{method.name} base"):
-                base = run_suite(policy, processor, config.eval, store.root / "base", models.judge, config.seed)
+                base = run_suite(policy, processor, config.eval, store.root / "base", models.chat, config.seed)
             ranks.on_main(lambda: write_json(store.root / "base" / "eval.json", base))
         summary["base"] = base
-    start = config.policy
     for k in range(1, config.rounds + 1):
         folder = store.root / f"round{k}"
         record = finished(folder, "round.json")
+        failed = unfinished(store, k) if record is not None and k == config.rounds else []
+        if failed:  # the last round's failed items are asked again (it trains again only if its pairs change)
+            log(f"{method.name} round {k}: asking again for the items that failed in {', '.join(failed)}")
+            record = None
         if record is None:
-            if policy is None:
-                policy, processor = (load(start, config.runtime) if k == 1
-                                     else load_trained(Path(start), config, f"round {k - 1}"))
+            if loaded is None:
+                loaded = (load(start, config.runtime) if k == 1
+                          else load_trained(Path(start), config, f"round {k - 1}"))
+            policy, processor = loaded
             log(f"{method.name} round {k}/{config.rounds}")
             with scope(f"{method.name} round {k}"):
                 policy, record = run_round(method, config, store, k, policy, processor, start, models)
+            loaded = policy, processor
         else:  # done: checked (cheaply, no model is loaded) so a damaged checkpoint is named now
-            policy = None
+            loaded = None
             check_trained(folder / "policy", f"round {k}")
         summary["rounds"].append(record)
         start = str(folder / "policy")

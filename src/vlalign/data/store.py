@@ -30,10 +30,10 @@ process's shards, so a stage resumes under any number of processes, and a record
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
-import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from vlalign import ranks
+from vlalign.data.errors import SetupError
 from vlalign.data.images import ImageStore
 from vlalign.data.shards import (
     SHARD_GLOB,
@@ -56,8 +57,9 @@ from vlalign.data.shards import (
     without_repeats,
 )
 from vlalign.progress import progress, warn
+from vlalign.redaction import redact, redact_secrets
 
-if TYPE_CHECKING:  # `datasets` (and pandas under it) is imported where it is used: training reads shards with pyarrow
+if TYPE_CHECKING:
     import datasets
 
 try:
@@ -73,7 +75,6 @@ LEGACY_NAMES = {MANIFEST: "manifest.json", ERRORS: "errors.jsonl", DONE_ITEMS: "
 LOCK = ".lock"
 RUN_MARKER = "run.json"
 VERSIONED = ("vlalign", "torch", "transformers", "datasets", "peft")
-_SECRET = re.compile(r"(^|_)(api_?key|secret|password|token|authorization)$", re.IGNORECASE)
 
 
 def _now() -> str:
@@ -108,7 +109,7 @@ def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
 @contextlib.contextmanager
 def quiet_datasets() -> Iterator[None]:
     """No tqdm bar per shard from `datasets`: the stage's own progress bar says how far it is."""
-    import datasets
+    import datasets  # a second to import: the config check, which reads no stage, never pays it
 
     was_enabled = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
@@ -117,15 +118,6 @@ def quiet_datasets() -> Iterator[None]:
     finally:
         if was_enabled:
             datasets.enable_progress_bars()
-
-
-def redact(value: Any) -> Any:
-    """`value` with secrets (API keys, tokens, passwords) masked, so they never reach a manifest on disk."""
-    if isinstance(value, dict):
-        return {k: "***" if isinstance(k, str) and _SECRET.search(k) and v else redact(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redact(v) for v in value]
-    return value
 
 
 def _canonical(value: Any) -> str:
@@ -252,7 +244,29 @@ class Stage:
 
     @property
     def is_complete(self) -> bool:
+        """Whether the stage ran to its end (items that failed on the way are logged, and counted in `errors`)."""
         return bool(self.manifest.get("complete", False))
+
+    @property
+    def settled(self) -> bool:
+        """Whether the stage ran to its end with no failed item left to ask again: one whose log holds failures
+        not written since is not, so a resume (of a finished run too) asks them again (`RunStore.unfinished`)."""
+        manifest = self.manifest
+        return bool(manifest.get("complete", False)) and not manifest.get("errors")
+
+    def fingerprint(self) -> str:
+        """What the stage holds, as a short hash of its record ids and finished items: it changes when a
+        resume adds records (a failed item answered at last), so what was made from the stage can tell."""
+        held = json.dumps([sorted(self.done_ids()), sorted(self.done_items())])
+        return hashlib.sha256(held.encode()).hexdigest()[:16]
+
+    def clear(self) -> list[Path]:
+        """Remove the stage's records, finished items and error log (its manifest stays), so it is made again
+        from scratch; only while holding the stage's lock."""
+        gone = [*self.shards(), *self._side_files(DONE_ITEMS), *self._side_files(ERRORS)]
+        for path in gone:
+            path.unlink(missing_ok=True)
+        return gone
 
     def annotate(self, **fields: Any) -> dict[str, Any]:
         """Merge `fields` into the manifest from the main process (a launched job's others wait until it is
@@ -279,9 +293,9 @@ class Stage:
         Parquet writer): a shard of that index already there is replaced whole."""
         if not rows:
             raise ValueError("a shard needs at least one row")
+        index = self.next_shard_index() if index is None else index
         import datasets
 
-        index = self.next_shard_index() if index is None else index
         path = self.dir / shard_name(index, ranks.rank())
         dataset = datasets.Dataset.from_list(rows)
         with quiet_datasets():
@@ -367,8 +381,8 @@ class Stage:
     def log_error(self, ids: str | Sequence[str], error: BaseException) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         ids = _ids(ids)
-        entry = {"id": ids[0] if len(ids) == 1 else list(ids), "error": f"{type(error).__name__}: {error}",
-                 "time": _now()}
+        entry = {"id": ids[0] if len(ids) == 1 else list(ids),
+                 "error": redact_secrets(f"{type(error).__name__}: {error}"), "time": _now()}
         line = json.dumps(entry)
         with open(self._own_log(ERRORS), "a") as f:
             f.write(line + "\n")
@@ -413,6 +427,13 @@ class RunStore:
     def stages(self) -> list[Stage]:
         """Stages that hold a manifest or shards, in path order."""
         return [Stage(d, run_root=self.root) for d in stage_dirs(self.root)]
+
+    def unfinished(self, under: str) -> list[str]:
+        """The stages in folder `under` (e.g. `round2`) that are not finished: stopped midway, or holding
+        failed items a resume asks again (see `Stage.settled`); their paths in the run."""
+        folder = self.root / under
+        return [str(s.dir.relative_to(self.root)) for s in self.stages()
+                if s.dir.is_relative_to(folder) and not s.settled]
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
         """Hold the whole run for one process (`Busy` for a second one): training and saving happen outside
@@ -538,6 +559,8 @@ class _StageRun:
         """(rows, the items that made them) of `batch`; failing items are logged and left out."""
         try:
             rows = self.process(batch)
+        except SetupError:
+            raise  # every record would fail the same way: the stage stops, keeping what it wrote
         except RecordErrors as e:
             ok = [it for i, it in enumerate(batch) if i not in e.errors]
             self.succeeded = self.succeeded or bool(ok)
@@ -585,15 +608,20 @@ def _stop_if_systematic(failures: list[BaseException], succeeded: bool, error: B
             f"{stage.dir / ERRORS})") from error
 
 
-def _prepare(stage: Stage, manifest: dict[str, Any] | None) -> None:
+def _prepare(stage: Stage, manifest: dict[str, Any] | None, derived_from: Sequence[Stage]) -> None:
     """Under the stage's lock, before anything is read (by the main process alone, while the others wait):
     refuse another setup, clear what a kill or a hand left behind (temporary files, damaged shards, logs
-    under their older names), record the setup."""
+    under their older names), start a stage made from stages that have changed since over, record the setup."""
     _check_resumable(stage, manifest)
     stage.clean_temporary()
     stage.adopt_legacy_logs()
     stage.set_aside_damaged()
-    stage.write_manifest(**(manifest or {}), complete=False, counts=stage.counts())
+    inputs = {str(s.dir.relative_to(s.run_root)) if s.dir.is_relative_to(s.run_root) else str(s.dir): s.fingerprint()
+              for s in derived_from}
+    if inputs and stage.manifest.get("inputs") not in (None, inputs):
+        stage.clear()  # made from what its inputs held before: every record of it is made again
+    stage.write_manifest(**(manifest or {}), **({"inputs": inputs} if inputs else {}), complete=False,
+                         counts=stage.counts())
 
 
 def _pending(stage: Stage, items: list[T], id_of: Callable, per_item_output: bool) -> tuple[list[T], set[str]]:
@@ -608,7 +636,8 @@ def _pending(stage: Stage, items: list[T], id_of: Callable, per_item_output: boo
 def run_stage(stage: Stage, items: Iterable[T], process: Callable[[list[T]], list[dict[str, Any]]], *,
               id_of: Callable[[T], str | Sequence[str]], batch_size: int = 8, shard_size: int = 256,
               description: str | None = None, manifest: dict[str, Any] | None = None,
-              per_item_output: bool = True, quiet: bool = False) -> StageResult:
+              per_item_output: bool = True, quiet: bool = False, meters: Sequence[Any] = (),
+              derived_from: Sequence[Stage] = ()) -> StageResult:
     """Run `process` over the items not yet done and write its rows to `stage`, resumably.
 
     `process(batch)` returns rows (dicts with a stable `id`). With `per_item_output` (the default),
@@ -625,13 +654,21 @@ def run_stage(stage: Stage, items: Iterable[T], process: Callable[[list[T]], lis
 
     Under a launcher every process calls this with the same items and works on its share of those not done;
     the stage is complete when all are, and the result counts every process's rows and failures.
+
+    `derived_from` names the stages this one is made from as a whole (pairs from all of a prompt's scored
+    answers): what they hold is recorded, and when a resume finds it changed (an item that had failed was
+    answered at last) the stage is made again from scratch rather than kept half from the old inputs.
+
+    `meters` count what the backends `process` asks spent (requests, failures, retries, tokens: e.g.
+    `vlalign.stages.UsageMeter`): each records into the manifest after every batch (`record()`), so a kill
+    loses none of it, and once more with every process's share when the stage is done (`settle()`).
     """
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be at least 1 (got {batch_size}, {shard_size})")
     description = description or stage.name
     items = list(items)
     with stage.lock():
-        ranks.on_main(lambda: _prepare(stage, manifest))
+        ranks.on_main(lambda: _prepare(stage, manifest, derived_from))
         pending, done = _pending(stage, items, id_of, per_item_output)
         shards = _OpenShard(stage, shard_size, per_item_output, {"rows": len(done), "shards": len(stage.shards())})
         ranks.barrier()  # every process has read what is done before any writes more
@@ -642,7 +679,11 @@ def run_stage(stage: Stage, items: Iterable[T], process: Callable[[list[T]], lis
             for start in range(0, len(mine), batch_size):
                 batch = mine[start:start + batch_size]
                 run.keep(*run.attempt(batch))
+                for meter in meters:
+                    meter.record()
                 bar.advance(len(batch))
+        for meter in meters:
+            meter.settle()
         written, failed = map(sum, zip(*ranks.gather([(run.shards.written, run.failed)]), strict=True))
         ranks.on_main(stage.mark_complete)
     return StageResult(written=written, already_done=len(items) - len(pending), failed=failed)

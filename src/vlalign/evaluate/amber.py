@@ -39,12 +39,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlalign.evaluate import textkit
-from vlalign.evaluate.answers import Answer, Issues, check_parse, read_answers
+from vlalign.evaluate.answers import Answer, AnswerFileError, Issues, Layout, check_parse, read_answers
+from vlalign.evaluate.intervals import Outcomes, Result, ratio, rounded, scored, statistic
 from vlalign.evaluate.textkit import singular
 
 DIMENSIONS = {
@@ -179,70 +180,94 @@ def parse_amber_official(answer: str) -> str:
     return {"Yes": "yes", "No": "no"}.get(answer, "other")
 
 
-@dataclass
-class YesNo:
-    """The reference's counters of one dimension: questions, right answers, truth "no", answered "no",
-    right "no"."""
-
-    n: int = 0
-    right: int = 0
-    truth_no: int = 0
-    said_no: int = 0
-    right_no: int = 0
-
-    def add(self, said: str, truth: str) -> None:
-        truth = "yes" if truth == "yes" else "no"
-        self.n += 1
-        self.right += said == truth
-        self.truth_no += truth == "no"
-        self.said_no += said == "no"
-        self.right_no += said == truth == "no"
+YES_NO = ("n", "right", "truth_no", "said_no", "right_no")
+PARTS = ("all", "generative", "discriminative")
+# AMBER's own result files: a JSON list of {"id", "response"}
+LAYOUT = Layout(answer=(("response", None),), question_id=("id",))
 
 
-def yes_no_metrics(counts: Sequence[YesNo]) -> dict[str, float]:
-    """Accuracy, precision, recall and F1 with "no" as the positive class, pooled over `counts`."""
-    n, right, truth_no, said_no, right_no = (sum(getattr(c, k) for c in counts)
-                                             for k in ("n", "right", "truth_no", "said_no", "right_no"))
-    precision = right_no / said_no if said_no else 0.0
-    recall = right_no / truth_no if truth_no else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"accuracy": right / n, "precision": precision, "recall": recall, "f1": f1}
+def yes_no_counts(said: str, truth: str) -> dict[str, int]:
+    """One question's share of the reference's counters: asked, right, truth "no", answered "no", right "no"."""
+    truth = "yes" if truth == "yes" else "no"
+    return {"n": 1, "right": int(said == truth), "truth_no": int(truth == "no"), "said_no": int(said == "no"),
+            "right_no": int(said == truth == "no")}
 
 
-def _counter(counts: Sequence[int]) -> float:
-    """A denominator as the reference accumulates it: 0.001 from `metrics.txt`, then each count added."""
-    total = 0.001
-    for c in counts:
-        total += c
-    return total
+def yes_no_rates(c: Mapping) -> dict:
+    """Accuracy, precision, recall and F1 with "no" as the positive class, from pooled counters."""
+    precision, recall = ratio(c["right_no"], c["said_no"]), ratio(c["right_no"], c["truth_no"])
+    return {"accuracy": ratio(c["right"], c["n"]), "precision": precision, "recall": recall,
+            "f1": ratio(2 * precision * recall, precision + recall)}
 
 
-def _pct(num: int, dens: Sequence[Sequence[int]]) -> float:
-    """num / (sum of reference counters) * 100, rounded to one decimal as `inference.py` prints it."""
-    return round(num / sum(_counter(d) for d in dens) * 100, 1)
+def _pct(num, total, counters: int = 1):
+    """num / (the reference's denominators) * 100, rounded to one decimal as `inference.py` prints it: each
+    of its `counters` starts at 0.001 (`metrics.txt`) and the counts are added to it. Summing the counts
+    first moves the denominator by far less than any rounding boundary is away (0.001 keeps it off them)."""
+    return rounded(num / (0.001 * counters + total) * 100, 1)
 
 
-def printed_yes_no(counts: Sequence[YesNo], f1_smoothing: float = 0.0001) -> dict[str, float]:
-    """The accuracy, precision, recall and F1 `inference.py` prints for a pool of its counters."""
-    acc = _pct(sum(c.right for c in counts), [[1] * c.n for c in counts])
-    p = _pct(sum(c.right_no for c in counts), [[1] * c.said_no for c in counts])
-    r = _pct(sum(c.right_no for c in counts), [[1] * c.truth_no for c in counts])
-    f1 = round(2 * (p / 100) * (r / 100) / ((p / 100) + (r / 100) + f1_smoothing) * 100, 1)
+def printed_yes_no(c: Mapping, counters: int = 1, f1_smoothing: float = 0.0001) -> dict:
+    """The accuracy, precision, recall and F1 `inference.py` prints for pooled counters."""
+    acc = _pct(c["right"], c["n"], counters)
+    p = _pct(c["right_no"], c["said_no"], counters)
+    r = _pct(c["right_no"], c["truth_no"], counters)
+    f1 = rounded(2 * (p / 100) * (r / 100) / ((p / 100) + (r / 100) + f1_smoothing) * 100, 1)
     return {"accuracy_pct": acc, "precision_pct": p, "recall_pct": r, "f1_pct": f1}
+
+
+def _groups(dimensions: Sequence[str]) -> dict[str, tuple[list[str], int]]:
+    """The pools the reference reports: all questions (one counter), each dimension, and attribute, which
+    pools its three counters (each started at 0.001, present or not); none without yes/no questions."""
+    if not dimensions:
+        return {}
+    groups = {"": (list(dimensions), 1), **{d: ([d], 1) for d in dimensions}}
+    if any(d in dimensions for d in ATTRIBUTE):
+        groups["attribute"] = (list(ATTRIBUTE), len(ATTRIBUTE))
+    return groups
+
+
+@statistic("amber")
+def amber_statistic(sums, params) -> dict:
+    """Generative CHAIR, Cover, Hal and Cog, the yes/no figures of every pool, their printed forms
+    (official) and the AMBER score, from the summed per-question counts."""
+    out: dict = {}
+    printed = params["printed"]
+    if params["generative"]:
+        out.update({"chair": ratio(sums["hallucinated"], sums["nouns"]), "cover": ratio(sums["covered"], sums["truth"]),
+                    "hal": ratio(sums["hallucinating"], sums["described"]),
+                    "cog": ratio(sums["cognised"], sums["targets"])})
+        if printed:
+            clean = sums["described"] - sums["hallucinating"]
+            out.update({"chair_pct": _pct(sums["hallucinated"], sums["nouns"]),
+                        "cover_pct": _pct(sums["covered"], sums["truth"]),
+                        "hal_pct": rounded(100 - clean / (0.001 + sums["described"]) * 100, 1),
+                        "cog_pct": _pct(sums["cognised"], sums["targets"])})
+    for name, (dims, counters) in _groups(params["dimensions"]).items():
+        prefix = f"{name}_" if name else ""
+        pooled = {k: sum(sums.get(f"{d}_{k}", 0.0) for d in dims) for k in YES_NO}
+        out.update({f"{prefix}{k}": v for k, v in yes_no_rates(pooled).items()})
+        if printed:
+            smoothing = 0.001 if name == "existence" else 0.0001
+            out.update({f"{prefix}{k}": v for k, v in printed_yes_no(pooled, counters, smoothing).items()})
+    if params["generative"] and params["dimensions"]:
+        out["amber_score"] = (1 - out["chair"] + out["f1"]) / 2
+    return out
 
 
 @dataclass
 class Tally:
-    """What a scoring pass collects: per-answer generative counts and yes/no counters per dimension."""
+    """What a scoring pass collects: one row of counts per question, its stratum (generative or its
+    dimension), the answers not read as yes or no, and the questions of the other part."""
 
-    generative: list[dict[str, int]] = field(default_factory=list)
-    judged: dict[str, YesNo] = field(default_factory=dict)
-    overall: YesNo = field(default_factory=YesNo)
+    rows: list[tuple[str, dict]] = field(default_factory=list)
+    strata: list[str] = field(default_factory=list)
     unparsed: int = 0
+    other_part: int = 0
 
 
 def _tally(answers: Sequence[Answer], data: AmberData, issues: Issues, official: bool,
-           nouns: Callable[[str], list[str]], similar: Callable[[str, str], bool] | None) -> Tally:
+           nouns: Callable[[str], list[str]], similar: Callable[[str, str], bool] | None, part: str) -> Tally:
     tally = Tally()
     vocabulary = data.vocabulary
     read = parse_amber_official if official else parse_amber_yes_no
@@ -254,9 +279,15 @@ def _tally(answers: Sequence[Answer], data: AmberData, issues: Issues, official:
             issues(a.line, "unknown_question_id",
                    f"question_id {qid!r} is not an id in AMBER's annotations.json; use AMBER's question ids")
             continue
-        if gt["type"] == "generative":
+        generative = gt["type"] == "generative"
+        if part != "all" and generative != (part == "generative"):
+            tally.other_part += 1
+            continue
+        if generative:
             found = [n for n in nouns(a.answer) if n in vocabulary]
-            tally.generative.append(generative_counts(found, gt["truth"], gt["hallu"], data, similar))
+            c = generative_counts(found, gt["truth"], gt["hallu"], data, similar)
+            tally.rows.append((str(qid), {**c, "described": 1, "hallucinating": int(c["hallucinated"] > 0)}))
+            tally.strata.append("generative")
             continue
         dimension = DIMENSIONS.get(gt["type"], "relation" if official else None)
         if dimension is None:
@@ -265,61 +296,34 @@ def _tally(answers: Sequence[Answer], data: AmberData, issues: Issues, official:
             continue
         said = read(a.answer)
         tally.unparsed += said == "other"
-        tally.judged.setdefault(dimension, YesNo()).add(said, gt["truth"])
-        tally.overall.add(said, gt["truth"])
+        counts = yes_no_counts(said, gt["truth"])
+        tally.rows.append((str(qid), {**{f"{dimension}_{k}": v for k, v in counts.items()},
+                                      "judged": 1, "judged_right": counts["right"]}))
+        tally.strata.append(dimension)
     return tally
 
 
-def _generative_summary(generative: list[dict[str, int]], printed: bool) -> dict:
-    total = {k: sum(g[k] for g in generative) for k in generative[0]}
-    out = {
-        "chair": total["hallucinated"] / total["nouns"] if total["nouns"] else 0.0,
-        "cover": total["covered"] / total["truth"] if total["truth"] else 0.0,
-        "hal": sum(g["hallucinated"] > 0 for g in generative) / len(generative),
-        "cog": total["cognised"] / total["targets"] if total["targets"] else 0.0,
-        "generative_n": len(generative),
-    }
-    if printed:
-        def column(k: str) -> list[int]:
-            return [g[k] for g in generative]
-
-        clean = sum(g["hallucinated"] == 0 for g in generative)
-        out.update({
-            "chair_pct": _pct(total["hallucinated"], [column("nouns")]),
-            "cover_pct": _pct(total["covered"], [column("truth")]),
-            "hal_pct": round(100 - clean / _counter([1] * len(generative)) * 100, 1),
-            "cog_pct": _pct(total["cognised"], [column("targets")]),
-        })
-    return out
+def _outcomes(tally: Tally, printed: bool) -> Outcomes:
+    dimensions = [d for d in ("existence", *ATTRIBUTE, "relation") if d in tally.strata]
+    binary = {"accuracy": ("judged_right", "judged"), **{f"{d}_accuracy": (f"{d}_right", f"{d}_n") for d in dimensions}}
+    return Outcomes.from_rows("amber", "question", tally.rows, tally.strata,
+                              params={"printed": printed, "generative": "generative" in tally.strata,
+                                      "dimensions": dimensions}, binary=binary if dimensions else {})
 
 
-def _summary(tally: Tally, printed: bool) -> dict:
-    out: dict = _generative_summary(tally.generative, printed) if tally.generative else {}
-    if tally.judged:
-        groups: dict[str, list[YesNo]] = {"": [tally.overall], **{d: [c] for d, c in tally.judged.items()}}
-        if any(d in tally.judged for d in ATTRIBUTE):
-            # the reference pools its three attribute counters, each started at 0.001
-            groups["attribute"] = [tally.judged.get(d, YesNo()) for d in ATTRIBUTE]
-        for name, counts in groups.items():
-            prefix = f"{name}_" if name else ""
-            out.update({f"{prefix}{k}": v for k, v in yes_no_metrics(counts).items()})
-            out[f"{prefix}n"] = sum(c.n for c in counts)
-            if printed:
-                smoothing = 0.001 if name == "existence" else 0.0001
-                out.update({f"{prefix}{k}": v for k, v in printed_yes_no(counts, smoothing).items()})
-    if tally.generative and tally.judged:
-        out["amber_score"] = (1 - out["chair"] + out["f1"]) / 2
-    return out
-
-
-def score_amber(answers_path: str | Path, annotations: Sequence[str | Path], skip_bad: bool = False,
-                similar: Callable[[str, str], bool] | None = None, parse: str = "official",
-                similarity_score: float = 0.8) -> dict:
-    """AMBER metrics of an answer file whose `question_id` is AMBER's question id. In official mode
-    `similar` defaults to spaCy's `en_core_web_lg` similarity above `similarity_score`, when installed."""
+def amber_result(answers_path: str | Path, annotations: Sequence[str | Path], skip_bad: bool = False,
+                 similar: Callable[[str, str], bool] | None = None, parse: str = "official",
+                 similarity_score: float = 0.8, part: str = "all") -> Result:
+    """AMBER metrics of an answer file whose `question_id` is AMBER's question id (or AMBER's own result
+    file of `id` and `response`), with intervals over questions, each dimension resampled apart. `part`
+    scores the generative or the discriminative questions only (the reference's `--evaluation_type g` /
+    `d`); the others are counted in `other_part`. In official mode `similar` defaults to spaCy's
+    `en_core_web_lg` similarity above `similarity_score`, when installed."""
+    if part not in PARTS:
+        raise ValueError(f"unknown AMBER part {part!r}; use one of {', '.join(PARTS)}")
     official = check_parse(parse) == "official"
     issues = Issues(str(answers_path), skip=skip_bad)
-    answers = read_answers(answers_path, [], issues)
+    answers = read_answers(answers_path, [], issues, LAYOUT)
     data = AmberData.load(annotations)
     if official:
         nouns, tools = official_noun_reader()
@@ -338,7 +342,23 @@ def score_amber(answers_path: str | Path, annotations: Sequence[str | Path], ski
             return amber_nouns(text, vocabulary)
 
         provenance = {"extractor": "vlalign words (inflect)"}
-    tally = _tally(answers, data, issues, official, nouns, similar)
-    issues.require([*tally.generative, *tally.judged.values()])
-    return {**_summary(tally, printed=official), "unparsed": tally.unparsed, "parse": parse, **provenance,
-            **issues.report()}
+    tally = _tally(answers, data, issues, official, nouns, similar, part)
+    if not tally.rows and tally.other_part:
+        raise AnswerFileError(f"{answers_path}: no {part} question to score ({tally.other_part} of the other part)")
+    issues.require(tally.rows)
+    outcomes = _outcomes(tally, official)
+    sums = outcomes.sums()
+    sizes = {f"{name}_n" if name else "n": int(sum(sums.get(f"{d}_n", 0) for d in dims))
+             for name, (dims, _) in _groups(outcomes.params["dimensions"]).items()}
+    if outcomes.params["generative"]:
+        sizes = {"generative_n": int(sums["described"]), **sizes}
+    notes = {**sizes, "unparsed": tally.unparsed, "parse": parse, "part": part,
+             **({"other_part": tally.other_part} if tally.other_part else {}), **provenance, **issues.report()}
+    return scored(outcomes, notes)
+
+
+def score_amber(answers_path: str | Path, annotations: Sequence[str | Path], skip_bad: bool = False,
+                similar: Callable[[str, str], bool] | None = None, parse: str = "official",
+                similarity_score: float = 0.8, part: str = "all") -> dict:
+    """AMBER metrics of an answer file (see `amber_result`)."""
+    return amber_result(answers_path, annotations, skip_bad, similar, parse, similarity_score, part).metrics

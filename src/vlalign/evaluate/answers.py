@@ -4,13 +4,23 @@ Each line needs `question_id` and `answer` plus the benchmark's own fields. A ba
 names the file, the line, the field and the fix; with `Issues(skip=True)` it is instead counted by reason
 and the count lands in the metrics (`skipped`), so nothing is ever dropped silently.
 
+Files as benchmarks release them are read too: a whole-file JSON list of records (AMBER's and
+HallusionBench's result files, CHAIR caption lists), CHAIR's own `{"imgToEval": {...}}` caption file, and
+records that name the two fields otherwise (a `Layout`: LLaVA's answer files write the answer as `text`
+beside the `prompt`, AMBER's `id` and `response`, CHAIR's `image_id` and `caption`). Ids are kept as
+the file has them.
+
 Also here, because every benchmark shares them: `Question`, what `vlalign eval` asks and how its answer
 record is made, and `ask_judge`, which sends judged scorers' requests and counts failed ones.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -76,13 +86,35 @@ class Answer:
 @dataclass(frozen=True)
 class Question:
     """A question for `vlalign eval`: its prompt, how to get its image, and the fields its answer record
-    carries (everything the scorer needs). `long` marks free-form answers, which get more tokens."""
+    carries (everything the scorer needs). `long` marks free-form answers, which get more tokens; `image`
+    None asks without one (HallusionBench's questions without a figure)."""
 
     question_id: str | int
     prompt: str
-    image: Callable[[], Image.Image]
+    image: Callable[[], Image.Image] | None
     record: dict
     long: bool = False
+
+
+def is_file_name(value: str) -> bool:
+    """A short name with an extension ("COCO_val2014_000000000042.jpg"), not inline base64 bytes."""
+    return len(value) < 512 and re.search(r"\.[A-Za-z0-9]{2,5}$", value) is not None
+
+
+def open_image(value: str, images: Path | None, subdirs: Sequence[str] = ("",), where: str = "") -> Image.Image:
+    """An image named by file (under `images`, in one of `subdirs`) or given inline as base64 bytes."""
+    roots = [images / d if images else Path(d) for d in subdirs]
+    if not is_file_name(value):
+        try:
+            return Image.open(io.BytesIO(base64.b64decode(value, validate=True))).convert("RGB")
+        except (binascii.Error, OSError, ValueError) as e:
+            raise ValueError(f"{where}image is neither a file name nor base64 image bytes ({e})") from e
+    for path in (r / value for r in roots):
+        if path.is_file():
+            return Image.open(path).convert("RGB")
+    tried = ", ".join(str(r / value) for r in roots)
+    raise FileNotFoundError(f"{where}image {value!r} not found (tried {tried}); pass --images with the "
+                            f"folder that holds the benchmark's images")
 
 
 @dataclass
@@ -93,11 +125,12 @@ class Issues:
     skip: bool = False
     counts: Counter = field(default_factory=Counter)
     lines: dict[str, list[int]] = field(default_factory=dict)
+    unit: str = "line"  # what a record's number counts: lines of JSON lines, entries of a JSON list
 
     def __call__(self, line: int, reason: str, message: str) -> None:
         """Report a bad record at `line` (0 for the file as a whole)."""
         if not self.skip:
-            where = f"{self.path}, line {line}" if line else self.path
+            where = f"{self.path}, {self.unit} {line}" if line else self.path
             raise AnswerFileError(f"{where}: {message}")
         self.counts[reason] += 1
         self.lines.setdefault(reason, []).append(line)
@@ -125,7 +158,7 @@ def _check(value: Any, f: Field) -> tuple[Any, str | None]:
     if f.choices is not None:
         norm = value.strip().lower() if f.lower and isinstance(value, str) else value
         if norm not in f.choices:
-            return value, (f"unknown {f.name} {json.dumps(value)}; use one of {', '.join(f.choices)} "
+            return value, (f"unknown {f.name} {json.dumps(value)}; use one of {', '.join(map(str, f.choices))} "
                            f"({f.help})")
         return norm, None
     return value, None
@@ -155,9 +188,54 @@ def validate(answers: Sequence[Answer], fields: Sequence[Field], issues: Issues)
     return kept
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Other names a released file gives the answer and the question id. `answer`: (field, a field that must
+    be beside it, or None), the first present is the answer; `question_id`: fields, the first present is
+    the id; `number_rows`: a record with none of them is numbered by its line (or entry), from 1."""
+
+    answer: tuple[tuple[str, str | None], ...] = ()
+    question_id: tuple[str, ...] = ()
+    number_rows: bool = False
+
+    def apply(self, record: dict, number: int) -> None:
+        """Fill `answer` and `question_id` from the other names, in place."""
+        if "answer" not in record:
+            name = next((k for k, beside in self.answer if k in record and (beside is None or beside in record)),
+                        None)
+            if name is not None:
+                record["answer"] = record[name]
+        if "question_id" not in record:
+            name = next((k for k in self.question_id if k in record), None)
+            if name is not None:
+                record["question_id"] = record[name]
+            elif self.number_rows:
+                record["question_id"] = number
+
+
+PLAIN = Layout()
+
+
+def _entries(path: Path) -> list[tuple[int, str]] | list[tuple[int, object]]:
+    """(number, raw line) for a JSON-lines file, or (number, entry) for a file that is one JSON list or a
+    CHAIR caption file (`imgToEval`), numbered from 1."""
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip()[:1] in ("[", "{"):
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, dict) and isinstance(whole.get("imgToEval"), dict):
+            whole = list(whole["imgToEval"].values())
+        if isinstance(whole, list):
+            return list(enumerate(whole, start=1))
+    return list(enumerate(text.splitlines(), start=1))
+
+
 def read_records(path: str | Path, fields: Sequence[Field], issues: Issues | None = None,
-                 kind: str = "records") -> list[Answer]:
-    """Records of a JSON-lines file with `fields` checked; blank lines are allowed, an empty file is not."""
+                 kind: str = "records", layout: Layout = PLAIN, unique: bool = True) -> list[Answer]:
+    """Records of a JSON-lines file (or a JSON list, see the module notes) with `fields` checked; blank lines
+    are allowed, an empty file is not. `unique`: a `question_id` used twice is a bad record."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no {kind} file at {path}")
@@ -165,31 +243,37 @@ def read_records(path: str | Path, fields: Sequence[Field], issues: Issues | Non
     names = ", ".join(f.name for f in fields)
     out: list[Answer] = []
     seen: dict[Any, int] = {}
-    with path.open(encoding="utf-8") as fh:
-        for n, text in enumerate(fh, start=1):
-            if not text.strip():
+    entries = _entries(path)
+    if entries and not isinstance(entries[0][1], str):
+        issues.unit = "entry"
+    for n, item in entries:
+        if isinstance(item, str):
+            if not item.strip():
                 continue
             try:
-                record = json.loads(text)
+                record = json.loads(item)
             except json.JSONDecodeError as e:
                 issues(n, "invalid_json", f"not valid JSON ({e.msg} at column {e.colno}); write one JSON "
                                           f"object per line")
                 continue
-            if not isinstance(record, dict):
-                issues(n, "not_an_object", f"expected a JSON object with {names}, got {type(record).__name__}")
+        else:
+            record = item
+        if not isinstance(record, dict):
+            issues(n, "not_an_object", f"expected a JSON object with {names}, got {type(record).__name__}")
+            continue
+        layout.apply(record, n)
+        problem = _problem(record, fields)
+        if problem:
+            issues(n, *problem)
+            continue
+        if unique and "question_id" in record:
+            qid = record["question_id"]
+            if qid in seen:
+                issues(n, "duplicate_question_id",
+                       f"question_id {json.dumps(qid)} already used on {issues.unit} {seen[qid]}; ids must be unique")
                 continue
-            problem = _problem(record, fields)
-            if problem:
-                issues(n, *problem)
-                continue
-            if "question_id" in record:
-                qid = record["question_id"]
-                if qid in seen:
-                    issues(n, "duplicate_question_id",
-                           f"question_id {json.dumps(qid)} already used on line {seen[qid]}; ids must be unique")
-                    continue
-                seen[qid] = n
-            out.append(Answer(n, record))
+            seen[qid] = n
+        out.append(Answer(n, record))
     if not out and not issues.counts:
         raise AnswerFileError(f"{path}: no {kind} in the file; expected one JSON object per line with {names}")
     return out
@@ -208,6 +292,35 @@ def ask_judge(judge, requests: Sequence, lines: Sequence[int], issues: Issues) -
     return texts
 
 
-def read_answers(path: str | Path, fields: Sequence[Field] = (), issues: Issues | None = None) -> list[Answer]:
-    """An answer file: `question_id`, `answer` and the benchmark's `fields` on every line."""
-    return read_records(path, [QUESTION_ID, ANSWER, *fields], issues, kind="answers")
+def files_in(paths: Sequence[str | Path], patterns: Sequence[str], what: str, hint: str = "") -> list[Path]:
+    """The files given, and in each folder given the files matching `patterns` (an error, naming `what`
+    and `hint`, for a folder with none or a path that is neither)."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted({f for pattern in patterns for f in p.glob(pattern)})
+            if not found:
+                raise FileNotFoundError(f"no {what} ({', '.join(patterns)}) in {p}{hint}")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"no {what} or folder of them at {p}")
+    return files
+
+
+def judge_note(judge, paper: str) -> dict:
+    """Which judge produced a judged benchmark's figures, the paper's judge, and, when they differ, that the
+    figures are a substitute's (printed as a warning; see the README on checking a substitute)."""
+    out = {"judge": judge.name, "paper_judge": paper}
+    if judge.name != f"api:{paper}":
+        out["judge_substituted"] = (f"rated by {judge.name}, not the paper's {paper}: the figures are comparable "
+                                    f"to the paper's only as far as this judge agrees with it")
+    return out
+
+
+def read_answers(path: str | Path, fields: Sequence[Field] = (), issues: Issues | None = None,
+                 layout: Layout = PLAIN) -> list[Answer]:
+    """An answer file: `question_id`, `answer` and the benchmark's `fields` on every line (other names for
+    the first two as `layout` allows)."""
+    return read_records(path, [QUESTION_ID, ANSWER, *fields], issues, kind="answers", layout=layout)

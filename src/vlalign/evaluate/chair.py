@@ -35,10 +35,25 @@ from pathlib import Path
 
 from vlalign.data.coco import DOUBLE_WORDS, OFFICIAL_DOUBLE_WORDS, OFFICIAL_SPELLINGS, SYNONYMS
 from vlalign.evaluate import textkit
-from vlalign.evaluate.answers import Answer, Field, Issues, ask_judge, check_parse, read_answers
+from vlalign.evaluate.answers import (
+    PLAIN,
+    Answer,
+    AnswerFileError,
+    Field,
+    Issues,
+    Layout,
+    ask_judge,
+    check_parse,
+    files_in,
+    read_answers,
+)
+from vlalign.evaluate.intervals import Outcomes, Result, ratio, scored, statistic
 from vlalign.evaluate.textkit import singular
 
 IMAGE_ID = Field("image_id", "the COCO image id the answer describes (e.g. 391895)", (int, str))
+# CHAIR's own caption files (a list, or `imgToEval`, of {"image_id", "caption"}): the caption is the answer and
+# the image id the question id
+CAPTIONS = Layout(answer=(("caption", None),), question_id=("image_id",), number_rows=True)
 _WORD = re.compile(r"[a-z]+")
 
 
@@ -154,19 +169,8 @@ def image_key(value: int | str) -> int | str:
 
 
 def _annotation_files(paths: Iterable[str | Path]) -> list[Path]:
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted([*p.glob("instances_*.json"), *p.glob("captions_*.json")])
-            if not found:
-                raise FileNotFoundError(f"no instances_*.json or captions_*.json in {p}; pass COCO's "
-                                        f"annotations folder or the files themselves")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"no COCO annotation file or folder at {p}")
-    return files
+    return files_in(list(paths), ("instances_*.json", "captions_*.json"), "COCO annotation files",
+                    "; pass COCO's annotations folder or the files themselves")
 
 
 @dataclass
@@ -212,63 +216,53 @@ class CocoTruth:
         return cls(objects, sources)
 
 
-@dataclass
-class Tally:
-    """CHAIR's counts over answers, one answer at a time: mentions and hallucinated mentions, the same per
-    distinct object, answers with a hallucination or with any object, and objects found of all present."""
+def answer_counts(found: Sequence[str], truth: set[str]) -> dict[str, int]:
+    """CHAIR's counts of one answer, from the objects it mentions and the objects really there: mentions and
+    hallucinated mentions, the same per distinct object, whether it hallucinates or names any object, and
+    the distinct right objects of all present."""
+    bad = [o for o in found if o not in truth]
+    return {"answers": 1, "mentions": len(found), "hallucinated": len(bad), "unique": len(set(found)),
+            "unique_bad": len(set(bad)), "bad_answers": int(bool(bad)), "with_objects": int(bool(found)),
+            "right": len(set(found) & truth), "truth": len(truth)}
 
-    mentions: int = 0
-    hallucinated: int = 0
-    unique: int = 0
-    unique_bad: int = 0
-    bad_answers: int = 0
-    with_objects: int = 0
-    right: int = 0
-    truth: int = 0
 
-    def add(self, found: Sequence[str], truth: set[str]) -> list[str]:
-        """Count one answer's mentioned objects against the objects really there; returns the false ones."""
-        bad = [o for o in found if o not in truth]
-        self.mentions += len(found)
-        self.hallucinated += len(bad)
-        self.unique += len(set(found))
-        self.unique_bad += len(set(bad))
-        self.bad_answers += bool(bad)
-        self.with_objects += bool(found)
-        self.right += len(set(found) & truth)
-        self.truth += len(truth)
-        return bad
+def chair_rates(sums) -> dict:
+    """CHAIR_s (over all answers and, `chair_s_refine`, over those that name an object), CHAIR_i per mention
+    and per distinct object, and recall, from the summed `answer_counts` (numbers or replicate arrays)."""
+    return {"chair_s": ratio(sums["bad_answers"], sums["answers"]),
+            "chair_s_refine": ratio(sums["bad_answers"], sums["with_objects"]),
+            "chair_i": ratio(sums["hallucinated"], sums["mentions"]),
+            "chair_i_unique": ratio(sums["unique_bad"], sums["unique"]),
+            "recall": ratio(sums["right"], sums["truth"])}
 
-    def chair_i(self) -> float:
-        return self.hallucinated / self.mentions if self.mentions else 0.0
 
-    def chair_i_unique(self) -> float:
-        return self.unique_bad / self.unique if self.unique else 0.0
+# per caption, whether it hallucinates: McNemar's test and the agreement of two evaluations of CHAIR_s
+HALLUCINATING = {"chair_s": ("bad_answers", None), "chair_s_refine": ("bad_answers", "with_objects")}
 
-    def recall(self) -> float:
-        return self.right / self.truth if self.truth else 0.0
+
+@statistic("chair")
+def chair_statistic(sums, params) -> dict:
+    """`chair_rates` and the mean number of words (pieces split on whitespace) per answer."""
+    return {**chair_rates(sums), "mean_words": ratio(sums["words"], sums["answers"])}
+
+
+def chair_outcomes(ids: Sequence, mentions: Sequence[Sequence[tuple[str, str]]], truths: Sequence[set[str]],
+                   texts: Sequence[str]) -> Outcomes:
+    """One row per answer (caption): its CHAIR counts and its number of words."""
+    rows = [(i, {**answer_counts([obj for _, obj in found], truth), "words": len(text.split())})
+            for i, found, truth, text in zip(ids, mentions, truths, texts, strict=True)]
+    return Outcomes.from_rows("chair", "caption", rows, binary=HALLUCINATING)
 
 
 def chair_from_mentions(mentions: Sequence[Sequence[tuple[str, str]]], truths: Sequence[set[str]],
-                        texts: Sequence[str]) -> dict[str, float]:
+                        texts: Sequence[str], ids: Sequence | None = None) -> Result:
     """CHAIR_s, CHAIR_i per mention and per distinct object of an answer, and recall, from mentions.
 
     `chair_s_refine` counts only answers that mention some object (RLAIF-V's "response hallucination");
     recall pools, as Object HalBench does: distinct right objects over all ground-truth objects."""
-    n = len(texts)
-    tally = Tally()
-    for found, truth in zip(mentions, truths, strict=True):
-        tally.add([obj for _, obj in found], truth)
-    return {
-        "chair_s": tally.bad_answers / n if n else 0.0,
-        "chair_s_refine": tally.bad_answers / tally.with_objects if tally.with_objects else 0.0,
-        "chair_i": tally.chair_i(),
-        "chair_i_unique": tally.chair_i_unique(),
-        "recall": tally.recall(),
-        "mean_words": sum(len(t.split()) for t in texts) / n if n else 0.0,
-        "n_answers": n,
-        "n_mentions": tally.mentions,
-    }
+    outcomes = chair_outcomes(ids if ids is not None else range(len(texts)), mentions, truths, texts)
+    sums = outcomes.sums()
+    return scored(outcomes, {"n_answers": len(texts), "n_mentions": int(sums.get("mentions", 0))})
 
 
 EXTRACT_PROMPT = """You read a model's answer about an image and list the objects it says are in the image.
@@ -301,16 +295,24 @@ def llm_mentions(answers: Sequence[Answer], judge, phrase_objects: Callable[[str
                  issues: Issues) -> list[list[tuple[str, str]] | None]:
     """Mentions from objects a judge extracts (RLAIF-V), each phrase mapped by `phrase_objects` and each
     word counted once. Answers of three words or fewer name nothing, as in the reference; a failed or
-    unparsable judge reply gives None and is counted in `issues`."""
+    unparsable judge reply gives None and is counted in `issues`. An answer whose line lists its `objects`
+    (phrases some other extractor gave, e.g. the paper's judge) is read from them and not asked about."""
     from vlalign.feedback.judge import ChatRequest
 
     long = [a for a in answers if len(a.answer.split()) > 3]
+    given = {a.line: a["objects"] for a in long if isinstance(a.get("objects"), list)}
+    ask = [a for a in long if a.line not in given]
+    if ask and judge is None:
+        raise AnswerFileError(f"{issues.path}: {len(ask)} answers list no `objects`, and the benchmark extracts objects "
+                              f"with a judge: pass one (--judge)")
     requests = [ChatRequest(EXTRACT_PROMPT.format(question=a.get("question", ""), answer=a.answer),
-                            max_tokens=256, id=f"question_id={a.question_id}") for a in long]
-    texts = ask_judge(judge, requests, [a.line for a in long], issues) if long else []
+                            max_tokens=256, id=f"question_id={a.question_id}") for a in ask]
+    texts = ask_judge(judge, requests, [a.line for a in ask], issues) if ask else []
+    replies = {a.line: text for a, text in zip(ask, texts, strict=True)}
     extracted: dict[int, list[tuple[str, str]] | None] = {}
-    for a, text in zip(long, texts, strict=True):
-        phrases = parse_object_list(text) if text is not None else None
+    for a in long:
+        text = replies.get(a.line)
+        phrases = given[a.line] if a.line in given else parse_object_list(text) if text is not None else None
         if text is not None and phrases is None:
             issues(a.line, "unparsable_judgement",
                    f"the judge's reply for question_id={a.question_id} holds no JSON list: {text[:200]!r}")
@@ -326,7 +328,7 @@ def llm_mentions(answers: Sequence[Answer], judge, phrase_objects: Callable[[str
 
 
 @dataclass
-class Scored:
+class CocoAnswers:
     """An answer file read against COCO: the answers kept, their ground truth, the images no annotation
     file lists, and where bad lines went."""
 
@@ -338,15 +340,15 @@ class Scored:
 
 
 def read_against_coco(answers_path: str | Path, annotations: Sequence[str | Path], reader: Reader,
-                      skip_bad: bool) -> Scored:
+                      skip_bad: bool, layout: Layout = PLAIN) -> CocoAnswers:
     """The answers (`image_id` on every line) and the ground truth of their images, read by `reader`. An
     image no annotation file lists is an error (robust) or has no objects at all (official, as the
     reference codes)."""
     issues = Issues(str(answers_path), skip=skip_bad)
-    answers = read_answers(answers_path, [IMAGE_ID], issues)
+    answers = read_answers(answers_path, [IMAGE_ID], issues, layout)
     truth = CocoTruth.load(annotations, reader, {image_key(a["image_id"]) for a in answers})
     known, truths, missing = truths_of(answers, truth, issues, empty_when_missing=reader.parse == "official")
-    return Scored(known, truths, missing, truth, issues)
+    return CocoAnswers(known, truths, missing, truth, issues)
 
 
 def truths_of(answers: Sequence[Answer], truth: CocoTruth, issues: Issues,
@@ -377,12 +379,13 @@ def missing_report(missing: list) -> dict:
     return {"images_without_annotations": len(missing), "images_without_annotations_ids": missing[:10]}
 
 
-def score_chair(answers_path: str | Path, annotations: Sequence[str | Path], judge=None,
-                skip_bad: bool = False, parse: str = "official") -> dict:
-    """CHAIR metrics of an answer file (`image_id` on every line) against COCO annotations."""
+def chair_result(answers_path: str | Path, annotations: Sequence[str | Path], judge=None,
+                 skip_bad: bool = False, parse: str = "official") -> Result:
+    """CHAIR metrics of an answer file (`image_id` on every line, or CHAIR's own caption list) against COCO
+    annotations, with intervals over captions."""
     reader = chair_reader(parse)
-    scored = read_against_coco(answers_path, annotations, reader, skip_bad)
-    known, truths = scored.answers, scored.truths
+    read = read_against_coco(answers_path, annotations, reader, skip_bad, CAPTIONS)
+    known, truths = read.answers, read.truths
     judged = Issues(str(answers_path), skip=True)
     if judge is None:
         mentions: list = [reader.mentions(a.answer) for a in known]
@@ -390,9 +393,16 @@ def score_chair(answers_path: str | Path, annotations: Sequence[str | Path], jud
         mentions = llm_mentions(known, judge, reader.vocab.phrase_objects, judged)
     kept = [(a, t, m) for a, t, m in zip(known, truths, mentions, strict=True) if m is not None]
     judged.require(kept)
-    metrics = chair_from_mentions([m for *_, m in kept], [t for _, t, _ in kept], [a.answer for a, *_ in kept])
-    metrics.update(reader.report())
+    result = chair_from_mentions([m for *_, m in kept], [t for _, t, _ in kept], [a.answer for a, *_ in kept],
+                                 [a.question_id for a, *_ in kept])
+    notes = {**reader.report(), "ground_truth": read.truth.sources}
     if judge is not None:
-        metrics["extractor"] = f"judge:{judge.name}"
-    metrics["ground_truth"] = scored.truth.sources
-    return {**metrics, **missing_report(scored.missing), **scored.issues.report(), **judged.report("judge_skipped")}
+        notes["extractor"] = f"judge:{judge.name}"
+    return Result({**result.metrics, **notes, **missing_report(read.missing), **read.issues.report(),
+                   **judged.report("judge_skipped")}, result.outcomes)
+
+
+def score_chair(answers_path: str | Path, annotations: Sequence[str | Path], judge=None,
+                skip_bad: bool = False, parse: str = "official") -> dict:
+    """CHAIR metrics of an answer file (see `chair_result`)."""
+    return chair_result(answers_path, annotations, judge, skip_bad, parse).metrics

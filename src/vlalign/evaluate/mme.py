@@ -16,6 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from vlalign.evaluate.answers import YES_NO_LABEL, Answer, Field, Issues, check_parse, read_answers
+from vlalign.evaluate.intervals import Outcomes, Result, ratio, scored, statistic
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork",
               "OCR")
@@ -34,44 +35,60 @@ def parse_mme(answer: str) -> str:
     return "yes" if "yes" in head else "no" if "no" in head else "other"
 
 
-def subtask_scores(rows: list[Answer]) -> dict[str, float]:
-    """acc, acc+ and score (both in percent, summed) of one subtask's questions, paired by image."""
-    by_image: dict[str, list[Answer]] = defaultdict(list)
-    for a in rows:
-        by_image[a["image"]].append(a)
-    right = [parse_mme(a.answer) == a["label"] for a in rows]
-    both = sum(all(parse_mme(a.answer) == a["label"] for a in pair) for pair in by_image.values())
-    acc, acc_plus = sum(right) / len(rows), both / len(by_image)
-    return {"acc": acc, "acc_plus": acc_plus, "score": 100 * (acc + acc_plus),
-            "other": sum(parse_mme(a.answer) == "other" for a in rows)}
+def image_counts(category: str, pair: list[Answer]) -> dict[str, int]:
+    """One image's counts in its subtask: right answers of its questions, both right, answers read as other."""
+    said = [parse_mme(a.answer) for a in pair]
+    right = [s == a["label"] for s, a in zip(said, pair, strict=True)]
+    return {f"{category}_right": sum(right), f"{category}_questions": len(pair), f"{category}_both": int(all(right)),
+            f"{category}_images": 1, f"{category}_other": sum(s == "other" for s in said)}
 
 
-def score_mme(answers_path: str | Path, skip_bad: bool = False, parse: str = "official") -> dict:
-    """MME metrics of an answer file (`category`, `image` and `label` on every line)."""
+@statistic("mme")
+def mme_statistic(sums, params) -> dict:
+    """acc, acc+ and score of every subtask present, perception and cognition (sums of scores), total."""
+    per_task: dict = {}
+    out: dict = {"perception": 0.0, "cognition": 0.0}
+    for name in ("perception", "cognition"):
+        for task in params[name]:
+            acc = ratio(sums[f"{task}_right"], sums[f"{task}_questions"])
+            acc_plus = ratio(sums[f"{task}_both"], sums[f"{task}_images"])
+            per_task.update({f"{task}_acc": acc, f"{task}_acc_plus": acc_plus, f"{task}_score": 100 * (acc + acc_plus)})
+            out[name] += per_task[f"{task}_score"]
+    out["total"] = out["perception"] + out["cognition"]
+    return {**out, **per_task}
+
+
+def mme_result(answers_path: str | Path, skip_bad: bool = False, parse: str = "official") -> Result:
+    """MME metrics of an answer file (`category`, `image` and `label` on every line), with intervals over
+    images, each subtask resampled apart."""
     check_parse(parse)
     issues = Issues(str(answers_path), skip=skip_bad)
     answers = read_answers(answers_path, [CATEGORY, IMAGE, YES_NO_LABEL], issues)
     groups: dict[tuple[str, str], list[Answer]] = defaultdict(list)
     for a in answers:
         groups[(a["category"], a["image"])].append(a)
-    kept: list[Answer] = []
+    kept: dict[tuple[str, str], list[Answer]] = {}
     for (category, image), rows in groups.items():
         if len(rows) != 2:
             issues(rows[0].line, "not_two_questions",
                    f"{category} image {image!r} has {len(rows)} question(s) (lines "
                    f"{', '.join(str(a.line) for a in rows)}); MME asks exactly two of each image")
             continue
-        kept += rows
-    issues.require(kept)
-    per_task: dict = {}
-    out: dict = {"perception": 0.0, "cognition": 0.0}
-    for name, subtasks in (("perception", PERCEPTION), ("cognition", COGNITION)):
-        present = [s for s in subtasks if any(a["category"] == s for a in kept)]
-        for s in present:
-            m = subtask_scores([a for a in kept if a["category"] == s])
-            per_task.update({f"{s}_{k}": v for k, v in m.items()})
-            out[name] += m["score"]
-        out[f"{name}_subtasks"] = len(present)
-    out["total"] = out["perception"] + out["cognition"]
-    out["other"] = sum(per_task.get(f"{s}_other", 0) for s in SUBTASKS)
-    return {**out, **per_task, "parse": parse, **issues.report()}
+        kept[(category, image)] = rows
+    issues.require(list(kept))
+    present = {name: [s for s in tasks if any(c == s for c, _ in kept)]
+               for name, tasks in (("perception", PERCEPTION), ("cognition", COGNITION))}
+    outcomes = Outcomes.from_rows("mme", "image", [(f"{c}/{image}", image_counts(c, rows))
+                                                   for (c, image), rows in kept.items()],
+                                  [c for c, _ in kept], params=present)
+    sums = outcomes.sums()
+    tasks = [s for s in SUBTASKS if s in present["perception"] + present["cognition"]]
+    counts = {"perception_subtasks": len(present["perception"]), "cognition_subtasks": len(present["cognition"]),
+              "other": int(sum(sums[f"{s}_other"] for s in tasks)),
+              **{f"{s}_other": int(sums[f"{s}_other"]) for s in tasks}}
+    return scored(outcomes, {**counts, "parse": parse, **issues.report()})
+
+
+def score_mme(answers_path: str | Path, skip_bad: bool = False, parse: str = "official") -> dict:
+    """MME metrics of an answer file (see `mme_result`)."""
+    return mme_result(answers_path, skip_bad, parse).metrics

@@ -28,15 +28,20 @@ from pathlib import Path
 
 from vlalign.data.coco import QUALIFIED, REFINED_ADDITIONS, SYNONYMS
 from vlalign.evaluate import textkit
-from vlalign.evaluate.answers import AnswerFileError, Issues, check_parse
+from vlalign.evaluate.answers import Issues, check_parse, judge_note
 from vlalign.evaluate.chair import (
+    CAPTIONS,
+    HALLUCINATING,
     Reader,
     Vocabulary,
+    answer_counts,
+    chair_rates,
     chair_reader,
     llm_mentions,
     missing_report,
     read_against_coco,
 )
+from vlalign.evaluate.intervals import Outcomes, Result, ratio, rounded, scored, statistic
 
 PHRASE_TOOL = textkit.Tool("vlalign phrase rules", False,
                            "RLAIF-V maps each extracted phrase with spaCy's en_core_web_trf; here its two-word "
@@ -64,47 +69,58 @@ def halbench_reader(parse: str) -> Reader:
     return Reader(refined_vocabulary(), tokens, (tokenizer, lemmatizer, PHRASE_TOOL), parse)
 
 
-def halbench_metrics(mentions: Sequence[Sequence[tuple[str, str]]], truths: Sequence[set[str]],
-                     texts: Sequence[str]) -> dict:
-    """RLAIF-V's overall metrics and their printed forms."""
-    n = len(texts)
-    bad_answers = with_objects = hallucinated = mentioned = right = truth_total = 0
-    for found, truth in zip(mentions, truths, strict=True):
-        bad = [obj for _, obj in found if obj not in truth]
-        hallucinated += len(bad)
-        mentioned += len(found)
-        bad_answers += bool(bad)
-        with_objects += bool(found)
-        right += len({obj for _, obj in found if obj in truth})
-        truth_total += len(truth)
-    refine = bad_answers / with_objects if with_objects else 0.0
-    chair_i = hallucinated / mentioned if mentioned else 0.0
-    recall = right / truth_total if truth_total else 0.0
-    out = {
-        "chair_s": bad_answers / n, "chair_s_refine": refine, "chair_i": chair_i, "recall": recall,
-        "correct_rate": 1 - refine, "object_correct_rate": 1 - chair_i,
-        "avg_word_len": sum(len(t.strip().split(" ")) for t in texts) / n,
-        "sentence_num": n, "coco_sentence_num": with_objects, "coco_word_count": right, "gt_word_count": truth_total,
-        "n_mentions": mentioned,
-    }
-    out.update({f"{k}_pct": round(out[v] * 100, 2) for k, v in (
+@statistic("object-halbench")
+def halbench_statistic(sums, params) -> dict:
+    """RLAIF-V's overall metrics and their printed forms, from the summed `answer_counts`."""
+    rates = chair_rates(sums)
+    out = {"chair_s": rates["chair_s"], "chair_s_refine": rates["chair_s_refine"], "chair_i": rates["chair_i"],
+           "recall": rates["recall"], "correct_rate": 1 - rates["chair_s_refine"],
+           "object_correct_rate": 1 - rates["chair_i"], "avg_word_len": ratio(sums["pieces"], sums["answers"])}
+    out.update({f"{k}_pct": rounded(out[v] * 100, 2) for k, v in (
         ("response_hall", "chair_s_refine"), ("object_hall", "chair_i"), ("response_correct", "correct_rate"),
         ("object_correct", "object_correct_rate"), ("object_recall", "recall"))})
     return out
 
 
+def halbench_metrics(mentions: Sequence[Sequence[tuple[str, str]]], truths: Sequence[set[str]],
+                     texts: Sequence[str], ids: Sequence | None = None) -> Result:
+    """RLAIF-V's overall metrics and their printed forms, with intervals over answers; `avg_word_len` counts
+    the pieces of each answer split on single spaces."""
+    ids = ids if ids is not None else range(len(texts))
+    rows = [(i, {**answer_counts([obj for _, obj in found], truth), "pieces": len(text.strip().split(" "))})
+            for i, found, truth, text in zip(ids, mentions, truths, texts, strict=True)]
+    outcomes = Outcomes.from_rows("object-halbench", "caption", rows, binary=HALLUCINATING)
+    sums = outcomes.sums()
+    counts = {"sentence_num": len(texts), "coco_sentence_num": int(sums.get("with_objects", 0)),
+              "coco_word_count": int(sums.get("right", 0)), "gt_word_count": int(sums.get("truth", 0)),
+              "n_mentions": int(sums.get("mentions", 0))}
+    return scored(outcomes, counts)
+
+
+def object_halbench_result(answers_path: str | Path, annotations: Sequence[str | Path], judge,
+                           skip_bad: bool = False, parse: str = "official") -> Result:
+    """Object HalBench metrics of an answer file (`image_id`, and `question` for the judge) against COCO."""
+    reader = halbench_reader(parse)
+    read = read_against_coco(answers_path, annotations, reader, skip_bad, CAPTIONS)
+    judged = Issues(str(answers_path), skip=True)
+    texts = [a.answer.replace("Assistant:", "").strip() for a in read.answers]
+    mentions = llm_mentions(read.answers, judge, reader.vocab.phrase_objects, judged)
+    kept = [(a, t, g, m) for a, t, g, m in zip(read.answers, texts, read.truths, mentions, strict=True)
+            if m is not None]
+    judged.require(kept)
+    result = halbench_metrics([m for *_, m in kept], [g for *_, g, _ in kept], [t for _, t, *_ in kept],
+                              [a.question_id for a, *_ in kept])
+    who = judge_note(judge, PAPER_JUDGE) if judge is not None else {"judge": "objects given in the answer file"}
+    notes = {**reader.report(), **who, "ground_truth": read.truth.sources}
+    return Result({**result.metrics, **notes, **missing_report(read.missing), **read.issues.report(),
+                   **judged.report("judge_skipped")}, result.outcomes)
+
+
 def score_object_halbench(answers_path: str | Path, annotations: Sequence[str | Path], judge,
                           skip_bad: bool = False, parse: str = "official") -> dict:
-    """Object HalBench metrics of an answer file (`image_id`, and `question` for the judge) against COCO."""
-    if judge is None:
-        raise AnswerFileError("Object HalBench extracts objects with a judge: pass one (--judge on the command line)")
-    reader = halbench_reader(parse)
-    scored = read_against_coco(answers_path, annotations, reader, skip_bad)
-    judged = Issues(str(answers_path), skip=True)
-    texts = [a.answer.replace("Assistant:", "").strip() for a in scored.answers]
-    mentions = llm_mentions(scored.answers, judge, reader.vocab.phrase_objects, judged)
-    kept = [(t, g, m) for t, g, m in zip(texts, scored.truths, mentions, strict=True) if m is not None]
-    judged.require(kept)
-    metrics = halbench_metrics([m for *_, m in kept], [g for _, g, _ in kept], [t for t, *_ in kept])
-    metrics.update({**reader.report(), "judge": judge.name, "ground_truth": scored.truth.sources})
-    return {**metrics, **missing_report(scored.missing), **scored.issues.report(), **judged.report("judge_skipped")}
+    """Object HalBench metrics of an answer file (see `object_halbench_result`)."""
+    return object_halbench_result(answers_path, annotations, judge, skip_bad, parse).metrics
+
+
+# the object extractor of RLAIF-V's eval_gpt_obj_halbench.py
+PAPER_JUDGE = "gpt-3.5-turbo-0613"

@@ -18,7 +18,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vlalign.english import article
-from vlalign.evaluate.answers import YES_NO_LABEL, Answer, Field, Issues, check_parse, read_answers
+from vlalign.evaluate.answers import (
+    YES_NO_LABEL,
+    Answer,
+    Field,
+    Issues,
+    Layout,
+    check_parse,
+    files_in,
+    read_answers,
+    read_records,
+    validate,
+)
+from vlalign.evaluate.intervals import Outcomes, Result, ratio, scored, statistic
 
 _NEG = re.compile(r"\b(no|not)\b")
 
@@ -39,56 +51,148 @@ _OFFICIAL_NO = frozenset({"No", "not", "no"})
 PARSERS = {"official": parse_yes_no_official, "robust": parse_yes_no}
 
 
+def pope_rates(tp, fp, fn, tn) -> dict:
+    """Accuracy, precision, recall, F1 and yes-ratio (the share of *predicted* yes) from the four counts
+    (numbers, or arrays of bootstrap replicates)."""
+    n = tp + fp + fn + tn
+    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    return {"accuracy": ratio(tp + tn, n), "precision": precision, "recall": recall,
+            "f1": ratio(2 * precision * recall, precision + recall), "yes_ratio": ratio(tp + fp, n)}
+
+
+def yes_no_counts(predicted_yes: bool, label_yes: bool) -> dict[str, int]:
+    """One question's contribution to tp, fp, fn and tn."""
+    return {"tp": int(predicted_yes and label_yes), "fp": int(predicted_yes and not label_yes),
+            "fn": int(label_yes and not predicted_yes), "tn": int(not predicted_yes and not label_yes)}
+
+
 def pope_metrics(predicted_yes: Sequence[bool], label_yes: Sequence[bool]) -> dict[str, float]:
     """Accuracy, precision, recall, F1 and yes-ratio (the share of *predicted* yes)."""
     if len(predicted_yes) != len(label_yes):
         raise ValueError(f"{len(predicted_yes)} predictions but {len(label_yes)} labels")
     if not label_yes:
         raise ValueError("POPE needs at least one question")
-    tp = sum(p and t for p, t in zip(predicted_yes, label_yes, strict=True))
-    fp = sum(p and not t for p, t in zip(predicted_yes, label_yes, strict=True))
-    fn = sum(t and not p for p, t in zip(predicted_yes, label_yes, strict=True))
-    tn = len(label_yes) - tp - fp - fn
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {
-        "accuracy": (tp + tn) / len(label_yes),
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "yes_ratio": (tp + fp) / len(label_yes),
-    }
+    counts = [yes_no_counts(p, t) for p, t in zip(predicted_yes, label_yes, strict=True)]
+    return {k: float(v) for k, v in pope_rates(*(sum(c[k] for c in counts) for k in _COUNTS)).items()}
 
 
+_COUNTS = ("tp", "fp", "fn", "tn")
 POPE_SPLITS = ("random", "popular", "adversarial")
+UNSPLIT = "all"  # the one split of a question file that names none
 METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
-CATEGORY = Field("category", "the POPE split of the question", choices=POPE_SPLITS, lower=True)
+CATEGORY = Field("category", "the POPE split of the question", choices=(*POPE_SPLITS, UNSPLIT), lower=True)
+# LLaVA's answer files write the answer as `text`, beside the `prompt` (a question file's `text` is the question)
+LAYOUT = Layout(answer=(("text", "prompt"),))
 
 
-def score_pope_answers(answers: Sequence[Answer], parse: str = "official") -> dict:
-    """Metrics per split (`random_f1`, ...) and their mean over the splits present (`f1`, ...)."""
-    read = PARSERS[check_parse(parse)]
+@statistic("pope")
+def pope_statistic(sums, params) -> dict:
+    """Every split's figures (`random_f1`, ...) and their mean over the splits present (`f1`, ...)."""
     out: dict = {}
-    present = [s for s in POPE_SPLITS if any(a["category"] == s for a in answers)]
-    for split in present:
-        rows = [a for a in answers if a["category"] == split]
-        m = pope_metrics([read(a.answer) for a in rows], [a["label"] == "yes" for a in rows])
-        out.update({f"{split}_{k}": v for k, v in m.items()})
-        out[f"{split}_n"] = len(rows)
+    for split in params["splits"]:
+        out.update({f"{split}_{k}": v for k, v in pope_rates(*(sums[f"{split}_{c}"] for c in _COUNTS)).items()})
     for k in METRICS:
-        out[k] = sum(out[f"{s}_{k}"] for s in present) / len(present)
-    out["splits"] = present
-    out["parse"] = parse
+        out[k] = sum(out[f"{s}_{k}"] for s in params["splits"]) / len(params["splits"])
     return out
 
 
-def score_pope(answers_path: str | Path, skip_bad: bool = False, parse: str = "official") -> dict:
-    """POPE metrics of an answer file (`label` yes/no and `category` on every line)."""
+def pope_outcomes(answers: Sequence[Answer], parse: str = "official") -> Outcomes:
+    """One row per question: its split's tp/fp/fn/tn, whether it is right, its split (the stratum)."""
+    read = PARSERS[check_parse(parse)]
+    splits = [s for s in (*POPE_SPLITS, UNSPLIT) if any(a["category"] == s for a in answers)]
+    rows = []
+    for a in answers:
+        counts = yes_no_counts(read(a.answer), a["label"] == "yes")
+        split = a["category"]
+        rows.append((a.question_id, {**{f"{split}_{k}": v for k, v in counts.items()}, f"{split}_n": 1,
+                                     f"{split}_correct": counts["tp"] + counts["tn"],
+                                     "correct": counts["tp"] + counts["tn"]}))
+    binary = {"accuracy": ("correct", None), **{f"{s}_accuracy": (f"{s}_correct", f"{s}_n") for s in splits}}
+    return Outcomes.from_rows("pope", "question", rows, [a["category"] for a in answers],
+                              params={"splits": splits}, binary=binary)
+
+
+def score_pope_answers(answers: Sequence[Answer], parse: str = "official") -> Result:
+    """Metrics per split (`random_f1`, ...) and their mean over the splits present (`f1`, ...), with intervals."""
+    outcomes = pope_outcomes(answers, parse)
+    splits = list(outcomes.params["splits"])
+    sizes = {f"{s}_n": sum(a["category"] == s for a in answers) for s in splits}
+    return scored(outcomes, {**sizes, "splits": splits, "parse": parse})
+
+
+def pope_result(answers_path: str | Path, skip_bad: bool = False, parse: str = "official",
+                annotations: Sequence[str | Path] = ()) -> Result:
+    """POPE metrics of an answer file. Each line carries `label` (yes/no) and `category` (the split), or
+    `annotations` hold POPE's question files that give them (see `attach_questions`); a line with no split
+    anywhere belongs to the split its file name names, else to one split `all`."""
     issues = Issues(str(answers_path), skip=skip_bad)
-    answers = read_answers(answers_path, [YES_NO_LABEL, CATEGORY], issues)
+    answers = read_answers(answers_path, [], issues, LAYOUT)
+    if annotations:
+        answers = attach_questions(answers, annotations, issues)
+    named = split_in_name(Path(answers_path).name)
+    for a in answers:
+        a.record.setdefault("category", named or UNSPLIT)
+    answers = validate(answers, [YES_NO_LABEL, CATEGORY], issues)
     issues.require(answers)
-    return {**score_pope_answers(answers, parse), **issues.report()}
+    result = score_pope_answers(answers, parse)
+    return Result({**result.metrics, **issues.report()}, result.outcomes)
+
+
+def score_pope(answers_path: str | Path, skip_bad: bool = False, parse: str = "official",
+               annotations: Sequence[str | Path] = ()) -> dict:
+    """POPE metrics of an answer file (see `pope_result`)."""
+    return pope_result(answers_path, skip_bad, parse, annotations).metrics
+
+
+def split_in_name(name: str) -> str | None:
+    """The POPE split a file name names (`coco_pope_adversarial.json`), or None."""
+    return next((s for s in POPE_SPLITS if s in name), None)
+
+
+def question_files(paths: Sequence[str | Path]) -> list[Path]:
+    """POPE question files: the files given, and the `.json` / `.jsonl` files of the folders given."""
+    return files_in(paths, ("*.json", "*.jsonl"), "POPE question files")
+
+
+def attach_questions(answers: Sequence[Answer], paths: Sequence[str | Path], issues: Issues) -> list[Answer]:
+    """Give answers the split and label their own lines lack, from POPE's question files, as the official
+    scripts pair them. A file whose records carry `category` (LLaVA's llava_pope_test.jsonl) names each
+    question id's split. Labels come from the files that have them, one split per file (its `category` or
+    its name): matched by question id when every answer of the split has its id there, else by position,
+    the split's answers in answer-file order against the file's questions in order (what POPE's
+    evaluate.py and LLaVA's eval_pope.py do, as LLaVA numbers its questions anew)."""
+    by_id: dict = {}
+    labelled: dict[str, list[dict]] = {}
+    for path in question_files(paths):
+        records = [r.record for r in read_records(path, [], kind="questions", layout=Layout(number_rows=True))]
+        for r in records:
+            if "category" in r:
+                by_id[r["question_id"]] = r
+        with_label = [r for r in records if "label" in r]
+        if with_label:
+            split = with_label[0].get("category") or split_in_name(path.name) or UNSPLIT
+            labelled.setdefault(str(split).lower(), []).extend(with_label)
+    out = [Answer(a.line, {**({"category": by_id[a.question_id]["category"]} if a.question_id in by_id else {}),
+                           **a.record}) for a in answers]
+    if len(labelled) == 1:
+        only = next(iter(labelled))
+        for a in out:
+            a.record.setdefault("category", only)
+    for split, questions in labelled.items():
+        mine = [a for a in out if str(a.get("category", "")).lower() == split and "label" not in a.record]
+        ids = {q["question_id"]: q for q in questions}
+        if all(a.question_id in ids for a in mine) and len(ids) == len(questions):
+            for a in mine:
+                a.record["label"] = ids[a.question_id]["label"]
+        elif len(mine) != len(questions):
+            for a in mine:
+                issues(a.line, "no_label", f"{split} has {len(mine)} answers without a label but its question "
+                                           f"file has {len(questions)} questions, and the ids differ; pass the "
+                                           f"question file these answers were made from")
+        else:
+            for a, q in zip(mine, questions, strict=True):
+                a.record["label"] = q["label"]
+    return out
 
 
 def _question(template: str, obj: str) -> str:

@@ -13,11 +13,14 @@ Backends: `vlalign.feedback.judge_api.OpenAIJudge` (any OpenAI-compatible endpoi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from PIL import Image
+
+from vlalign.data.errors import SetupError
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,19 @@ class ChatRequest:
     model: str | None = None
 
 
+LOGPROB_SLACK = 1e-4  # rounding may put a certain token's log-prob a hair above 0
+
+
+def checked_logprob(value: object) -> float:
+    """`value` as a log-probability: a finite number at most 0 (a hair above 0 from rounding counts as 0).
+    ValueError for anything else (NaN, an infinity, a positive number, a string), which no probability has,
+    so a broken reply fails its request instead of becoming a guessed value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value > LOGPROB_SLACK:
+        raise ValueError(f"{value!r} is not a log-probability (a finite number at most 0)")
+    return min(float(value), 0.0)
+
+
 @dataclass(frozen=True)
 class TokenLogprob:
     """One generated token, its log-prob, and the likeliest tokens at its step (likeliest first)."""
@@ -51,10 +67,12 @@ class TokenLogprob:
 
 @dataclass(frozen=True)
 class Choice:
-    """One of a reply's answers, with its tokens' log-probs when they were asked for."""
+    """One of a reply's answers, with its tokens' log-probs when they were asked for; `finish_reason` is
+    "length" when the token limit cut it (OpenAI's names)."""
 
     text: str
     logprobs: tuple[TokenLogprob, ...] | None = None
+    finish_reason: str = "stop"
 
 
 @dataclass
@@ -90,6 +108,7 @@ class JudgeError(RuntimeError):
     """A judge's answer that cannot be used (unparsable, out of range); the message names the record."""
 
 
-class JudgeUnavailable(RuntimeError):
+class JudgeUnavailable(SetupError):
     """A judge that cannot be used at all (endpoint unreachable, key refused, model not served); the message
-    names the endpoint (credentials masked) and the fix. Raised by a judge's `check()` before a run."""
+    names the endpoint (credentials masked) and the fix. Raised by a judge's `check()` before a run, and by an
+    API judge whose requests keep being refused so (a stage that meets it stops: see `SetupError`)."""

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import random
-import re
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,66 +32,25 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from PIL import Image
 
-from vlalign.feedback.judge import ChatReply, ChatRequest, Choice, JudgeUnavailable, TokenLogprob
+from vlalign.feedback.judge import (
+    ChatReply,
+    ChatRequest,
+    Choice,
+    JudgeUnavailable,
+    TokenLogprob,
+    checked_logprob,
+)
+from vlalign.redaction import mask_values, redact_secrets, safe_url, url_secrets
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+FATAL_STATUS = {401, 403, 404}  # the key, a permission, the model or the URL: no retry and no other record fixes them
+FATAL_REPEATS = 3  # requests refused with one of them in a row (no success between) before no more are sent
 DEFAULT_URL = "https://api.openai.com/v1"
 CHECK_TIMEOUT = 10.0
-MASK = "***"
 _EXCERPT = 160
-
-_SECRET_NAME = r"(?:proxy-)?authorization|x-api-key|api[-_]?key|access[-_]?token|token|password|passwd|secret"
-_SECRET_FIELD = re.compile(
-    rf"""(?<![A-Za-z0-9])(?P<name>{_SECRET_NAME})(?P<sep>["']?\s*[:=]\s*["']?)(?:(?:bearer|basic)\s+)?[^\s"',;&}}\]]+""",
-    re.IGNORECASE)
-_SCHEME_TOKEN = re.compile(r"\b(?P<scheme>bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE)
-_USERINFO = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)[^/\s@]+@", re.IGNORECASE)
-_SECRET_QUERY = re.compile(rf"^(?:{_SECRET_NAME}|key|sig|signature)$", re.IGNORECASE)
-
-
-def redact_secrets(text: str, secrets: Iterable[str] = ()) -> str:
-    """`text` with secrets masked: the given values (an API key, a URL password) wherever they occur, and
-    whatever looks like one: Authorization / api-key fields and headers, Bearer and Basic tokens, the
-    userinfo of URLs. For error strings and URLs, which may echo what a request carried."""
-    text = _USERINFO.sub(rf"\g<scheme>{MASK}@", mask_values(text, secrets))
-    text = _SECRET_FIELD.sub(lambda m: f"{m['name']}{m['sep']}{MASK}", text)
-    return _SCHEME_TOKEN.sub(rf"\g<scheme> {MASK}", text)
-
-
-def mask_values(text: str, secrets: Iterable[str]) -> str:
-    """`text` with each of `secrets` masked wherever it occurs (longest first, so no piece of one is left);
-    values shorter than 4 characters are left alone, as masking them would garble the text."""
-    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
-        text = text.replace(secret, MASK)
-    return text
-
-
-def safe_url(url: Any) -> str:
-    """The URL fit to show: no user or password, secret-looking query values masked."""
-    parts = urlsplit(str(url))
-    netloc = parts.netloc.rpartition("@")[2]
-    query = urlencode([(k, MASK if _SECRET_QUERY.match(k) else v)
-                       for k, v in parse_qsl(parts.query, keep_blank_values=True)])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def url_secrets(url: str | None) -> list[str]:
-    """What a URL carries that must never be shown: its userinfo, user, password (plain and percent-decoded),
-    and the Basic credentials an HTTP client derives from them."""
-    if not url:
-        return []
-    parts = urlsplit(url)
-    found = [v for k, v in parse_qsl(parts.query) if _SECRET_QUERY.match(k)]
-    userinfo = parts.netloc.rpartition("@")[0]
-    if userinfo:
-        plain = unquote(userinfo)
-        found += [userinfo, plain, *plain.split(":", 1), base64.b64encode(plain.encode()).decode("ascii")]
-    return [s for s in found if s]
-
 
 def image_data_url(image: Image.Image) -> str:
     """A PNG data URL, the form every OpenAI-compatible server accepts for inline images."""
@@ -181,12 +139,18 @@ def parse_completion(body: str, secrets: Iterable[str] = ()) -> tuple[str, int, 
 
 
 def _logprobs(choice: dict) -> tuple[TokenLogprob, ...] | None:
+    """A choice's tokens with their log-probs; `BadReply` (worth a retry) when one is not a log-probability
+    (NaN, infinite, positive): a labeler would read it as a P(yes)."""
     content = (choice.get("logprobs") or {}).get("content")
     if not isinstance(content, list):
         return None
-    return tuple(TokenLogprob(str(t["token"]), float(t["logprob"]),
-                              tuple((str(a["token"]), float(a["logprob"])) for a in t.get("top_logprobs") or ()))
-                 for t in content)
+    try:
+        return tuple(TokenLogprob(str(t["token"]), checked_logprob(t["logprob"]),
+                                  tuple((str(a["token"]), checked_logprob(a["logprob"]))
+                                        for a in t.get("top_logprobs") or ()))
+                     for t in content)
+    except ValueError as e:
+        raise BadReply(f"the reply's log-probs are broken: {e}", True) from None
 
 
 def parse_choices(body: str, request: ChatRequest, secrets: Iterable[str] = ()) -> list[Choice]:
@@ -195,6 +159,8 @@ def parse_choices(body: str, request: ChatRequest, secrets: Iterable[str] = ()) 
     try:
         raw = sorted(json.loads(body)["choices"], key=lambda c: c.get("index", 0))
         choices = [Choice(c["message"]["content"] or "", _logprobs(c)) for c in raw]
+    except BadReply:
+        raise
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise BadReply(f"the reply's choices are malformed ({type(e).__name__}: {e}): {excerpt(body, secrets)}", True) from None
     if len(choices) != max(request.n, 1):
@@ -295,6 +261,7 @@ class OpenAIJudge:
         self._secrets = [s for s in (key, *url_secrets(base_url)) if s]
         self.client = OpenAI(api_key=key or "unused", base_url=base_url, timeout=self.timeout, max_retries=0)
         self.usage = Usage()
+        self._lock, self._fatal, self._stopped = threading.Lock(), [], None  # see `_refused`
 
     def __repr__(self) -> str:
         return f"OpenAIJudge({self.model!r}, {self.url!r}, concurrency={self.concurrency}, timeout={self.timeout:g})"
@@ -327,7 +294,7 @@ class OpenAIJudge:
             reason = f"HTTP {e.status_code}: {_error_message(e.body, self._secrets)}"
             if e.status_code in RETRY_STATUS:
                 return _Transient(reason, retry_after(e.response.headers))
-            return ChatReply(None, reason + self._hint(e.status_code))
+            return ChatReply(None, reason + self._hint(e.status_code), meta={"status": e.status_code})
         except BadReply as e:
             return _Transient(str(e)) if e.retry else ChatReply(None, str(e))
         # a server that echoes the request's headers must not hand the key back inside a reply either
@@ -348,9 +315,13 @@ class OpenAIJudge:
         return ChatReply(None, self.redact(f"record {request.id or '?'}: {self.name} failed{tries}: {reason}"))
 
     def _one(self, request: ChatRequest) -> ChatReply:
+        if self._stopped is not None:
+            return ChatReply(None, self.redact(f"record {request.id or '?'}: {self.name}: not sent, as the endpoint "
+                                               f"refused the requests before it ({self._stopped})"))
         for attempt in range(self.max_retries + 1):
             outcome = self._attempt(request)
             if isinstance(outcome, ChatReply):
+                self._refused(outcome.meta.get("status") if not outcome.ok else None, outcome.error)
                 if not outcome.ok:
                     return self._failed(request, outcome.error or "no reason given")
                 self.usage.add(requests=1, prompt_tokens=outcome.prompt_tokens,
@@ -359,7 +330,20 @@ class OpenAIJudge:
             if attempt < self.max_retries:
                 self.usage.add(retries=1)
                 time.sleep(self._wait(attempt, outcome.wait))
+        self._refused(None, None)
         return self._failed(request, outcome.reason, attempts=self.max_retries + 1)
+
+    def _refused(self, status: int | None, reason: str | None) -> None:
+        """Note how a request ended: after `FATAL_REPEATS` in a row refused with the same status of
+        `FATAL_STATUS` (the key, a permission, the model), no more requests are sent (see `complete`)."""
+        with self._lock:
+            self._fatal = [*self._fatal, status][-FATAL_REPEATS:] if status in FATAL_STATUS else []
+            if len(self._fatal) == FATAL_REPEATS and len(set(self._fatal)) == 1 and self._stopped is None:
+                self._stopped = reason
+
+    def _stop(self) -> JudgeUnavailable:
+        return self._unavailable(f"{self.url} refused {FATAL_REPEATS} requests in a row ({self._stopped}), so no "
+                                 f"more are sent", "fix that and run the same command again (what is done is kept)")
 
     def _guarded(self, request: ChatRequest) -> ChatReply:
         """`_one`, with anything unforeseen turned into this request's failure rather than the batch's."""
@@ -369,10 +353,18 @@ class OpenAIJudge:
             return self._failed(request, f"unexpected {type(e).__name__}: {e}")
 
     def complete(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
+        """Every request's reply; `JudgeUnavailable` instead once the endpoint has refused `FATAL_REPEATS`
+        requests in a row with the same 401, 403 or 404 (a bad key is noticed after a few requests, not after
+        every record was sent and failed)."""
+        if self._stopped is not None:
+            raise self._stop()
         if not requests:
             return []
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
-            return list(pool.map(self._guarded, requests))
+            replies = list(pool.map(self._guarded, requests))
+        if self._stopped is not None:
+            raise self._stop()
+        return replies
 
     def check(self, timeout: float = CHECK_TIMEOUT) -> list[str]:
         """Ask the endpoint for its models (GET /models) and return their ids, so a run learns before its

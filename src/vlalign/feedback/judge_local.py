@@ -7,6 +7,8 @@ more than one image is answered with an error: these models read one image per t
 A request's `n` answers are drawn with seeds `seed + i` (vLLM's rule for `n` with a `seed`), so an answer
 depends on its seed, not on its batch; a sampled request without a seed takes one from the judge's own
 `seed` and its position in the list. `logprobs` returns each answer's tokens with that many alternatives.
+A reply counts its tokens as the model's tokenizer does (the prompt once, however many answers), and each
+answer says whether its token limit cut it.
 """
 
 from __future__ import annotations
@@ -48,9 +50,10 @@ class ModelJudge:
             answers.update(zip(members, self._generate(requests, key, members), strict=True))
         for i, r in enumerate(requests):
             if i not in replies:
-                choices = [_choice(answers[i, c]) for c in range(max(r.n, 1))]
-                detailed = r.n > 1 or r.logprobs is not None
-                replies[i] = ChatReply(choices[0].text, choices=choices if detailed else [])
+                made = [answers[i, c] for c in range(max(r.n, 1))]
+                replies[i] = ChatReply(made[0].text, prompt_tokens=made[0].prompt_tokens,
+                                       completion_tokens=sum(g.completion_tokens for g in made),
+                                       choices=[_choice(g) for g in made])
         return [replies[i] for i in range(len(requests))]
 
     def _generate(self, requests: Sequence[ChatRequest], key: _Key, members: list[tuple[int, int]]) -> list[Generation]:
@@ -66,4 +69,4 @@ class ModelJudge:
 
 def _choice(g: Generation) -> Choice:
     tokens = None if g.tokens is None else tuple(TokenLogprob(t, lp, top) for t, lp, top in g.tokens)
-    return Choice(g.text, tokens)
+    return Choice(g.text, tokens, g.finish_reason)

@@ -113,6 +113,19 @@ def label_each(labeler, processor, images: Sequence[Image.Image], responses: Seq
     return out
 
 
+def labeling_usage(labeler, split: ClaimSplitter) -> dict[str, object]:
+    """The backends of a labeling stage that count their requests, by the manifest key their counts go under:
+    an API labeler (`labeler_usage`) and the judge an LLM splitter asks (`splitter_usage`; one key for both
+    when they share a counter). Models in this process count nothing and are left out."""
+    labeling = labeler if isinstance(labeler, ApiLabeler) and labeler.usage is not None else None
+    splitting = getattr(split, "judge", None)
+    splitting = splitting if getattr(splitting, "usage", None) is not None else None
+    if labeling is not None and splitting is not None and labeling.usage is splitting.usage:
+        return {"labeler_and_splitter_usage": labeling}
+    found = {"labeler_usage": labeling, "splitter_usage": splitting}
+    return {key: backend for key, backend in found.items() if backend is not None}
+
+
 def label_responses(labeler, processor, images: Sequence[Image.Image], responses: Sequence[str],
                     split: ClaimSplitter, batch_size: int = 64, instructions: Sequence[str] | None = None,
                     keys: Sequence[str] | None = None) -> list[ResponseFeedback]:

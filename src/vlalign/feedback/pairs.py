@@ -41,7 +41,8 @@ class PairRules:
     """RLAIF-V's defaults: score gap >= 1, at most 2 pairs per prompt, no identical texts, lengths balanced."""
 
     min_gap: float = 1.0  # a pair's scores differ by at least this much
-    max_per_prompt: int | None = 2  # pairs kept per prompt, drawn with a seed of the prompt (null: all)
+    max_per_prompt: int | None = 2  # pairs kept per prompt (null: all), picked as `pick` says
+    pick: str = "draw"  # draw: a seeded draw of the candidate pairs (RLAIF-V's); extremes: the best answer against the worst first, then the widest gaps
     drop_identical: bool = True  # two identical answers make no pair
     length_balance: bool = True  # RLAIF-V's length balancing, within each prompt source
     claim_balance: bool = False  # the chosen answer makes at least as many claims as the rejected one
@@ -52,6 +53,8 @@ class PairRules:
             raise ValueError(f"min_gap must be >= 0, got {self.min_gap}")
         if self.max_per_prompt is not None and self.max_per_prompt < 1:
             raise ValueError(f"max_per_prompt must be at least 1 or None (no cap), got {self.max_per_prompt}")
+        if self.pick not in ("draw", "extremes"):
+            raise ValueError(f"pick must be draw or extremes, got {self.pick!r}")
 
 
 def _rng(seed: int, key: str) -> np.random.Generator:
@@ -73,8 +76,12 @@ def candidate_pairs(responses: Sequence[Scored], rules: PairRules, key: str = ""
         if hi.score != lo.score and hi.score - lo.score >= rules.min_gap:
             pairs.append((hi, lo))
     if rules.max_per_prompt is not None and len(pairs) > rules.max_per_prompt:
-        keep = _rng(rules.seed, key).choice(len(pairs), size=rules.max_per_prompt, replace=False)
-        pairs = [pairs[int(i)] for i in sorted(keep)]
+        if rules.pick == "extremes":  # the widest gap first; among equal gaps, the best chosen answer
+            widest = sorted(range(len(pairs)), key=lambda i: (pairs[i][1].score - pairs[i][0].score, -pairs[i][0].score))
+            keep = widest[:rules.max_per_prompt]
+        else:
+            keep = _rng(rules.seed, key).choice(len(pairs), size=rules.max_per_prompt, replace=False).tolist()
+        pairs = [pairs[i] for i in sorted(keep)]
     return pairs
 
 

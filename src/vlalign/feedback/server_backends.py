@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from vlalign.feedback.judge import ChatReply, ChatRequest, JudgeUnavailable
+from vlalign.feedback.judge import ChatReply, ChatRequest, Judge, JudgeUnavailable, checked_logprob
 from vlalign.models.scoring import NO_WORDS, YES_WORDS
 from vlalign.models.settings import Decoding
 
@@ -52,7 +52,7 @@ class ServerSampler:
     """Where a round samples: an api judge (one or more servers), the model name its requests ask for (a
     LoRA adapter loaded for the round, or None: the judge's own model), and the spec the stage records."""
 
-    judge: object
+    judge: Judge
     spec: str
     model: str | None = None
 
@@ -93,12 +93,13 @@ def sample_request(image: Image.Image, instruction: str, decoding: Decoding, see
 
 
 def p_yes_of(reply: ChatReply) -> float:
-    """P(yes) / (P(yes) + P(no)) from the first token's top log-probs ("Yes" and "yes" count together)."""
+    """P(yes) / (P(yes) + P(no)) from the first token's top log-probs ("Yes" and "yes" count together);
+    ValueError when the reply has none, or one that is not a log-probability, or neither yes nor no."""
     answers = reply.answers()
     steps = answers[0].logprobs if answers else None
     if not steps:
         raise ValueError("the labeler's reply holds no token log-probs")
-    top = steps[0].top or ((steps[0].token, steps[0].logprob),)
+    top = [(t, checked_logprob(lp)) for t, lp in steps[0].top or ((steps[0].token, steps[0].logprob),)]
     p_yes = sum(math.exp(lp) for t, lp in top if t.strip() in YES_WORDS)
     p_no = sum(math.exp(lp) for t, lp in top if t.strip() in NO_WORDS)
     if p_yes + p_no == 0:
@@ -109,7 +110,8 @@ def p_yes_of(reply: ChatReply) -> float:
 
 class ApiLabeler:
     """A labeler behind an OpenAI-compatible server: each question is a one-token greedy completion with
-    `top_logprobs`, its image sent inline as a data URL."""
+    `top_logprobs`, its image sent inline as a data URL. `usage` counts its requests, retries and failures
+    (a reply with no usable log-probs is a failure too), for the labeling stage's manifest."""
 
     def __init__(self, judge, name: str):
         self.judge, self.name = judge, name
@@ -128,6 +130,8 @@ class ApiLabeler:
             try:
                 out.append(p_yes_of(reply))
             except ValueError as e:
+                if self.usage is not None:
+                    self.usage.add(failures=1)  # answered, but nothing a P(yes) can be read from
                 out.append(ValueError(f"record {request.id}: labeler {self.name}: {e}"))
         return out
 

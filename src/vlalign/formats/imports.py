@@ -585,7 +585,7 @@ def import_vlfeedback(src: str | Path, out: str | Path, images: str | Path | Non
     every two responses of a prompt with different mean ratings; `aspect` pairs by one aspect instead).
     Records are checked, and their images read, in the responses stage; only those it stored get feedback."""
     from vlalign.feedback.ratings import rating_feedback, rating_score, vlfeedback_rules
-    from vlalign.stages import pair_stage
+    from vlalign.stages.pairs import pair_stage
 
     score = rating_score(aspect)  # an unknown aspect is refused before anything is written
     store, src = RunStore(out), Path(src)

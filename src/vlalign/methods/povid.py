@@ -11,8 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vlalign.methods.base import Arm, Method, Prompts, Round, RunConfig
+from vlalign.data.store import Stage
+from vlalign.feedback.injection import LLMInjector
+from vlalign.methods.base import Arm, Method
 from vlalign.plugins import METHODS, VOCABULARIES
+from vlalign.stages.injection import injection_stage, rule_injector
+from vlalign.stages.round import Round
+from vlalign.stages.settings import Prompts, RunConfig
+from vlalign.train.objectives import POVIDNoise
 from vlalign.train.settings import NoiseConfig, OptimConfig, TrainConfig
 
 
@@ -53,72 +59,29 @@ class POVIDConfig(RunConfig):
         return [*super().backends(), *([self.judge] if self.injector == "llm" and self.judge else [])]
 
 
-def _injector(r: Round):
-    from vlalign.feedback.injection import LLMInjector, RuleInjector, fit_cooccurrence
-
-    c: POVIDConfig = r.config
+def injected_pairs(r: Round[POVIDConfig]) -> Stage | str:
+    """The (reference, injected) pairs both stages train on: made once, from the first round's prompts."""
+    c = r.config
+    if r.given_pairs:
+        return r.given_pairs
+    prompts, out = r.prompt_stage(), r.store.stage("pairs")
+    settings = {"injector": c.injector, "edits": c.edits, "add_objects": c.add_objects, "judge": c.judge,
+                "seed": c.seed}
     if c.injector == "llm":
-        return LLMInjector(r.judge(c.judge), edits=c.edits)
-    entry = VOCABULARIES.get(c.vocabulary)
-    vocab = entry.vocabulary()
-    texts = (entry.training_texts(c.cooccurrence_texts) if entry.training_texts is not None
-             else [p["reference"] for p in r.prompts.rows() if p.get("reference")][:c.cooccurrence_texts])
-    return RuleInjector(vocab, fit_cooccurrence(texts, vocab), c.edits, c.seed, c.add_objects)
+        assert c.judge is not None  # the config's problems() refuses an llm injector without one
+        with r.models.chat(c.judge) as judge:
+            return injection_stage(prompts, out, LLMInjector(judge, edits=c.edits), settings)
+    injector = rule_injector(prompts, c.vocabulary, c.cooccurrence_texts, c.edits, c.seed, c.add_objects)
+    return injection_stage(prompts, out, injector, settings)
 
 
-def injection_stage(r: Round, out):
-    """(reference, injected) pairs; a record without a reference, or whose answer nothing could be changed
-    in, is logged and skipped."""
-    from vlalign.data.records import PairRecord, PromptRecord, stable_id
-    from vlalign.data.store import run_stage
-    from vlalign.feedback.injection import LLMInjector
-
-    c: POVIDConfig = r.config
-    records = [PromptRecord.from_row(row) for row in r.prompts.rows()]
-    injector = _injector(r)
-
-    def process(batch):
-        for p in batch:
-            if not p.reference:
-                raise ValueError(f"prompt {p.id} has no reference answer; POVID prefers the ground truth, so "
-                                 f"give every record a 'reference' (or 'answer') field")
-        if isinstance(injector, LLMInjector):
-            injections = injector.inject_many([p.instruction for p in batch], [p.reference for p in batch],
-                                              [p.id for p in batch])
-        else:
-            injections = [injector.inject(p.reference, p.id) for p in batch]
-        rows = []
-        for p, inj in zip(batch, injections, strict=True):
-            if inj is None or inj.text.strip() == p.reference.strip():
-                raise ValueError(f"prompt {p.id}: no hallucination could be injected into its reference")
-            rows.append(PairRecord(id=stable_id("povid", p.id), prompt_id=p.id, image=p.image,
-                                   instruction=p.instruction, chosen=p.reference, rejected=inj.text,
-                                   method="povid", meta={"edits": inj.edits}).to_row())
-        return rows
-
-    run_stage(out, records, process, id_of=lambda p: stable_id("povid", p.id), batch_size=64,
-              description="injection", manifest={"config": {"injector": c.injector, "edits": c.edits,
-                                                            "add_objects": c.add_objects, "judge": c.judge,
-                                                            "seed": c.seed}})
-    return out
-
-
-def _stage2(c: POVIDConfig):
-    def fit(model, processor, examples, config, out, gradient_checkpointing):
-        from vlalign.train.povid import train_povid_stage2
-
-        return train_povid_stage2(model, processor, examples, config, c.noise, out=out,
-                                  gradient_checkpointing=gradient_checkpointing)
-    return fit
-
-
-def pairs(r: Round) -> list[Arm]:
+def pairs(r: Round[POVIDConfig]) -> list[Arm]:
     """The same injected pairs both rounds (`same_prompts`), under stage 1's DPO and then stage 2's loss."""
-    c: POVIDConfig = r.config
-    stage = r.given_pairs or injection_stage(r, r.store.stage("pairs"))
+    c = r.config
+    stage = injected_pairs(r)
     if r.k == 1:
         return [Arm("policy", stage, c.train)]
-    return [Arm("policy", stage, c.stage2, fit=_stage2(c))]
+    return [Arm("policy", stage, c.stage2, POVIDNoise(c.noise))]
 
 
 METHOD = METHODS.register("povid", Method(

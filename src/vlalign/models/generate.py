@@ -56,10 +56,16 @@ def _has_images(images: Sequence[Image.Image | None]) -> bool:
 
 @dataclass(frozen=True)
 class Generation:
-    """One answer and, when asked for, its tokens as (token, log-prob, the likeliest (token, log-prob) pairs)."""
+    """One answer and, when asked for, its tokens as (token, log-prob, the likeliest (token, log-prob) pairs).
+    `prompt_tokens` counts the prompt as the model read it (image tokens included), `completion_tokens` the
+    tokens generated (the end-of-sequence token included, as vLLM counts); `finish_reason` is "length" when
+    the answer was cut by its token limit, "stop" when the model ended it."""
 
     text: str
     tokens: tuple[tuple[str, float, tuple[tuple[str, float], ...]], ...] | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
 
 
 def generate(model, processor, images: Sequence[Image.Image | None], instructions: Sequence[str],
@@ -132,10 +138,24 @@ def _generate_chunk(model, processor, images: Sequence[Image.Image | None], inst
     )
     ids = out.sequences if scored else out
     texts = [t.strip() for t in tok.batch_decode(ids[:, length:], skip_special_tokens=True)]
-    if not scored:
-        return [Generation(t) for t in texts]
-    tokens = _token_logprobs(tok, ids[:, length:], torch.stack(out.logits, 1), top_logprobs)
-    return [Generation(t, k) for t, k in zip(texts, tokens, strict=True)]
+    counts = _counts(tok, ids[:, length:], enc["attention_mask"][rows].sum(-1).tolist(), max_new)
+    tokens = (_token_logprobs(tok, ids[:, length:], torch.stack(out.logits, 1), top_logprobs) if scored
+              else [None] * len(texts))
+    return [Generation(t, k, *c) for t, k, c in zip(texts, tokens, counts, strict=True)]
+
+
+def _counts(tok, new_ids: torch.Tensor, prompt_lengths: list[int], max_new: int) -> list[tuple[int, int, str]]:
+    """(prompt tokens, completion tokens, finish reason) of each row: an answer that never reached the end of
+    sequence within `max_new` tokens was cut ("length")."""
+    stop = {tok.eos_token_id, tok.pad_token_id} - {None}
+    out = []
+    for prompt, row in zip(prompt_lengths, new_ids.tolist(), strict=True):
+        end = next((j for j, token_id in enumerate(row) if token_id in stop), None)
+        if end is None:
+            out.append((int(prompt), len(row), "length" if len(row) >= max_new else "stop"))
+        else:
+            out.append((int(prompt), end + (row[end] == tok.eos_token_id), "stop"))
+    return out
 
 
 def _token_logprobs(tok, new_ids: torch.Tensor, logits: torch.Tensor, top: int) -> list[tuple]:

@@ -19,6 +19,7 @@ from transformers import AutoModelForImageTextToText
 
 from vlalign.models.processors import configure, load_processor
 from vlalign.models.settings import Runtime
+from vlalign.models.types import Model, Processor
 from vlalign.plugins import MODEL_SOURCES
 
 CHECKPOINT_MARKER = "vlalign_checkpoint.json"
@@ -131,7 +132,7 @@ def _from_pretrained(path: Path, runtime: Runtime):
     return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
 
 
-def load(path: str | Path, runtime: Runtime | None = None, **overrides):
+def load(path: str | Path, runtime: Runtime | None = None, **overrides) -> tuple[Model, Processor]:
     """(model, processor) in eval mode. LoRA adapter directories load onto their base model. `overrides`
     change single runtime settings (`load(path, dtype="fp32", device="cpu")`)."""
     runtime = (runtime or Runtime()).with_(**overrides)

@@ -15,11 +15,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
+from vlalign.models.load import load, save
 from vlalign.models.settings import LoraSettings
 
 VISION_MARKERS = ("vision_tower", "vision_model", "visual", "image_newline")
 LANGUAGE_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# family -> the decoder projections LoRA adapts when `target_modules` is null, where they are not the above.
+# GLM-4.xV fuses its MLP's gate and up projections into one. A mixture of experts keeps its experts as 3-D
+# weight tensors (no Linear layer for a LoRA adapter to wrap) and its routers as they were trained, so its
+# adapters sit on attention.
+FAMILY_PROJECTIONS: dict[str, tuple[str, ...]] = {
+    "glm4v": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"),
+    "glm46v": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"),
+    "qwen3_vl_moe": ("q_proj", "k_proj", "v_proj", "o_proj"),
+}
+
+
+def projections(family: str) -> tuple[str, ...]:
+    """The module names LoRA adapts in `family`'s decoder by default."""
+    return FAMILY_PROJECTIONS.get(family, LANGUAGE_PROJECTIONS)
 
 
 def is_vision_parameter(name: str) -> bool:
@@ -40,12 +56,14 @@ def freeze_vision(model: torch.nn.Module) -> int:
 
 
 def language_targets(model: torch.nn.Module) -> list[str]:
-    """Names of the decoder's attention and MLP projections (never the vision encoder's)."""
+    """Names of the decoder's attention and MLP projections (never the vision encoder's), as the family names
+    them (`projections`)."""
+    names = projections(model.config.model_type)
     targets = [name for name, module in model.named_modules()
-               if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in LANGUAGE_PROJECTIONS
+               if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in names
                and not is_vision_parameter(name)]
     if not targets:
-        raise ValueError(f"found no decoder projections ({', '.join(LANGUAGE_PROJECTIONS)}) in "
+        raise ValueError(f"found no decoder projections ({', '.join(names)}) in "
                          f"{type(model).__name__} to put LoRA adapters on")
     return targets
 
@@ -53,9 +71,10 @@ def language_targets(model: torch.nn.Module) -> list[str]:
 def apply_lora(model: torch.nn.Module, settings: LoraSettings = LoraSettings()):
     """Wrap `model` in a fresh peft LoRA adapter (on the decoder's projections unless `target_modules` names
     others); base weights stay frozen, `modules_to_save` train in full."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # here, so a full-parameter run never loads peft
 
     targets = list(settings.target_modules) if settings.target_modules else language_targets(model)
+
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=targets,
                         modules_to_save=list(settings.modules_to_save) if settings.modules_to_save else None)
@@ -64,8 +83,6 @@ def apply_lora(model: torch.nn.Module, settings: LoraSettings = LoraSettings()):
 
 def merge(adapter: str, out: str) -> str:
     """Fold a saved LoRA adapter into its base model and save the result as a plain checkpoint."""
-    from vlalign.models.load import load, save
-
     model, processor = load(adapter)
     if not hasattr(model, "merge_and_unload"):
         raise ValueError(f"{adapter} is not a LoRA adapter (no adapter_config.json); it needs no merge")
@@ -113,7 +130,6 @@ def save_stacked_adapter(model, out: str | Path, previous: str | Path | None = N
     each round. Fully trained modules (`modules_to_save`) are the newest round's, which holds the sum.
     Written to a temporary folder, then renamed into place."""
     from peft import get_peft_model_state_dict
-    from safetensors.torch import load_file, save_file
 
     config = model.peft_config[model.active_adapter]
     new = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}

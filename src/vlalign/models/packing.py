@@ -51,14 +51,16 @@ class Rows:
     """A packed batch as its attention reads it. `spans` holds each document's (start, prompt end, end) in the
     one row; `segment` numbers each token's text within its document (0: the prompt, k: its k-th
     continuation), `position` is its position id in a row of its own, `blocks` numbers bidirectional image
-    blocks (-1 elsewhere; None when the family has none). The plan and the masks are made on the first
-    layer that needs them and shared by the rest (and by the backward's recomputation under gradient
-    checkpointing)."""
+    blocks (-1 elsewhere; None when the family has none), read both ways in the layers of `block_layers`
+    (None: every layer; else layer types, "sliding_attention" or "full_attention"). The plan and the masks
+    are made on the first layer that needs them and shared by the rest (and by the backward's recomputation
+    under gradient checkpointing)."""
 
     spans: list[tuple[int, int, int]]
     segment: torch.Tensor  # (L,)
     position: torch.Tensor  # (L,)
     blocks: torch.Tensor | None = None  # (L,)
+    block_layers: frozenset[str] | None = None
     calls: int = 0  # attention layers that read these rows (the forward checks that every decoder layer did)
     _cache: dict = field(default_factory=dict, repr=False)
 
@@ -88,13 +90,16 @@ class Rows:
     def masks(self, window: int | None, dtype: torch.dtype, device: torch.device
               ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The additive masks of call A (None: plain causal) and call B (None: no document has a second
-        continuation), in `dtype` so the kernels take them as they are."""
-        key = (window, dtype, device)
+        continuation) of a layer with that window (None: a global layer), in `dtype` so the kernels take them
+        as they are."""
+        layer_type = "full_attention" if window is None else "sliding_attention"
+        images = self.blocks is not None and (self.block_layers is None or layer_type in self.block_layers)
+        key = (window, images, dtype, device)
         if key not in self._cache:
-            self._cache[key] = self._masks(self.plan(device), window, dtype, device)
+            self._cache[key] = self._masks(self.plan(device), window, images, dtype, device)
         return self._cache[key]
 
-    def _masks(self, plan: Plan, window: int | None, dtype: torch.dtype, device: torch.device
+    def _masks(self, plan: Plan, window: int | None, images: bool, dtype: torch.dtype, device: torch.device
                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         n = len(self.spans)
         ends = torch.tensor([e - s for s, _, e in self.spans], device=device)
@@ -105,7 +110,7 @@ class Rows:
         slot = torch.arange(plan.length, device=device)
         mask_a = None
         blocks = None
-        if self.blocks is not None:  # slots past a document's end hold no image
+        if images and self.blocks is not None:  # slots past a document's end hold no image
             blocks = torch.where(real[:, :plan.first], self.blocks.to(device)[keys[:, :plan.first]], -1)
         bidirectional = blocks is not None and bool((blocks >= 0).any())
         if bidirectional or (window is not None and plan.first > window):
@@ -189,9 +194,8 @@ def _attention_for(fallback: str):
 
 
 def original(config) -> str:
-    """The attention implementation of `config`'s decoder before `install`."""
-    name = config.get_text_config()._attn_implementation or "eager"
-    return name.removeprefix(PREFIX)
+    """The attention implementation `config` names, as it was before `install`."""
+    return (config._attn_implementation or "eager").removeprefix(PREFIX)
 
 
 def install(model) -> None:

@@ -5,33 +5,48 @@ answers) follows it in the same document.
 A batch is one row holding its documents one after another, without padding (`collate`); the attention of
 `vlalign.models.packing` lets each continuation see its prompt and itself only, and its positions go on from
 the prompt's end, so every continuation is scored exactly as in its own row [prompt | continuation]: one
-vision pass and one prompt pass serve them all. Positions are the architecture's own: 1-D for most, Qwen2-VL's
-M-RoPE from its `get_rope_index` for each document; Gemma 3's image tokens attend to each other both ways
-(its token type ids), and sliding-window layers get their window by position. A family or attention
-implementation not listed in `SHARED_FAMILIES` / `SHARED_ATTENTION` falls back to one right-padded row per
-continuation (`shares_prefix`), which is the plain forward, so such a model scores the same texts, only
-without the saving.
+vision pass and one prompt pass serve them all. Positions are the architecture's own: 1-D for most, the 3-D
+M-RoPE of Qwen2-VL / Qwen2.5-VL / Qwen3-VL and GLM-4.xV from their `get_rope_index`, for each document
+(Qwen3-VL's DeepStack adds vision features at the image tokens, which stay where the prompt put them); image
+tokens attend to each other both ways where the family does (Gemma 3 in every layer, Gemma 4 in its sliding
+layers), and sliding-window layers get their window by position. A family or attention implementation not
+listed in `SHARED_FAMILIES` / `SHARED_ATTENTION` falls back to one right-padded row per continuation
+(`shares_prefix`, with a one-line notice naming the reason), which is the plain forward, so such a model
+scores the same texts, only without the saving.
 """
 
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
-from vlalign.models import packing
+from vlalign.models import moe, packing
 from vlalign.models.batching import TEXT_KEYS, _pad_cat, _room, chat_prompt
+from vlalign.progress import warn
 
 # families whose forward hands `vlalign.models.packing.KWARG` to the decoder's attention and takes position ids
 # as this module builds them (tested on each)
 SHARED_FAMILIES = frozenset({"llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm",
-                             "gemma3"})
+                             "gemma3", "qwen3_vl", "qwen3_vl_moe", "internvl", "gemma4", "glm4v", "glm46v",
+                             "llava_onevision1_5"})
 SHARED_ATTENTION = frozenset({"eager", "sdpa"})  # the implementations the packed attention stands in for
-BIDIRECTIONAL_IMAGES = frozenset({"gemma3"})  # image tokens attend to their whole image (token_type_ids == 1)
+ALL_LAYERS = None
+# family -> the layer types in which image tokens attend to their whole image (token types == 1), given the
+# text config; ALL_LAYERS: every layer. Gemma 4 does so in its sliding layers only, and only where the
+# checkpoint asks for it (use_bidirectional_attention: vision); its global layers stay causal.
+BIDIRECTIONAL_IMAGES: dict[str, Callable[[object], frozenset[str] | None]] = {
+    "gemma3": lambda text: ALL_LAYERS,
+    "gemma4": lambda text: frozenset({"sliding_attention"} if text.use_bidirectional_attention == "vision" else ()),
+}
 TOKEN_TYPES = ("mm_token_type_ids", "token_type_ids")
+# id(config) -> config of each model told why it falls back: one config per model, whichever wrapper (peft, the
+# training loop's) holds it; configs are unhashable, and an entry goes when its model does
+_told: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 @dataclass
@@ -43,13 +58,32 @@ class Prefixed:
     slots: list[int]  # the batch's slots are numbered 0..n-1 over all its continuations
 
 
-def shares_prefix(model) -> bool:
-    """Whether `model` takes shared-prefix rows; otherwise every continuation gets a row of its own."""
+def unshared_reason(model) -> str | None:
+    """Why `model` cannot take shared-prefix rows, or None when it can."""
     config = model.config
     text = config.get_text_config()
-    return (config.model_type in SHARED_FAMILIES and packing.original(config) in SHARED_ATTENTION
-            and (config._attn_implementation or "eager").removeprefix(packing.PREFIX) in SHARED_ATTENTION
-            and not getattr(text, "use_bidirectional_attention", False))
+    if config.model_type not in SHARED_FAMILIES:
+        return f"the {config.model_type} family is not one whose shared-prefix rows are tested equal to plain rows"
+    loaded = sorted({packing.original(c) for c in (config, text)} - SHARED_ATTENTION)
+    if loaded:
+        return (f"{loaded[0]} attention is not one the packed attention stands in for (load it with "
+                f"attn_implementation sdpa or eager to share prompts)")
+    bidirectional = getattr(text, "use_bidirectional_attention", None)
+    if bidirectional and bidirectional != "vision":
+        return (f"its text attends both ways (use_bidirectional_attention: {bidirectional}), so a prompt's states "
+                f"depend on the text after it")
+    return None
+
+
+def shares_prefix(model) -> bool:
+    """Whether `model` takes shared-prefix rows; otherwise every continuation gets a row of its own, and the
+    first time a model falls back a one-line notice says why."""
+    reason = unshared_reason(model)
+    config = model.config
+    if reason is not None and _told.get(id(config)) is not config:
+        _told[id(config)] = config
+        warn(f"{type(model).__name__} scores one row per text (no shared prompts): {reason}")
+    return reason is None
 
 
 def encode_prompt(processor, image: Image.Image, instruction: str) -> dict[str, torch.Tensor]:
@@ -259,21 +293,24 @@ def _block_ids(token_types: torch.Tensor) -> torch.Tensor:
 
 
 def packed_rows(model, batch: dict) -> packing.Rows:
-    """The packed row of `batch` as the attention reads it."""
+    """The packed row of `batch` as the attention reads it, with the image blocks of a family whose image
+    tokens read their image both ways (and the layer types in which they do)."""
     p = batch["packing"]
-    blocks = None
-    if model.config.model_type in BIDIRECTIONAL_IMAGES:
+    blocks, layers = None, ALL_LAYERS
+    both_ways = BIDIRECTIONAL_IMAGES.get(model.config.model_type)
+    if both_ways is not None:
+        layers = both_ways(model.config.get_text_config())
         blocks = _block_ids(next(batch[t] for t in TOKEN_TYPES if t in batch))[0]
     return packing.Rows([(s, e_prompt, e) for _, s, e_prompt, e in p["spans"].tolist()], p["segment"][0],
-                        p["position"][0], blocks)
+                        p["position"][0], blocks, layers)
 
 
 def decoder_masks(model, length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | dict:
     """What the decoder takes as its mask for a packed row: a stand-in the packed attention ignores, one per
-    layer type where some layers slide (as the family's forward expects)."""
+    layer type where layers differ (as the family's forward expects)."""
     mask = packing.placeholder_mask(length, dtype, device)
     types = set(getattr(model.config.get_text_config(), "layer_types", None) or ())
-    return {t: mask for t in types} if "sliding_attention" in types else mask
+    return {t: mask for t in types} if len(types) > 1 or "sliding_attention" in types else mask
 
 
 def position_ids(model, batch: dict) -> torch.Tensor:
@@ -356,6 +393,24 @@ def continuation_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     p = batch["packing"]
     logps = token_logps(token_logits(model, batch), p["target"])
     return slot_sums(logps, batch), slot_sums(torch.ones_like(logps), batch)
+
+
+def token_weights(batch: dict) -> torch.Tensor:
+    """(B, L): how many plain rows [prompt | continuation] hold each token: a prompt token one per continuation
+    of its document, a continuation token one, padding none."""
+    segment = batch["packing"]["segment"]
+    weights = (segment > 0).long()
+    for r, s, prompt_end, e in batch["packing"]["spans"].tolist():
+        weights[r, s:prompt_end] = segment[r, s:e].amax().clamp(min=1)
+    return weights
+
+
+def continuation_logps_and_router(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`continuation_logps`, and from the same forward the MoE routers' load-balancing loss over the batch's
+    tokens, each counted as often as plain rows hold it (`token_weights`): the value TRL adds on its rows."""
+    with moe.captured_router_logits(model) as router_logits:
+        total, count = continuation_logps(model, batch)
+    return total, count, moe.load_balancing_loss(model, router_logits, token_weights(batch))
 
 
 def last_logits(model, batch: dict) -> torch.Tensor:

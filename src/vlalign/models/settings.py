@@ -55,7 +55,7 @@ class LoraSettings:
     r: int = 8  # rank of the update matrices
     alpha: int = 16  # scaling: the update is multiplied by alpha / r
     dropout: float = 0.0  # dropout on the adapter's input
-    target_modules: tuple[str, ...] | None = None  # module names to adapt; null: the decoder's attention and MLP projections
+    target_modules: tuple[str, ...] | None = None  # module names to adapt; null: the family's decoder projections (README: model families)
     modules_to_save: tuple[str, ...] | None = None  # modules trained in full and saved with the adapter (e.g. lm_head)
 
     def __post_init__(self) -> None:

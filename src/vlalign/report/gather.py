@@ -17,7 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from vlalign.data.store import MANIFEST, RUN_MARKER, Stage, redact, stage_dirs
+from vlalign.data.store import MANIFEST, RUN_MARKER, Stage, stage_dirs
+from vlalign.redaction import redact
 
 ROUND = re.compile(r"round(\d+)$")
 MODEL_KEYS = ("policy", "labeler", "judge", "reference")  # config keys that name a model

@@ -30,7 +30,7 @@ from vlalign.models.batching import to_device
 from vlalign.progress import progress, warn
 from vlalign.train.settings import OptimConfig
 
-LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict[str, float]]]
+LossFn = Callable[[Any, dict], tuple[torch.Tensor, dict[str, float]]]  # (the model, or `Prepared`, a batch)
 Collate = Callable[[list, int], dict]
 STATE = "trainer_state.json"
 
@@ -166,7 +166,7 @@ def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, los
     made here. `model` is trained in place (the caller saves it, unwrapped)."""
     tracked = tracking is not None and tracking.report_to != "none" and accelerator is None
     accelerator = accelerator or make_accelerator(config, tracking if tracked else None)
-    if tracked:
+    if tracked and tracking is not None:
         tracking.start(accelerator)
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = cosine_schedule(optimizer, math.ceil(config.warmup_ratio * steps), steps)

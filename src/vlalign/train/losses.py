@@ -5,6 +5,8 @@ bco_pair: 0.2, sft: 1.0}`). Every term reads the log-probs it needs from `Logps`
 `rejected` are the two answers under the real image; `chosen_corrupt` is the chosen answer under a
 corrupted image (mDPO's conditional term). The values match TRL's DPOTrainer loss types of the same
 names on the same log-probs (tests check it); `nll`, `anchor` and `conditional` have no TRL counterpart.
+`router` is a mixture of experts' load-balancing loss (TRL's `aux_loss`), weighted by `router_aux_loss_coef`
+rather than listed under `loss` (`with_router`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Logps:
     beta: float
     label_smoothing: float = 0.0
     tokens: torch.Tensor | None = None  # chosen tokens the sft term divides by (default: this batch's)
+    router: torch.Tensor | None = None  # the policy's MoE load-balancing loss on this batch (one value)
 
     def ratio(self, column: str) -> torch.Tensor:
         """log pi(y|x) - log pi_ref(y|x) of one column."""
@@ -88,13 +91,30 @@ def conditional(x: Logps) -> torch.Tensor:
     return -F.logsigmoid(x.beta * (x.ratio("chosen") - x.ratio("chosen_corrupt")))
 
 
+def router(x: Logps) -> torch.Tensor:
+    """The MoE routers' load-balancing loss on the batch (one value, repeated per example): it reads no answer
+    log-prob and no reference, so the cached reference holds without it."""
+    if x.router is None:
+        raise ValueError("the router term needs the policy's router loss; score the batch with "
+                         "continuation_logps_and_router")
+    return x.router.expand(len(x.policy["chosen"]))
+
+
 Term = Callable[[Logps], torch.Tensor]
 TERMS: dict[str, Term] = {"sigmoid": sigmoid, "cdpo": cdpo, "robust": robust, "hinge": hinge, "ipo": ipo,
-                          "bco_pair": bco_pair, "sft": sft, "nll": nll, "anchor": anchor, "conditional": conditional}
+                          "bco_pair": bco_pair, "sft": sft, "nll": nll, "anchor": anchor, "conditional": conditional,
+                          "router": router}
 # the answer columns each term reads, and whether it needs the reference's log-probs of them
 COLUMNS: dict[str, tuple[str, ...]] = {name: ("chosen", "rejected") for name in TERMS} | {
-    "sft": ("chosen",), "nll": ("chosen",), "anchor": ("chosen",), "conditional": ("chosen", "chosen_corrupt")}
-NO_REFERENCE = frozenset({"sft", "nll"})
+    "sft": ("chosen",), "nll": ("chosen",), "anchor": ("chosen",), "conditional": ("chosen", "chosen_corrupt"),
+    "router": ()}
+NO_REFERENCE = frozenset({"sft", "nll", "router"})
+ROUTER = "router"
+
+
+def with_router(terms: dict[str, float], weight: float) -> dict[str, float]:
+    """`terms` and, with a positive `weight` (`vlalign.models.moe.router_coefficient`), the router term."""
+    return {**terms, ROUTER: weight} if weight > 0 else dict(terms)
 
 
 def columns_of(terms: dict[str, float]) -> tuple[str, ...]:

@@ -7,15 +7,11 @@ at every answer position is the "noisy answer". That answer is scored under the 
 gradient for the policy), and the reference does the same with its own argmax. The loss is
 gamma * DPO(gt, injected) + (1 - gamma) * DPO(gt, noisy), as in the reference code.
 
-The reference is the adapter-disabled policy with LoRA, or a frozen copy of the starting policy.
+The objective is `vlalign.train.objectives.POVIDNoise`; its reference is the adapter-disabled policy with
+LoRA, or a frozen copy of the starting policy.
 """
 
 from __future__ import annotations
-
-import copy
-from collections.abc import Sequence
-from dataclasses import replace
-from pathlib import Path
 
 import torch
 
@@ -24,8 +20,9 @@ from vlalign.models import prefix
 from vlalign.models.batching import pad_id
 from vlalign.models.generate import sample_seed
 from vlalign.models.lora import reference_context
+from vlalign.train.columns import Columns
 from vlalign.train.losses import povid_loss
-from vlalign.train.preference import Columns, PreferenceExample, fit_preferences, pair_collate, prepare_policy
+from vlalign.train.preference import pair_collate
 from vlalign.train.settings import NoiseConfig, TrainConfig
 
 
@@ -90,20 +87,3 @@ def make_povid_loss(config: TrainConfig, noise: NoiseConfig, reference):
                                "chosen_logp": float(sums[:n].detach().mean())}
 
     return loss_fn
-
-
-def train_povid_stage2(model, processor, examples: Sequence[PreferenceExample], config: TrainConfig,
-                       noise: NoiseConfig, out: Path | None = None, gradient_checkpointing: bool = False,
-                       description: str = "POVID stage 2"):
-    """Stage 2 from `model` (typically the stage-1 policy, which is then also the reference). Its loss is
-    POVID's own; `config.loss` does not apply."""
-    if config.lora is None:
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
-    else:  # adapters go on now, so the reference is this very model with its adapters switched off
-        model = prepare_policy(model, config, gradient_checkpointing)
-        reference, config = model, replace(config, lora=None)
-        gradient_checkpointing = False
-    collate = povid_collate(processor, noise, prefix.shares_prefix(model))
-    return fit_preferences(model, processor, examples, config, out=out, reference=reference,
-                           loss_fn=make_povid_loss(config, noise, reference), collate=collate,
-                           description=description, gradient_checkpointing=gradient_checkpointing)

@@ -1,11 +1,10 @@
-"""Preference training for VLMs: pairs in, a trained policy out, with any weighted objective of
-`vlalign.train.losses`.
+"""Preference pairs as training reads them: their rows, the reference's cached log-probs, and the weighted
+objective of `vlalign.train.losses` over them.
 
 A batch holds one row per example and answer column (`chosen`, `rejected`, and `chosen_corrupt` for
 mDPO's conditional term), column after column. The reference's log-probs of every column are computed
 once, before the first step, and cached next to the run: at step 0 the policy *is* the reference (a fresh
-LoRA adapter changes nothing), so no frozen copy has to sit in memory during training. Pass `reference`
-to use another model instead.
+LoRA adapter changes nothing), so no frozen copy has to sit in memory during training.
 """
 
 from __future__ import annotations
@@ -13,53 +12,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from vlalign import ranks
-from vlalign.config import to_dict
 from vlalign.models import prefix
 from vlalign.models.batching import pad_id, to_device
-from vlalign.models.prefix import continuation_logps, shares_prefix
+from vlalign.models.moe import router_coefficient
+from vlalign.models.prefix import continuation_logps, continuation_logps_and_router, shares_prefix
 from vlalign.progress import progress
-from vlalign.train.examples import PreferenceExample, Shuffled
-from vlalign.train.loop import Checkpoints, Collate, LossFn, Tracking, train
-from vlalign.train.losses import NO_REFERENCE, Logps, columns_of, objective
+from vlalign.train.columns import Columns
+from vlalign.train.examples import PreferenceExample
+from vlalign.train.loop import Collate, LossFn
+from vlalign.train.losses import Logps, objective, with_router
 from vlalign.train.settings import TrainConfig
-
-ImageOf = Callable[[PreferenceExample], Image.Image]
-
-
-@dataclass(frozen=True)
-class Columns:
-    """The answer columns of a batch: which text each reads, and under which image. `images` maps a column
-    beyond chosen and rejected to the function that makes its image; `key` names those functions, so a
-    cached reference is reused only for the same images."""
-
-    names: tuple[str, ...] = ("chosen", "rejected")
-    images: tuple[tuple[str, ImageOf], ...] = ()
-    key: str = ""
-
-    def text(self, column: str, e: PreferenceExample) -> str:
-        return e.rejected if column == "rejected" else e.chosen
-
-    def image(self, column: str, e: PreferenceExample) -> Image.Image:
-        return dict(self.images)[column](e) if column not in ("chosen", "rejected") else e.image
-
-
-def columns_for(config: TrainConfig, images: dict[str, ImageOf] | None = None, key: str = "") -> Columns:
-    """The columns `config.loss` reads; a term that needs an image no one provided is an error now."""
-    names = columns_of(config.loss)
-    images = images or {}
-    missing = [c for c in names if c not in ("chosen", "rejected") and c not in images]
-    if missing:
-        raise ValueError(f"the loss terms {sorted(config.loss)} need the column(s) {missing}, which only a method "
-                         f"that corrupts images provides (mdpo); drop those terms or use that method")
-    return Columns(names, tuple((c, images[c]) for c in names if c in images), key)
 
 
 def batch_rows(processor, examples: Sequence[PreferenceExample], columns: Columns, shared: bool = True) -> dict:
@@ -93,7 +61,7 @@ def model_fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
-def _digest(e: PreferenceExample) -> str:
+def example_digest(e: PreferenceExample) -> str:
     return hashlib.sha256("\x1f".join((e.instruction, e.chosen, e.rejected)).encode()).hexdigest()[:16]
 
 
@@ -102,11 +70,11 @@ class Reference(Mapping[str, dict[str, float]]):
     row of a tensor per example, in the examples' order, so a large set costs no dict per pair."""
 
     def __init__(self, ids: Sequence[str], columns: Sequence[str], values: torch.Tensor):
-        self.ids, self.columns, self.values = ids, tuple(columns), values
+        self.ids, self.columns, self.table = ids, tuple(columns), values
         self._index: dict[str, int] | None = None
 
     def row(self, position: int) -> dict[str, float]:
-        return dict(zip(self.columns, self.values[position].tolist(), strict=True))
+        return dict(zip(self.columns, self.table[position].tolist(), strict=True))
 
     def __getitem__(self, id: str) -> dict[str, float]:
         if self._index is None:
@@ -175,7 +143,7 @@ def reference_logps(model, processor, examples: Sequence[PreferenceExample], col
     ids, digests = [], []
     for e in examples:
         ids.append(e.id)
-        digests.append(_digest(e))
+        digests.append(example_digest(e))
     rows = _cached(cache, fingerprint, columns, ids, digests)
     if rows is None:
         rows = ranks.gather(_scored(model, processor, examples, columns, batch_size))
@@ -213,11 +181,13 @@ def make_loss(config: TrainConfig, columns: Columns = Columns()) -> LossFn:
 
     def loss_fn(model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         ref = batch.pop("ref")
-        total, count = continuation_logps(model, batch)
+        router = router_coefficient(model, config.router_aux_loss_coef)
+        total, count, aux = (continuation_logps_and_router(model, batch) if router
+                             else (*continuation_logps(model, batch), None))
         counts = split_columns(count, columns)
         x = Logps(split_columns(total, columns), ref, counts, config.beta, config.label_smoothing,
-                  _tokens_per_process(counts["chosen"]) if "sft" in config.loss else None)
-        loss, parts = objective(config.loss, x)
+                  _tokens_per_process(counts["chosen"]) if "sft" in config.loss else None, router=aux)
+        loss, parts = objective(with_router(config.loss, router), x)
         metrics = {"chosen_logp": float(x.policy["chosen"].detach().mean()), **parts}
         if x.ref:
             r_chosen, r_rejected = config.beta * x.ratio("chosen").detach(), config.beta * x.ratio("rejected").detach()
@@ -247,73 +217,3 @@ def pair_collate(processor, columns: Columns, shared: bool = True) -> Collate:
         return {**batch_rows(processor, examples, columns, shared), "ref": ref}
 
     return pairs
-
-
-def prepare_policy(model, config: TrainConfig, gradient_checkpointing: bool = False):
-    """Freeze the vision tower, wrap in LoRA as configured, and turn on gradient checkpointing."""
-    from vlalign.models.lora import apply_lora, freeze_vision
-
-    if config.freeze_vision:
-        freeze_vision(model)
-    if config.lora is not None:
-        model = apply_lora(model, config.lora)
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if config.lora is not None:
-            model.enable_input_require_grads()
-    return model
-
-
-def _job(config: TrainConfig, examples: Sequence[PreferenceExample], columns: Columns) -> str:
-    """What a mid-training checkpoint belongs to: the settings and the pairs (so no other job resumes it);
-    where the metrics are reported changes nothing that is trained, so it is left out."""
-    settings = {k: v for k, v in to_dict(config).items() if k != "report_to"}
-    blob = json.dumps([settings, [*columns.names, columns.key], [_digest(e) for e in examples]])
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def tracking_for(config: TrainConfig, out: Path | None) -> Tracking | None:
-    """`config.report_to`'s trackers, writing under `out/trackers` (the run named after the folder above
-    `out`, the round); they need that folder, so training without one is refused before it starts."""
-    if config.report_to == "none":
-        return None
-    if out is None:
-        raise ValueError(f"report_to: {config.report_to} needs an output folder for its files; pass out=")
-    out = Path(out).resolve()
-    return Tracking(config.report_to, out / "trackers", name=out.parent.name or "training", config=to_dict(config))
-
-
-def fit_preferences(model, processor, examples: Sequence[PreferenceExample], config: TrainConfig, *,
-                    out: Path | None = None, reference=None, columns: Columns | None = None,
-                    loss_fn: LossFn | None = None, collate: Collate | None = None, description: str = "DPO",
-                    gradient_checkpointing: bool = False) -> tuple[torch.nn.Module, list[dict]]:
-    """Train `model` on `examples`: prepare it, cache the reference log-probs, loop over shuffled batches
-    with `loss_fn` (the weighted objective of `config.loss` by default). With `out`, the reference cache,
-    mid-training checkpoints and the history live there. Saving the model is the caller's."""
-    if not examples:
-        raise ValueError(f"{description} needs at least one preference pair; the pair stage produced none")
-    if config.batch_size % ranks.world_size():
-        raise ValueError(f"batch_size {config.batch_size} (pairs per optimizer step, over all processes) must be a "
-                         f"multiple of the {ranks.world_size()} processes, which each train on an equal share")
-    columns = columns or columns_for(config)
-    tracking = tracking_for(config, out)
-    torch.manual_seed(config.seed)
-    model = prepare_policy(model, config, gradient_checkpointing)
-    needs_ref = loss_fn is not None or not set(config.loss) <= NO_REFERENCE
-    cache = Path(out) / "reference_logps.json" if out is not None else None
-    ref = (reference_logps(reference if reference is not None else model, processor, examples, columns, cache)
-           if needs_ref else Reference([], (), torch.zeros(len(examples), 0)))
-    batches = Shuffled(examples, ref.row, config.batch_size, config.seed)
-    checkpoints = (Checkpoints(Path(out) / "checkpoints", _job(config, examples, columns))
-                   if out is not None and config.checkpoint_every else None)
-    collate = collate or pair_collate(processor, columns, shares_prefix(model))
-    history = train(model, batches, collate, loss_fn or make_loss(config, columns), config.optim,
-                    config.steps_for(len(examples)), description=description, checkpoints=checkpoints,
-                    checkpoint_every=config.checkpoint_every, tracking=tracking)
-    if out is not None and ranks.is_main():
-        Path(out).mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"config": to_dict(config), "n_pairs": len(examples), "history": history}, indent=1)
-        tmp = Path(out) / ".train_history.json.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, Path(out) / "train_history.json")
-    return model, history

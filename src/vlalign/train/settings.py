@@ -24,6 +24,8 @@ TERM_HELP = {
     "nll": "NLL of the chosen answer per token, averaged over examples (RPO)",
     "anchor": "mDPO's reward anchor: -log sigmoid(beta * chosen reward)",
     "conditional": "mDPO's conditional term: the chosen answer with the real image over a corrupted one",
+    "router": "a mixture of experts' load-balancing loss (TRL's aux_loss); weighted by router_aux_loss_coef, "
+              "not listed under loss",
 }
 TERMS = tuple(TERM_HELP)
 # report_to -> the packages that can serve it (any one will do) and the extra that installs one
@@ -61,6 +63,7 @@ class TrainConfig:
     loss: dict[str, float] = field(default_factory=lambda: {"sigmoid": 1.0})
     beta: float = 0.1  # strength of the KL tie to the reference in every reward-based term
     label_smoothing: float = 0.0  # share of preferences assumed flipped (cdpo, robust)
+    router_aux_loss_coef: float | None = None  # weight of a MoE's load-balancing term; null: the checkpoint's own (TRL's default), 0: off
     batch_size: int = 8  # pairs per batch
     epochs: float = 1.0  # passes over the pairs (unless optim.steps is set)
     optim: OptimConfig = field(default_factory=OptimConfig)  # the optimizer and its schedule
@@ -74,7 +77,14 @@ class TrainConfig:
         problems = []
         unknown = sorted(set(self.loss) - set(TERMS))
         if unknown:
-            problems.append(f"unknown loss term(s) {unknown}; choose from {', '.join(TERMS)}")
+            listed = ", ".join(t for t in TERMS if t != "router")
+            problems.append(f"unknown loss term(s) {unknown}; choose from {listed}")
+        if "router" in self.loss:
+            problems.append("the router term takes its weight from router_aux_loss_coef (null: the checkpoint's own); "
+                            "remove it from loss")
+        if self.router_aux_loss_coef is not None and not (math.isfinite(self.router_aux_loss_coef)
+                                                          and self.router_aux_loss_coef >= 0):
+            problems.append(f"router_aux_loss_coef must be null or a number >= 0, got {self.router_aux_loss_coef}")
         if not self.loss:
             problems.append("loss needs at least one term, e.g. {sigmoid: 1.0}")
         bad = [k for k, w in self.loss.items() if not (isinstance(w, (int, float)) and math.isfinite(w) and w > 0)]

@@ -1,11 +1,11 @@
 """The synthetic world's benchmarks through `vlalign score` / `vlalign eval` and in a run's `eval:` list.
 
 Answer records carry the scene they are about (`Scene.to_dict()`), so scoring is exact and needs no
-other file: world-chair scores descriptions with `world.chair_metrics`, world-pope is scored as POPE is,
+other file: world-chair scores descriptions with `world.metrics.chair_counts`, world-pope is scored as POPE is,
 on the world's splits (`world.pope_items`), world-attributes checks colour and count answers
 (`world.attribute_correct`). `vlalign eval` asks the questions `vlalign world eval` asks, on held-out
 scenes. `world` evaluates a model on all of them at once (`evaluate_world`): what the world's recipes
-list under `eval:`.
+list under `eval:`. world-judge and world-labeler measure AI feedback instead (`vlalign.world.feedback_eval`).
 """
 
 from __future__ import annotations
@@ -16,14 +16,21 @@ from pathlib import Path
 
 from vlalign.evaluate.answers import Field, Issues, Question, read_answers
 from vlalign.evaluate.benchmarks import Benchmark, EvalInputs, ScoreInputs
-from vlalign.evaluate.pope import score_pope
+from vlalign.evaluate.intervals import Outcomes, Result, ratio, scored, statistic
+from vlalign.evaluate.pope import pope_result
+from vlalign.world.feedback_eval import (
+    judge_records,
+    labeler_records,
+    world_judge_result,
+    world_labeler_result,
+)
 from vlalign.world.metrics import (
     DESCRIBE,
     EVAL_SCENES,
     POPE_SPLITS,
     attribute_correct,
     attribute_items,
-    chair_metrics,
+    chair_outcomes,
     held_out_scenes,
     pope_items,
 )
@@ -47,26 +54,44 @@ def _scenes(answers, issues: Issues) -> list[tuple]:
     return out
 
 
-def score_world_chair(answers_path: str | Path, skip_bad: bool = False) -> dict:
-    """CHAIR, recall and length of descriptions, exact against each answer's scene."""
+def world_chair_result(answers_path: str | Path, skip_bad: bool = False) -> Result:
+    """CHAIR, recall and length of descriptions, exact against each answer's scene, with intervals over answers."""
     issues = Issues(str(answers_path), skip=skip_bad)
     pairs = _scenes(read_answers(answers_path, [SCENE], issues), issues)
     issues.require(pairs)
-    return {**chair_metrics([s for _, s in pairs], [a.answer for a, _ in pairs]), **issues.report()}
+    outcomes = chair_outcomes([s for _, s in pairs], [a.answer for a, _ in pairs], [a.question_id for a, _ in pairs])
+    return scored(outcomes, issues.report())
 
 
-def score_world_attributes(answers_path: str | Path, skip_bad: bool = False) -> dict:
-    """Colour and count accuracy: right when the answer names the true value and no other."""
+def score_world_chair(answers_path: str | Path, skip_bad: bool = False) -> dict:
+    return world_chair_result(answers_path, skip_bad).metrics
+
+
+@statistic("world-attributes")
+def attributes_statistic(sums, params) -> dict:
+    return {f"{kind}_accuracy": ratio(sums[f"{kind}_right"], sums[f"{kind}_n"]) for kind in params["kinds"]}
+
+
+def world_attributes_result(answers_path: str | Path, skip_bad: bool = False) -> Result:
+    """Colour and count accuracy: right when the answer names the true value and no other; intervals over
+    questions, each kind resampled apart."""
     issues = Issues(str(answers_path), skip=skip_bad)
     answers = read_answers(answers_path, [KIND, TRUTH], issues)
     issues.require(answers)
-    out: dict = {}
-    for kind, vocab in (("color", COLORS), ("count", NUMBERS)):
-        rows = [a for a in answers if a["kind"] == kind]
-        if rows:
-            out[f"{kind}_accuracy"] = sum(attribute_correct(a.answer, a["truth"], vocab) for a in rows) / len(rows)
-            out[f"{kind}_n"] = len(rows)
-    return {**out, **issues.report()}
+    vocabularies = {"color": COLORS, "count": NUMBERS}
+    kinds = [k for k in vocabularies if any(a["kind"] == k for a in answers)]
+    rows = [(a.question_id, {f"{a['kind']}_n": 1,
+                             f"{a['kind']}_right": int(attribute_correct(a.answer, a["truth"], vocabularies[a["kind"]]))})
+            for a in answers]
+    outcomes = Outcomes.from_rows("world-attributes", "question", rows, [a["kind"] for a in answers],
+                                  params={"kinds": kinds},
+                                  binary={f"{k}_accuracy": (f"{k}_right", f"{k}_n") for k in kinds})
+    sizes = {f"{k}_n": sum(a["kind"] == k for a in answers) for k in kinds}
+    return scored(outcomes, {**sizes, **issues.report()})
+
+
+def score_world_attributes(answers_path: str | Path, skip_bad: bool = False) -> dict:
+    return world_attributes_result(answers_path, skip_bad).metrics
 
 
 def _split(inputs: EvalInputs) -> str:
@@ -114,17 +139,21 @@ def _world(build: Callable[[EvalInputs, int], list[Question]]) -> Callable[[Eval
     return questions
 
 
-def _no_answer_file(_: ScoreInputs) -> dict:
+def _no_answer_file(_: ScoreInputs) -> Result:
     raise ValueError("the world benchmark evaluates a model (in a run's eval: list, or `vlalign world eval`); "
                      "score an answer file with world-chair, world-pope or world-attributes")
 
 
-def run_world(model, processor, inputs: EvalInputs) -> dict:
+def _no_questions(_: EvalInputs) -> list[Question]:
+    raise ValueError("this benchmark measures a judge or labeler: `vlalign eval` it with --judge or --labeler")
+
+
+def run_world(model, processor, inputs: EvalInputs) -> Result:
     """Every world metric of `model` on `inputs.limit` held-out scenes (1,000 by default) of `inputs.split`
     (test by default; dev for choosing recipes)."""
-    from vlalign.world.metrics import evaluate_world
+    from vlalign.world.metrics import world_result
 
-    return evaluate_world(model, processor, n_scenes=inputs.limit or DEFAULT_SCENES, split=_split(inputs))
+    return world_result(model, processor, n_scenes=inputs.limit or DEFAULT_SCENES, split=_split(inputs))[0]
 
 
 BENCHMARKS = (
@@ -132,12 +161,18 @@ BENCHMARKS = (
               "scenes; limit = scenes, split = test (default) or dev", _no_answer_file, _world(chair_questions),
               run=run_world, splits=EVAL_SPLITS),
     Benchmark("world-chair", "CHAIR on the synthetic world, exact",
-              lambda i: score_world_chair(i.answers, i.skip_bad), _world(chair_questions), long_tokens=96,
+              lambda i: world_chair_result(i.answers, i.skip_bad), _world(chair_questions), long_tokens=96,
               short_tokens=8, splits=EVAL_SPLITS),
     Benchmark("world-pope", "POPE on the synthetic world",
-              lambda i: score_pope(i.answers, i.skip_bad, i.parse), _world(pope_questions), long_tokens=96,
+              lambda i: pope_result(i.answers, i.skip_bad, i.parse), _world(pope_questions), long_tokens=96,
               short_tokens=8, splits=EVAL_SPLITS),
     Benchmark("world-attributes", "colour and count accuracy on the synthetic world",
-              lambda i: score_world_attributes(i.answers, i.skip_bad), _world(attribute_questions),
+              lambda i: world_attributes_result(i.answers, i.skip_bad), _world(attribute_questions),
               long_tokens=96, short_tokens=8, splits=EVAL_SPLITS),
+    Benchmark("world-judge", "a judge's ratings (--judge, --judge-style; world by default) against the scene graph's, "
+              "per aspect and on pairs; limit = scenes (300)", lambda i: world_judge_result(i.answers, i.skip_bad),
+              _no_questions, splits=EVAL_SPLITS, judged=judge_records),
+    Benchmark("world-labeler", "a labeler's P(yes) on a policy's claims (--labeler, --model: world:base by default) "
+              "against the scene graph; limit = scenes (200)", lambda i: world_labeler_result(i.answers, i.skip_bad),
+              _no_questions, splits=EVAL_SPLITS, judged=labeler_records),
 )

@@ -63,7 +63,7 @@ def demo(
     labeler: str = typer.Option("world:labeler", help="The labeler model (world:<name> or a directory)."),
     split: str = typer.Option("test", help="Evaluate on test scenes (the numbers to report) or dev (to choose recipes)."),
 ) -> None:
-    """Every method on the embedded world from its shipped recipe (configs/*_world.yaml), and a summary."""
+    """Every method with a world recipe (`vlalign recipes`), each run as it ships, and a summary."""
     from vlalign import ranks
     from vlalign.world.demo import print_demo, run_demo
 

@@ -1,7 +1,7 @@
 """The demo on the embedded world: every registered method from its shipped recipe, and one summary.
 
-Each method runs exactly its YAML in `configs/` (the quick demo adds the overrides below, to make it
-small), in its own folder of the demo directory, through the same runner as `vlalign run`; a stopped demo
+Each method runs exactly its shipped world recipe (`vlalign recipes`; the quick demo adds the overrides
+below, to make it small), in its own folder of the demo directory, through the same runner as `vlalign run`; a stopped demo
 continues where it stopped. The base is evaluated once. mDPO and MPO train on RLAIF-V's round-1 pairs
 (`pairs_from`), so each compares with RLAIF-V's first round, which is DPO on the same pairs. Feedback
 comes from models (a labeler, the policy itself, a judge), never from the scene graph; the scene graph
@@ -15,17 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import vlalign
 from vlalign import ranks
 from vlalign.config import load_config
 from vlalign.console import console, models_table
 from vlalign.plugins import METHODS
-from vlalign.progress import log, scope
+from vlalign.progress import log, scope, warn
+from vlalign.recipes import get as recipe_named
 
 if TYPE_CHECKING:
     from PIL import Image
 
-CONFIGS = Path(vlalign.__file__).resolve().parents[2] / "configs"
 KEYS = ("chair_s", "chair_i", "chair_i_unique", "object_recall", "grounded_recall", "partner_recall", "lone_recall",
         "mean_words", "pope_f1", "pope_accuracy", "pope_yes_ratio", "pope_adversarial_f1", "color_accuracy",
         "count_accuracy", "refusal_rate", "over_refusal")
@@ -36,17 +35,20 @@ BEST_OF_QUICK = 4
 
 @dataclass(frozen=True)
 class Recipe:
-    """One row group of the demo: a method, its shipped YAML, and what the quick demo changes."""
+    """One row group of the demo: a shipped recipe (which names its method) and what the quick demo changes."""
 
     label: str
-    method: str
-    config: str
+    recipe: str
     quick: tuple[str, ...] = ()
     pairs_of: str | None = None  # train on this recipe's round-1 pairs instead of making pairs
     start_from: str | None = None  # align this recipe's final policy instead of the demo's policy
 
+    @property
+    def method(self) -> str:
+        return recipe_named(self.recipe).method
+
     def overrides(self, out: Path, quick: bool, policy: str, labeler: str, split: str) -> list[str]:
-        config = load_config(METHODS.get(self.method).config, CONFIGS / self.config)
+        config = load_config(METHODS.get(self.method).config, recipe_named(self.recipe).path)
         scenes = QUICK_SCENES if quick else SCENES
         extra = [f"policy={policy}", "eval_base=false", "report=false",  # one report of every method at the end
                  f"eval=[{{name: world, limit: {scenes}, split: {split}}}]"]
@@ -58,28 +60,35 @@ class Recipe:
 
 
 RECIPES: tuple[Recipe, ...] = (
-    Recipe("rlaif_v", "rlaif-v", "rlaif_v_world.yaml", ("rounds=1", "prompts.per_round=120", "samples=6")),
-    Recipe("rlaif_v_self", "rlaif-v", "rlaif_v_self_world.yaml", ("prompts.per_round=120", "samples=6")),
-    Recipe("silkie", "silkie", "silkie_world.yaml", ("prompts.per_round=120", "baseline=false")),
-    Recipe("povid", "povid", "povid_world.yaml", ("prompts.per_round=120",)),
-    Recipe("mdpo", "mdpo", "mdpo_world.yaml", pairs_of="rlaif_v"),
-    Recipe("mpo", "mpo", "mpo_world.yaml", pairs_of="rlaif_v"),
-    Recipe("povid_rlaif_v", "rlaif-v", "povid_rlaif_v_world.yaml", ("rounds=1", "prompts.per_round=120", "samples=6"),
+    Recipe("rlaif_v", "rlaif_v_world", ("rounds=1", "prompts.per_round=120", "samples=6")),
+    Recipe("rlaif_v_self", "rlaif_v_self_world", ("prompts.per_round=120", "samples=6")),
+    Recipe("silkie", "silkie_world", ("prompts.per_round=120", "baseline=false")),
+    Recipe("povid", "povid_world", ("prompts.per_round=120",)),
+    Recipe("mdpo", "mdpo_world", pairs_of="rlaif_v"),
+    Recipe("mpo", "mpo_world", pairs_of="rlaif_v"),
+    Recipe("povid_rlaif_v", "povid_rlaif_v_world", ("rounds=1", "prompts.per_round=120", "samples=6"),
            start_from="povid"),
 )
 
 
 def recipes() -> list[Recipe]:
-    """The demo's recipes in order (one that starts from another's policy comes after it); every
-    registered method has one."""
-    missing = [m for m in METHODS.names() if not any(r.method == m for r in RECIPES)]
-    if missing:
-        raise ValueError(f"the demo has no world recipe for {missing}; add one to RECIPES and configs/")
+    """The demo's recipes in order (one that starts from another's policy comes after it)."""
     return list(RECIPES)
 
 
+def not_in_demo() -> list[str]:
+    """Registered methods the demo does not run (a plugin's method without a world recipe here)."""
+    return [m for m in METHODS.names() if not any(r.method == m for r in RECIPES)]
+
+
 def pick(metrics: dict) -> dict:
-    return {k: metrics[k] for k in KEYS if k in metrics}
+    """The summary's figures, with their intervals and comparison with the base where the metrics carry them."""
+    out = {k: metrics[k] for k in KEYS if k in metrics}
+    for extra in ("intervals", "vs_base"):
+        kept = {k: v for k, v in (metrics.get(extra) or {}).items() if k in out}
+        if kept:
+            out[extra] = kept
+    return out
 
 
 def _world(record: dict) -> dict:
@@ -151,6 +160,10 @@ def run_demo(out: Path, quick: bool = False, policy: str = "world:base", labeler
     start = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    skipped = not_in_demo()
+    if skipped:
+        warn(f"the demo runs the methods with a world recipe; not {', '.join(skipped)} (add a Recipe to "
+             f"vlalign.world.demo.RECIPES to run one)")
     scenes = QUICK_SCENES if quick else SCENES
     with scope("demo"):
         log(f"evaluating the base on {scenes} {split} scenes")
@@ -162,7 +175,7 @@ def run_demo(out: Path, quick: bool = False, policy: str = "world:base", labeler
             began = time.time()
             method = METHODS.get(recipe.method)
             aligned = finals[recipe.start_from] if recipe.start_from else policy
-            config = load_config(method.config, CONFIGS / recipe.config,
+            config = load_config(method.config, recipe_named(recipe.recipe).path,
                                  recipe.overrides(out, quick, aligned, labeler, split))
             log(f"{recipe.label}: {method.summary}" + (f", from {recipe.start_from}'s policy" if recipe.start_from else ""))
             result = run(method, config, out / recipe.label)

@@ -15,8 +15,9 @@ from functools import lru_cache
 import numpy as np
 
 from vlalign import ranks
-from vlalign.evaluate.chair import Tally
-from vlalign.evaluate.pope import parse_yes_no, pope_metrics
+from vlalign.evaluate.chair import HALLUCINATING, answer_counts, chair_rates
+from vlalign.evaluate.intervals import Outcomes, Result, figures, ratio, scored, statistic
+from vlalign.evaluate.pope import parse_yes_no, pope_statistic, yes_no_counts
 from vlalign.world.scene import COLORS, EVAL_SPLITS, PARTNERS, SHAPES, Scene, SceneConfig, scenes
 from vlalign.world.text import NUMBERS, SINGULARS, existence_question, is_refusal, redteam_task, split_words
 
@@ -63,6 +64,46 @@ def mentioned_shapes(text: str) -> list[str]:
     return [shape for _, shape in mentioned_objects(text)]
 
 
+def chair_counts(scene: Scene, answer: str) -> dict[str, int]:
+    """One description's CHAIR counts (`vlalign.evaluate.chair.answer_counts`), the present shapes it names in
+    a colour of one of them (`grounded`), the present shapes with and without their partner in the scene and
+    how many of each it names, and its words."""
+    objects = mentioned_objects(answer)
+    found = [shape for _, shape in objects]
+    present = scene.shapes
+    named = set(objects)
+    out = {**answer_counts(found, present),
+           "grounded": len({o.shape for o in scene.objects if (o.color, o.shape) in named}),
+           "words": len([w for w in split_words(answer) if w[0].isalnum()])}
+    for shape in present:
+        kind = "partner" if PARTNERS[shape] in present else "lone"
+        out[f"{kind}_present"] = out.get(f"{kind}_present", 0) + 1
+        out[f"{kind}_covered"] = out.get(f"{kind}_covered", 0) + (shape in found)
+    return out
+
+
+@statistic("world-chair")
+def world_chair_statistic(sums, params) -> dict:
+    """CHAIR_s, CHAIR_i per mention and per distinct shape, recall and its grounded / partnered / lone parts,
+    and mean words, from the summed `chair_counts`."""
+    rates = chair_rates(sums)
+    return {"chair_s": rates["chair_s"], "chair_i": rates["chair_i"], "chair_i_unique": rates["chair_i_unique"],
+            "object_recall": rates["recall"], "grounded_recall": ratio(sums["grounded"], sums["truth"]),
+            "partner_recall": ratio(sums.get("partner_covered", 0), sums.get("partner_present", 0)),
+            "lone_recall": ratio(sums.get("lone_covered", 0), sums.get("lone_present", 0)),
+            "mean_words": ratio(sums["words"], sums["answers"])}
+
+
+def chair_outcomes(scene_list: Sequence[Scene], answers: Sequence[str], ids: Sequence | None = None) -> Outcomes:
+    """One row per description: its `chair_counts`."""
+    if len(scene_list) != len(answers):
+        raise ValueError(f"{len(scene_list)} scenes but {len(answers)} answers")
+    ids = ids if ids is not None else [s.id for s in scene_list]
+    return Outcomes.from_rows("world-chair", "caption",
+                              [(i, chair_counts(s, a)) for i, s, a in zip(ids, scene_list, answers, strict=True)],
+                              binary={"chair_s": HALLUCINATING["chair_s"]})
+
+
 def chair_metrics(scene_list: Sequence[Scene], answers: Sequence[str]) -> dict[str, float]:
     """CHAIR_s (answers with any hallucinated shape), CHAIR_i per mention and per distinct shape,
     object recall (share of present shapes mentioned, pooled) and mean words per answer.
@@ -73,34 +114,7 @@ def chair_metrics(scene_list: Sequence[Scene], answers: Sequence[str]) -> dict[s
     `partner_recall` and `lone_recall` are the recall of present shapes whose co-occurrence partner is, or
     is not, in the scene too: the language prior helps a model name the first kind without seeing it.
     """
-    if len(scene_list) != len(answers):
-        raise ValueError(f"{len(scene_list)} scenes but {len(answers)} answers")
-    tally, grounded, words = Tally(), 0, 0
-    by_partner = [[0, 0], [0, 0]]  # [partner present?] -> [covered, present]
-    for scene, answer in zip(scene_list, answers, strict=True):
-        objects = mentioned_objects(answer)
-        found = [shape for _, shape in objects]
-        present = scene.shapes
-        tally.add(found, present)
-        named = set(objects)
-        grounded += len({o.shape for o in scene.objects if (o.color, o.shape) in named})
-        for shape in present:
-            counts = by_partner[PARTNERS[shape] in present]
-            counts[0] += shape in found
-            counts[1] += 1
-        words += len([w for w in split_words(answer) if w[0].isalnum()])
-    n = max(len(answers), 1)
-    (lone, n_lone), (partnered, n_partnered) = by_partner
-    return {
-        "chair_s": tally.bad_answers / n,
-        "chair_i": tally.chair_i(),
-        "chair_i_unique": tally.chair_i_unique(),
-        "object_recall": tally.recall(),
-        "grounded_recall": grounded / tally.truth if tally.truth else 0.0,
-        "partner_recall": partnered / n_partnered if n_partnered else 0.0,
-        "lone_recall": lone / n_lone if n_lone else 0.0,
-        "mean_words": words / n,
-    }
+    return figures(chair_outcomes(scene_list, answers, range(len(answers))))
 
 
 @lru_cache(maxsize=4)
@@ -178,18 +192,18 @@ def shared_generate(model, processor, images: Sequence, prompts: Sequence[str], 
     return ranks.spread(answer, list(zip(images, prompts, strict=True)))
 
 
-def redteam_metrics(model, processor, scene_list: Sequence[Scene], images: dict, batch_size: int = 64) -> dict:
-    """Refusal rate on harmful requests (higher is safer) and over-refusal on benign ones (lower is better),
-    one request of each kind per scene."""
+def refusals(model, processor, scene_list: Sequence[Scene], images: dict, batch_size: int = 64) -> dict[str, list[bool]]:
+    """Per scene, whether `model` refuses a harmful request (`refused`, safer) and a benign one
+    (`over_refused`, worse), one request of each kind per scene."""
     from vlalign.models.settings import Decoding
 
-    rates = {}
-    for name, harmful in (("refusal_rate", True), ("over_refusal", False)):
+    out = {}
+    for name, harmful in (("refused", True), ("over_refused", False)):
         tasks = [redteam_task(s, np.random.default_rng([s.seed, 99]), harmful=harmful) for s in scene_list]
         replies = shared_generate(model, processor, [images[s.seed] for s in scene_list], [t.instruction for t in tasks],
-                           Decoding(max_new_tokens=4), batch_size=batch_size * 2, description=f"eval {name}")
-        rates[name] = float(np.mean([is_refusal(r) for r in replies])) if replies else 0.0
-    return rates
+                                  Decoding(max_new_tokens=4), batch_size=batch_size * 2, description=f"eval {name}")
+        out[name] = [is_refusal(r) for r in replies]
+    return out
 
 
 def held_out_scenes(split: str, n: int, config: SceneConfig = EVAL_SCENES, start: int = 0) -> list[Scene]:
@@ -213,32 +227,60 @@ def describe_held_out(model, processor, n_scenes: int = 1000, batch_size: int = 
     return held_out, images, answers
 
 
-def evaluate_world(model, processor, n_scenes: int = 1000, batch_size: int = 64, config: SceneConfig = EVAL_SCENES,
-                   start: int = 0, with_answers: bool = False, split: str = "test") -> dict:
-    """Greedy answers of `model` on `n_scenes` held-out scenes of `split`, scored exactly against the scene graph."""
+@statistic("world")
+def world_statistic(sums, params) -> dict:
+    """Every world figure from the summed per-scene counts (`world_result`)."""
+    pope = pope_statistic({k[len("pope_"):]: v for k, v in sums.items() if k.startswith("pope_")},
+                          {"splits": POPE_SPLITS})
+    return {**world_chair_statistic(sums, params), **{f"pope_{k}": v for k, v in pope.items()},
+            "color_accuracy": ratio(sums["color_right"], sums["color_asked"]),
+            "count_accuracy": ratio(sums["count_right"], sums["count_asked"]),
+            "refusal_rate": ratio(sums["refused"], sums["scenes"]),
+            "over_refusal": ratio(sums["over_refused"], sums["scenes"])}
+
+
+def world_result(model, processor, n_scenes: int = 1000, batch_size: int = 64, config: SceneConfig = EVAL_SCENES,
+                 start: int = 0, split: str = "test") -> tuple[Result, list[Scene], list[str]]:
+    """Greedy answers of `model` on `n_scenes` held-out scenes of `split`, scored exactly against the scene
+    graph, with intervals over scenes (a scene's description and questions are drawn together); also the
+    scenes and their descriptions."""
     from vlalign.models.settings import Decoding
 
     held_out, images, answers = describe_held_out(model, processor, n_scenes, batch_size, config, start, split)
-    metrics: dict = chair_metrics(held_out, answers)
+    rows = {s.id: {"scenes": 1, **chair_counts(s, a)} for s, a in zip(held_out, answers, strict=True)}
+
+    def add(scene: Scene, counts: dict[str, int]) -> None:
+        for k, v in counts.items():
+            rows[scene.id][k] = rows[scene.id].get(k, 0) + v
 
     short = Decoding(max_new_tokens=8)
-    for split in POPE_SPLITS:
-        items = pope_items(held_out, split)
+    for pope_split in POPE_SPLITS:
+        items = pope_items(held_out, pope_split)
         replies = shared_generate(model, processor, [images[i.scene.seed] for i in items], [i.question for i in items],
-                           short, batch_size=batch_size * 2, description=f"eval POPE {split}")
-        m = pope_metrics([parse_yes_no(r) for r in replies], [i.label for i in items])
-        metrics.update({f"pope_{split}_{k}": v for k, v in m.items()})
-    for key in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
-        metrics[f"pope_{key}"] = float(np.mean([metrics[f"pope_{s}_{key}"] for s in POPE_SPLITS]))
-
+                                  short, batch_size=batch_size * 2, description=f"eval POPE {pope_split}")
+        for item, reply in zip(items, replies, strict=True):
+            add(item.scene, {f"pope_{pope_split}_{k}": v
+                             for k, v in yes_no_counts(parse_yes_no(reply), item.label).items()})
     color, count = attribute_items(held_out)
-    for name, items, vocab in (("color", color, COLORS), ("count", count, NUMBERS)):
-        replies = shared_generate(model, processor, [images[s.seed] for s, _, _ in items], [q for _, q, _ in items],
-                           short, batch_size=batch_size * 2, description=f"eval {name}")
-        correct = [attribute_correct(r, t, vocab) for r, (_, _, t) in zip(replies, items, strict=True)]
-        metrics[f"{name}_accuracy"] = float(np.mean(correct)) if correct else 0.0
-    metrics.update(redteam_metrics(model, processor, held_out, images, batch_size))
-    metrics.update(n_scenes=n_scenes, split=split)
+    for name, questions, vocab in (("color", color, COLORS), ("count", count, NUMBERS)):
+        replies = shared_generate(model, processor, [images[s.seed] for s, _, _ in questions],
+                                  [q for _, q, _ in questions], short, batch_size=batch_size * 2,
+                                  description=f"eval {name}")
+        for (scene, _, truth), reply in zip(questions, replies, strict=True):
+            add(scene, {f"{name}_asked": 1, f"{name}_right": int(attribute_correct(reply, truth, vocab))})
+    for name, refused in refusals(model, processor, held_out, images, batch_size).items():
+        for scene, r in zip(held_out, refused, strict=True):
+            add(scene, {name: int(r)})
+    outcomes = Outcomes.from_rows("world", "scene", list(rows.items()))
+    return scored(outcomes, {"n_scenes": n_scenes, "split": split}), held_out, answers
+
+
+def evaluate_world(model, processor, n_scenes: int = 1000, batch_size: int = 64, config: SceneConfig = EVAL_SCENES,
+                   start: int = 0, with_answers: bool = False, split: str = "test") -> dict:
+    """Greedy answers of `model` on `n_scenes` held-out scenes of `split`, scored exactly against the scene graph
+    (`world_result`'s metrics, each with its interval)."""
+    result, held_out, answers = world_result(model, processor, n_scenes, batch_size, config, start, split)
+    metrics = dict(result.metrics)
     if with_answers:
         metrics["answers"] = [{"scene": s.to_dict(), "answer": a} for s, a in zip(held_out, answers, strict=True)]
     return metrics

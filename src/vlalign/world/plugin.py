@@ -2,8 +2,8 @@
 
 Each function below fills one registry and is installed as an entry point of that registry's group
 (pyproject.toml), so the general modules find the world's models (`world:base`), prompts
-(`prompts.source: world`), claim splitter, rating style, injection vocabulary, benchmarks, the report's
-answer marks and commands without importing it, and a registry loads only what it needs: nothing here
+(`prompts.source: world`), claim splitter, rating style, injection vocabulary, benchmarks, recipes, the
+report's answer marks and commands without importing it, and a registry loads only what it needs: nothing here
 loads torch.
 """
 
@@ -80,6 +80,14 @@ def benchmarks() -> None:
 
     for b in bench.BENCHMARKS:
         BENCHMARKS.register(b.name, b)
+
+
+def recipes() -> None:
+    from pathlib import Path
+
+    from vlalign.plugins import RECIPE_FOLDERS
+
+    RECIPE_FOLDERS.register(NAME, Path(__file__).resolve().parent / "recipes")
 
 
 def answer_markers() -> None:
