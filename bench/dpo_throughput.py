@@ -168,7 +168,7 @@ def write_data(args, shape, data: Path) -> list[dict[str, int]]:
     from vlalign.formats.export import export_trl
     from vlalign.models.load import save
     from vlalign.models.prefix import answers_group
-    from vlalign.stages import examples_under
+    from vlalign.stages.pairs import examples_under
     from vlalign.train.examples import Shuffled
 
     save(shape.model, shape.processor, data / "model")

@@ -1,6 +1,7 @@
 """Packed rows (`vlalign.models.packing`): documents of different sizes (a group of n answers, a pair, a single
-answer) one after another in one row with no padding give exactly the log-probs and gradients of one row per
-answer, the attention never builds a mask of the row, and the model's other calls are unchanged."""
+answer) one after another in one row with no padding give exactly the log-probs, the training loss and the
+gradients of one row per answer on every family; no tensor of the row's length squared (a mask of the row,
+attention weights over it) is made in the forward or the backward; the model's other calls are unchanged."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 from tiny_archs import ARCHS, random_image
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from vlalign.models import packing, prefix
 from vlalign.models.batching import encode, model_inputs, pad_id, to_device
-from vlalign.train.preference import Columns, PreferenceExample, reference_logps
+from vlalign.train.preference import Columns, PreferenceExample, make_loss, pair_collate, reference_logps
+from vlalign.train.settings import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import plain_rows  # noqa: E402
@@ -65,9 +69,82 @@ def test_documents_of_any_size_in_one_row_give_the_plain_rows(arch):
     reference = _grads(model)
     torch.testing.assert_close(total, plain, rtol=1e-5, atol=1e-5)
     assert count.tolist() == [len(c) for g in groups for c in g.continuations]
-    assert packed.keys() == reference.keys() and reference
-    for name, g in reference.items():
-        torch.testing.assert_close(packed[name], g, rtol=1e-5, atol=1e-5 * max(1.0, float(g.abs().max())), msg=name)
+    _close_grads(packed, reference)
+
+
+def _close_grads(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == want.keys() and want
+    for name, g in want.items():
+        torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-5 * max(1.0, float(g.abs().max())), msg=name)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_the_training_loss_and_its_gradients_are_those_of_unpacked_rows(arch):
+    """Every family: the objective `vlalign dpo` trains (sigmoid DPO against cached reference values, plus the
+    NLL term, plus the router term where a mixture of experts weighs it) on one packed row, a document per
+    pair, equals it on one right-padded row per answer, and so do its metrics and gradients."""
+    model, processor = ARCHS[arch](seed=12)
+    model.train()
+    images = _images()
+    items = [(PreferenceExample(f"e{i}", images[i], q, answers[0], answers[-1] if len(answers) > 1 else "red"),
+              {"chosen": -4.0 - i, "rejected": -6.0 + 2 * i}) for i, (q, answers) in enumerate(DOCUMENTS)]
+    loss_fn = make_loss(TrainConfig(loss={"sigmoid": 1.0, "sft": 1.0}, beta=0.1), Columns())
+    out = {}
+    for shared in (True, False):
+        batch = pair_collate(processor, Columns(), shared)(items, 0)
+        rows = batch["input_ids"].shape[0]
+        loss, metrics = loss_fn(model, batch)
+        loss.backward()
+        out[shared] = rows, loss.detach(), metrics, _grads(model)
+    (rows, loss, metrics, grads), (plain_rows_, plain_loss, plain_metrics, plain_grads) = out[True], out[False]
+    assert rows == 1 and plain_rows_ == 2 * len(items)
+    torch.testing.assert_close(loss, plain_loss, rtol=1e-5, atol=1e-6)
+    assert metrics.keys() == plain_metrics.keys() and metrics == pytest.approx(plain_metrics, rel=1e-4, abs=1e-5)
+    _close_grads(grads, plain_grads)
+
+
+class _Made(TorchDispatchMode):
+    """The shape of every tensor the operations inside make, forward and backward, with the number of
+    elements its storage holds (a view or an expanded number holds few)."""
+
+    def __init__(self):
+        super().__init__()
+        self.made: list[tuple[tuple[int, ...], int]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.made += [(tuple(t.shape), t.untyped_storage().nbytes() // t.element_size())
+                      for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        return out
+
+    def squares(self, length: int) -> list[tuple[int, ...]]:
+        """The tensors with two dimensions of `length` that hold `length`^2 elements or more (a model width
+        may exceed a tiny row's length, so a dimension merely as large is not counted)."""
+        return [shape for shape, stored in self.made if shape.count(length) >= 2 and stored >= length * length]
+
+
+# the kinds of attention the packed rows meet (1-D, M-RoPE, sliding with bidirectional images, Gemma 4's
+# layer types, experts) in the fast suite; every other family under -m slow
+SQUARES_FAST = ("llava", "qwen2_vl", "gemma3", "gemma4", "qwen3_vl_moe")
+
+
+@pytest.mark.parametrize("arch", [a if a in SQUARES_FAST else pytest.param(a, marks=pytest.mark.slow) for a in ARCHS])
+def test_no_tensor_of_the_rows_length_squared_is_made(arch):
+    """Every family: training on a packed row of length L makes no tensor with two dimensions of L and L^2
+    elements (no mask of the row, no attention weights over it), in the forward or the backward. The
+    same check on a padded batch of plain rows of length l finds the l x l mask or weights it makes, so it is
+    not blind to them."""
+    model, processor = ARCHS[arch](seed=13)
+    model.train()
+    groups = _groups(processor, _images())
+    batch = prefix.collate(groups, pad_id(processor))
+    with _Made() as made:
+        prefix.continuation_logps(model, batch)[0].sum().backward()
+    assert len(made.made) > 100 and made.squares(batch["input_ids"].shape[1]) == []
+    plain = prefix.collate(groups, pad_id(processor), shared=False)
+    with _Made() as made:
+        prefix.continuation_logps(model, plain)[0].sum().backward()
+    assert made.squares(plain["input_ids"].shape[1])
 
 
 @pytest.mark.parametrize("arch", ["llava", "qwen2_vl", "gemma3"])
@@ -91,8 +168,7 @@ def test_documents_of_one_length_lie_side_by_side(arch):
                                       ["describe the image."] * 6, [x for a in answers for x in a])
     plain.sum().backward()
     torch.testing.assert_close(total, plain, rtol=1e-5, atol=1e-5)
-    for name, g in _grads(model).items():
-        torch.testing.assert_close(packed[name], g, rtol=1e-5, atol=1e-5 * max(1.0, float(g.abs().max())), msg=name)
+    _close_grads(packed, _grads(model))
 
 
 @pytest.mark.parametrize("arch", ["llava", "qwen2_vl", "gemma3"])

@@ -28,6 +28,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from vlalign import ranks
 from vlalign.models.batching import to_device
 from vlalign.progress import progress, warn
+from vlalign.train.memory import return_freed_buffers
 from vlalign.train.settings import OptimConfig
 
 LossFn = Callable[[Any, dict], tuple[torch.Tensor, dict[str, float]]]  # (the model, or `Prepared`, a batch)
@@ -165,6 +166,7 @@ def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, los
     metrics. A given `accelerator` logs with the trackers it was made with; `tracking` applies to the one
     made here. `model` is trained in place (the caller saves it, unwrapped)."""
     tracked = tracking is not None and tracking.report_to != "none" and accelerator is None
+    return_freed_buffers()
     accelerator = accelerator or make_accelerator(config, tracking if tracked else None)
     if tracked and tracking is not None:
         tracking.start(accelerator)
