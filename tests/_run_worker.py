@@ -46,12 +46,12 @@ def install() -> None:
     import vlalign.train.loop as loop
     import vlalign.train.preference as preference
 
-    atomic, check, write_json, save_file, logps, mark = (store._write_atomic, load._check_safetensors,
+    atomic, check, write_json, save_file, logps, mark = (store.write_atomic, load._check_safetensors,
                                                          runner.write_json, loop.save_file, preference.continuation_logps,
                                                          store.Stage.mark_items_done)
     train_arm = runner.train_arm
 
-    def _write_atomic(path, write):
+    def write_atomic(path, write):
         atomic(path, lambda tmp: (write(tmp), event("write", path)))
 
     def _check_safetensors(folder):
@@ -79,7 +79,7 @@ def install() -> None:
             event("items", self.dir)
         mark(self, keys)
 
-    store._write_atomic, load._check_safetensors, runner.write_json = _write_atomic, _check_safetensors, _write_json
+    store.write_atomic, load._check_safetensors, runner.write_json = write_atomic, _check_safetensors, _write_json
     loop.save_file, preference.continuation_logps, store.Stage.mark_items_done = _save_file, _continuation_logps, _mark_items_done
     runner.train_arm = _train_arm
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vlalign.evaluate.answers import AnswerFileError
-from vlalign.evaluate.mmhal import parse_rating, score_mmhal
+from vlalign.evaluate.mmhal import QUESTION_TYPES, parse_rating, parse_rating_official, score_mmhal
 from vlalign.feedback.judge import ChatReply
 
 DATA = Path(__file__).parent / "data" / "bench"
@@ -29,13 +29,26 @@ class ScriptedJudge:
         return [ChatReply(t) if t is not None else ChatReply(None, error="timeout") for t in texts]
 
 
-@pytest.mark.parametrize("text, rating", [
-    ("Good answer.\nRating: 6", 6), ("rating: 2, very informative, with hallucination", 2),
-    ("Rating: 3 ... so, Rating: 3", 3),  # the same rating twice is one rating
-    ("Rating: 3 or Rating: 4", None), ("no score here", None), ("Rating: 7", None),
+@pytest.mark.parametrize("text, official, robust", [
+    ("Good answer.\nRating: 6", 6, 6), ("rating: 2, very informative, with hallucination", 2, 2),
+    ("Rating: 3 ... so, Rating: 3", 3, 3),  # the same rating twice is one rating
+    ("Rating: 3 or Rating: 4", None, None), ("no score here", None, None), ("Rating: 7", None, None),
+    ("RATING: 2", 2, 2),  # the reply is lower-cased first
+    # the official script's quirks: it looks for "rating: N" as a substring, so whatever follows the digit is ignored
+    ("Rating: 60", 6, None),  # "rating: 6" occurs, "rating: 0" does not
+    ("Rating: 10", 1, None),
+    ("Rating: 36", 3, None),
+    ("Rating: 2.5", 2, None),
+    ("Rating: 0.5", 0, None),  # a rating of 0 found, not a reply without one
+    ("Rating: 5/6", 5, 5), ("Rating: 6.0", 6, None),
+    ("rating: 3, rating: 30", 3, 3),  # "rating: 30" holds only "rating: 3" (official); is no whole rating (robust)
+    ("Rating: 1 (out of Rating: 6)", None, None),  # two different ratings
+    ("rating:5", None, None), ("Rating:  4", None, None),  # exactly one space after the colon
+    ("Rating: -2", None, None),
 ])
-def test_parse_rating(text, rating):
-    assert parse_rating(text) == rating
+def test_parse_rating(text, official, robust):
+    assert parse_rating_official(text) == official
+    assert parse_rating(text) == robust
 
 
 REPLIES = {"red frisbee": "Accurate and detailed. Rating: 6", "green hat": "The hat is made up. Rating: 2",
@@ -122,3 +135,50 @@ def test_checking_a_substitute_judge_against_trusted_ratings(tmp_path):
     with pytest.raises(AnswerFileError, match=r"line 1: unknown rating 7"):
         ref.write_text(json.dumps({**rows[0], "rating": 7}) + "\n")
         mmhal_result(ref, None)
+
+
+def _answers_for(tmp_path, n: int) -> Path:
+    """n MMHal-Bench answers whose question types follow the reference's order (question i has type i % 8)."""
+    path = tmp_path / "answers.jsonl"
+    path.write_text("".join(json.dumps({"question_id": i, "question_type": QUESTION_TYPES[i % 8], "question": "q",
+                                        "gt_answer": "g", "image_content": ["Dog"], "answer": f"answer {i}."}) + "\n"
+                            for i in range(n)))
+    return path
+
+
+def _reply_by_answer(replies: list[str]):
+    return lambda prompt: replies[int(prompt.split("### Model answer to judge\nanswer ")[-1].split(".")[0])]
+
+
+def test_official_quirks_in_scores(tmp_path):
+    replies = ["Rating: 60", "Rating: 2.5", "Rating: 0.5", "rating:5"]
+    path = _answers_for(tmp_path, len(replies))
+    official = score_mmhal(path, ScriptedJudge(_reply_by_answer(replies)))
+    assert official["ratings"] == {"0": 6, "1": 2, "2": 0, "3": 0}
+    assert (official["unparsable"], official["unparsable_question_ids"]) == (1, [3])  # 0.5 is found: a 0
+    assert official["average_score"] == pytest.approx(8 / 4) and official["hallucination_rate"] == 0.75
+    robust = score_mmhal(path, ScriptedJudge(_reply_by_answer(replies)), parse="robust")
+    assert robust["ratings"] == {"0": 0, "1": 0, "2": 0, "3": 0} and robust["unparsable"] == 4
+
+
+def _script_reading(reply: str) -> int:
+    """eval_gpt_mmhal.py's rule, written out on its own: which of "rating: 0" .. "rating: 6" the lower-cased reply
+    contains; one of them is the score, none or several score 0."""
+    text = reply.lower()
+    hits = {s for s in range(7) if "rating: " + str(s) in text}
+    return hits.pop() if len(hits) == 1 else 0
+
+
+def test_official_figures_equal_the_script_over_a_reply_file(tmp_path):
+    replies = [json.loads(line)["reply"] for line in (DATA / "mmhal_judge_replies.jsonl").read_text().splitlines()]
+    assert len(replies) == 96  # the benchmark's size: the script groups question types by i % 8
+    scores = [_script_reading(r) for r in replies]
+    m = score_mmhal(_answers_for(tmp_path, 96), ScriptedJudge(_reply_by_answer(replies)))
+    assert m["ratings"] == {str(i): s for i, s in enumerate(scores)}
+    assert m["average_score"] == pytest.approx(sum(scores) / 96)
+    assert m["hallucination_rate"] == pytest.approx(sum(s < 3 for s in scores) / 96)
+    for t, name in enumerate(QUESTION_TYPES):
+        typed = scores[t::8]
+        assert m[f"{name}_score"] == pytest.approx(sum(typed) / len(typed))
+    quirky = sum(parse_rating(r) != _script_reading(r) and parse_rating(r) is None for r in replies)
+    assert quirky >= 10  # the file exercises the quirks: the robust reading differs on these

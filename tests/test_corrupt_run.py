@@ -10,7 +10,9 @@ after which the fix it names leads there.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -173,3 +175,35 @@ def test_a_damaged_training_checkpoint_is_warned_about_and_training_starts_over(
     _same(reference, run)
     err = capsys.readouterr().err
     assert str(checkpoint) in err and "training starts from the beginning" in err
+
+
+@pytest.mark.parametrize("name", ["trainable.safetensors", "optimizer.pt"])
+def test_a_training_checkpoint_with_overwritten_bytes_is_not_resumed(reference, tmp_path, capsys, name):
+    """Bytes overwritten in place (same size, so every reader still opens the file) are caught by the checksum
+    written with the checkpoint; training starts over and ends as the unharmed run."""
+    run = _copy(reference, tmp_path, stopped=True)
+    [checkpoint] = (run / "round1" / "training" / "checkpoints").glob("checkpoint-*")
+    path = checkpoint / name
+    with open(path, "r+b") as f:
+        f.seek(path.stat().st_size // 2)  # in the tensors' bytes, past the headers
+        f.write(b"\x7f" * 32)
+    _same(reference, run)
+    err = capsys.readouterr().err
+    assert f"{name} holds other bytes than when it was written" in err and "training starts from the beginning" in err
+
+
+def test_a_round_does_not_start_from_a_policy_whose_bytes_changed(reference, tmp_path):
+    """Round 2 of a longer run loads round 1's policy: overwritten bytes are found there even when the file's
+    modification time was set back, and round 2 does not train from them."""
+    run = _copy(reference, tmp_path, stopped=False)
+    weights = run / "round1" / "policy" / "model.safetensors"
+    before = weights.stat()
+    with open(weights, "r+b") as f:
+        f.seek(before.st_size // 2)
+        f.write(b"\x7f" * 64)
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(IncompleteCheckpoint) as e:
+        runner.run(METHOD, replace(CONFIG, rounds=2), run)
+    text = str(e.value)
+    assert "model.safetensors holds other bytes than when it was written" in text and str(weights.parent) in text
+    assert "round 1 is trained again" in text and not (run / "round2" / "policy").exists()

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from test_faults_cli import _main
 
 from vlalign.data.store import RunStore
 from vlalign.formats.imports import MAX_TEXT, import_data
@@ -62,10 +63,11 @@ class Case:
     name: str
     mutate: Callable[[dict], Any]
     reason: str | None = None  # None: the record is still good and must be imported as it now reads
+    completion: int | None = None  # VLFeedback: only this completion is skipped (for `reason`), the record kept
 
     @property
     def skip(self) -> bool:
-        return self.reason is not None
+        return self.reason is not None and self.completion is None
 
 
 def _set(path: tuple, value: Any) -> Callable[[dict], Any]:
@@ -111,22 +113,29 @@ def _write_json_list(path: Path, records: list) -> None:
     path.write_bytes(text.encode("utf-8").replace(BAD_BYTES.encode(), b"\xff\xfe"))
 
 
+def _logged_as(case: Case, label: str) -> str:
+    return label if case.completion is None else f"{label} completion {case.completion}"
+
+
 def _check_import(stage, cases: list[Case], n_good: int, label: Callable[[int], str], log_stage=None) -> list[str]:
-    """Skipped cases logged once each at their position with a BadRecord reason; counted; the rest imported.
-    The file holds the `n_good` untouched records first, then one record per case; `label(i)` names case i."""
+    """Skipped cases (records, or single VLFeedback completions) logged once each at their position with a
+    reason our checks give; counted; the rest imported. The file holds the `n_good` untouched records first,
+    then one record per case; `label(i)` names case i."""
     log_stage = log_stage or stage
     errors = log_stage.errors()
     logged = [e["id"] for e in errors]
-    expected = {label(i) for i, c in enumerate(cases) if c.skip}
+    expected = {_logged_as(c, label(i)) for i, c in enumerate(cases) if c.reason is not None}
     assert sorted(logged) == sorted(expected), "each bad record logged exactly once, and no good one"
     by_id = {e["id"]: e["error"] for e in errors}
     for i, case in enumerate(cases):
-        if case.skip:
-            message = by_id[label(i)]
-            assert message.startswith("BadRecord: "), (case.name, message)
-            assert case.reason in message, (case.name, message)
-    assert stage.manifest["import"] == {"records": len(cases) + n_good, "skipped": len(expected),
-                                        "errors": str(log_stage.dir / ".errors.jsonl")}
+        if case.reason is not None:
+            message = by_id[_logged_as(case, label(i))]
+            assert message.startswith(("BadRecord: ", "Unreadable: ")), (case.name, message)
+            assert case.reason in message and label(i) in message, (case.name, message)
+    report = stage.manifest["import"]
+    assert (report["records"], report["skipped"], report["errors"]) == (
+        len(cases) + n_good, sum(c.skip for c in cases), str(log_stage.dir / ".errors.jsonl"))
+    assert report.get("completions_skipped", 0) == sum(c.completion is not None for c in cases)
     return logged
 
 
@@ -287,20 +296,27 @@ VLF_CASES = [
     Case("completions empty", _set(("completions",), []), "must be a non-empty list of completions"),
     Case("completions text", _set(("completions",), "answers"), "must be a non-empty list of completions"),
     Case("completions dict", _set(("completions",), {"model": "a"}), "must be a non-empty list of completions"),
-    Case("completion not an object", _set(("completions", 1), 7), "completion 1: expected a completion object"),
-    Case("response null", _set(("completions", 0, "response"), None), "completion 0: missing field(s) response"),
-    Case("response int", _set(("completions", 0, "response"), 5), "field 'response' must be text, got int"),
-    Case("response empty", _set(("completions", 0, "response"), ""), "field 'response' is empty"),
-    Case("model int", _set(("completions", 0, "model"), 5), "field 'model' must be text, got int"),
+    Case("completion not an object", _set(("completions", 1), 7), "completion 1: expected a completion object", 1),
+    Case("response null", _set(("completions", 0, "response"), None), "completion 0: missing field(s) response", 0),
+    Case("response missing", _drop("completions", 0, "response"), "completion 0: missing field(s) response", 0),
+    Case("response int", _set(("completions", 0, "response"), 5), "field 'response' must be text, got int", 0),
+    Case("response empty", _set(("completions", 0, "response"), ""), "field 'response' is empty", 0),
+    Case("model int", _set(("completions", 0, "model"), 5), "field 'model' must be text, got int", 0),
     Case("model missing", _drop("completions", 0, "model")),
-    Case("annotations text", _set(("completions", 0, "annotations"), "good"), "'annotations' must be an object"),
-    Case("aspect not an object", _set(("completions", 0, "annotations", H), "4"), "must be an object with Rating"),
-    Case("rationale int", _set(("completions", 0, "annotations", H, "Rationale"), 4), "Helpfulness.Rationale"),
+    Case("annotations text", _set(("completions", 0, "annotations"), "good"), "'annotations' must be an object", 0),
+    Case("annotations list", _set(("completions", 1, "annotations"), [{"Rating": "4"}]),
+         "'annotations' must be an object of aspects, got list", 1),
+    Case("aspect not an object", _set(("completions", 0, "annotations", H), "4"), "must be an object with Rating", 0),
+    Case("rationale int", _set(("completions", 0, "annotations", H, "Rationale"), 4), "Helpfulness.Rationale", 0),
+    Case("every completion broken", lambda r: {**r, "completions": [5, None]},
+         "no completion can be imported: completion 0: expected a completion object, got int"),
     Case("no annotations", _drop("completions", 1, "annotations")),
     Case("rating 4.5", _set(("completions", 1, "annotations", H, "Rating"), "4.5")),
     Case("rating ten", _set(("completions", 1, "annotations", H, "Rating"), "ten")),
     Case("rating -3", _set(("completions", 1, "annotations", H, "Rating"), "-3")),
     Case("rating 10", _set(("completions", 1, "annotations", H, "Rating"), "10")),
+    Case("rating 7", _set(("completions", 1, "annotations", H, "Rating"), "7")),
+    Case("rating N/A", _set(("completions", 1, "annotations", H, "Rating"), "N/A")),
     Case("rating true", _set(("completions", 1, "annotations", H, "Rating"), True)),
     Case("rating float", _set(("completions", 1, "annotations", H, "Rating"), 4.0)),
     Case("rating int", _set(("completions", 1, "annotations", H, "Rating"), 2)),
@@ -313,7 +329,15 @@ VLF_CASES = [
 ]
 # completion b's (Helpfulness, Visual Faithfulness) after the case: a malformed rating is missing, never guessed
 WANTED = {"rating 4.5": (None, 3), "rating ten": (None, 3), "rating -3": (None, 3), "rating 10": (None, 3),
-          "rating true": (None, 3), "rating float": (None, 3), "rating int": (2, 3), "no annotations": (None, None)}
+          "rating 7": (None, 3), "rating N/A": (None, 3), "rating true": (None, 3), "rating float": (None, 3),
+          "rating int": (2, 3), "no annotations": (None, None)}
+# what the feedback stage's log says of completion b's ratings that are stored as missing
+UNREAD = {"rating 4.5": "Helpfulness Rating '4.5' is not a whole number from 1 to 5",
+          "rating ten": "Helpfulness Rating 'ten' is not", "rating -3": "Helpfulness Rating '-3' is not",
+          "rating 10": "Helpfulness Rating '10' is not", "rating 7": "Helpfulness Rating '7' is not",
+          "rating N/A": "Helpfulness Rating 'N/A' is not", "rating true": "Helpfulness Rating True is not",
+          "rating float": "Helpfulness Rating 4.0 is not",
+          "no annotations": "no Helpfulness Rating; no Visual Faithfulness Rating; no Ethical Considerations Rating"}
 
 
 def test_vlfeedback_fuzzed_records(tmp_path, images):
@@ -325,10 +349,24 @@ def test_vlfeedback_fuzzed_records(tmp_path, images):
     responses, feedback = store.stage("responses"), store.stage("feedback")
     _check_import(pairs, VLF_CASES, len(good), lambda i: f"vlfeedback.json record {len(good) + i + 1}",
                   log_stage=responses)
-    assert feedback.errors() == [] and pairs.errors() == []  # each bad record logged once, where it was read
-    kept = [r for r, c in zip(faulty, VLF_CASES, strict=True) if not c.skip] + good
+    assert pairs.errors() == []  # each bad record logged once, where it was read
+    kept = [(r, c.completion) for r, c in zip(faulty, VLF_CASES, strict=True) if not c.skip] + [(r, None) for r in good]
     texts = {r["id"]: r["response"] for r in responses.rows()}
-    assert sorted(texts.values()) == sorted(c["response"] for r in kept for c in r["completions"])
+    # a record with one broken completion keeps the others, with their ratings
+    assert sorted(texts.values()) == sorted(c["response"] for r, broken in kept
+                                            for k, c in enumerate(r["completions"]) if k != broken)
+    rated = {texts[f["response_id"]] for f in feedback.rows()}
+    for i, case in enumerate(VLF_CASES):
+        if case.completion is not None:
+            assert f"answer {i} {'ab'[1 - case.completion]}" in rated, case.name
+    # every rating stored as missing is logged once, with the record, the completion and the value, and counted
+    unread = {texts[e["id"]]: e["error"] for e in feedback.errors()}
+    assert sorted(unread) == sorted(f"answer {[c.name for c in VLF_CASES].index(name)} b" for name in UNREAD)
+    for name, reason in UNREAD.items():
+        i = [c.name for c in VLF_CASES].index(name)
+        assert f"vlfeedback.json record {len(good) + i + 1} completion 1: {reason}" in unread[f"answer {i} b"], name
+    assert pairs.manifest["import"]["ratings_missing"] == len(UNREAD) - 1 + 3
+    assert feedback.manifest["missing_ratings"]["answers"] == len(UNREAD)
     models = {r["response"]: r["model"] for r in responses.rows()}
     no_model = [c.name for c in VLF_CASES].index("model missing")
     assert models[f"answer {no_model} a"] == ""  # an empty model name, as before
@@ -394,3 +432,102 @@ def test_rlaif_v_parquet_faults(tmp_path):
     assert "field 'question' must be text, got int" in errors["b_int.parquet group 0 row 0"]
     assert "not a readable Parquet file" in errors["c_cut.parquet"]
     assert stage.manifest["import"]["skipped"] == 4
+
+
+# ---------------------------------------------------------------- files nothing can be read from, in part or whole
+
+
+def _import(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """`vlalign import ARGS` through `cli.main` (an error is one line and exit code 2): (code, stderr unwrapped)."""
+    code, _, err = _main(monkeypatch, capsys, "import", *args)
+    return code, "".join(err.split())
+
+
+def _parquet(path: Path, n: int = 3) -> Path:
+    pq.write_table(pa.Table.from_pylist([{**_rlaif(i), "image": {"bytes": _png(COLORS[i % 3]), "path": None}}
+                                         for i in range(n)]), path)
+    return path
+
+
+@pytest.mark.parametrize("format, name, write, reason", [
+    ("rlaif-v", "cut.parquet", lambda p: p.write_bytes(_parquet(p).read_bytes()[:300]),
+     "not a readable Parquet file"),
+    ("rlaif-v", "fake.parquet", lambda p: p.write_bytes(b"PAR1" + b"\x00" * 200), "not a readable Parquet file"),
+    ("povid", "object.json", lambda p: p.write_text(json.dumps({"data": [_povid(0), _povid(1)]}, indent=1)),
+     "the file is one JSON object, not a list of records"),
+    ("vlfeedback", "object.json", lambda p: p.write_text(json.dumps({"records": [_vlf(0)]})),
+     "the file is one JSON object, not a list of records"),
+    ("povid", "utf16.json", lambda p: p.write_bytes(json.dumps([_povid(0)]).encode("utf-16")),
+     "the file is not UTF-8 text: byte 0 is 0xff; save it as UTF-8"),
+    ("povid", "latin1.jsonl", lambda p: p.write_bytes(b"\xe9t\xe9 " * 40), "not valid JSON"),
+    ("povid", "numbers.json", lambda p: p.write_text("[1, 2, 3]"), "expected a JSON object, got int"),
+    ("povid", "empty-list.json", lambda p: p.write_text("[]"), "holds no records"),
+    ("vlfeedback", "deep.jsonl", lambda p: p.write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}\n"),
+     "line 1: nested deeper than a JSON reader follows"),
+    ("vlfeedback", "deep.json", lambda p: p.write_text("[" * 100_000 + "]" * 100_000),
+     "record 1: nested deeper than a JSON reader follows"),
+])
+def test_a_file_no_record_can_be_read_from_is_an_error_naming_it(tmp_path, images, monkeypatch, capsys, format, name,
+                                                                  write, reason):
+    src = images / name
+    write(src)
+    code, err = _import(monkeypatch, capsys, str(src), "--out", str(tmp_path / "run"), "--format", format)
+    assert code == 2 and err.startswith("error:"), err
+    assert "".join(f"no record can be read from {src}".split()) in err or "holdsnorecords" in err
+    assert "".join(reason.split()) in err and "Traceback" not in err
+
+
+def test_a_partly_readable_file_imports_what_it_can_and_says_how_much_it_lost(tmp_path, images, monkeypatch, capsys):
+    src = tmp_path / "povid.json"
+    text = json.dumps([_povid(i) for i in range(4)], indent=1)
+    src.write_text(text[:text.index('"p2"') + 3])  # cut inside record 3
+    code, err = _import(monkeypatch, capsys, str(src), "--out", str(tmp_path / "run"), "--format", "povid",
+                      "--images", str(images))
+    assert code == 0 and "importedtwopairs" not in err
+    assert "imported2pairs" in err and "1recordsskipped" in err and "1ofthemunreadable" in err
+    [error] = RunStore(tmp_path / "run").stage("pairs").errors()
+    cut = text.index('"p2"') + 3
+    assert "charactersunread" in "".join(error["error"].split()) and f"of its {cut:,} characters unread" in error["error"]
+
+
+def test_a_json_line_nested_too_deep_is_one_skipped_record(tmp_path, images):
+    src = tmp_path / "povid.jsonl"
+    src.write_text(json.dumps(_povid(0)) + "\n" + '{"id": ' + "[" * 100_000 + "]" * 100_000 + "}\n"
+                   + json.dumps(_povid(1)) + "\n")
+    stage = import_data("povid", src, tmp_path / "run", images)
+    assert len(stage.rows()) == 2
+    [error] = stage.errors()
+    assert error["id"] == "povid.jsonl record 2" and "povid.jsonl line 2: nested deeper" in error["error"]
+    deep = tmp_path / "deep.json"  # in a JSON list the records before it are kept, and the rest is named as lost
+    deep.write_text("[" + json.dumps(_povid(0)) + ", " + "[" * 100_000 + "]" * 100_000 + ", " + json.dumps(_povid(1))
+                    + "]")
+    stage = import_data("povid", deep, tmp_path / "run2", images)
+    assert len(stage.rows()) == 1 and "record 2: nested deeper" in stage.errors()[0]["error"]
+    assert "characters unread" in stage.errors()[0]["error"]
+
+
+@pytest.mark.parametrize("format", ["povid", "vlfeedback", "rlaif-v"])
+def test_importing_changed_data_into_the_same_run_is_refused_naming_the_change(tmp_path, images, format):
+    if format == "rlaif-v":
+        src = tmp_path / "src"
+        src.mkdir()
+        _parquet(src / "a.parquet")
+    else:
+        src = tmp_path / f"{format}.jsonl"
+        src.write_text("".join(json.dumps((_povid if format == "povid" else _vlf)(i)) + "\n" for i in range(3)))
+    before = sorted(r["chosen"] for r in import_data(format, src, tmp_path / "run", images).rows())
+    assert sorted(r["chosen"] for r in import_data(format, src, tmp_path / "run", images).rows()) == before
+    os.utime(src, ns=(1, 1))  # touched, not changed: the import goes on
+    assert len(import_data(format, src, tmp_path / "run", images).rows()) == len(before)
+    if format == "rlaif-v":
+        _parquet(src / "b.parquet", 4)
+        change = "b.parquet is new"
+    else:
+        src.write_text(src.read_text().replace("answer 1 a", "answer 1 z").replace("A shape 1.", "A shape 7."))
+        change = f"{src.name} holds other bytes than when it was written"  # an edit of the same size
+    with pytest.raises(ValueError) as e:
+        import_data(format, src, tmp_path / "run", images)
+    text = str(e.value)
+    assert change in text and str(tmp_path / "run") in text and "into a new --out" in text
+    fresh = sorted(r["chosen"] for r in import_data(format, src, tmp_path / "new", images).rows())
+    assert fresh != before  # the fix it names imports the new content

@@ -304,7 +304,13 @@ MMHAL_REPLIES = {"answer-six": Reply("Rating: 6"), "answer-ten": Reply("Rating: 
                  "answer-down": Status(503), "answer-flaky": [Status(502), Reply("Rating: 2")]}
 
 
-def test_mmhal_scores_only_what_the_judge_said(fault_server, tmp_path):
+@pytest.mark.parametrize(("parse", "ratings", "unparsable"), [
+    # "10" and "4.5" name no whole rating: unparsable, scored 0 as in the reference, and counted
+    ("robust", {"0": 6, "1": 0, "2": 0, "5": 2}, [1, 2]),
+    # the official script looks for "rating: N" as a substring: it reads them as 1 and 4
+    ("official", {"0": 6, "1": 1, "2": 4, "5": 2}, None),
+])
+def test_mmhal_scores_only_what_the_judge_said(fault_server, tmp_path, parse, ratings, unparsable):
     from vlalign.evaluate.mmhal import score_mmhal
 
     server = fault_server({k: v if isinstance(v, list) else [v] for k, v in MMHAL_REPLIES.items()})
@@ -312,9 +318,8 @@ def test_mmhal_scores_only_what_the_judge_said(fault_server, tmp_path):
     path.write_text("".join(json.dumps({"question_id": i, "answer": name, "question": "q?", "gt_answer": "g",
                                         "image_content": ["dog"], "question_type": "attribute"}) + "\n"
                             for i, name in enumerate(MMHAL_REPLIES)))
-    m = score_mmhal(path, _judge(server))
-    # 6 and the retried 2 are ratings; "10" and "4.5" are unparsable (scored 0 as in the reference, and
-    # counted), not read as 1 and 4; the HTML and 503 replies failed after retries and are not scored
-    assert m["ratings"] == {"0": 6, "1": 0, "2": 0, "5": 2}
-    assert m["unparsable_question_ids"] == [1, 2]
+    m = score_mmhal(path, _judge(server), parse=parse)
+    # 6 and the retried 2 are ratings; the HTML and 503 replies failed after retries and are not scored
+    assert m["ratings"] == ratings
+    assert m.get("unparsable_question_ids") == unparsable
     assert m["judge_skipped"] == {"judge_error": 2} and m["judge_skipped_lines"] == {"judge_error": [4, 5]}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from _models import GivenModels
 from PIL import Image
 
@@ -168,3 +169,31 @@ def test_labeling_with_the_llm_splitter_fails_only_the_answer_it_could_not_split
     assert [e["id"] for e in out.errors()] == ["p3/m1"] and out.manifest["errors"] == 1
     splits = [p for p in judge.prompts if p.startswith("Break the answer")]
     assert len(splits) == 12, "every answer was split once: one bad answer did not send its batch again"
+
+
+class Killed(Scripted):
+    """`Scripted`, killed (KeyboardInterrupt) at its request number `at`."""
+
+    def __init__(self, at: int):
+        super().__init__(down=False)
+        self.at = at
+
+    def complete(self, requests):
+        if len(self.prompts) + len(requests) >= self.at:
+            raise KeyboardInterrupt("killed")
+        return super().complete(requests)
+
+
+def test_a_kill_in_the_response_pool_loses_one_batch_of_the_runs_batch_size(tmp_path):
+    """The pool writes its answers every `batch_size` (the run's batch of sampling stages), so a kill loses at
+    most that many, not a fixed 64."""
+    pool = [PoolMember("api:a", max_new_tokens=7), PoolMember("api:b", max_new_tokens=9)]
+    r = _round(tmp_path, Killed(at=7), pool)
+    r.config = SilkieConfig(pool=pool, answers_per_prompt=2, judge="api:scripted", batch_size=2)
+    with pytest.raises(KeyboardInterrupt):
+        pool_stage(r, r.stage("responses"), pool, 2)
+    assert len(r.stage("responses").rows()) == 6, "the three batches before the kill are on disk"
+    again = Scripted(down=False)
+    r.models = GivenModels(lambda spec: again)
+    out = pool_stage(r, r.stage("responses"), pool, 2)
+    assert len(again.prompts) == 2 and len(out.rows()) == 8

@@ -46,15 +46,15 @@ def _lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def _attempt(method: str, out: Path, events: Path, kill: str = "-",
-             after: float | None = None) -> tuple[int, str, float]:
+def _attempt(method: str, out: Path, events: Path, kill: str = "-", after: float | None = None,
+             config: list[str] | None = None) -> tuple[int, str, float]:
     """One `vlalign run`, killed at the event `kill` or `after` seconds into its run (from its first event, so
     the imports do not count); (exit code, stderr, seconds from its first event to its end)."""
     log = out.with_name(out.name + ".stderr")
     before = _lines(events)
     with open(log, "w") as err:
         proc = subprocess.Popen([sys.executable, str(WORKER), str(events), kill, "run", method, "--out", str(out),
-                                 *CONFIGS[method]], stdout=subprocess.DEVNULL, stderr=err, env=ENV)
+                                 *(config or CONFIGS[method])], stdout=subprocess.DEVNULL, stderr=err, env=ENV)
         while proc.poll() is None and _lines(events) <= before:
             time.sleep(0.05)
         began = time.monotonic()
@@ -143,3 +143,24 @@ def test_a_run_killed_anywhere_ends_as_if_never_killed(tmp_path, method):
     aimed = [c for a, c in tally.items() if a not in ("time", "final")]
     assert sum(c["ended before its kill"] for c in aimed) == 0, "every aimed attempt died where it was aimed"
     assert {"stage", "train", "save", "marker"} <= set(tally)
+
+
+@pytest.mark.slow
+def test_a_kill_after_an_arm_is_saved_costs_its_evaluation_not_its_training(tmp_path):
+    """SIGKILLed once the round's policy is saved and evaluated but before its marker is written (what is on disk
+    after a kill anywhere in the evaluation), the resumed run evaluates the saved policy again: no training
+    forward pass runs, and it ends with the same summary as the run that was never killed."""
+    config = [a for a in CONFIGS["rlaif-v"] if not a.startswith("rounds=")] + [
+        "rounds=1", "eval=[{name: world, limit: 2}]", "eval_base=false"]
+    code, err, _ = _attempt("rlaif-v", tmp_path / "reference", tmp_path / "reference.events", config=config)
+    assert code == 0, err[-3000:]
+    events = tmp_path / "run.events"
+    code, _, _ = _attempt("rlaif-v", tmp_path / "run", events, "marker:round1/arm.json#1", config=config)
+    assert code == -signal.SIGKILL
+    before = _lines(events)
+    code, err, _ = _attempt("rlaif-v", tmp_path / "run", events, config=config)
+    assert code == 0, err[-3000:]
+    resumed = events.read_text().splitlines()[before:]
+    assert not [e for e in resumed if e.startswith("forward:")], "the resumed run trained again"
+    assert "marker:round1/arm.json" in resumed
+    assert differences(tmp_path / "reference", tmp_path / "run") == []

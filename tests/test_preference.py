@@ -181,12 +181,45 @@ def test_a_killed_training_resumes_from_its_checkpoint(examples, tmp_path, tiny_
     with pytest.raises(KeyboardInterrupt):
         fit(*fresh(), examples, config, out=tmp_path / "killed")
     assert [p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()] == ["checkpoint-2"]
-    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
-    resumed, history = fit(*fresh(), examples, config, out=tmp_path / "killed")
+    taken = []
+
+    def count(self, *args, **kwargs):
+        taken.append(1)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", count)
+    # how often checkpoints are written is no part of the job: a resume under another frequency takes it up
+    resumed, history = fit(*fresh(), examples, replace(config, checkpoint_every=5, checkpoint_minutes=1.0),
+                           out=tmp_path / "killed")
+    assert len(taken) == len(whole_history) - 2, "from step 3 on only"
     assert [h["step"] for h in history] == [h["step"] for h in whole_history]
     assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in whole_history], abs=1e-6)
     for (name, a), (_, b) in zip(whole.named_parameters(), resumed.named_parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_a_checkpoint_is_written_every_few_minutes_by_default(model_and_processor, examples, tmp_path, monkeypatch):
+    """With no `checkpoint_every`, training still saves a resumable checkpoint once `checkpoint_minutes` (5 by
+    default) have passed since the last one; here a clock that moves one minute each time it is read."""
+    import types
+
+    import vlalign.train.loop as loop
+
+    assert TrainConfig().checkpoint_every == 0 and TrainConfig().checkpoint_minutes == 5.0
+    minutes = iter(range(10_000))
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(monotonic=lambda: 60.0 * next(minutes)))
+    saved: list[int] = []
+    real_save = loop.Checkpoints.save
+    monkeypatch.setattr(loop.Checkpoints, "save", lambda self, step, *a: (saved.append(step), real_save(self, step, *a))[1])
+    config = replace(_config(steps_epochs=6, lr=1e-3), batch_size=4)  # 12 steps
+    fit(*model_and_processor, examples, config, out=tmp_path / "timed")
+    # read at the start (minute 0), then once a step: due at step 5 (minute 5); read again once saved (6), so
+    # due next at step 10 (minute 11); never at the last step, whose model the caller saves
+    assert saved == [5, 10]
+    assert [p.name for p in (tmp_path / "timed" / "checkpoints").iterdir()] == ["checkpoint-10"]
+    saved.clear()
+    fit(*model_and_processor, examples, replace(config, checkpoint_minutes=0.0, seed=1), out=tmp_path / "never")
+    assert saved == [] and not (tmp_path / "never" / "checkpoints").exists()
 
 
 def test_conditional_term_needs_a_corrupted_image(model_and_processor, examples):

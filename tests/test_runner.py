@@ -77,7 +77,9 @@ def test_rlaif_v_rounds_then_resume_by_round_and_by_stage(tmp_path, monkeypatch)
     assert {f.meta["labeler"] for f in feedback} == {"policy@round2"}  # self-alignment
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["config"]["labeler"] == "self" and len(on_disk["rounds"]) == 2
-    assert on_disk["final"] == str(tmp_path / "round2" / "policy")
+    assert on_disk["final"] == "round2/policy" and on_disk["rounds"][0]["checkpoint"] == "round1/policy"  # run-relative
+    assert summary["final"] == str(tmp_path / "round2" / "policy")  # and where the run is now, once read back
+    assert summary["rounds"][0]["checkpoint"] == str(tmp_path / "round1" / "policy")
 
 
 def test_rlaif_v_sampling_is_deconfounded_and_reproducible(tmp_path):

@@ -71,8 +71,10 @@ def test_merge_folds_an_adapter_into_a_plain_checkpoint(tmp_path):
     adapter = save(lora, processor, tmp_path / "adapter")
     result = CliRunner().invoke(app, ["merge", str(adapter), "--out", str(tmp_path / "merged")])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "merged" / "config.json").exists() and not (tmp_path / "merged" / "adapter_config.json").exists()
-    merged, _ = load(tmp_path / "merged", dtype="fp32")
+    policy = tmp_path / "merged" / "policy"  # a saved model's layout: policy/ merged, adapter/ beside it
+    assert (policy / "config.json").exists() and not (policy / "adapter_config.json").exists()
+    assert (tmp_path / "merged" / "adapter" / "adapter_config.json").exists()
+    merged, _ = load(policy, dtype="fp32")
     batch = encode(processor, [random_image(1)], ["describe the image."], ["yes"])
     with torch.no_grad():
         a = lora.eval()(**model_inputs(batch)).logits

@@ -32,10 +32,12 @@ CONFIG_HELP = ("A shipped recipe's name (`vlalign recipes` lists them) or a YAML
 OVERRIDES_HELP = "Dotted overrides of any config key: train.beta=0.2 rounds=2 'eval=[world]'."
 
 
-def load_method_config(method: str, config: str | None, overrides: list[str] | None):
+def load_method_config(method: str, config: str | None, overrides: list[str] | None, check: bool = False):
     """(method, config): the method's config from a recipe or YAML file and overrides, checked in full (no
-    model library is imported yet, so a typo is reported at once)."""
-    from vlalign.config import load_config
+    model library is imported yet, so a typo is reported at once). With `check`, what the config names (models,
+    files, a judge style that cannot fit its judge) is checked too and reported with the typos
+    (`vlalign.preflight`)."""
+    from vlalign.config import ConfigError, load_config
     from vlalign.recipes import locate, method_of
 
     m = METHODS.get(method)
@@ -44,11 +46,23 @@ def load_method_config(method: str, config: str | None, overrides: list[str] | N
     if named is not None and named != m.name:
         raise ValueError(f"{config} is a recipe for {named}, not {m.name}: run `vlalign run {named} --config "
                          f"{config}`, or pick a {m.name} recipe (`vlalign recipes`)")
-    return m, load_config(m.config, path, list(overrides or []))
+    if not check:
+        return m, load_config(m.config, path, list(overrides or []))
+    from vlalign.preflight import problems
+
+    try:
+        settings = load_config(m.config, path, list(overrides or []))
+    except ConfigError as e:
+        found = problems(e.config) if e.config is not None else []
+        raise ConfigError(e.problems + [p for p in found if p not in e.problems], str(path or "")) from None
+    found = problems(settings)
+    if found:
+        raise ConfigError(found, m.name)
+    return m, settings
 
 
 def run_method(method: str, config: str | None, out: Path, overrides: list[str] | None) -> dict:
-    m, settings = load_method_config(method, config, overrides)
+    m, settings = load_method_config(method, config, overrides, check=True)
     from vlalign.runner import run
 
     summary = run(m, settings, out)
@@ -72,6 +86,10 @@ def print_summary(summary: dict, out: Path) -> None:
     for r in summary["rounds"]:
         for arm, record in r["arms"].items():
             console.print(f"round {r['round']} {arm}: {record['pairs']} pairs, model at {record['checkpoint']}")
+    from vlalign.run_record import summary_notes
+
+    for note in summary_notes(summary):
+        console.print(f"[yellow]{note}[/yellow]", highlight=False, soft_wrap=True)
     console.print(f"{summary['seconds']:.0f} s; summary at {out / 'summary.json'}")
     print(summary["final"])
 
@@ -125,10 +143,13 @@ def config_show(
             "`vlalign config show --markdown`; a test keeps this page equal to it). Defaults are each method's "
             "general recipe; the shipped recipes (`vlalign recipes`) set what they change.\n\n") if markdown else ""
     if markdown:
+        from vlalign.config import alias_table
+        from vlalign.stages.settings import RunConfig
         from vlalign.train.settings import TERM_HELP
 
         pages.append("## Loss terms\n\n| term | what it is |\n|---|---|\n"
                      + "".join(f"| `{k}` | {v} |\n" for k, v in TERM_HELP.items()))
+        pages.append(alias_table(RunConfig))
     print(head + "\n".join(pages), end="")
 
 
@@ -165,13 +186,36 @@ def recipes_copy(
 
 @app.command("merge")
 def merge_cmd(
-    adapter: Path = typer.Argument(..., help="A saved LoRA adapter directory."),
-    out: Path = typer.Option(..., help="Where to save the merged model."),
+    adapter: Path = typer.Argument(..., help="A saved LoRA adapter directory (a run's roundK/adapter)."),
+    out: Path = typer.Option(..., help="Folder for the merged model (out/policy) and a copy of the adapter "
+                                       "(out/adapter), as a run saves them."),
+    dtype: str = typer.Option(None, help="bf16, fp16 or fp32 (default: the dtype the adapter's run recorded, "
+                                         "else the base's own)."),
 ) -> None:
-    """Fold a LoRA adapter into its base model and save a plain checkpoint."""
-    from vlalign.models.lora import merge
+    """Fold a LoRA adapter into its base model: the merged model in the run's dtype, beside its adapter."""
+    from vlalign.models.paths import require_adapter
 
-    print(merge(str(adapter), str(out)))
+    require_adapter(adapter)  # before torch loads: a wrong path answers at once
+    from vlalign.models.saved import POLICY, merge
+
+    print(merge(adapter, out, dtype) / POLICY)
+
+
+@app.command("push")
+def push(
+    path: Path = typer.Argument(..., help="A saved model (a run's roundK, `vlalign dpo`'s --out, any model directory) "
+                                          "or, with --data, a run directory."),
+    repo: str = typer.Option(..., help="The repo to push to, ORG/NAME (created if missing)."),
+    data: bool = typer.Option(False, "--data", help="Push a run's data (stages, pairs, summary, report; no weights) "
+                                                    "to a dataset repo."),
+    endpoint: str = typer.Option(None, help="The Hub's URL (default: HF_ENDPOINT, else huggingface.co)."),
+    public: bool = typer.Option(False, "--public", help="Create the repo public (default: private)."),
+) -> None:
+    """Push a trained model (policy/ at the root, adapter/ beside it) or a run's data to a Hugging Face Hub; the
+    token comes from HF_TOKEN."""
+    from vlalign.data.hub import push_model, push_run
+
+    print((push_run if data else push_model)(path, repo, endpoint, private=not public))
 
 
 @app.command("export")
@@ -207,13 +251,10 @@ def import_(
                                            "(default: the data file's folder)."),
 ) -> None:
     """Import released preference data into a run directory, ready to train on or export."""
-    from vlalign.data.store import ERRORS
-    from vlalign.formats.imports import import_data
+    from vlalign.formats.imports import import_data, import_summary
 
     stage = import_data(format, src, out, images)
-    report = stage.manifest.get("import", {})
-    console.print(f"imported {stage.counts()['rows']} pairs into {stage.dir}; {report.get('skipped', 0)} records "
-                  f"skipped (see {report.get('errors', stage.dir / ERRORS)})")
+    console.print(import_summary(stage), highlight=False, soft_wrap=True)
     print(stage.dir)
 
 
@@ -221,38 +262,51 @@ def import_(
 def dpo(
     pairs: Path = typer.Argument(..., help="A run or stage directory holding preference pairs (built or imported)."),
     policy: str = typer.Option(..., help="The model to train: a directory or world:<name>."),
-    out: Path = typer.Option(..., help="Folder for the trained model (out/policy) and its training (out/training)."),
-    config: Path = typer.Option(None, help="YAML of training settings (loss, beta, lora, optim, ...)."),
+    out: Path = typer.Option(..., help="Folder for the trained model (out/policy, LoRA merged in; out/adapter with "
+                                       "LoRA) and its training (out/training)."),
+    config: Path = typer.Option(None, help="YAML of training settings (loss, beta, lora, optim, reference, ...)."),
     beta: float = typer.Option(None, help="Shorthand for the override beta=..."),
     epochs: float = typer.Option(None, help="Shorthand for the override epochs=..."),
-    dtype: str = typer.Option("auto", help="auto (the checkpoint's), bf16, fp16 or fp32."),
+    dtype: str = typer.Option("auto", help="auto (the checkpoint's), bf16, fp16 or fp32; the model is saved in it."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing",
                                                 help="Recompute activations in the backward: less memory, more time."),
-    overrides: list[str] = typer.Argument(None, help="Dotted overrides of the training settings: loss={sft: 1.0}.",
+    quantization: str = typer.Option(None, help="4bit or 8bit: load the policy quantized (bitsandbytes) and train "
+                                                "LoRA on it (QLoRA); needs lora settings."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides of the training settings: loss={sft: 1.0} "
+                                                     "reference=/models/sft (TRL's names work: learning_rate=1e-6).",
                                           show_default=False),
 ) -> None:
     """Train a policy on the preference pairs under a run directory (any objective of `loss`)."""
-    from vlalign.config import load_config
+    from vlalign.config import ConfigError, load_config
+    from vlalign.models.paths import reference_problem
     from vlalign.models.settings import Runtime
+    from vlalign.preflight import quantization_problems
     from vlalign.train.settings import TrainConfig
 
     shorthands = [f"{k}={v}" for k, v in (("beta", beta), ("epochs", epochs)) if v is not None]
     settings = load_config(TrainConfig, config, [*shorthands, *(overrides or [])])
-    runtime = Runtime(dtype=dtype)
+    runtime = Runtime(dtype=dtype, quantization=quantization)
+    problems = [p for p in (reference_problem("--policy", policy), reference_problem("reference", settings.reference))
+                if p] + quantization_problems(runtime, "--quantization", settings.lora)
+    if problems:
+        raise ConfigError(problems, "dpo")
     from vlalign import ranks
-    from vlalign.models.load import load, save
+    from vlalign.models.load import load
+    from vlalign.models.saved import POLICY, save_trained
     from vlalign.stages.pairs import examples_under
     from vlalign.train.fit import fit
 
     examples = examples_under(pairs)
     model, processor = load(policy, runtime)
+    reference = load(settings.reference, runtime)[0] if settings.reference else None
     if ranks.is_main():
         console.print(f"training on {len(examples)} pairs from {pairs} ({ranks.world_size()} process(es))")
-    model, history = fit(model, processor, examples, settings, out=out / "training",
+    model, history = fit(model, processor, examples, settings, out=out / "training", reference=reference,
                          gradient_checkpointing=gradient_checkpointing)
-    if ranks.is_main():  # every process holds the same trained weights; one writes them
+    save_trained(model, processor, out, runtime)  # every process holds the same weights; the main one writes them
+    if ranks.is_main():
         console.print(f"final loss {history[-1]['loss']:.4f}")
-        print(save(model, processor, out / "policy"))
+        print(out / POLICY)
     ranks.barrier()
 
 
@@ -299,6 +353,11 @@ def generate_cmd(
 
     if (image is None) == (prompts is None) or (image is not None and not prompt):
         raise typer.BadParameter("give either --image with --prompt, or --prompts FILE")
+    from vlalign.models.paths import reference_problem
+
+    problem = reference_problem("--model", model) or reference_problem("--reference", reference)
+    if problem:  # before torch loads: a wrong path answers at once
+        raise typer.BadParameter(problem)
     runtime = Runtime(dtype=dtype)
     from vlalign.models.best_of_n import TEMPERATURE as best_of_n_temperature
     from vlalign.models.best_of_n import best_of_n
@@ -403,8 +462,19 @@ def main() -> None:
         console.print(f"[red]error:[/red] {redact_secrets(str(e))}", highlight=False, soft_wrap=True)  # one line
         sys.exit(2)
     except KeyboardInterrupt:
-        console.print("stopped; run the same command again to continue where it stopped")
+        _stopped()
         sys.exit(130)
+    except SystemExit as e:  # typer turns Ctrl-C inside a command into exit code 130, saying nothing
+        if e.code == 130:
+            _stopped()
+        raise
+
+
+def _stopped() -> None:
+    from vlalign.run_record import interrupted
+
+    console.print(interrupted() or "stopped; run the same command again to continue where it stopped",
+                  highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -31,11 +31,29 @@ T = TypeVar("T")
 _MISSING = object()
 
 
+@dataclasses.dataclass(frozen=True)
+class Alias:
+    """Another tool's name for a setting (TRL's `learning_rate` for `optim.lr`): `path` is the setting, dotted
+    from the class that declares the alias in its `ALIASES`; `convert(value, current)` turns the other tool's
+    value into this one's, given the setting's value so far (a loss term merges into the loss); `note` says
+    where the meanings differ."""
+
+    path: str
+    convert: typing.Callable[[Any, Any], Any] | None = None
+    note: str = ""
+    tool: str = "TRL"
+
+
+def prefixed(aliases: dict[str, Alias], prefix: str) -> dict[str, Alias]:
+    """`aliases` of a nested setting, as seen from the class holding it under `prefix`."""
+    return {k: dataclasses.replace(a, path=f"{prefix}.{a.path}") for k, a in aliases.items()}
+
+
 class ConfigError(ValueError):
     """Every problem of a config at once, one line each, with the path of the key."""
 
-    def __init__(self, problems: list[str], source: str = ""):
-        self.problems = problems
+    def __init__(self, problems: list[str], source: str = "", config: Any = None):
+        self.problems, self.config = problems, config  # config: what parsed, broken keys at their defaults
         head = f"{source}: " if source else ""
         super().__init__(head + f"{len(problems)} problem(s) in the config:\n" + "\n".join(f"  - {p}" for p in problems))
 
@@ -62,6 +80,7 @@ class _Checker:
 
     def __init__(self) -> None:
         self.problems: list[str] = []
+        self.partial: Any = None  # the top-level dataclass as far as it parsed (broken keys at their defaults)
 
     def fail(self, where: str, message: str) -> Any:
         self.problems.append(f"{where or '(top)'}: {message}")
@@ -135,11 +154,12 @@ class _Checker:
             return self.fail(where, f"expected a mapping of {cls.__name__} settings, got {type(data).__name__} {data!r}")
         hints = typing.get_type_hints(cls)
         names = [f.name for f in dataclasses.fields(cls) if f.init]
+        current = base if base is not None else _defaults(cls)
+        data = self.aliases(cls, data, where, current)
         unknown = [k for k in data if k not in names]
         for key in unknown:
             self.fail(_join(where, key), f"unknown setting for {cls.__name__}; known: {', '.join(names)}")
         before = len(self.problems)
-        current = base if base is not None else _defaults(cls)
         kwargs = {k: self.value(hints[k], v, _join(where, k), current.get(k) if isinstance(current, dict)
                                 else getattr(current, k)) for k, v in data.items() if k in names}
         if base is not None:
@@ -149,7 +169,64 @@ class _Checker:
             out = cls(**{k: v for k, v in kwargs.items() if v is not _MISSING})
         except (ValueError, TypeError) as e:
             return self.fail(where, str(e))
+        if not where:
+            self.partial = out
         return _MISSING if broken else out
+
+    def aliases(self, cls: type, data: dict, where: str, current: Any) -> dict:
+        """`data` with every alias `cls.ALIASES` knows replaced by the setting it stands for (in the order the
+        aliases are declared, so a later one sees what an earlier one set); an alias given beside its setting
+        is a problem."""
+        known: dict[str, Alias] = getattr(cls, "ALIASES", {})
+        given = [k for k in known if k in data]
+        if not given:
+            return data
+        out = _deep_copy(data)
+        for key in given:
+            alias, value = known[key], out.pop(key)
+            path = alias.path.split(".")
+            if alias.convert is None and _get(data, path) is not _MISSING:
+                self.fail(_join(where, key), f"{alias.tool}'s name for {_join(where, alias.path)}, which is set "
+                                             f"too; keep one of them")
+                continue
+            if alias.convert is not None:
+                so_far = _get(out, path)
+                try:
+                    value = alias.convert(value, _attr(current, path) if so_far is _MISSING else so_far)
+                except (ValueError, TypeError, KeyError) as e:
+                    self.fail(_join(where, key), f"({alias.tool}'s name for {alias.path}) {e}")
+                    continue
+            node = out
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    self.fail(_join(where, key), f"{_join(where, alias.path)} is set to a value that is not a mapping")
+                    break
+            else:
+                node[path[-1]] = value
+        return out
+
+
+def _deep_copy(data: dict) -> dict:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def _get(data: Any, path: list[str]) -> Any:
+    """The value at a dotted path in nested dicts, or _MISSING."""
+    for part in path:
+        if not isinstance(data, dict) or part not in data:
+            return _MISSING
+        data = data[part]
+    return data
+
+
+def _attr(obj: Any, path: list[str]) -> Any:
+    """The value at a dotted path of a dataclass (or a dict of defaults); None where the path ends early."""
+    for part in path:
+        obj = obj.get(part) if isinstance(obj, dict) else getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
 
 
 def _defaults(cls: type) -> dict[str, Any]:
@@ -169,7 +246,7 @@ def from_dict(cls: type[T], data: dict | None, where: str = "", source: str = ""
     checker = _Checker()
     out = checker.dataclass(cls, data or {}, where, base)
     if checker.problems:
-        raise ConfigError(checker.problems, source)
+        raise ConfigError(checker.problems, source, checker.partial)
     return out
 
 
@@ -218,14 +295,15 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: dict | 
     try:
         config = from_dict(cls, data, source=str(path or ""))
     except ConfigError as e:
-        problems, config = e.problems, None
+        problems, config = e.problems, e.config
     if overrides:
         try:
             config = from_dict(cls, overrides, base=config)
         except ConfigError as e:
             problems += [f"(override) {p}" for p in e.problems]
+            config = e.config if e.config is not None else config
     if problems:
-        raise ConfigError(problems, str(path or ""))
+        raise ConfigError(problems, str(path or ""), config)
     return config
 
 
@@ -326,6 +404,15 @@ def _lines(value: Any, cls: type | None, indent: int) -> list[str]:
 def describe(config: Any) -> str:
     """The config as YAML, every key with its value and its comment (`vlalign config show`)."""
     return "\n".join(_lines(config, type(config), 0)) + "\n"
+
+
+def alias_table(cls: type) -> str:
+    """The other tools' names `cls` accepts (its `ALIASES`), as a Markdown table for docs/configs.md."""
+    rows = "".join(f"| `{name}` | {a.tool} | `{a.path}` | {a.note} |\n" for name, a in getattr(cls, "ALIASES", {}).items())
+    return ("## Other tools' names\n\nKeys a TRL or LLaMA-Factory user knows, accepted at the top of any method's "
+            "config (and inside `train:` for the training ones, inside `runtime:` for the runtime ones) and "
+            "written into the key they stand for; giving a name and its key together is an error.\n\n"
+            "| name | tool | key | note |\n|---|---|---|---|\n" + rows)
 
 
 def undocumented(cls: type, where: str = "") -> list[str]:

@@ -30,19 +30,19 @@ Layout::
 from __future__ import annotations
 
 import gc
-import json
-import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
 
-from vlalign import ranks
+from vlalign import preflight, ranks, run_record
 from vlalign.config import ConfigError, to_dict
+from vlalign.data import shortfalls
+from vlalign.data.hub import push_finished
+from vlalign.data.markers import read_marker, write_marker
 from vlalign.data.sources import PromptRequest, source_named
 from vlalign.data.store import RunStore, Stage
 from vlalign.evaluate.suite import run_suite
@@ -50,14 +50,14 @@ from vlalign.feedback.judge import Judge
 from vlalign.feedback.judge_local import ModelJudge
 from vlalign.feedback.judges import check_judge, make_judge
 from vlalign.methods.base import Arm, Method
-from vlalign.models.load import IncompleteCheckpoint, check_complete, load, resolve, save
-from vlalign.models.lora import save_stacked_adapter
+from vlalign.models.load import IncompleteCheckpoint, check_complete, load, resolve
+from vlalign.models.saved import save_trained
 from vlalign.models.settings import Runtime
 from vlalign.models.types import Model, Processor
 from vlalign.progress import log, scope, warn
-from vlalign.redaction import redact
 from vlalign.report import try_report
 from vlalign.stages.pairs import examples_under, preference_examples
+from vlalign.stages.resume import TRAINED, arm_folder, whole_round
 from vlalign.stages.round import Round
 from vlalign.stages.settings import ApiSettings, RunConfig
 from vlalign.train.fit import fit
@@ -66,22 +66,13 @@ MAIN = "policy"
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (a reader, or a resumed run, never sees half a file), secrets masked."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(redact(data), indent=1, default=str))  # no credential of a spec reaches a file
-    os.replace(tmp, path)
+    """Write a marker atomically, the run's paths relative to it (`vlalign.data.markers`)."""
+    write_marker(path, data)
 
 
 def read_json(path: Path) -> Any | None:
     """A marker's content; None when it is missing or damaged (then its step runs again)."""
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        warn(f"{path} is damaged (not valid JSON); its step runs again")
-        return None
+    return read_marker(path)
 
 
 def finished(folder: Path, marker: str) -> Any | None:
@@ -223,23 +214,35 @@ def pairs_fingerprint(arm: Arm) -> str | None:
 def train_arm(arm: Arm, model: Model, processor: Processor, folder: Path, config: RunConfig, models: ScopedModels,
               adapter: tuple[Path, Path | None] | None = None) -> tuple[Model, dict]:
     """Train one arm into `folder`: train under its objective, merge, save, evaluate. A LoRA arm's adapter is
-    kept at `adapter` (out, previous) before the merge."""
-    pairs = pairs_fingerprint(arm)
-    examples = _examples(arm.pairs)
-    model, history = fit(model, processor, examples, arm.train, arm.objective, out=folder / "training",
-                         gradient_checkpointing=config.runtime.gradient_checkpointing, description="training")
-    if isinstance(model, PeftModel):  # the next round starts from (and refers to) the merged policy
-        if adapter is not None:
-            ranks.on_main(lambda: save_stacked_adapter(model, *adapter))
-        model = model.merge_and_unload()
-    ranks.on_main(lambda: save(model, processor, folder / "policy"))
-    record = {"arm": arm.name, "pairs": len(examples), "checkpoint": str(folder / "policy"),
-              "final_loss": history[-1]["loss"], "final_reward_accuracy": history[-1].get("reward_accuracy"),
-              "pairs_fingerprint": pairs, **arm.stats}
+    kept at `adapter` (out, previous) before the merge. An arm saved before a stop during its evaluation is
+    loaded and evaluated, not trained again (unless its pairs changed since)."""
+    record = finished(folder, TRAINED)
+    if record is not None and record.get("pairs_fingerprint") in (None, pairs_fingerprint(arm)):
+        model = load_trained(folder / "policy", config, f"the {arm.name} arm in {folder}")[0]
+    else:
+        model, record = fit_arm(arm, model, processor, folder, config, models, adapter)
+        ranks.on_main(lambda: write_json(folder / TRAINED, record))
     if config.eval:
         record["eval"] = run_suite(model, processor, config.eval, folder / "eval", models.chat, config.seed)
     ranks.on_main(lambda: write_json(folder / "arm.json", record))
     return model, record
+
+
+def fit_arm(arm: Arm, model: Model, processor: Processor, folder: Path, config: RunConfig, models: ScopedModels,
+            adapter: tuple[Path, Path | None] | None = None) -> tuple[Model, dict]:
+    """Train one arm and save it into `folder`: (the trained model, the arm's record without its evaluation)."""
+    pairs = pairs_fingerprint(arm)
+    examples = _examples(arm.pairs)
+    reference = arm.train.reference  # a model of its own, held for the training only (null: the policy)
+    with models.using(reference) if reference else nullcontext((None, None)) as (reference_model, _):
+        model, history = fit(model, processor, examples, arm.train, arm.objective, out=folder / "training",
+                             reference=reference_model, gradient_checkpointing=config.runtime.gradient_checkpointing,
+                             description="training")
+    # the next round starts from (and refers to) the merged policy; a LoRA arm's adapter is kept beside it
+    model = save_trained(model, processor, folder, config.runtime, adapter[1] if adapter else None)
+    return model, {"arm": arm.name, "pairs": len(examples), "checkpoint": str(folder / "policy"),
+                   "final_loss": history[-1]["loss"], "final_reward_accuracy": history[-1].get("reward_accuracy"),
+                   "pairs_fingerprint": pairs, **arm.stats}
 
 
 def run_round(method: Method, config: RunConfig, store: RunStore, k: int, policy: Model, processor: Processor,
@@ -252,7 +255,7 @@ def run_round(method: Method, config: RunConfig, store: RunStore, k: int, policy
     record: dict = {"round": k, "arms": {}}
     trained, pristine = policy, True
     for i, arm in enumerate(arms):
-        folder = store.root / f"round{k}" / ("" if i == 0 else arm.name)
+        folder = arm_folder(store.root / f"round{k}", i, arm.name)
         done = finished(folder, "arm.json")
         if done is not None and done.get("pairs_fingerprint") not in (None, pairs_fingerprint(arm)):
             done = None  # a resume asked failed items again and the pairs changed: the arm trains again
@@ -261,6 +264,7 @@ def run_round(method: Method, config: RunConfig, store: RunStore, k: int, policy
             if i == 0:
                 trained = load_trained(folder / "policy", config, f"the {arm.name} arm in {folder}")[0]
         else:
+            shortfalls.require_pairs(arm.pairs, store.root, k, arm.name)
             base = policy if pristine else load(start, config.runtime)[0]
             pristine = False
             with scope(arm.name if i else "train"):
@@ -270,6 +274,7 @@ def run_round(method: Method, config: RunConfig, store: RunStore, k: int, policy
                 trained = model
         if i == 0:
             record.update(record["arms"][arm.name])
+    record.update(config=to_dict(config), shortfalls=shortfalls.of_round(store.root, k))
     ranks.on_main(lambda: write_json(store.root / f"round{k}" / "round.json", record))
     return trained, record
 
@@ -277,12 +282,13 @@ def run_round(method: Method, config: RunConfig, store: RunStore, k: int, policy
 def run(method: Method, config: RunConfig, out: str | Path) -> dict:
     """Every round of `method` under `out`; returns (and writes to `out/summary.json`) the summary. The run
     directory is held for this process throughout (a second run on it stops at once, with `Busy`)."""
-    problems = config.problems()
+    problems = preflight.problems(config)
     if problems:
         raise ConfigError(problems, method.name)
-    store = RunStore(out)
-    with store.lock():
-        return _run(method, config, store)
+    with preflight.nothing_left(out):  # a refused start leaves the directory as it found it
+        store = RunStore(out)
+        with store.lock():
+            return _run(method, config, store)
 
 
 def unfinished(store: RunStore, k: int) -> list[str]:
@@ -293,9 +299,16 @@ def unfinished(store: RunStore, k: int) -> list[str]:
 def _run(method: Method, config: RunConfig, store: RunStore) -> dict:
     started = time.time()
     ranks.on_main(lambda: claim(store, method))
+    run_record.check_config(store.root, config)
+    run_record.say_resumed(store.root)
     models = ScopedModels(config.runtime, config.api)
     check_backends(config.backends(), models)
     assert config.policy is not None  # run() refuses a config without one (`problems`)
+    if preflight.trials(config) and not (store.root / "round1" / "round.json").exists():
+        # the feedback models answer the first of round 1's prompts before anything long runs
+        prompts = round_prompts(store, method, config, 1, preflight.policy_processor(config))
+        ranks.on_main(lambda: preflight.trial(config, models, prompts))
+    run_record.record_start(store.root, config)
     start: str = config.policy
     loaded: tuple[Model, Processor] | None = None  # when a step needs it: a finished run resumes loading nothing
     summary: dict = {"method": method.name, "policy": config.policy, "rounds": []}
@@ -309,7 +322,7 @@ def _run(method: Method, config: RunConfig, store: RunStore) -> dict:
         summary["base"] = base
     for k in range(1, config.rounds + 1):
         folder = store.root / f"round{k}"
-        record = finished(folder, "round.json")
+        record = whole_round(finished(folder, "round.json"), folder)
         failed = unfinished(store, k) if record is not None and k == config.rounds else []
         if failed:  # the last round's failed items are asked again (it trains again only if its pairs change)
             log(f"{method.name} round {k}: asking again for the items that failed in {', '.join(failed)}")
@@ -328,8 +341,12 @@ def _run(method: Method, config: RunConfig, store: RunStore) -> dict:
             check_trained(folder / "policy", f"round {k}")
         summary["rounds"].append(record)
         start = str(folder / "policy")
-    summary.update(final=start, config=to_dict(config))
+    summary.update(final=start, config=to_dict(config), changes=run_record.round_changes(summary["rounds"]))
     summary = ranks.on_main(lambda: finish(store, summary, started, config.report))
+    if config.hub.push:  # the run is whole on disk first: a failed push loses nothing (`vlalign push` retries it)
+        summary = ranks.on_main(lambda: {**summary, "pushed": push_finished(store.root, start, config.hub)})
+        ranks.on_main(lambda: write_json(store.root / "summary.json", summary))
+    run_record.finished()
     log(f"{method.name}: final policy at {start}; summary at {store.root / 'summary.json'}")
     return summary
 

@@ -8,13 +8,17 @@ its name to catch corruption that would otherwise decode silently.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import io
 import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
@@ -25,6 +29,41 @@ def content_hash(image: Image.Image) -> str:
     digest = hashlib.sha256(f"RGB {rgb.width}x{rgb.height}\n".encode())
     digest.update(rgb.tobytes())
     return digest.hexdigest()
+
+
+def image_value(value: Any, where: str, name: str = "image", error: type[ValueError] = ValueError) -> bytes | str:
+    """What a data record's image field holds: bytes (`{bytes, path}` as Parquet and `datasets` store an image,
+    the bytes base64-encoded in JSON) or a path. Anything else is `error`, naming `where` and the field."""
+    if isinstance(value, dict):
+        data = value.get("bytes")
+        if isinstance(data, (bytes, bytearray)) and data:
+            return bytes(data)
+        if isinstance(data, str) and data:
+            try:
+                return base64.b64decode(data, validate=True)
+            except binascii.Error:
+                raise error(f"{where}: {name}.bytes is text but not base64 (JSON holds image bytes as base64 "
+                            f"text)") from None
+        if data not in (None, b"", ""):
+            raise error(f"{where}: {name}.bytes must be image bytes (base64 text in JSON), got "
+                        f"{type(data).__name__}")
+        value = value.get("path")
+    if isinstance(value, str) and value.strip():
+        return value
+    if value is None or value == "":
+        raise error(f"{where}: no image (neither bytes nor a path)")
+    raise error(f"{where}: field {name!r} must be a path or image bytes, got {type(value).__name__}")
+
+
+def decode_image(data: bytes, where: str, what: str, error: type[ValueError] = ValueError) -> Image.Image:
+    """The RGB picture in `data`, or `error` naming `where` and `what` held the bytes."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.convert("RGB")
+    except UnidentifiedImageError:
+        raise error(f"{where}: {what} is not an image (no format Pillow reads); replace the file") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise error(f"{where}: {what} is not a readable image ({type(e).__name__}: {e})") from None
 
 
 class ImageStore:
@@ -41,6 +80,13 @@ class ImageStore:
 
     def __contains__(self, hash: str) -> bool:
         return self.path(hash).exists()
+
+    def clean_temporary(self) -> list[Path]:
+        """Remove the temporary files of writes a kill stopped midway; only while no one else writes the run."""
+        leftovers = sorted(self.dir.glob(".*.tmp")) if self.dir.is_dir() else []
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return leftovers
 
     def put(self, image: Image.Image) -> str:
         """Store `image` (as RGB PNG) unless an equal one is already there; return its hash."""

@@ -2,14 +2,15 @@
 reference answer).
 
 A prompt file is JSON lines, or a `datasets` directory saved with `save_to_disk`, with an image path and an
-instruction per record. A bad record (a missing field, an unreadable image) is reported with its line and
-skipped, never silently dropped; the stage's error log keeps it. Plugins write the same `PromptRecord`s
+instruction per record; an image may also be given as bytes (`{"bytes": ..., "path": ...}`, as `datasets` stores
+one, the bytes base64-encoded in JSON). A bad record (a missing field, an image field of the wrong kind, bytes
+that are no picture) is reported with its line and skipped, never silently dropped; the stage's error log
+keeps it. Plugins write the same `PromptRecord`s
 from their own sources (`vlalign.data.sources`).
 """
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from vlalign import ranks
+from vlalign.data import shortfalls
+from vlalign.data.images import decode_image, image_value
 from vlalign.data.records import PromptRecord, stable_id
 from vlalign.data.store import ERRORS, RunStore, Stage, run_stage
-from vlalign.progress import warn
+from vlalign.progress import log, warn
 
 if TYPE_CHECKING:
     from vlalign.data.sources import PromptRequest
@@ -36,7 +39,7 @@ class UserPrompt:
 
     line: int
     id: str
-    image: str | Image.Image
+    image: str | bytes | Image.Image  # a path, the image's bytes, or the picture (a `datasets` Image feature)
     instruction: str
     reference: str | None
     source: str
@@ -63,8 +66,8 @@ def _parse(record: Any, line: int, origin: str, root: Path, allow_outside: bool 
     image = record.get("image") or record.get("image_path") or record.get("img_path")
     if image is None:
         raise ValueError(f"{where}: no 'image' field (a path, relative to {root}); add one to the record")
-    if isinstance(image, dict):  # a datasets Image feature or RLAIF-V's {bytes, path}
-        image = image.get("path") if image.get("bytes") is None else Image.open(io.BytesIO(image["bytes"]))
+    if not isinstance(image, Image.Image):  # a datasets directory gives its Image feature as a picture
+        image = image_value(image, where)  # RLAIF-V's {bytes, path} gives its bytes
     instruction = _first(record, INSTRUCTION_KEYS)
     if not isinstance(instruction, str):
         raise ValueError(f"{where}: no instruction; give one of the fields {', '.join(INSTRUCTION_KEYS)}")
@@ -112,6 +115,10 @@ def read_prompt_file(path: str | Path, images: str | Path | None = None,
         except json.JSONDecodeError as e:
             yield BadRecord(i, ValueError(f"{path} line {i}: not valid JSON ({e.msg} at column {e.colno})"))
             continue
+        except RecursionError:
+            yield BadRecord(i, ValueError(f"{path} line {i}: nested deeper than a JSON reader follows; not a "
+                                          f"prompt record"))
+            continue
         try:
             yield _parse(record, i, str(path), Path(images or path.parent), allow_outside)
         except ValueError as e:
@@ -122,6 +129,8 @@ def open_image(prompt: UserPrompt) -> Image.Image:
     """The record's image in RGB, or an error naming its line and the fix (missing, not a file, unreadable)."""
     if isinstance(prompt.image, Image.Image):
         return prompt.image.convert("RGB")
+    if isinstance(prompt.image, bytes):
+        return decode_image(prompt.image, f"line {prompt.line}", "the image bytes")
     if Path(prompt.image).exists() and not Path(prompt.image).is_file():
         raise ValueError(f"line {prompt.line}: image {prompt.image} is not a regular file (a folder, a pipe or a "
                          f"device); point the record at an image file")
@@ -156,7 +165,7 @@ def user_prompt_stage(store: RunStore, stage: Stage, path: str | Path, limit: in
                 for p in batch]
 
     run_stage(stage, items, process, id_of=lambda p: p.id, batch_size=64, shard_size=1000,
-              description="prompts", manifest={"config": {"path": str(path), "limit": limit}})
+              description=f"reading {Path(path).name}", manifest={"config": {"path": str(path), "limit": limit}})
     return stage
 
 
@@ -176,4 +185,9 @@ def file_prompts(request: PromptRequest) -> Stage:
     run_stage(request.stage, picked, lambda batch: batch, id_of=lambda r: r["id"], batch_size=1024, quiet=True,
               manifest={"config": {"from": str(request.path), "offset": request.offset, "n": request.n}})
     request.stage.annotate(repeated=min(repeated, n))
+    log(f"prompts: {n} of the {len(rows)} usable records of {request.path}, from record "
+        f"{request.offset % len(rows) + 1} on")
+    shortfalls.note(request.stage, "prompts", request.n - n,
+                    f"prompts: {request.path} has {len(rows)} usable record(s), fewer than the {request.n} a round "
+                    f"asks for (prompts.per_round); the round uses {n}")
     return request.stage

@@ -93,7 +93,7 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
+def write_atomic(path: Path, write: Callable[[str], None]) -> None:
     """Run `write(tmp)` on a temporary file next to `path`, then rename it: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -238,7 +238,7 @@ class Stage:
         manifest["versions"] = package_versions()
         manifest["updated"] = _now()
         text = json.dumps(manifest, indent=1, sort_keys=True, default=str)
-        _write_atomic(self.dir / MANIFEST, lambda tmp: Path(tmp).write_text(text))
+        write_atomic(self.dir / MANIFEST, lambda tmp: Path(tmp).write_text(text))
         (self.dir / LEGACY_NAMES[MANIFEST]).unlink(missing_ok=True)
         return manifest
 
@@ -299,7 +299,7 @@ class Stage:
         path = self.dir / shard_name(index, ranks.rank())
         dataset = datasets.Dataset.from_list(rows)
         with quiet_datasets():
-            _write_atomic(path, dataset.to_parquet)
+            write_atomic(path, dataset.to_parquet)
         return path
 
     def clean_temporary(self) -> list[Path]:
@@ -395,7 +395,7 @@ class Stage:
             if old.exists():
                 texts = [p.read_text() for p in (old, self.dir / name) if p.exists()]
                 text = "".join(t if t.endswith("\n") or not t else t + "\n" for t in texts)
-                _write_atomic(self.dir / name, lambda tmp, text=text: Path(tmp).write_text(text))
+                write_atomic(self.dir / name, lambda tmp, text=text: Path(tmp).write_text(text))
                 old.unlink()
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
@@ -412,7 +412,7 @@ class RunStore:
         marker = self.root / RUN_MARKER
         if not marker.exists() and ranks.is_main():
             text = json.dumps({"created": _now(), "versions": package_versions()}, indent=1)
-            _write_atomic(marker, lambda tmp: Path(tmp).write_text(text))
+            write_atomic(marker, lambda tmp: Path(tmp).write_text(text))
         self.images = ImageStore(self.root)
 
     def stage(self, name: str) -> Stage:
@@ -435,11 +435,22 @@ class RunStore:
         return [str(s.dir.relative_to(self.root)) for s in self.stages()
                 if s.dir.is_relative_to(folder) and not s.settled]
 
-    def lock(self) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
         """Hold the whole run for one process (`Busy` for a second one): training and saving happen outside
         any stage, so a second run on the same directory must stop before it starts, not when it meets a
-        stage in use."""
-        return _exclusive(self.root / LOCK, f"the run directory {self.root}")
+        stage in use. Once held, what a killed writer left half-written outside the stages is removed."""
+        with _exclusive(self.root / LOCK, f"the run directory {self.root}"):
+            ranks.on_main(self.clean_temporary)
+            yield
+
+    def clean_temporary(self) -> list[Path]:
+        """Remove the temporary files of writes a kill stopped midway, in the image store and beside the run's
+        markers (each stage cleans its own folder); only while holding the run's lock."""
+        leftovers = self.images.clean_temporary() + sorted(self.root.glob(".*.tmp"))
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return leftovers
 
 
 def stage_dirs(root: str | Path) -> list[Path]:

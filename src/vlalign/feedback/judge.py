@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 from PIL import Image
@@ -112,3 +112,27 @@ class JudgeUnavailable(SetupError):
     """A judge that cannot be used at all (endpoint unreachable, key refused, model not served); the message
     names the endpoint (credentials masked) and the fix. Raised by a judge's `check()` before a run, and by an
     API judge whose requests keep being refused so (a stage that meets it stops: see `SetupError`)."""
+
+
+class Decoded:
+    """A judge whose requests take the run's decoding settings (`judge_decoding`): each set one replaces the
+    request's own, the rest (n, seeds, log-probs) stay as the task asked. Everything else is the judge's."""
+
+    def __init__(self, judge: Judge, max_tokens: int | None = None, temperature: float | None = None):
+        self.judge, self.max_tokens, self.temperature = judge, max_tokens, temperature
+        self.name = judge.name
+
+    def complete(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
+        changes = {k: v for k, v in (("max_tokens", self.max_tokens), ("temperature", self.temperature))
+                   if v is not None}
+        return self.judge.complete([replace(r, **changes) for r in requests] if changes else requests)
+
+    def __getattr__(self, name: str):  # usage, check(), ... of the judge itself
+        return getattr(self.judge, name)
+
+
+def decoded(judge: Judge, settings) -> Judge:
+    """`judge` under a config's `ChatDecoding` (unchanged when it sets nothing)."""
+    if settings is None or (settings.max_tokens is None and settings.temperature is None):
+        return judge
+    return Decoded(judge, settings.max_tokens, settings.temperature)

@@ -7,7 +7,10 @@
   `conversations` and `rejected_conversations` (human turn with `<image>`, then the gpt turn).
 - `vlfeedback`: VLFeedback records (`id`, `prompt`, `models`, `img_path`, `completions` with `model`,
   `response` and `annotations` of three aspects, each `{Rating, Rationale}`, ratings as strings); the
-  responses and their ratings are stored, and pairs are built with VLFeedback's rule.
+  responses and their ratings are stored, and pairs are built with VLFeedback's rule. A rating is a whole
+  number from 1 to 5, the scale VLFeedback's annotator rated on; anything else ("N/A", "4.5", "7") is stored
+  as missing, and each missing rating is logged (the feedback stage's error log, with the record, the
+  completion and the value) and counted (`missing_ratings` in that stage's manifest).
 
 Every record is checked before anything of it is stored: text fields must be non-empty strings of valid
 UTF-8 (at most `MAX_TEXT` characters), a POVID turn's value must be text, `completions` a non-empty list of
@@ -16,18 +19,21 @@ first or contradicts it). Image paths stay inside the images folder (`--images`,
 folder) unless `allow_outside=True`, and only regular files are opened (a FIFO would hang the import).
 A record that fails any check, or whose image is missing or unreadable, is skipped: logged once in the
 error log (.errors.jsonl) of the stage that read it, with its position and the reason, and counted; the rest is
-imported. The returned stage's manifest says how many were skipped under `import` (`records`, `skipped`,
-`errors`: the log that lists them). Files may start with a UTF-8 byte-order mark; a JSON list cut short
-imports the records before the cut and reports where it broke.
+imported. A VLFeedback completion that fails its checks is skipped alone, logged at its position; its
+record keeps the others. The returned stage's manifest says how many were skipped under `import` (`records`,
+`skipped`, `unreadable`, VLFeedback's `completions_skipped` and `ratings_missing`, `errors`: the log that
+lists them). Files may start with a UTF-8 byte-order mark. What cannot be read (not JSON, nested deeper
+than a JSON reader follows, a Parquet file or row group that does not read) is skipped and logged like a bad
+record, with how much of the file it takes with it (a JSON list cut short imports the records before the
+cut); a source from which no record can be read at all is refused (`UnreadableSource`, naming each file and
+why). An import into a run directory that holds one continues it only from the same data: the source
+files' checksums are recorded, and changed data is refused, naming what changed.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import hashlib
-import io
 import json
 import os
 import stat
@@ -36,12 +42,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from vlalign import ranks
+from vlalign.checksums import difference, file_sum, read_sums, sums_json
+from vlalign.data.images import decode_image, image_value
 from vlalign.data.records import PairRecord, ResponseRecord, stable_id
 from vlalign.data.store import ERRORS, RunStore, Stage, StageResult, run_stage
 from vlalign.feedback.pairs import PairRules
 from vlalign.feedback.ratings import ASPECTS
+from vlalign.progress import warn
 
 MAX_TEXT = 1_000_000  # characters in one text field: far beyond any real answer, short of a broken file
 MAX_IMAGE_BYTES = 256 * 2 ** 20
@@ -50,6 +60,16 @@ PARQUET_MAGIC = b"PAR1"
 
 class BadRecord(ValueError):
     """A record that cannot be imported; the message names its position, what is wrong and the fix."""
+
+
+class Unreadable(BadRecord):
+    """Part of a file that gives no record at all: bytes that are not JSON (or nested deeper than a JSON reader
+    follows), a Parquet file or row group that does not read, a JSON value that is not an object. Skipped and
+    logged like a bad record while the rest of its source reads; a source that gives no record is refused."""
+
+
+class UnreadableSource(ValueError):
+    """A source from which no record can be read at all; the message names each file and why."""
 
 
 # ---------------------------------------------------------------- reading source files
@@ -92,8 +112,14 @@ def _array_records(text: str, name: str) -> Iterator[tuple[int, Any]]:
         try:
             value, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
-            yield i, BadRecord(f"{name} record {i}: not valid JSON at {_position(text, e.pos)} ({e.msg}); the "
-                               f"records after it cannot be read either: repair the file there (is it truncated?)")
+            yield i, Unreadable(f"{name} record {i}: not valid JSON at {_position(text, e.pos)} ({e.msg}); the "
+                                f"records after it cannot be read either ({_rest(text, e.pos)}): repair the file "
+                                f"there (is it truncated?)")
+            return
+        except RecursionError:
+            yield i, Unreadable(f"{name} record {i}: nested deeper than a JSON reader follows, at "
+                                f"{_position(text, pos)}; the records after it cannot be read either "
+                                f"({_rest(text, pos)}): repair the file there")
             return
         yield i, value
         pos = _skip_space(text, pos)
@@ -104,8 +130,14 @@ def _array_records(text: str, name: str) -> Iterator[tuple[int, Any]]:
             return
         what = "the file ends before the list is closed" if pos >= len(text) else \
             f"unexpected text at {_position(text, pos)}"
-        yield i + 1, BadRecord(f"{name} after record {i}: {what}; repair the file (is it truncated?)")
+        yield i + 1, Unreadable(f"{name} after record {i}: {what} ({_rest(text, pos)}); repair the file (is it "
+                                f"truncated?)")
         return
+
+
+def _rest(text: str, pos: int) -> str:
+    """How much of a file is left unread from `pos` on."""
+    return f"{len(text) - pos:,} of its {len(text):,} characters unread"
 
 
 def _line_records(text: str, name: str) -> Iterator[tuple[int, Any]]:
@@ -114,29 +146,38 @@ def _line_records(text: str, name: str) -> Iterator[tuple[int, Any]]:
             try:
                 yield i, json.loads(line)
             except json.JSONDecodeError as e:
-                yield i, BadRecord(f"{name} line {i}: not valid JSON ({e.msg} at column {e.colno})")
+                yield i, Unreadable(f"{name} line {i}: not valid JSON ({e.msg} at column {e.colno})")
+            except RecursionError:
+                yield i, Unreadable(f"{name} line {i}: nested deeper than a JSON reader follows; not a record")
 
 
-def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
-    """(position, record) of a JSON list, one JSON object, or JSON lines; positions are 1-based indices
+class _Whole(dict):
+    """A file that is one JSON object: imported when it is a record itself, else the file is not data."""
+
+
+Read = tuple[Path, str, Any]  # (file, position, a record or the Unreadable in its place)
+
+
+def _json_records(path: Path) -> Iterator[Read]:
+    """(file, position, record) of a JSON list, one JSON object, or JSON lines; positions are 1-based indices
     (a list) or lines (JSON lines). An unreadable record is an exception in place of the record."""
     text = _read_text(path)
     start = text.lstrip()
     if start.startswith("["):
         records = _array_records(text, path.name)
     elif start.startswith("{") and _one_object(text):
-        records = iter([(1, json.loads(text))])
+        records = iter([(1, _Whole(json.loads(text)))])
     else:
         records = _line_records(text, path.name)
     for i, record in records:
-        yield f"{path.name} record {i}", record
+        yield path, f"{path.name} record {i}", record
 
 
 def _one_object(text: str) -> bool:
     """Whether the whole text is a single (pretty-printed) JSON object rather than JSON lines."""
     try:
         return isinstance(json.loads(text), dict)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return False
 
 
@@ -178,25 +219,28 @@ def _fingerprint(checked: Any) -> str:
     return hashlib.sha256(repr(checked).encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
+def _parquet_rows(path: Path) -> Iterator[Read]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
-        yield path.name, BadRecord(f"{path}: not a readable Parquet file ({e}); replace it with a complete copy")
+        yield path, path.name, Unreadable(f"{path}: not a readable Parquet file ({e}); none of its records can be "
+                                          f"read: replace it with a complete copy")
         return
     for g in range(parquet.num_row_groups):
         try:
             rows = parquet.read_row_group(g).to_pylist()
         except (pa.ArrowException, OSError) as e:
-            yield f"{path.name} group {g}", BadRecord(f"{path} row group {g} cannot be read ({e})")
+            lost = parquet.metadata.row_group(g).num_rows
+            yield path, f"{path.name} group {g}", Unreadable(f"{path} row group {g} cannot be read ({e}); its "
+                                                             f"{lost:,} records are lost")
             continue
         for i, row in enumerate(rows):
             record = _Row(row)
             record.at = _At(path, g, i)
-            yield f"{path.name} group {g} row {i}", record
+            yield path, f"{path.name} group {g} row {i}", record
 
 
 def _file_kind(path: Path) -> str:
@@ -212,11 +256,18 @@ def _file_kind(path: Path) -> str:
                      f"JSON lines; pass the dataset's .parquet files, or the same records as JSON")
 
 
-def _rlaif_v_records(src: Path) -> Iterator[tuple[str, Any]]:
+def _data_files(src: Path) -> list[Path]:
+    """The data files of a source (a file, or for rlaif-v a folder of them), each a regular file."""
     files = sorted(p for p in src.rglob("*") if p.suffix in (".parquet", ".json", ".jsonl")) if src.is_dir() else [src]
     if not files:
         raise FileNotFoundError(f"no .parquet, .json or .jsonl files under {src}")
     for f in files:
+        _regular_file(f)
+    return files
+
+
+def _rlaif_v_records(src: Path) -> Iterator[Read]:
+    for f in _data_files(src):
         yield from _parquet_rows(f) if _file_kind(f) == "parquet" else _json_records(f)
 
 
@@ -227,7 +278,7 @@ def _object(record: Any, where: str) -> dict:
     if isinstance(record, Exception):
         raise record
     if not isinstance(record, dict):
-        raise BadRecord(f"{where}: expected a JSON object, got {type(record).__name__}")
+        raise Unreadable(f"{where}: expected a JSON object, got {type(record).__name__}")
     return record
 
 
@@ -287,21 +338,8 @@ def _meta(values: dict, where: str) -> dict:
 
 def _image_value(value: Any, where: str, name: str) -> bytes | str:
     """Image bytes ({bytes, path} as in parquet, base64 text in JSON) or a path, checked for its type."""
-    if isinstance(value, dict):
-        data = value.get("bytes")
-        if isinstance(data, (bytes, bytearray)) and data:
-            return bytes(data)
-        if isinstance(data, str) and data:
-            try:
-                return base64.b64decode(data, validate=True)
-            except binascii.Error:
-                raise BadRecord(f"{where}: {name}.bytes is text but not base64") from None
-        value = value.get("path")
-    if isinstance(value, str) and value.strip():
-        return _storable_text(value, where, name)
-    if value is None or value == "":
-        raise BadRecord(f"{where}: no image (neither bytes nor a path)")
-    raise BadRecord(f"{where}: field {name!r} must be a path or image bytes, got {type(value).__name__}")
+    found = image_value(value, where, name, error=BadRecord)
+    return found if isinstance(found, bytes) else _storable_text(found, where, name)
 
 
 def _require(record: dict, keys: tuple[str, ...], where: str) -> None:
@@ -361,13 +399,7 @@ def _read_regular(path: Path, where: str) -> bytes:
 
 
 def _decode(data: bytes, where: str, what: str) -> Image.Image:
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.convert("RGB")
-    except UnidentifiedImageError:
-        raise BadRecord(f"{where}: {what} is not an image (no format Pillow reads); replace the file") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise BadRecord(f"{where}: {what} is not a readable image ({type(e).__name__}: {e})") from None
+    return decode_image(data, where, what, error=BadRecord)
 
 
 # ---------------------------------------------------------------- records of each format
@@ -432,20 +464,25 @@ def _povid_pair(record: Any, where: str) -> _Pair:
 
 @dataclass(frozen=True)
 class _Completion:
+    """A checked completion; `unread` says which of its ratings are stored as missing, and why."""
+
     model: str
     response: str
     ratings: dict
     rationales: dict
+    unread: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class _Prompt:
-    """A checked VLFeedback record: one instruction and image with its rated completions."""
+    """A checked VLFeedback record: one instruction and image with its usable completions (by their position in
+    the record, which names their responses), and the broken ones left out (position, why)."""
 
     key: str
     image: str
     instruction: str
-    completions: tuple[_Completion, ...]
+    completions: tuple[tuple[int, _Completion], ...]
+    dropped: tuple[tuple[int, str], ...] = ()
 
 
 def parse_rating(value: Any) -> int | None:
@@ -459,23 +496,30 @@ def parse_rating(value: Any) -> int | None:
     return rating_value(token) if len(token.split()) == 1 else None
 
 
-def _annotations(completion: dict, where: str) -> tuple[dict, dict]:
+def _annotations(completion: dict, where: str) -> tuple[dict, dict, tuple[str, ...]]:
+    """(ratings, rationales, why each rating that is missing is missing). VLFeedback's annotator rated each
+    aspect 1 to 5, stored as text ("4"); its own pair script skips a pair whose rating is no number ("N/A").
+    Here a rating is a whole number from 1 to 5; anything else is stored as missing, and said so."""
     notes = completion.get("annotations") or {}
     if not isinstance(notes, dict):
         raise BadRecord(f"{where}: 'annotations' must be an object of aspects, got {type(notes).__name__}")
-    ratings, rationales = {}, {}
+    ratings, rationales, unread = {}, {}, []
     for aspect in ASPECTS:
         note = notes.get(aspect) or {}
         if not isinstance(note, dict):
             raise BadRecord(f"{where}: annotation {aspect!r} must be an object with Rating and Rationale")
-        ratings[aspect] = parse_rating(note.get("Rating"))
+        value = note.get("Rating")
+        ratings[aspect] = parse_rating(value)
+        if ratings[aspect] is None:
+            unread.append(f"no {aspect} Rating" if value in (None, "") else
+                          f"{aspect} Rating {_short(value)} is not a whole number from 1 to 5")
         rationales[aspect] = _text(note, "Rationale", where, required=False, name=f"{aspect}.Rationale") or None
-    return ratings, rationales
+    return ratings, rationales, tuple(unread)
 
 
 def _completion(value: Any, where: str) -> _Completion:
     if not isinstance(value, dict):
-        raise BadRecord(f"{where}: expected a completion object, got {type(value).__name__}")
+        raise BadRecord(f"{where}: expected a completion object, got {type(value).__name__} {_short(value)}")
     return _Completion(_text(value, "model", where, required=False), _text(value, "response", where),
                        *_annotations(value, where))
 
@@ -488,8 +532,16 @@ def _vlfeedback_prompt(record: Any, where: str) -> _Prompt:
     if not isinstance(completions, list) or not completions:
         raise BadRecord(f"{where}: 'completions' must be a non-empty list of completions, got "
                         f"{type(completions).__name__} {_short(completions)}")
-    checked = tuple(_completion(c, f"{where} completion {k}") for k, c in enumerate(completions))
-    return _Prompt(_record_id(r, where) or stable_id("vlfeedback", image, instruction), image, instruction, checked)
+    kept, dropped = [], []
+    for k, c in enumerate(completions):  # a broken completion goes alone; the others keep their ratings
+        try:
+            kept.append((k, _completion(c, f"completion {k}")))
+        except BadRecord as e:
+            dropped.append((k, str(e)))
+    if not kept:
+        raise BadRecord(f"{where}: no completion can be imported: {'; '.join(why for _, why in dropped)}")
+    return _Prompt(_record_id(r, where) or stable_id("vlfeedback", image, instruction), image, instruction,
+                   tuple(kept), tuple(dropped))
 
 
 # ---------------------------------------------------------------- checking a whole file
@@ -498,18 +550,34 @@ def _vlfeedback_prompt(record: Any, where: str) -> _Prompt:
 Checked = tuple[str, Any]  # (position, a checked record or the BadRecord that says why it is skipped)
 
 
-def _check(records: Iterator[tuple[str, Any]], check: Callable[[Any, str], Any]) -> list[Checked]:
+def _check(records: Iterator[Read], check: Callable[[Any, str], Any], src: Path) -> list[Checked]:
     """Every record checked, and each key kept by its first record: a later one with the same key is
     skipped (it repeats the first or contradicts it; keeping either silently would be a guess). Records
-    that failed come first, so the batches of good records are never redone for a bad one."""
+    that failed come first, so the batches of good records are never redone for a bad one. A source that
+    gives no record at all (every file unreadable, or not data of the format) is `UnreadableSource`."""
     out: list[Checked] = []
     first: dict[str, tuple[str, str]] = {}
-    for where, record in records:
+    unread: dict[Path, list[str]] = {}
+    readable = 0
+    for path, where, record in records:
+        unread.setdefault(path, [])
         try:
             checked = check(record, where)
         except BadRecord as e:
+            if isinstance(record, _Whole) and not isinstance(e, Unreadable):
+                e = Unreadable(f"{where}: the file is one JSON object, not a list of records, and the object is no "
+                               f"record either ({e})")
+            if isinstance(e, Unreadable):
+                unread[path].append(str(e))
+            else:
+                readable += 1
             out.append((where, e))
             continue
+        except RecursionError:  # parsed, but too deep for the checks (a field nested hundreds of levels)
+            readable += 1
+            out.append((where, BadRecord(f"{where}: a field is nested too deeply to be checked; not a record")))
+            continue
+        readable += 1
         if checked.key in first:
             seen_where, seen = first[checked.key]
             how = "repeats" if seen == _fingerprint(checked) else "has the same id as, but different content from,"
@@ -518,7 +586,32 @@ def _check(records: Iterator[tuple[str, Any]], check: Callable[[Any, str], Any])
             continue
         first[checked.key] = (where, _fingerprint(checked))
         out.append((where, _Reread(checked.key, record.at) if isinstance(record, _Row) else checked))
+    if not readable:
+        raise _nothing_read(src, unread)
     return sorted(out, key=lambda item: not isinstance(item[1], BadRecord))
+
+
+def _nothing_read(src: Path, unread: dict[Path, list[str]]) -> UnreadableSource:
+    if not unread:
+        return UnreadableSource(f"{src} holds no records (an empty list?); nothing was imported")
+    why = [f"{reasons[0] if reasons else f'{path.name}: no records'}{_not_utf8(path)}" for path, reasons in unread.items()]
+    return UnreadableSource(f"no record can be read from {src}, so nothing was imported: {'; '.join(why)}")
+
+
+def _not_utf8(path: Path) -> str:
+    """Why a JSON file that gave no record may not read: its bytes are not UTF-8 (an encoding it was saved in)."""
+    data = path.read_bytes()
+    if data.startswith(PARQUET_MAGIC):
+        return ""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f" (the file is not UTF-8 text: byte {e.start:,} is {data[e.start]:#04x}; save it as UTF-8)"
+    return ""
+
+
+def _unreadable(records: list[Checked]) -> int:
+    return sum(isinstance(item[1], Unreadable) for item in records)
 
 
 def _usable(item: Checked, check: Callable[[Any, str], Any] | None = None) -> Any:
@@ -534,21 +627,62 @@ def _run(stage: Stage, items: list[Checked], process: Callable[[list[Checked]], 
                      description=what, manifest=manifest)
 
 
-def _record_import(stage: Stage, records: int, result: StageResult, log: Stage) -> None:
+def _record_import(stage: Stage, records: list[Checked], result: StageResult, log: Stage, **counts: int) -> None:
     """The import's own count in the manifest of the stage it returns: skipped records are counted once, in
-    the stage that read them (`errors`), which for VLFeedback is not the pairs stage."""
-    stage.annotate(**{"import": {"records": records, "skipped": result.failed,
-                                       "errors": str(log.dir / ERRORS)}})
+    the stage that read them (`errors`), which for VLFeedback is not the pairs stage; `unreadable` of them
+    gave no record at all (what follows a break in a JSON list is lost with it); `counts` adds the format's
+    own (VLFeedback's skipped completions and missing ratings)."""
+    stage.annotate(**{"import": {"records": len(records), "skipped": result.failed, "unreadable": _unreadable(records),
+                                 **counts, "errors": str(log.dir / ERRORS)}})
+
+
+def import_summary(stage: Stage) -> str:
+    """What an import did, in one line: pairs, and everything it skipped or could not read, with where the log is."""
+    report = stage.manifest.get("import", {})
+    parts = [f"imported {stage.counts()['rows']} pairs into {stage.dir}", f"{report.get('skipped', 0)} records skipped"]
+    if report.get("unreadable"):
+        parts.append(f"{report['unreadable']} of them unreadable (what follows a break in a file is lost with it)")
+    if report.get("completions_skipped"):
+        parts.append(f"{report['completions_skipped']} broken completions skipped (their records kept)")
+    if report.get("ratings_missing"):
+        parts.append(f"{report['ratings_missing']} ratings missing or unreadable (stored as missing; see the "
+                     f"feedback stage's error log)")
+    return "; ".join(parts) + f" (see {report.get('errors', stage.dir / ERRORS)})"
 
 
 def _folder(images: str | Path | None, src: Path, allow_outside: bool) -> ImageFolder:
     return ImageFolder(Path(images) if images is not None else (src if src.is_dir() else src.parent), allow_outside)
 
 
-def _import_pairs(src: Path, out: str | Path, images: ImageFolder, records: list[Checked], format: str,
-                  check: Callable[[Any, str], _Pair]) -> Stage:
+def _same_source(src: Path, first: Stage, stages: list[Stage]) -> None:
+    """An import into a run directory that holds one already continues it only from the same data: the source
+    files' checksums are recorded in the first stage's manifest when it starts, and a later import from files
+    that differ (edited, added, removed) is refused, naming what changed. Hashing reads the data once more on
+    the first import; a later one hashes only the files whose modification time changed."""
+    files = {(f.relative_to(src).as_posix() if src.is_dir() else f.name): f for f in _data_files(src)}
+    recorded = first.manifest.get("source")
+    if recorded is None or not first.shards():
+        first.annotate(source=sums_json({name: file_sum(f) for name, f in files.items()}))
+        return
+    try:
+        sums = read_sums(recorded)
+    except ValueError:
+        sums = {}
+    changed = ([f"{name} is new" for name in files if name not in sums]
+               + [f"{name} is gone" for name in sums if name not in files]
+               + [d for name, s in sums.items() if name in files and (d := difference(files[name], s)) is not None])
+    if changed:
+        raise ValueError(f"{first.run_root} holds an import of other data than {src} holds now ({'; '.join(changed)}), "
+                         f"and records of both would mix. Import the new data into a new --out, or delete "
+                         f"{', '.join(str(s.dir) for s in stages)} to import it here again")
+
+
+def _import_pairs(src: Path, out: str | Path, images: ImageFolder, check: Callable[[Any, str], _Pair],
+                  records: Callable[[Path], Iterator[Read]], format: str) -> Stage:
     store = RunStore(out)
     stage = store.stage("pairs")
+    _same_source(src, stage, [stage])
+    items = _check(records(src), check, src)
 
     def process(batch: list[Checked]) -> list[dict]:
         rows = []
@@ -558,25 +692,23 @@ def _import_pairs(src: Path, out: str | Path, images: ImageFolder, records: list
         return rows
 
     try:
-        result = _run(stage, records, process, f"import {format}", {"config": {"format": format, "src": str(src)}})
+        result = _run(stage, items, process, f"import {format}", {"config": {"format": format, "src": str(src)}})
     finally:
         _row_group.cache_clear()
-    _record_import(stage, len(records), result, stage)
+    _record_import(stage, items, result, stage)
     return stage
 
 
 def import_rlaif_v(src: str | Path, out: str | Path, images: str | Path | None = None,
                    allow_outside: bool = False) -> Stage:
     src = Path(src)
-    return _import_pairs(src, out, _folder(images, src, allow_outside),
-                         _check(_rlaif_v_records(src), _rlaif_v_pair), "rlaif-v", _rlaif_v_pair)
+    return _import_pairs(src, out, _folder(images, src, allow_outside), _rlaif_v_pair, _rlaif_v_records, "rlaif-v")
 
 
 def import_povid(src: str | Path, out: str | Path, images: str | Path | None = None,
                  allow_outside: bool = False) -> Stage:
     src = Path(src)
-    return _import_pairs(src, out, _folder(images, src, allow_outside), _check(_json_records(src), _povid_pair),
-                         "povid", _povid_pair)
+    return _import_pairs(src, out, _folder(images, src, allow_outside), _povid_pair, _json_records, "povid")
 
 
 def import_vlfeedback(src: str | Path, out: str | Path, images: str | Path | None = None,
@@ -586,11 +718,14 @@ def import_vlfeedback(src: str | Path, out: str | Path, images: str | Path | Non
     Records are checked, and their images read, in the responses stage; only those it stored get feedback."""
     from vlalign.feedback.ratings import rating_feedback, rating_score, vlfeedback_rules
     from vlalign.stages.pairs import pair_stage
+    from vlalign.stages.ratings import record_missing_ratings
 
     score = rating_score(aspect)  # an unknown aspect is refused before anything is written
     store, src = RunStore(out), Path(src)
     folder = _folder(images, src, allow_outside)
-    records = _check(_json_records(src), _vlfeedback_prompt)
+    read, rated = store.stage("responses"), store.stage("feedback")
+    _same_source(src, read, [read, rated, store.stage("pairs")])
+    records = _check(_json_records(src), _vlfeedback_prompt, src)
     manifest = {"config": {"format": "vlfeedback", "src": str(src)}}
 
     def responses(batch: list[Checked]) -> list[dict]:
@@ -599,22 +734,36 @@ def import_vlfeedback(src: str | Path, out: str | Path, images: str | Path | Non
             p = _usable(item)
             image = store.images.put(folder.open(p.image, item[0]))
             rows += [ResponseRecord(id=f"{p.key}/{k}", prompt_id=p.key, image=image, instruction=p.instruction,
-                                    response=c.response, model=c.model).to_row() for k, c in enumerate(p.completions)]
+                                    response=c.response, model=c.model).to_row() for k, c in p.completions]
         return rows
 
     def feedback(batch: list[Checked]) -> list[dict]:
-        return [rating_feedback(f"{p.key}/{k}", p.key, c.ratings, c.rationales, judge="vlfeedback")
-                for p in map(_usable, batch) for k, c in enumerate(p.completions)]
+        return [rating_feedback(f"{p.key}/{k}", p.key, c.ratings, c.rationales, judge="vlfeedback",
+                                error=f"{where} completion {k}: {'; '.join(c.unread)}" if c.unread else None)
+                for where, p in ((item[0], _usable(item)) for item in batch) for k, c in p.completions]
 
-    read = store.stage("responses")
+    dropped = ranks.on_main(lambda: _log_dropped(read, records))
     result = _run(read, records, responses, "import vlfeedback responses", manifest)
     stored = read.done_items()
-    _run(store.stage("feedback"), [it for it in records if it[0] in stored], feedback, "import vlfeedback feedback",
-         manifest)
-    pairs = pair_stage(read, store.stage("feedback"), store.stage("pairs"), rules or vlfeedback_rules(),
+    _run(rated, [it for it in records if it[0] in stored], feedback, "import vlfeedback feedback", manifest)
+    missing = ranks.on_main(lambda: record_missing_ratings(rated, "import vlfeedback"))
+    pairs = pair_stage(read, rated, store.stage("pairs"), rules or vlfeedback_rules(),
                        method="vlfeedback", score=score, scoring=aspect or "mean rating")
-    _record_import(pairs, len(records), result, read)
+    _record_import(pairs, records, result, read, completions_skipped=dropped,
+                   ratings_missing=sum(missing["by_aspect"].values()))
     return pairs
+
+
+def _log_dropped(stage: Stage, records: list[Checked]) -> int:
+    """Log each broken completion of the records once (its record is imported without it); how many there are."""
+    logged = {e["id"] for e in stage.errors() if isinstance(e.get("id"), str)}
+    dropped = [(f"{where} completion {k}", f"{where} {why}") for where, p in records if isinstance(p, _Prompt)
+               for k, why in p.dropped]
+    for key, why in dropped:
+        if key not in logged:
+            stage.log_error(key, BadRecord(f"{why}; the record's other completions are imported"))
+            warn(f"import vlfeedback: skipped {why}")
+    return len(dropped)
 
 
 IMPORTERS: dict[str, Callable[..., Stage]] = {

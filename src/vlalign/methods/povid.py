@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 from vlalign.data.store import Stage
 from vlalign.feedback.injection import LLMInjector
+from vlalign.feedback.judge import decoded
 from vlalign.methods.base import Arm, Method
+from vlalign.models.settings import ChatDecoding
 from vlalign.plugins import METHODS, VOCABULARIES
 from vlalign.stages.injection import injection_stage, rule_injector
 from vlalign.stages.round import Round
@@ -32,6 +34,7 @@ class POVIDConfig(RunConfig):
     vocabulary: str = "english"  # the rule injector's words: english (COCO's objects) or a plugin's (world)
     cooccurrence_texts: int = 5000  # training answers the co-occurrence statistics count (from the vocabulary's own texts where it has them)
     judge: str | None = None  # the llm injector's chat model: api:MODEL[@URL] or a model directory
+    judge_decoding: ChatDecoding = field(default_factory=ChatDecoding)  # the llm injector's reply length and temperature
     edits: int = 2  # hallucinations injected per answer
     add_objects: bool = True  # object hallucinations are added sentences or replaced objects (false: replaced only)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(  # stage 1: DPO on the injected pairs
@@ -70,7 +73,7 @@ def injected_pairs(r: Round[POVIDConfig]) -> Stage | str:
     if c.injector == "llm":
         assert c.judge is not None  # the config's problems() refuses an llm injector without one
         with r.models.chat(c.judge) as judge:
-            return injection_stage(prompts, out, LLMInjector(judge, edits=c.edits), settings)
+            return injection_stage(prompts, out, LLMInjector(decoded(judge, c.judge_decoding), edits=c.edits), settings)
     injector = rule_injector(prompts, c.vocabulary, c.cooccurrence_texts, c.edits, c.seed, c.add_objects)
     return injection_stage(prompts, out, injector, settings)
 

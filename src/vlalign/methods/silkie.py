@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vlalign.feedback.judge import decoded
 from vlalign.feedback.ratings import rating_score, vlfeedback_rules
 from vlalign.feedback.splitters import make_splitter, needs_judge
 from vlalign.feedback.vlfeedback import RatingJudge
 from vlalign.methods.base import Arm, Method
-from vlalign.models.settings import Runtime
+from vlalign.models.settings import ChatDecoding, Runtime
 from vlalign.plugins import METHODS, RATING_STYLES, SPLITTERS
 from vlalign.stages.pairs import longest_stage, pair_stage
 from vlalign.stages.pool import PoolMember, pool_stage
@@ -37,6 +38,7 @@ class SilkieConfig(RunConfig):
     judge: str | None = None  # the rating judge: api:MODEL[@URL] (GPT-4V in the paper) or a model directory
     judge_runtime: Runtime | None = None  # how a local judge loads (null: as the policy)
     judge_style: str = "vlfeedback"  # vlfeedback (all answers in one request) or a plugin's per-answer style (world)
+    judge_decoding: ChatDecoding = field(default_factory=ChatDecoding)  # the judge's reply length and temperature
     margin: float = 0.0  # pairs need mean ratings further apart than this
     aspect: str | None = None  # pair by one aspect (e.g. "Visual Faithfulness") instead of the mean rating
     claim_balance: list[str] = field(default_factory=list)  # prompt sources whose chosen answers must claim no less than the rejected ([]: off)
@@ -78,7 +80,8 @@ def pairs(r: Round[SilkieConfig]) -> list[Arm]:
         return [Arm("policy", r.given_pairs, c.train)]
     assert c.judge is not None  # the config's problems() refuses a run without one
     responses = pool_stage(r, r.stage("responses"), c.pool, c.answers_per_prompt)
-    with r.models.chat(c.judge, c.judge_runtime) as judge:
+    with r.models.chat(c.judge, c.judge_runtime) as chat:
+        judge = decoded(chat, c.judge_decoding)
         split = make_splitter(c.splitter, judge if needs_judge(c.splitter) else None)
         counting = claim_counting(r.prompt_stage(), c.claim_balance, c.splitter, split)
         feedback = rating_stage(responses, r.stage("feedback"), RatingJudge(judge, style=c.judge_style), counting)

@@ -32,6 +32,30 @@ def max_length(processor) -> int | None:
     return getattr(processor, "vlalign_max_length", None)
 
 
+def encode_prompt_row(processor, image: Image.Image, instruction: str) -> dict[str, torch.Tensor]:
+    """The processor's output (a batch of one) for one prompt. Under `Runtime.max_prompt_length` a prompt
+    that is longer loses the first tokens of its instruction (TRL's keep_end), never an image token or the
+    chat template's; a prompt too long even without its instruction is an error naming the setting."""
+    enc = processor(images=[image], text=[chat_prompt(processor, instruction)], return_tensors="pt")
+    limit = getattr(processor, "vlalign_max_prompt_length", None)
+    length = enc["input_ids"].shape[1]
+    if limit is None or length <= limit:
+        return enc
+    tok = processor.tokenizer
+    ids = tok(instruction, add_special_tokens=False)["input_ids"]
+    excess = length - limit
+    for _ in range(3):  # decoding and encoding again may shift a token or two
+        if excess >= len(ids):
+            raise ValueError(f"a prompt of {length} tokens holds {length - len(ids)} besides its instruction (image "
+                             f"tokens and the chat template), more than max_prompt_length {limit}; raise "
+                             f"runtime.max_prompt_length")
+        enc = processor(images=[image], text=[chat_prompt(processor, tok.decode(ids[excess:]))], return_tensors="pt")
+        if enc["input_ids"].shape[1] <= limit:
+            return enc
+        excess += enc["input_ids"].shape[1] - limit
+    raise ValueError(f"the instruction {instruction[:60]!r} cannot be cut to fit max_prompt_length {limit}")
+
+
 def _pad_cat(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Concatenate along dim 0, zero-padding the other dims where shapes differ (e.g. Idefics3 tiles)."""
     shapes = {tuple(t.shape[1:]) for t in tensors}
@@ -56,7 +80,7 @@ def encode(processor, images: Sequence[Image.Image], instructions: Sequence[str]
     tok = processor.tokenizer
     rows: list[dict[str, torch.Tensor]] = []
     for i, (image, instruction) in enumerate(zip(images, instructions, strict=True)):
-        enc = processor(images=[image], text=[chat_prompt(processor, instruction)], return_tensors="pt")
+        enc = encode_prompt_row(processor, image, instruction)
         ids = enc["input_ids"][0]
         labels = torch.full_like(ids, IGNORE)
         if responses is not None:
@@ -84,15 +108,15 @@ def pad_id(processor) -> int:
 
 
 def _room(processor, prompt_length: int) -> int | None:
-    """How many answer tokens fit after a prompt of `prompt_length` tokens (None: no limit). The prompt,
-    image tokens included, is never cut: a prompt that leaves no room is an error."""
-    limit = max_length(processor)
+    """How many answer tokens (EOS included) fit after a prompt of `prompt_length` tokens: what max_length
+    leaves, at most max_completion_length (None: no limit). A prompt that leaves no room is an error."""
+    limit, longest = max_length(processor), getattr(processor, "vlalign_max_completion_length", None)
     if limit is None:
-        return None
+        return longest
     if prompt_length >= limit:
         raise ValueError(f"a prompt of {prompt_length} tokens (image tokens included) leaves no room for an "
                          f"answer under max_length {limit}; raise runtime.max_length")
-    return limit - prompt_length
+    return limit - prompt_length if longest is None else min(longest, limit - prompt_length)
 
 
 def collate(rows: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:

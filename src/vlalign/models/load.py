@@ -2,8 +2,11 @@
 
 A model reference is a local directory, or `<source>:<name>` for a model a plugin provides (`world:base`).
 Nothing is downloaded. Weights load only from safetensors, and a checkpoint's own code runs only with
-`trust_remote_code`. `save` writes to a temporary folder, checks what it wrote, and renames it into place,
-so a folder that `load` finds is always whole; a folder cut short by a kill is named as such.
+`trust_remote_code`. `save` writes to a temporary folder, checks what it wrote, records every file's size
+and checksum (`vlalign.checksums`), and renames it into place, so a folder that `load` finds is always
+whole; a folder cut short by a kill, or whose bytes changed since, is named as such. `check_complete` (what a
+resume runs on a model it only names) reads a file only when its modification time changed; `load` hashes
+every file, since it reads them all anyway.
 """
 
 from __future__ import annotations
@@ -17,42 +20,30 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText
 
+from vlalign import ranks
+from vlalign.checksums import differences, moved, read_sums, sums, sums_json
+from vlalign.models.paths import model_dir, source_of
 from vlalign.models.processors import configure, load_processor
 from vlalign.models.settings import Runtime
 from vlalign.models.types import Model, Processor
-from vlalign.plugins import MODEL_SOURCES
 
 CHECKPOINT_MARKER = "vlalign_checkpoint.json"
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
 
 
-def source_of(ref: str) -> tuple[str, str] | None:
-    """(source, name) when `ref` names a plugin's model (`world:base`), else None (a path)."""
-    prefix, sep, rest = str(ref).partition(":")
-    if sep and len(prefix) > 1 and "/" not in prefix and prefix in MODEL_SOURCES:
-        return prefix, rest
-    return None
-
-
-def resolve(path: str | Path) -> Path:
-    """The directory behind a model reference, with a clear error when it is not a model directory."""
-    found = source_of(str(path))
-    if found is not None:
-        source, name = found
-        return Path(MODEL_SOURCES.get(source)(name))
-    p = Path(path).expanduser().absolute()
-    if not ((p / "config.json").exists() or (p / "adapter_config.json").exists()):
-        sources = ", ".join(f"{s}:NAME" for s in MODEL_SOURCES.names())
-        raise FileNotFoundError(
-            f"no model at {p} (no config.json or adapter_config.json there). Pass a local model directory "
-            f"saved with save_pretrained{', or ' + sources if sources else ''}. Nothing is downloaded from a hub.")
-    check_complete(p)
+def resolve(path: str | Path, full: bool = False) -> Path:
+    """The directory behind a model reference, with a clear error when it is not a model directory or is
+    damaged (`check_complete`; with `full`, every file it recorded is hashed)."""
+    p = model_dir(path)
+    if source_of(str(path)) is None:
+        check_complete(p, full)
     return p
 
 
 class IncompleteCheckpoint(ValueError):
-    """A model folder that lost or shortened a file after it was written (a copy cut short, a full disk);
+    """A model folder that lost, shortened or changed a file after it was written (a copy cut short, a full
+    disk, bytes overwritten);
     `problem` says what is wrong, the message adds the fix (callers that know which step saved the folder
     give a better one)."""
 
@@ -76,15 +67,17 @@ def _safetensors_size(path: Path) -> int | None:
     return 8 + n + max(ends, default=0)
 
 
-def check_complete(path: Path) -> None:
-    """Raise `IncompleteCheckpoint` when a model folder has lost or shortened a file: against the sizes
-    `save` recorded, and for every safetensors file against the size its own header promises (so a folder
-    saved by another tool is checked too)."""
+def check_complete(path: Path, full: bool = False) -> None:
+    """Raise `IncompleteCheckpoint` when a model folder has lost, shortened or changed a file: against the sizes
+    and checksums `save` recorded (a file is hashed when its modification time changed, or always with `full`),
+    and for every safetensors file against the size its own header promises (so a folder saved by another
+    tool is checked too)."""
     marker = path / CHECKPOINT_MARKER
     if marker.exists():
         try:
-            files = json.loads(marker.read_text())["files"]
-            sizes = {str(name): int(size) for name, size in files.items()}
+            record = json.loads(marker.read_text())
+            sizes = {str(name): int(size) for name, size in record["files"].items()}
+            recorded = read_sums(record["sums"]) if "sums" in record else {}
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise IncompleteCheckpoint(path, f"the checkpoint marker {marker} is damaged ({e})") from e
         for name, size in sizes.items():
@@ -93,6 +86,10 @@ def check_complete(path: Path) -> None:
                 have = f.stat().st_size if f.exists() else "missing"
                 raise IncompleteCheckpoint(
                     path, f"the checkpoint at {path} is incomplete: {name} is {have} bytes, {size} expected")
+        changed = differences(path, recorded, full)
+        if changed:
+            raise IncompleteCheckpoint(path, f"the checkpoint at {path} is damaged: {'; '.join(changed)}")
+        _note_verified(path, record, recorded)
     for f in sorted(path.glob("*.safetensors")):
         promised = _safetensors_size(f)
         if promised is None or f.stat().st_size < promised:
@@ -101,7 +98,21 @@ def check_complete(path: Path) -> None:
                                              f"{f.stat().st_size} bytes and {why}")
 
 
-def _adapter_base(adapter_dir: Path) -> Path:
+def _note_verified(path: Path, record: dict, recorded: dict) -> None:
+    """After a copy every file's modification time differs, so every cheap check would hash it; once the
+    hashes matched, the marker takes the new times (best effort: a read-only folder stays as it is)."""
+    now = moved(path, recorded)
+    if now == recorded or not ranks.is_main():
+        return
+    try:
+        tmp = path / f".{CHECKPOINT_MARKER}.tmp"
+        tmp.write_text(json.dumps({**record, "sums": sums_json(now)}, indent=1))
+        os.replace(tmp, path / CHECKPOINT_MARKER)
+    except OSError:
+        pass
+
+
+def _adapter_base(adapter_dir: Path, full: bool = False) -> Path:
     """The base model directory a LoRA adapter names (a relative name counts from the adapter's folder)."""
     from peft import PeftConfig
 
@@ -111,7 +122,7 @@ def _adapter_base(adapter_dir: Path) -> Path:
                                 f"(base_model_name_or_path is empty in adapter_config.json)")
     if source_of(ref) is None and not Path(ref).is_absolute() and (adapter_dir / ref).is_dir():
         ref = adapter_dir / ref
-    return resolve(ref)
+    return resolve(ref, full)
 
 
 def torch_dtype(runtime: Runtime) -> torch.dtype | str:
@@ -122,6 +133,26 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def quantization_config(path: Path, runtime: Runtime):
+    """bitsandbytes' settings for `runtime.quantization` (4bit: NF4 with double quantization, QLoRA's),
+    computing in the run's dtype (auto: the checkpoint's); a clear error where bitsandbytes is missing."""
+    from transformers import BitsAndBytesConfig
+    from transformers.utils import is_bitsandbytes_available
+
+    if not is_bitsandbytes_available():
+        raise ValueError(f"runtime.quantization {runtime.quantization} loads through bitsandbytes, which is not "
+                         f"installed (or does not work on this machine): pip install bitsandbytes (or pip install "
+                         f"'vlalign[qlora]'), or set quantization: null")
+    dtype = torch_dtype(runtime)
+    if dtype == "auto":
+        saved = json.loads((path / "config.json").read_text()).get("dtype") or "float32"
+        dtype = _DTYPES.get(saved, torch.float32)
+    if runtime.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
+
+
 def _from_pretrained(path: Path, runtime: Runtime):
     kwargs: dict = {"dtype": torch_dtype(runtime), "trust_remote_code": runtime.trust_remote_code,
                     "use_safetensors": True}
@@ -129,6 +160,9 @@ def _from_pretrained(path: Path, runtime: Runtime):
         kwargs["attn_implementation"] = runtime.attn_implementation
     if runtime.device_map:
         kwargs["device_map"] = runtime.device_map
+    if runtime.quantization:  # a quantized model is placed as it loads: it cannot be moved afterwards
+        kwargs["quantization_config"] = quantization_config(path, runtime)
+        kwargs.setdefault("device_map", {"": runtime.device or default_device()})
     return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
 
 
@@ -136,18 +170,18 @@ def load(path: str | Path, runtime: Runtime | None = None, **overrides) -> tuple
     """(model, processor) in eval mode. LoRA adapter directories load onto their base model. `overrides`
     change single runtime settings (`load(path, dtype="fp32", device="cpu")`)."""
     runtime = (runtime or Runtime()).with_(**overrides)
-    p = resolve(path)
+    p = resolve(path, full=True)  # the load reads every byte anyway: each recorded file is hashed
     if (p / "adapter_config.json").exists():
         from peft import PeftModel
 
-        base = _adapter_base(p)
+        base = _adapter_base(p, full=True)
         model = PeftModel.from_pretrained(_from_pretrained(base, runtime), p)
         processor_dir = p if (p / "processor_config.json").exists() else base
     else:
         model = _from_pretrained(p, runtime)
         processor_dir = p
     processor = configure(load_processor(processor_dir, runtime.trust_remote_code), runtime)
-    if not runtime.device_map:
+    if not runtime.device_map and not runtime.quantization:
         model = model.to(runtime.device or default_device())
     return model.eval(), processor
 
@@ -192,7 +226,8 @@ def save(model, processor, out: str | Path) -> Path:
     processor.save_pretrained(tmp)
     _check_safetensors(tmp)
     files = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
-    (tmp / CHECKPOINT_MARKER).write_text(json.dumps({"files": files}, indent=1))
+    marker = {"files": files, "sums": sums_json(sums(tmp, list(files)))}
+    (tmp / CHECKPOINT_MARKER).write_text(json.dumps(marker, indent=1))
     old = out.with_name(f".{out.name}.old")
     if out.exists():
         shutil.rmtree(old, ignore_errors=True)

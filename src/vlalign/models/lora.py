@@ -15,9 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from vlalign.models.load import load, save
 from vlalign.models.settings import LoraSettings
 
 VISION_MARKERS = ("vision_tower", "vision_model", "visual", "image_newline")
@@ -71,22 +69,13 @@ def language_targets(model: torch.nn.Module) -> list[str]:
 def apply_lora(model: torch.nn.Module, settings: LoraSettings = LoraSettings()):
     """Wrap `model` in a fresh peft LoRA adapter (on the decoder's projections unless `target_modules` names
     others); base weights stay frozen, `modules_to_save` train in full."""
-    from peft import LoraConfig, get_peft_model  # here, so a full-parameter run never loads peft
+    from peft import LoraConfig, get_peft_model
 
     targets = list(settings.target_modules) if settings.target_modules else language_targets(model)
-
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=targets,
                         modules_to_save=list(settings.modules_to_save) if settings.modules_to_save else None)
     return get_peft_model(model, config)
-
-
-def merge(adapter: str, out: str) -> str:
-    """Fold a saved LoRA adapter into its base model and save the result as a plain checkpoint."""
-    model, processor = load(adapter)
-    if not hasattr(model, "merge_and_unload"):
-        raise ValueError(f"{adapter} is not a LoRA adapter (no adapter_config.json); it needs no merge")
-    return str(save(model.merge_and_unload(), processor, out))
 
 
 @contextlib.contextmanager
@@ -128,31 +117,32 @@ def save_stacked_adapter(model, out: str | Path, previous: str | Path | None = N
     and W0 + B1 A1 s1 + B2 A2 s2 is the LoRA of rank r1 + r2 with A = [A1; A2], B = [s1 B1, s2 B2], scaling 1.
     So a server keeps its base and loads one adapter per round (vLLM's dynamic LoRA); the rank grows by r
     each round. Fully trained modules (`modules_to_save`) are the newest round's, which holds the sum.
-    Written to a temporary folder, then renamed into place."""
+    Without `previous` the adapter is saved as trained (its own rank and alpha), so merging it gives what
+    merging the model in memory gives. Written to a temporary folder, then renamed into place."""
     from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
 
     config = model.peft_config[model.active_adapter]
-    new = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-    state, rank, base, targets = dict(new), config.r, config.base_model_name_or_path, set(config.target_modules)
-    pairs = _lora_pairs(new, _scaling(config.lora_alpha, config.r, config.use_rslora))
+    state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    stacked = copy.deepcopy(config)
     if previous is not None:
         old_config = json.loads((Path(previous) / "adapter_config.json").read_text())
         old = load_file(str(Path(previous) / ADAPTER_WEIGHTS))
-        old_pairs = _lora_pairs(old, 1.0)  # a stacked adapter has scaling 1
-        state = {**old, **new}
-        pairs = {m: _stacked(old_pairs.get(m), pairs.get(m), (old_config["r"], config.r))
-                 for m in {*old_pairs, *pairs}}
-        rank, base = old_config["r"] + config.r, old_config["base_model_name_or_path"]
-        targets |= set(old_config["target_modules"])
-    for module, (a, b) in pairs.items():
-        state[f"{module}.lora_A.weight"], state[f"{module}.lora_B.weight"] = a.contiguous(), b.contiguous()
+        old_pairs = _lora_pairs(old, _scaling(old_config["lora_alpha"], old_config["r"],
+                                              old_config.get("use_rslora", False)))
+        pairs = _lora_pairs(state, _scaling(config.lora_alpha, config.r, config.use_rslora))
+        state = {**old, **state}
+        for module in {*old_pairs, *pairs}:
+            a, b = _stacked(old_pairs.get(module), pairs.get(module), (old_config["r"], config.r))
+            state[f"{module}.lora_A.weight"], state[f"{module}.lora_B.weight"] = a.contiguous(), b.contiguous()
+        rank = old_config["r"] + config.r
+        stacked.r, stacked.lora_alpha, stacked.use_rslora = rank, rank, False
+        stacked.base_model_name_or_path = old_config["base_model_name_or_path"]
+        stacked.target_modules = sorted(set(config.target_modules) | set(old_config["target_modules"]))
     out = Path(out)
     tmp = out.with_name(f".{out.name}.saving")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    stacked = copy.deepcopy(config)
-    stacked.r, stacked.lora_alpha, stacked.use_rslora, stacked.base_model_name_or_path = rank, rank, False, base
-    stacked.target_modules = sorted(targets)
     stacked.save_pretrained(tmp)
     save_file(state, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     shutil.rmtree(out, ignore_errors=True)
@@ -161,3 +151,19 @@ def save_stacked_adapter(model, out: str | Path, previous: str | Path | None = N
 
 def _scaling(alpha: float, r: int, rslora: bool) -> float:
     return alpha / (r ** 0.5 if rslora else r)
+
+
+def is_quantized(model: torch.nn.Module) -> bool:
+    """Whether the model (or a peft model's base) was loaded quantized through bitsandbytes."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return bool(getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False))
+
+
+def prepare_quantized(model: torch.nn.Module, gradient_checkpointing: bool = False) -> torch.nn.Module:
+    """A quantized model (QLoRA) made ready for adapters the way peft prescribes (its quantized weights
+    frozen, layer norms in fp32, input gradients on); any other model as it is."""
+    if not is_quantized(model):
+        return model
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from vlalign.models import moe, packing
-from vlalign.models.batching import TEXT_KEYS, _pad_cat, _room, chat_prompt
+from vlalign.models.batching import TEXT_KEYS, _pad_cat, _room, chat_prompt, encode_prompt_row
 from vlalign.progress import warn
 
 # families whose forward hands `vlalign.models.packing.KWARG` to the decoder's attention and takes position ids
@@ -88,13 +88,14 @@ def shares_prefix(model) -> bool:
 
 def encode_prompt(processor, image: Image.Image, instruction: str) -> dict[str, torch.Tensor]:
     """The processor's row for one prompt, with the batch dimension of text tensors dropped."""
-    enc = processor(images=[image], text=[chat_prompt(processor, instruction)], return_tensors="pt")
+    enc = encode_prompt_row(processor, image, instruction)
     return {k: (v[0] if k in TEXT_KEYS else v) for k, v in enc.items() if k not in ("attention_mask", "labels")}
 
 
 def answer_ids(processor, prompt: dict[str, torch.Tensor], answers: Sequence[str], add_eos: bool = True
                ) -> list[torch.Tensor]:
-    """Each answer's tokens (and EOS) as it continues `prompt`, cut to the run's max_length as `encode` cuts it."""
+    """Each answer's tokens (and EOS) as it continues `prompt`, cut to the run's max_length and
+    max_completion_length as `encode` cuts it."""
     tok = processor.tokenizer
     room = _room(processor, len(prompt["input_ids"]))
     out = []

@@ -128,13 +128,32 @@ def load_processor(directory: str | Path, trust_remote_code: bool = False):
     return cls.from_pretrained(directory)
 
 
+def chat_template(processor, choice: str) -> str:
+    """The Jinja text `runtime.chat_template` names: one of the processor's own named templates (a checkpoint
+    may ship several: chat_template.jinja is "default", additional_chat_templates/NAME.jinja the others), a
+    .jinja file, or Jinja text itself."""
+    own = processor.chat_template if isinstance(processor.chat_template, dict) else {}
+    if choice in own:
+        return own[choice]
+    if "{{" in choice or "{%" in choice:
+        return choice
+    path = Path(choice).expanduser()
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    names = ", ".join(sorted(own)) or "none besides its default"
+    raise ValueError(f"runtime.chat_template {choice!r} is not one of this processor's named templates ({names}), "
+                     f"an existing .jinja file, or Jinja text")
+
+
 def configure(processor, runtime: Runtime):
     """Apply a run's prompt settings to a processor: a chat template override, the system prompt and the
-    longest row (both read where prompts are built, `vlalign.models.batching`)."""
+    lengths of rows (read where prompts are built, `vlalign.models.batching`)."""
     if runtime.chat_template:
-        processor.chat_template = runtime.chat_template
+        processor.chat_template = chat_template(processor, runtime.chat_template)
     processor.vlalign_system_prompt = runtime.system_prompt
     processor.vlalign_max_length = runtime.max_length
+    processor.vlalign_max_prompt_length = runtime.max_prompt_length
+    processor.vlalign_max_completion_length = runtime.max_completion_length
     if runtime.system_prompt:
         from vlalign.models.batching import chat_prompt
 

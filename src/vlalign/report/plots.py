@@ -10,7 +10,7 @@ from pathlib import Path
 from vlalign.report.gather import HEADLINE
 
 TRAINING = {"loss": "loss", "reward_margin": "reward margin", "reward_accuracy": "reward accuracy",
-            "lr": "learning rate"}
+            "eval_loss": "held-out loss", "eval_reward_accuracy": "held-out reward accuracy", "lr": "learning rate"}
 COLUMNS = 4  # panels per row
 MAX_PANELS = 12
 

@@ -5,8 +5,10 @@ statistics, or by a chat model.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
+from vlalign.data import shortfalls
 from vlalign.data.records import PairRecord, PromptRecord, stable_id
 from vlalign.data.store import Stage, run_stage
 from vlalign.feedback.injection import Injection, LLMInjector, RuleInjector, fit_cooccurrence
@@ -50,4 +52,17 @@ def injection_stage(prompts: Stage, out: Stage, injector: RuleInjector | LLMInje
 
     run_stage(out, records, process, id_of=lambda p: stable_id("povid", p.id), batch_size=64,
               description="injection", manifest={"config": settings})
+    if isinstance(injector, RuleInjector):
+        note_fewer_edits(out, injector.edits)
     return out
+
+
+def note_fewer_edits(out: Stage, asked: int) -> None:
+    """Count the pairs whose answer took fewer edits than asked (nothing more in it could be changed) as a
+    shortfall; a flipped yes/no answer is one edit by design, and is not counted."""
+    edits = [PairRecord.from_row(r).meta.get("edits") or [] for r in out.rows()]
+    short = Counter(len(e) for e in edits if len(e) < asked and not (e and e[0].startswith("answer:")))
+    took = ", ".join(f"{n} with {k}" for k, n in sorted(short.items()))
+    shortfalls.note(out, "edits", sum(short.values()),
+                    f"injection: {sum(short.values())} of {len(edits)} answers took fewer than the {asked} edits asked "
+                    f"({took}): nothing more in them could be changed")

@@ -16,6 +16,7 @@ from typing import Any
 from vlalign.data.records import FeedbackRecord, ResponseRecord
 from vlalign.data.store import RunStore, Stage, batch_result, run_stage
 from vlalign.feedback.claims import ClaimSplitter
+from vlalign.feedback.judge import decoded
 from vlalign.feedback.splitters import make_splitter, needs_judge
 from vlalign.stages.pairs import pair_stage
 from vlalign.stages.ratings import UsageMeter
@@ -57,7 +58,7 @@ def splitter_of(r: Round[LabeledConfig]) -> Iterator[ClaimSplitter]:
     c = r.config
     spec = c.judge if needs_judge(c.splitter) else None
     with r.models.chat(spec, c.judge_runtime) if spec else nullcontext() as judge:
-        yield make_splitter(c.splitter, judge)
+        yield make_splitter(c.splitter, decoded(judge, c.judge_decoding) if judge is not None else None)
 
 
 def label_stage(store: RunStore, responses: Stage, out: Stage, labeler: Labeler, split: ClaimSplitter,

@@ -106,7 +106,8 @@ def pool_stage(r: Round[RunConfig], out: Stage, pool: Sequence[PoolMember], per_
         return batch_result(rows, errors)
 
     try:
-        run_stage(out, items, process, id_of=lambda item: f"{item[1].id}/{pool[item[0]].label}", batch_size=64,
+        run_stage(out, items, process, id_of=lambda item: f"{item[1].id}/{pool[item[0]].label}",
+                  batch_size=r.config.batch_size,
                   description="response pool",
                   manifest={"config": {"pool": [{k: v for k, v in to_dict(m).items() if k != "runtime"} for m in pool],
                                        "k": per_prompt, "seed": seed}})

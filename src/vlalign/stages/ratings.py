@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlalign import ranks
+from vlalign.data import shortfalls
 from vlalign.data.records import FeedbackRecord, PromptRecord, ResponseRecord
 from vlalign.data.store import ERRORS, Stage, batch_result, run_stage
 from vlalign.feedback.claims import ClaimSplitter, split_each
 from vlalign.feedback.judge import JudgeError
 from vlalign.feedback.ratings import MissingRating, rating_feedback
 from vlalign.feedback.vlfeedback import RatingJudge
-from vlalign.progress import warn
 
 
 class UsageMeter:
@@ -127,19 +127,20 @@ def rating_stage(responses: Stage, out: Stage, judge: RatingJudge, counted: Clai
     return out
 
 
-def record_missing_ratings(out: Stage) -> dict:
-    """Count the answers kept without a usable rating in the manifest (`missing_ratings`, by aspect), log each
-    once in the error log with the reason, and say so in one line."""
+def record_missing_ratings(out: Stage, what: str = "judging") -> dict:
+    """Count the answers of a feedback stage kept without a usable rating in its manifest (`missing_ratings`, by
+    aspect), log each once in its error log with the reason (the record's `error`), and say so in one line that
+    starts with `what`."""
     missing = [f for f in map(FeedbackRecord.from_row, out.rows()) if f.details.get("missing")]
     logged = {e["id"] for e in out.errors() if isinstance(e.get("id"), str)}
     for f in missing:
         if f.id not in logged:
-            out.log_error(f.id, MissingRating(f"{f.meta.get('error')}; the answer is kept without a score, so it "
-                                              f"makes no pair"))
+            reason = f.meta.get("error") or f"no {', '.join(f.details['missing'])} rating given"
+            out.log_error(f.id, MissingRating(f"{reason}; the answer is kept without a score, so it makes no pair"))
     by_aspect = dict(Counter(a for f in missing for a in f.details["missing"]))
     summary = {"answers": len(missing), "by_aspect": by_aspect, "log": str(out.dir / ERRORS)}
     out.write_manifest(missing_ratings=summary)
-    if missing:
-        warn(f"judging: {len(missing)} answer(s) have no usable rating for {', '.join(by_aspect)}; they "
-             f"are kept without a score and make no pair (each reason is in {out.dir / ERRORS})")
+    shortfalls.note(out, "ratings", len(missing),
+                    f"{what}: {len(missing)} answer(s) have no usable rating for {', '.join(by_aspect)}; they "
+                    f"are kept without a score and make no pair (each reason is in {out.dir / ERRORS})")
     return summary

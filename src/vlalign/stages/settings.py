@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from vlalign.config import ConfigError, from_dict
+from vlalign.config import Alias, ConfigError, from_dict, prefixed
+from vlalign.data.hub import HubSettings
 from vlalign.data.sources import source_named
 from vlalign.feedback.pairs import PairRules
-from vlalign.models.settings import Decoding, Runtime
+from vlalign.models.settings import ChatDecoding, Decoding, Runtime
 from vlalign.plugins import BENCHMARKS, SPLITTERS
-from vlalign.train.settings import TrainConfig
+from vlalign.train.settings import TRAIN_ALIASES, TrainConfig
 
 SELF = "self"  # a labeler spec: the policy labels its own answers
 
@@ -84,6 +85,14 @@ class ApiSettings:
 class RunConfig:
     """The keys every method shares."""
 
+    # other tools' names (TRL's flat keys) for the run's settings: docs/configs.md lists them
+    ALIASES: ClassVar[dict[str, Alias]] = {
+        "model_name_or_path": Alias("policy"), **prefixed(TRAIN_ALIASES, "train"),
+        **prefixed(Runtime.ALIASES, "runtime"),
+        **{k: Alias(f"runtime.{k}") for k in ("max_length", "max_prompt_length", "max_completion_length",
+                                               "gradient_checkpointing")},
+        "push_to_hub": Alias("hub.push"), "hub_model_id": Alias("hub.repo"), "hub_private_repo": Alias("hub.private")}
+
     policy: str | None = None  # the model to align: a local model directory, or world:<name>
     runtime: Runtime = field(default_factory=Runtime)  # how the policy loads and runs (the other models inherit it)
     prompts: Prompts = field(default_factory=Prompts)  # where the prompts come from
@@ -96,6 +105,7 @@ class RunConfig:
     api: ApiSettings = field(default_factory=ApiSettings)  # settings of every API backend the run calls
     seed: int = 0  # every sample's seed derives from it and the record id
     report: bool = True  # write the HTML report (RUN/report) at the end; `vlalign report RUN` writes it any time
+    hub: HubSettings = field(default_factory=HubSettings)  # push the final model (and the run's data) to a Hub at the end
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -154,6 +164,7 @@ class LabeledConfig(SampledConfig):
     splitter: str = "llm"  # how answers become claims: llm (asks `judge`), sentences, or a plugin's (world)
     judge: str | None = None  # the chat model the llm splitter asks: a model directory or api:MODEL[@URL]
     judge_runtime: Runtime | None = None  # how a local judge loads (null: as the policy)
+    judge_decoding: ChatDecoding = field(default_factory=ChatDecoding)  # the judge's reply length and temperature
     rules: PairRules = field(default_factory=PairRules)  # which scored answers make pairs
 
     def __post_init__(self) -> None:

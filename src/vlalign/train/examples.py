@@ -193,3 +193,4 @@ class Shuffled:
         order = next(self._orders)
         for s in range(0, len(order), self.batch_size):
             yield [(self.examples[p], self.ref(p)) for p in order[s:s + self.batch_size]]
+

@@ -17,11 +17,12 @@ import torch
 
 from vlalign import ranks
 from vlalign.config import to_dict
-from vlalign.models.lora import apply_lora, freeze_vision
+from vlalign.models.lora import apply_lora, freeze_vision, prepare_quantized
 from vlalign.models.prefix import shares_prefix
 from vlalign.models.types import Model, Processor
 from vlalign.train.columns import Columns
 from vlalign.train.examples import PreferenceExample, Shuffled
+from vlalign.train.heldout import held_out_split
 from vlalign.train.loop import Checkpoints, Collate, Tracking, train
 from vlalign.train.memory import return_freed_buffers
 from vlalign.train.objectives import Objective, Preference
@@ -34,7 +35,7 @@ def prepare_policy(model, config: TrainConfig, gradient_checkpointing: bool = Fa
     if config.freeze_vision:
         freeze_vision(model)
     if config.lora is not None:
-        model = apply_lora(model, config.lora)
+        model = apply_lora(prepare_quantized(model, gradient_checkpointing), config.lora)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if config.lora is not None:
@@ -53,8 +54,10 @@ def tracking_for(config: TrainConfig, out: Path | None) -> Tracking | None:
     return Tracking(config.report_to, out / "trackers", name=out.parent.name or "training", config=to_dict(config))
 def _job(config: TrainConfig, examples: Sequence[PreferenceExample], columns: Columns, objective: Objective) -> str:
     """What a mid-training checkpoint belongs to: the objective, the settings and the pairs (so no other job
-    resumes it); where the metrics are reported changes nothing that is trained, so it is left out."""
-    settings = {k: v for k, v in to_dict(config).items() if k != "report_to"}
+    resumes it); where the metrics are reported and how often checkpoints are written change nothing that is
+    trained, so they are left out."""
+    settings = {k: v for k, v in to_dict(config).items() if k not in ("report_to", "checkpoint_every",
+                                                                       "checkpoint_minutes")}
     blob = json.dumps([objective.name, settings, [*columns.names, columns.key], [example_digest(e) for e in examples]])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -91,13 +94,15 @@ def fit(model: Model, processor: Processor, examples: Sequence[PreferenceExample
     cache = Path(out) / "reference_logps.json" if out is not None else None
     ref = (reference_logps(reference if reference is not None else model, processor, examples, columns, cache)
            if objective.cached_reference(config) else Reference([], (), torch.zeros(len(examples), 0)))
-    batches = Shuffled(examples, ref.row, config.batch_size, config.seed)
+    trained, row, evaluation = held_out_split(examples, ref, config)
+    batches = Shuffled(trained, row, config.batch_size, config.seed)
     checkpoints = (Checkpoints(Path(out) / "checkpoints", _job(config, examples, columns, objective))
-                   if out is not None and config.checkpoint_every else None)
+                   if out is not None and (config.checkpoint_every or config.checkpoint_minutes) else None)
     collate = collate or objective.collate(processor, columns, shares_prefix(model))
     history = train(model, batches, collate, objective.loss(config, columns, reference), config.optim,
-                    config.steps_for(len(examples)), description=description, checkpoints=checkpoints,
-                    checkpoint_every=config.checkpoint_every, tracking=tracking)
+                    config.steps_for(len(trained)), description=description, checkpoints=checkpoints,
+                    checkpoint_every=config.checkpoint_every, tracking=tracking,
+                    checkpoint_minutes=config.checkpoint_minutes, evaluation=evaluation)
     if out is not None and ranks.is_main():
         Path(out).mkdir(parents=True, exist_ok=True)
         text = json.dumps({"config": to_dict(config), "objective": objective.name, "n_pairs": len(examples),

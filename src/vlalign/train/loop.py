@@ -3,9 +3,10 @@
 SFT and every preference objective share it; what differs between methods is the loss function and the
 batches, never a flag in here. Batches are drawn from a DataLoader of plain items and collated here, so a
 resumed run skips the batches it has trained on without encoding them again. With `checkpoints`, the
-trainable weights, the optimizer, the schedule and the log are saved every `checkpoint_every` steps (a
-checkpoint is written to a temporary folder and renamed, so it is whole or absent), and a run that finds
-one of the same job resumes from it. With `tracking`, every logged entry also goes to accelerate's
+trainable weights, the optimizer, the schedule and the log are saved every `checkpoint_every` steps and once
+`checkpoint_minutes` have passed since the last save (a checkpoint is written to a temporary folder and
+renamed, so it is whole or absent; its files' checksums are checked when it is read back), and a run that
+finds one of the same job resumes from it. With `tracking`, every logged entry also goes to accelerate's
 trackers (TensorBoard, Weights & Biases), written under the tracking folder.
 """
 
@@ -15,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch.optim.lr_scheduler import LambdaLR
 
 from vlalign import ranks
+from vlalign.checksums import differences, read_sums, sums, sums_json
 from vlalign.models.batching import to_device
 from vlalign.progress import progress, warn
 from vlalign.train.memory import return_freed_buffers
@@ -111,7 +114,8 @@ class Checkpoints:
         save_file(weights, str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         state = {"job": self.job, "step": step, "history": history, "running": running,
-                 "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state().tolist()}
+                 "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state().tolist(),
+                 "sums": sums_json(sums(tmp, ["trainable.safetensors", "optimizer.pt"]))}
         (tmp / STATE).write_text(json.dumps(state))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -125,6 +129,9 @@ class Checkpoints:
         anything is changed, so a damaged checkpoint (`DamagedCheckpoint`, naming the file) leaves them as they were."""
         try:
             state = json.loads((path / STATE).read_text())
+            changed = differences(path, read_sums(state.get("sums", {})), full=True)  # both files are read anyway
+            if changed:
+                raise ValueError("; ".join(changed))
             weights = load_file(str(path / "trainable.safetensors"))
             optimizer_state = torch.load(path / "optimizer.pt", weights_only=True)
             step, history, running, schedule, rng = (state["step"], state["history"], state["running"],
@@ -157,14 +164,68 @@ class Checkpoints:
             return 0, [], {}
 
 
+@dataclass
+class CheckpointDue:
+    """When a mid-training checkpoint is due: every `every` steps (0: not by steps), and once `minutes` have passed
+    since the last save or the start (0: not by time). The clock is the main process's, so every process of a
+    launched job saves at the same step."""
+
+    every: int = 0
+    minutes: float = 0.0
+    last: float = field(default_factory=lambda: time.monotonic())
+
+    def __call__(self, step: int) -> bool:
+        if self.every and step % self.every == 0:
+            return True
+        return bool(self.minutes) and ranks.broadcast(time.monotonic() - self.last >= 60 * self.minutes)
+
+    def saved(self) -> None:
+        self.last = time.monotonic()
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Held-out global batches the loop scores with the training's own loss (no gradient) every `every` steps
+    and after the last; their metrics enter the history as `eval_<name>` (eval_loss, eval_reward_accuracy)."""
+
+    batches: list[list]
+    every: int = 0  # 0: after the last step only
+
+    def due(self, step: int, steps: int) -> bool:
+        return step == steps or (self.every > 0 and step % self.every == 0)
+
+
+def evaluate(forward: Prepared, evaluation: Evaluation, collate: Collate, loss_fn: LossFn, accelerator: Accelerator,
+             dtype: torch.dtype) -> dict[str, float]:
+    """The loss function's metrics over the held-out batches, each pair weighing the same (every process
+    scores its share of each batch, and the sums are added over the processes)."""
+    sums: dict[str, float] = {}
+    with torch.no_grad():
+        for number, items in enumerate(evaluation.batches):
+            mine, weight = share_of(items, accelerator.num_processes, accelerator.process_index)
+            pairs = len(mine) * (weight > 0)
+            batch = to_device(collate(mine, number), accelerator.device, dtype)
+            loss, metrics = loss_fn(forward, batch)
+            for k, v in {"loss": float(loss), **metrics, "pairs": 1.0}.items():
+                sums[k] = sums.get(k, 0.0) + v * pairs
+    if accelerator.num_processes > 1:
+        keys = sorted(sums)
+        total = accelerator.reduce(torch.tensor([sums[k] for k in keys], device=accelerator.device), "sum")
+        sums = dict(zip(keys, total.tolist(), strict=True))
+    total_pairs = sums.pop("pairs", 0.0) or 1.0
+    return {f"eval_{k}": v / total_pairs for k, v in sums.items()}
+
+
 def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, loss_fn: LossFn, config: OptimConfig,
           steps: int, accelerator: Accelerator | None = None, description: str = "training",
           checkpoints: Checkpoints | None = None, checkpoint_every: int = 0,
-          tracking: Tracking | None = None) -> list[dict[str, float]]:
+          tracking: Tracking | None = None, checkpoint_minutes: float = 0.0,
+          evaluation: Evaluation | None = None) -> list[dict[str, float]]:
     """Run `steps` optimizer steps over `batches` (global batches: lists of items, cycled if shorter), each
     process collating its share of every batch with `collate(items, batch_number)`; return the logged
     metrics. A given `accelerator` logs with the trackers it was made with; `tracking` applies to the one
-    made here. `model` is trained in place (the caller saves it, unwrapped)."""
+    made here. With `evaluation`, its held-out batches are scored as it says, through the same accelerator
+    and loss. `model` is trained in place (the caller saves it, unwrapped)."""
     tracked = tracking is not None and tracking.report_to != "none" and accelerator is None
     return_freed_buffers()
     accelerator = accelerator or make_accelerator(config, tracking if tracked else None)
@@ -176,6 +237,7 @@ def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, los
     start, history, running = (checkpoints.resume(model, optimizer, scheduler) if checkpoints is not None
                                else (0, [], {}))
     forward = Prepared(wrapped, model)
+    due = CheckpointDue(checkpoint_every, checkpoint_minutes)
     dtype = next(model.parameters()).dtype
     wrapped.train()
     stream = _cycle(batches)
@@ -208,10 +270,20 @@ def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, los
                 accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=step)
                 bar.update(description=f"{description} loss {entry['loss']:.4f}")
                 running = {}
-            if checkpoints is not None and checkpoint_every and step % checkpoint_every == 0 and step < steps:
+            if evaluation is not None and evaluation.due(step, steps):
+                wrapped.eval()
+                scores = evaluate(forward, evaluation, collate, loss_fn, accelerator, dtype)
+                wrapped.train()
+                if history and history[-1]["step"] == step:
+                    history[-1].update(scores)
+                else:
+                    history.append({"step": step, **scores})
+                accelerator.log(scores, step=step)
+            if checkpoints is not None and step < steps and due(step):
                 if accelerator.is_main_process:
                     checkpoints.save(step, accelerator.unwrap_model(wrapped), optimizer, scheduler, history, running)
                 accelerator.wait_for_everyone()
+                due.saved()
     wrapped.eval()
     if tracked:
         finish_tracking(accelerator)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from importlib.util import find_spec
+from typing import Any, ClassVar
 
+from vlalign.config import Alias
 from vlalign.models.settings import LoraSettings
 
 # term -> what it is (the `loss:` keys of a training config)
@@ -54,9 +56,84 @@ class OptimConfig:
             raise ValueError(f"grad_accum and log_every must be at least 1, got {self.grad_accum}, {self.log_every}")
 
 
+def _terms(value: Any, current: Any) -> dict[str, float]:
+    """TRL's `loss_type` (a name or a list) as loss terms of weight 1 each."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"expected a loss name or a list of them, got {value!r}")
+    return dict.fromkeys(names, 1.0)
+
+
+def _weights(value: Any, current: Any) -> dict[str, float]:
+    """TRL's `loss_weights`: the weights of the loss terms, in the order `loss_type` lists them."""
+    terms = list(current or {})
+    if not isinstance(value, list) or len(value) != len(terms):
+        raise ValueError(f"expected {len(terms)} weight(s), one per term of {terms}, got {value!r}")
+    return dict(zip(terms, value, strict=True))
+
+
+def _with_term(term: str):
+    """An alias whose value is the weight of one loss term added to the others (0 or null: the term is off)."""
+    def convert(value: Any, current: Any) -> dict[str, float]:
+        rest = {k: v for k, v in (current or {}).items() if k != term}
+        return rest if value in (None, 0, 0.0) else {**rest, term: value}
+    return convert
+
+
+def _steps(value: Any, current: Any) -> Any:
+    return None if value == -1 else value  # TRL's max_steps -1: from the epochs
+
+
+def _targets(value: Any, current: Any) -> Any:
+    """LLaMA-Factory's `lora_target`: "all" (the decoder's projections) or "q_proj,v_proj"."""
+    if value == "all":
+        return None
+    return [t.strip() for t in value.split(",")] if isinstance(value, str) else value
+
+
+def _peft(value: Any, current: Any) -> Any:
+    if value is True:
+        return current if current is not None else {}
+    if value is False:
+        return None
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+PER_PROCESS = "vlalign's batch_size counts pairs per optimizer step over all processes; TRL's counts per device"
+TRAIN_ALIASES: dict[str, Alias] = {
+    "learning_rate": Alias("optim.lr"),
+    "num_train_epochs": Alias("epochs"),
+    "per_device_train_batch_size": Alias("batch_size", note=PER_PROCESS),
+    "gradient_accumulation_steps": Alias("optim.grad_accum"),
+    "warmup_ratio": Alias("optim.warmup_ratio"),
+    "weight_decay": Alias("optim.weight_decay"),
+    "max_grad_norm": Alias("optim.max_grad_norm"),
+    "max_steps": Alias("optim.steps", _steps, "-1 (TRL's default) means from the epochs, as null does here"),
+    "logging_steps": Alias("optim.log_every"),
+    "save_steps": Alias("checkpoint_every", note="a resumable mid-training checkpoint"),
+    "eval_steps": Alias("eval_every"),
+    "loss_type": Alias("loss", _terms, "each term weighs 1 (TRL's names: sigmoid, hinge, ipo, robust, bco_pair, sft)"),
+    "loss_weights": Alias("loss", _weights, "the weights of loss_type's terms, in its order"),
+    "rpo_alpha": Alias("loss", _with_term("nll"), "the weight of the nll term (RPO), added to the other terms"),
+    "use_peft": Alias("lora", _peft, "true: LoRA with the lora settings; false: full training"),
+    "lora_r": Alias("lora.r", note="sets LoRA on"),
+    "lora_alpha": Alias("lora.alpha", note="sets LoRA on"),
+    "lora_dropout": Alias("lora.dropout", note="sets LoRA on"),
+    "lora_target_modules": Alias("lora.target_modules", _targets, "sets LoRA on; all or null: the decoder's projections"),
+    "pref_beta": Alias("beta", tool="LLaMA-Factory"),
+    "pref_loss": Alias("loss", _terms, "sigmoid, hinge or ipo (weight 1)", tool="LLaMA-Factory"),
+    "pref_ftx": Alias("loss", _with_term("nll"), "the weight of the nll term on the chosen answer", tool="LLaMA-Factory"),
+    "lora_rank": Alias("lora.r", note="sets LoRA on", tool="LLaMA-Factory"),
+    "lora_target": Alias("lora.target_modules", _targets, "sets LoRA on; all: the decoder's projections",
+                         tool="LLaMA-Factory"),
+}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Preference training: the objective (weighted terms), batches and optimizer, LoRA, checkpoints."""
+
+    ALIASES: ClassVar[dict[str, Alias]] = TRAIN_ALIASES
 
     # term: weight, the objective is their weighted sum; terms: sigmoid, cdpo, robust, hinge, ipo, bco_pair,
     # sft, nll, anchor, conditional (docs/configs.md says what each is)
@@ -70,8 +147,12 @@ class TrainConfig:
     lora: LoraSettings | None = None  # train a LoRA adapter instead of the full decoder (null: full)
     freeze_vision: bool = True  # keep the vision tower frozen (the projector trains)
     checkpoint_every: int = 0  # save a resumable checkpoint every N steps (0: never); a killed run resumes there
+    checkpoint_minutes: float = 5.0  # also save one once this many minutes passed since the last (0: never); bounds what a kill loses
     seed: int = 0  # shuffling and initialisation
     report_to: str = "none"  # also log the training metrics to tensorboard or wandb (WANDB_MODE=offline works), or none
+    reference: str | None = None  # the DPO reference: a model directory (or world:<name>); null: the policy as the training starts
+    eval_fraction: float = 0.0  # share of the pairs held out (chosen by id) for an evaluation loss and reward accuracy in the history (0: none)
+    eval_every: int = 0  # optimizer steps between evaluations of the held-out pairs (0: after the last step only)
 
     def __post_init__(self) -> None:
         problems = []
@@ -94,9 +175,12 @@ class TrainConfig:
             problems.append(f"beta must be positive, got {self.beta}")
         if not 0 <= self.label_smoothing < 0.5:
             problems.append(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        if self.batch_size < 1 or self.epochs <= 0 or self.checkpoint_every < 0:
-            problems.append(f"need batch_size >= 1, epochs > 0, checkpoint_every >= 0; got {self.batch_size}, "
-                            f"{self.epochs}, {self.checkpoint_every}")
+        if not 0 <= self.eval_fraction < 1 or self.eval_every < 0:
+            problems.append(f"need 0 <= eval_fraction < 1 and eval_every >= 0; got {self.eval_fraction}, "
+                            f"{self.eval_every}")
+        if self.batch_size < 1 or self.epochs <= 0 or self.checkpoint_every < 0 or not self.checkpoint_minutes >= 0:
+            problems.append(f"need batch_size >= 1, epochs > 0, checkpoint_every >= 0, checkpoint_minutes >= 0; got "
+                            f"{self.batch_size}, {self.epochs}, {self.checkpoint_every}, {self.checkpoint_minutes}")
         problems += tracker_problems(self.report_to)
         if problems:
             raise ValueError("; ".join(problems))
