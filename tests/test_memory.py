@@ -17,10 +17,12 @@ def rss():
 keep = []
 base = rss()
 for _ in range(3):
-    layer = [torch.ones(4 << 20) for _ in range(8)]  # 16 MiB each, a packed row's activations
-    keep.append(torch.ones(256))  # a live buffer after them, as the next layer's outputs are
+    layer = []
+    for _ in range(8):
+        layer.append(torch.ones(4 << 20))  # 16 MiB, a packed row's activation
+        keep.append(torch.ones(128 << 10))  # a live buffer after it, as the next layer's outputs are
     del layer
-print("KEPT", (rss() - base) / 2**20)
+print("KEPT", (rss() - base - sum(k.numel() * k.element_size() for k in keep)) / 2**20)  # resident, not live
 """
 
 
