@@ -18,10 +18,14 @@ Every benchmark prints its ratios as its last line.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
+import re
 import resource
+import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -239,9 +243,20 @@ LONG_INSTRUCTION = ("describe the image in detail . name every object you see , 
                     "where it is in the image , and say which objects are next to each other or above each other .")
 
 
-def texts(shape: Shape, n: int, seed: int = 0) -> tuple[list, list[str], list[str], list[str]]:
+def answer_lengths(text: str) -> tuple[int, int]:
+    """`--answers`: "150" (every answer about 150 tokens) or "50-300" (each drawn uniformly in that range)."""
+    low, _, high = text.partition("-")
+    bounds = (int(low), int(high or low))
+    if not 0 < bounds[0] <= bounds[1]:
+        raise SystemExit(f"--answers takes N or LOW-HIGH tokens with 0 < LOW <= HIGH, got {text!r}")
+    return bounds
+
+
+def texts(shape: Shape, n: int, seed: int = 0, answers: tuple[int, int] = (ANSWER_TOKENS, ANSWER_TOKENS)
+          ) -> tuple[list, list[str], list[str], list[str]]:
     """n (image, instruction, chosen, rejected): the world's describe prompts on the world shape; on llava7b
-    a 40-token instruction and answers of about 150 tokens (world descriptions strung together)."""
+    a 40-token instruction and answers of `answers` tokens (world descriptions strung together; a length is
+    drawn uniformly in the range for each answer)."""
     from vlalign.world.render import render
     from vlalign.world.scene import sample_scene
     from vlalign.world.text import DESCRIBE_INSTRUCTIONS, caption, describe
@@ -259,12 +274,13 @@ def texts(shape: Shape, n: int, seed: int = 0) -> tuple[list, list[str], list[st
             continue
         instructions.append(LONG_INSTRUCTION)
         for out, offset in ((chosen, 0), (rejected, 5000)):
+            target = answers[0] if answers[0] == answers[1] else int(rng.integers(answers[0], answers[1] + 1))
             words: list[str] = []
             k = 0
-            while len(tok(" ".join(words), add_special_tokens=False)["input_ids"]) < ANSWER_TOKENS:
+            while len(tok(" ".join(words), add_special_tokens=False)["input_ids"]) < target:
                 words += describe(sample_scene(offset + i * 50 + k, "prompts"), rng).split()
                 k += 1
-            while len(tok(" ".join(words[:-1]), add_special_tokens=False)["input_ids"]) >= ANSWER_TOKENS:
+            while len(tok(" ".join(words[:-1]), add_special_tokens=False)["input_ids"]) >= target:
                 words.pop()
             out.append(" ".join(words))
     return images, instructions, chosen, rejected
@@ -322,3 +338,75 @@ def read_result(output: str) -> dict:
     if not lines:
         raise RuntimeError(f"the child run printed no result:\n{output[-3000:]}")
     return json.loads(lines[-1][len("RESULT "):])
+
+
+# ---- whole processes ----
+
+@dataclass(frozen=True)
+class Process:
+    """A finished child process as `/usr/bin/time -v` saw it: wall-clock seconds and peak resident set."""
+
+    stdout: str
+    stderr: str
+    wall_s: float
+    peak_rss_gib: float
+
+
+def timed_process(argv: list[str], env: dict[str, str] | None = None, what: str = "the child") -> Process:
+    """Run `argv` under GNU time (`/usr/bin/time -v`), with the environment as given (glibc's default
+    allocator unless the caller's environment says otherwise), and read its figures."""
+    out = subprocess.run(["/usr/bin/time", "-v", *argv], capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise SystemExit(f"{what} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+    wall = re.search(r"Elapsed \(wall clock\) time .*: (?:(\d+):)?(\d+):([\d.]+)", out.stderr)
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr)
+    if wall is None or rss is None:
+        raise RuntimeError(f"no figures from /usr/bin/time -v in:\n{out.stderr[-2000:]}")
+    hours, minutes, seconds = wall.groups()
+    return Process(out.stdout, out.stderr, int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds),
+                   int(rss.group(1)) / 2**20)
+
+
+# ---- live tensors ----
+
+def tensor_bytes() -> int:
+    """Bytes of the storages of every tensor Python can reach now (parameters, their gradients, optimizer
+    state, cached inputs), each storage once."""
+    seen: dict[int, int] = {}
+    with warnings.catch_warnings():  # isinstance on some deprecated module attributes warns
+        warnings.simplefilter("ignore")
+        tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+    for obj in tensors:
+        for t in (obj, obj.grad if isinstance(obj, torch.nn.Parameter) else None):
+            if t is not None and t.device.type == "cpu" and not t.is_sparse:
+                storage = t.untyped_storage()
+                seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+class LiveTensors:
+    """The peak bytes held by CPU tensors over a window (one training step): those alive when it opens
+    (`tensor_bytes`) plus the highest running sum of the allocations and frees the profiler records inside
+    it. It is what the step's tensors need, whatever the allocator keeps on top (that shows in RSS)."""
+
+    def __init__(self):
+        self.start = 0
+        self.profiler = None
+
+    def open(self) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        self.start = tensor_bytes()
+        self.profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self.profiler.__enter__()
+
+    def close(self) -> float:
+        """The window's peak in GiB."""
+        self.profiler.__exit__(None, None, None)
+        events = [e for e in self.profiler.profiler.kineto_results.events()
+                  if e.name() == "[memory]" and e.device_type().name == "CPU"]
+        running = peak = 0
+        for e in sorted(events, key=lambda e: e.start_ns()):
+            running += e.nbytes()
+            peak = max(peak, running)
+        return (self.start + peak) / 2**30

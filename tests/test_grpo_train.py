@@ -43,7 +43,7 @@ def test_group_rows_score_each_answer_as_its_own_row(model_and_processor):
     assert [len(x) for x in shared] == [len(x) for x in alone]
     assert all(torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5) for a, b in zip(shared, alone, strict=True))
     batch = group_rows(processor, groups)
-    assert batch["input_ids"].shape[0] == 2, "one row per group"
+    assert batch["input_ids"].shape[0] == 1, "the groups packed into one row, without padding"
 
 
 def test_first_step_is_on_policy_and_its_loss_is_the_policy_gradient(model_and_processor):

@@ -254,3 +254,23 @@ def test_saved_model_loads_back(model_and_processor, examples, tmp_path, lora, t
         base = sequence_logps(load(tiny_world_model_dir, dtype="float32", device="cpu")[0], batch)[0]
     assert float(a) == pytest.approx(float(b), abs=1e-4)
     assert abs(float(a) - float(base)) > 1e-3  # what was saved is the trained model, not the base
+
+
+@pytest.mark.parametrize("shape", ["cosine", "constant"])
+@pytest.mark.parametrize(("warmup", "steps"), [(0, 1), (0, 8), (3, 10), (10, 10)])
+def test_the_schedule_is_transformers_with_warmup(warmup, steps, shape):
+    """The loop's schedules (written out so training does not import the Trainer's utilities) are transformers'."""
+    from functools import partial
+
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    from vlalign.train.loop import warmup_schedule
+
+    def optimizer():
+        return torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+
+    reference = (partial(get_cosine_schedule_with_warmup, num_training_steps=steps) if shape == "cosine"
+                 else get_constant_schedule_with_warmup)
+    ours = warmup_schedule(optimizer(), warmup, steps, shape).lr_lambdas[0]
+    theirs = reference(optimizer(), warmup).lr_lambdas[0]
+    assert [ours(s) for s in range(steps + 2)] == pytest.approx([theirs(s) for s in range(steps + 2)], abs=1e-12)

@@ -71,7 +71,8 @@ def test_pair_rows_give_the_log_probs_and_gradients_of_two_rows(arch, built, ima
     examples = _examples(images)
     columns = Columns()
     batch = batch_rows(processor, examples, columns)
-    assert batch["input_ids"].shape[0] == len(examples)  # one row per pair
+    assert batch["input_ids"].shape[0] == 1 and len(batch["packing"]["spans"]) == len(examples)  # a document per pair
+    assert bool(batch["attention_mask"].all())  # and no padding
     total, count = prefix.continuation_logps(model, batch)
     total.sum().backward()
     shared = _grads(model)
@@ -125,7 +126,7 @@ def test_a_corrupted_image_is_its_own_prefix(built, images):
     grey = Columns(("chosen", "rejected", "chosen_corrupt"), (("chosen_corrupt", lambda e: e.image.convert("L")
                                                                 .convert("RGB")),), key="grey")
     batch = batch_rows(processor, examples, grey)
-    assert batch["input_ids"].shape[0] == 2 * len(examples)
+    assert len(batch["packing"]["spans"]) == 2 * len(examples)
     with torch.no_grad():
         total, _ = prefix.continuation_logps(model, batch)
         corrupt = plain_rows.sequence_logps(model, processor, [e.image.convert("L").convert("RGB") for e in examples],
@@ -183,14 +184,15 @@ def test_best_of_n_scores_continue_one_prompt(arch, built, images):
 
 
 def test_models_that_cannot_share_fall_back_to_one_row_per_text(built, images, monkeypatch):
-    """FlashAttention takes no arbitrary mask, and a family not in SHARED_FAMILIES is not trusted with one:
-    both get one row per continuation (the plain forward), with the same values."""
+    """The packed attention stands in for sdpa and eager only (not FlashAttention), and a family not in
+    SHARED_FAMILIES is not trusted with it: both get one row per continuation (the plain forward), with the
+    same values."""
     model, processor = _model(built, "llava")
     assert prefix.shares_prefix(model)
     config = model.config
     monkeypatch.setattr(config, "_attn_implementation", "flash_attention_2")
     assert not prefix.shares_prefix(model)
-    assert "flash_attention_2 attention takes no arbitrary mask" in prefix.unshared_reason(model)
+    assert "flash_attention_2 attention is not one the packed attention stands in for" in prefix.unshared_reason(model)
     monkeypatch.undo()
     monkeypatch.setattr(prefix, "SHARED_FAMILIES", frozenset({"qwen2_vl"}))
     assert not prefix.shares_prefix(model)

@@ -264,6 +264,8 @@ def dpo(
     beta: float = typer.Option(None, help="Shorthand for the override beta=..."),
     epochs: float = typer.Option(None, help="Shorthand for the override epochs=..."),
     dtype: str = typer.Option("auto", help="auto (the checkpoint's), bf16, fp16 or fp32; the model is saved in it."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing",
+                                                help="Recompute activations in the backward: less memory, more time."),
     quantization: str = typer.Option(None, help="4bit or 8bit: load the policy quantized (bitsandbytes) and train "
                                                 "LoRA on it (QLoRA); needs lora settings."),
     overrides: list[str] = typer.Argument(None, help="Dotted overrides of the training settings: loss={sft: 1.0} "
@@ -295,7 +297,8 @@ def dpo(
     reference = load(settings.reference, runtime)[0] if settings.reference else None
     if ranks.is_main():
         console.print(f"training on {len(examples)} pairs from {pairs} ({ranks.world_size()} process(es))")
-    model, history = fit(model, processor, examples, settings, out=out / "training", reference=reference)
+    model, history = fit(model, processor, examples, settings, out=out / "training", reference=reference,
+                         gradient_checkpointing=gradient_checkpointing)
     save_trained(model, processor, out, runtime)  # every process holds the same weights; the main one writes them
     if ranks.is_main():
         console.print(f"final loss {history[-1]['loss']:.4f}")

@@ -60,8 +60,14 @@ def _parsed(path: Path, read: Callable[[], T]) -> T:
 
 
 def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """The shard's table (or some of its columns), or `CorruptShard`."""
-    return _parsed(path, lambda: pq.read_table(path, columns=columns).replace_schema_metadata(None))
+    """The shard's table (or some of its columns), or `CorruptShard`. Read as one Parquet file (not through
+    `pq.read_table`, whose dataset layer imports pandas)."""
+
+    def read() -> pa.Table:
+        with pq.ParquetFile(path) as f:
+            return f.read(columns=columns).replace_schema_metadata(None)
+
+    return _parsed(path, read)
 
 
 def shard_columns(path: Path) -> list[str]:

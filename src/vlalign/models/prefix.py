@@ -1,16 +1,18 @@
 """Shared-prefix rows: a prompt (image + instruction) is forwarded once, and every text that continues it (a
-pair's chosen and rejected answers, a labeler's questions about one image, best-of-N's samples) is packed
-after it in the same row.
+pair's chosen and rejected answers, a labeler's questions about one image, best-of-N's samples, a group's n
+answers) follows it in the same document.
 
-A block attention mask lets each continuation see the prompt and itself only, and its positions go on from the
-prompt's end, so every continuation is scored exactly as in its own row [prompt | continuation]: one vision
-pass and one prompt pass serve them all. Positions are the architecture's own: 1-D for most, the 3-D M-RoPE
-of Qwen2-VL / Qwen2.5-VL / Qwen3-VL and GLM-4.xV from their `get_rope_index` (Qwen3-VL's DeepStack adds vision
-features at the image tokens, which stay where the prompt put them); image tokens attend to each other both
-ways where the family does (Gemma 3 in every layer, Gemma 4 in its sliding layers), and sliding-window layers
-get their window by position. A family or attention implementation not listed in `SHARED_FAMILIES` /
-`SHARED_ATTENTION` falls back to one row per continuation (`shares_prefix`, with a one-line notice naming the
-reason), which is the plain forward, so such a model scores the same texts, only without the saving.
+A batch is one row holding its documents one after another, without padding (`collate`); the attention of
+`vlalign.models.packing` lets each continuation see its prompt and itself only, and its positions go on from
+the prompt's end, so every continuation is scored exactly as in its own row [prompt | continuation]: one
+vision pass and one prompt pass serve them all. Positions are the architecture's own: 1-D for most, the 3-D
+M-RoPE of Qwen2-VL / Qwen2.5-VL / Qwen3-VL and GLM-4.xV from their `get_rope_index`, for each document
+(Qwen3-VL's DeepStack adds vision features at the image tokens, which stay where the prompt put them); image
+tokens attend to each other both ways where the family does (Gemma 3 in every layer, Gemma 4 in its sliding
+layers), and sliding-window layers get their window by position. A family or attention implementation not
+listed in `SHARED_FAMILIES` / `SHARED_ATTENTION` falls back to one right-padded row per continuation
+(`shares_prefix`, with a one-line notice naming the reason), which is the plain forward, so such a model
+scores the same texts, only without the saving.
 """
 
 from __future__ import annotations
@@ -23,15 +25,16 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from vlalign.models import moe
+from vlalign.models import moe, packing
 from vlalign.models.batching import TEXT_KEYS, _pad_cat, _room, chat_prompt, encode_prompt_row
 from vlalign.progress import warn
 
-# families whose forward takes a 4-D attention mask and position ids as this module builds them (tested on each)
+# families whose forward hands `vlalign.models.packing.KWARG` to the decoder's attention and takes position ids
+# as this module builds them (tested on each)
 SHARED_FAMILIES = frozenset({"llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm",
                              "gemma3", "qwen3_vl", "qwen3_vl_moe", "internvl", "gemma4", "glm4v", "glm46v",
                              "llava_onevision1_5"})
-SHARED_ATTENTION = frozenset({"eager", "sdpa"})  # FlashAttention takes no arbitrary mask
+SHARED_ATTENTION = frozenset({"eager", "sdpa"})  # the implementations the packed attention stands in for
 ALL_LAYERS = None
 # family -> the layer types in which image tokens attend to their whole image (token types == 1), given the
 # text config; ALL_LAYERS: every layer. Gemma 4 does so in its sliding layers only, and only where the
@@ -61,8 +64,9 @@ def unshared_reason(model) -> str | None:
     text = config.get_text_config()
     if config.model_type not in SHARED_FAMILIES:
         return f"the {config.model_type} family is not one whose shared-prefix rows are tested equal to plain rows"
-    if config._attn_implementation not in SHARED_ATTENTION:
-        return (f"{config._attn_implementation} attention takes no arbitrary mask (load it with "
+    loaded = sorted({packing.original(c) for c in (config, text)} - SHARED_ATTENTION)
+    if loaded:
+        return (f"{loaded[0]} attention is not one the packed attention stands in for (load it with "
                 f"attn_implementation sdpa or eager to share prompts)")
     bidirectional = getattr(text, "use_bidirectional_attention", None)
     if bidirectional and bidirectional != "vision":
@@ -210,11 +214,14 @@ def run_grouped(groups: Sequence[list[int]], limit: int, make: Make, score: Call
 
 
 def collate(groups: Sequence[Prefixed], pad_id: int, shared: bool = True) -> dict:
-    """A right-padded batch of packed rows (one per group; with `shared=False`, one per continuation) and, under
-    `packing`, what the forward needs to mask and score them."""
-    rows = [(g, [j]) for g in groups for j in range(len(g.continuations))] if not shared else \
-        [(g, list(range(len(g.continuations)))) for g in groups]
-    length = max(len(g.prompt["input_ids"]) + sum(len(g.continuations[j]) for j in js) for g, js in rows)
+    """A batch and, under `packing`, what the forward needs to mask and score it. With `shared`, one row holds
+    every group as a document, its prompt then its continuations, and no token is padding
+    (`vlalign.models.packing`); otherwise every continuation gets a row of its own, [prompt | continuation],
+    right-padded: the plain forward, for models that cannot take packed rows."""
+    rows = [[(g, list(range(len(g.continuations)))) for g in groups]] if shared else \
+        [[(g, [j])] for g in groups for j in range(len(g.continuations))]
+    length = max(sum(len(g.prompt["input_ids"]) + sum(len(g.continuations[j]) for j in js) for g, js in row)
+                 for row in rows)
     n = len(rows)
     batch = {"input_ids": torch.full((n, length), pad_id, dtype=torch.long)}
     types = [k for k in TOKEN_TYPES if k in groups[0].prompt]
@@ -224,35 +231,51 @@ def collate(groups: Sequence[Prefixed], pad_id: int, shared: bool = True) -> dic
     position = torch.zeros((n, length), dtype=torch.long)
     scored: dict[str, list[int]] = {"row": [], "index": [], "target": [], "slot": []}
     last: dict[int, tuple[int, int]] = {}
-    for r, (g, js) in enumerate(rows):
-        p = len(g.prompt["input_ids"])
-        batch["input_ids"][r, :p] = g.prompt["input_ids"]
-        for key in types:
-            batch[key][r, :p] = g.prompt[key]
-        segment[r, :p] = 0
-        position[r, :p] = torch.arange(p)
-        start = p
-        for k, j in enumerate(js, start=1):
-            ids, m = g.continuations[j], len(g.continuations[j])
-            batch["input_ids"][r, start:start + m] = ids
-            segment[r, start:start + m] = k
-            position[r, start:start + m] = torch.arange(p, p + m)
-            slot = g.slots[j]
-            scored["row"] += [r] * m
-            scored["index"] += [p - 1, *range(start, start + m - 1)]  # the logit that predicts each token
-            scored["target"] += ids.tolist()
-            scored["slot"] += [slot] * m
-            last[slot] = (r, start + m - 1)
-            start += m
-    for key in {k for g, _ in rows for k in g.prompt} - set(TEXT_KEYS):
-        batch[key] = _pad_cat([g.prompt[key] for g, _ in rows])
+    spans: list[tuple[int, int, int, int]] = []  # (row, start, prompt end, end) of each document
+    for r, row in enumerate(rows):
+        start = 0
+        for g, js in row:
+            p = len(g.prompt["input_ids"])
+            end = start + p
+            batch["input_ids"][r, start:end] = g.prompt["input_ids"]
+            for key in types:
+                batch[key][r, start:end] = g.prompt[key]
+            segment[r, start:end] = 0
+            position[r, start:end] = torch.arange(p)
+            for k, j in enumerate(js, start=1):
+                ids, m = g.continuations[j], len(g.continuations[j])
+                batch["input_ids"][r, end:end + m] = ids
+                segment[r, end:end + m] = k
+                position[r, end:end + m] = torch.arange(p, p + m)
+                slot = g.slots[j]
+                scored["row"] += [r] * m
+                scored["index"] += [start + p - 1, *range(end, end + m - 1)]  # the logit that predicts each token
+                scored["target"] += ids.tolist()
+                scored["slot"] += [slot] * m
+                last[slot] = (r, end + m - 1)
+                end += m
+            spans.append((r, start, start + p, end))
+            start = end
+    prompts = [g for row in rows for g, _ in row]
+    for key in {k for g in prompts for k in g.prompt} - set(TEXT_KEYS):
+        batch[key] = _pad_cat([g.prompt[key] for g in prompts])
     slots = sorted(last)
     batch["attention_mask"] = (segment >= 0).long()
     batch["packing"] = {"segment": segment, "position": position,
                         **{k: torch.tensor(v, dtype=torch.long) for k, v in scored.items()},
                         "last_row": torch.tensor([last[s][0] for s in slots], dtype=torch.long),
-                        "last_index": torch.tensor([last[s][1] for s in slots], dtype=torch.long)}
+                        "last_index": torch.tensor([last[s][1] for s in slots], dtype=torch.long),
+                        "spans": torch.tensor(spans, dtype=torch.long)}
+    if "image_grid_thw" in batch:  # how many of the batch's image grids each document's prompt holds (M-RoPE)
+        batch["packing"]["grids"] = torch.tensor([len(g.prompt["image_grid_thw"]) for g in prompts], dtype=torch.long)
     return batch
+
+
+def is_packed(batch: dict) -> bool:
+    """Whether a row of `batch` holds more than one text after a prompt (several documents, or a document
+    with several continuations): such rows need `vlalign.models.packing`'s attention."""
+    p = batch["packing"]
+    return len(p["spans"]) > batch["input_ids"].shape[0] or int(p["segment"].max()) > 1
 
 
 # ---- the forward ----
@@ -270,70 +293,47 @@ def _block_ids(token_types: torch.Tensor) -> torch.Tensor:
     return torch.where(image, starts.long().cumsum(-1) - 1, -1)
 
 
-def _allowed(batch: dict) -> torch.Tensor:
-    """(B, L, L) booleans: query i may read key j. Causal within the prompt and within each continuation, every
-    continuation reads the whole prompt, and no continuation reads another."""
-    segment = batch["packing"]["segment"]
-    length = segment.shape[1]
-    index = torch.arange(length, device=segment.device)
-    q, k = segment[:, :, None], segment[:, None, :]
-    return (index[:, None] >= index[None, :]) & ((k == 0) | (k == q)) & (k >= 0) & (q >= 0)
+def packed_rows(model, batch: dict) -> packing.Rows:
+    """The packed row of `batch` as the attention reads it, with the image blocks of a family whose image
+    tokens read their image both ways (and the layer types in which they do)."""
+    p = batch["packing"]
+    blocks, layers = None, ALL_LAYERS
+    both_ways = BIDIRECTIONAL_IMAGES.get(model.config.model_type)
+    if both_ways is not None:
+        layers = both_ways(model.config.get_text_config())
+        blocks = _block_ids(next(batch[t] for t in TOKEN_TYPES if t in batch))[0]
+    return packing.Rows([(s, e_prompt, e) for _, s, e_prompt, e in p["spans"].tolist()], p["segment"][0],
+                        p["position"][0], blocks, layers)
 
 
-def _image_blocks(batch: dict) -> torch.Tensor:
-    """(B, L, L) booleans: query i and key j are tokens of the same image."""
-    types = next(batch[t] for t in TOKEN_TYPES if t in batch)
-    blocks = _block_ids(types)
-    return (blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0)
-
-
-def _additive(allowed: torch.Tensor, position: torch.Tensor, window: int | None, dtype: torch.dtype) -> torch.Tensor:
-    """The (B, 1, L, L) additive mask; a sliding window counts by position, as the model counts it in a row of
-    its own. Padding reads itself, so no softmax row is empty."""
-    if window is not None:
-        allowed = allowed & ((position[:, :, None] - position[:, None, :]) < window)
-    allowed = allowed | torch.eye(allowed.shape[1], dtype=torch.bool, device=allowed.device)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
-
-
-def attention_masks(model, batch: dict, dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
-    """The mask the decoder takes: one tensor, or one per layer type where layers differ (some slide, or only
-    some read images both ways)."""
-    text = model.config.get_text_config()
-    none = frozenset()
-    both_ways = BIDIRECTIONAL_IMAGES.get(model.config.model_type, lambda text: none)(text)
-    causal = _allowed(batch)
-    with_images = causal | _image_blocks(batch) if both_ways != none else causal
-    position = batch["packing"]["position"]
-    window = getattr(text, "sliding_window", None)
-    types = set(getattr(text, "layer_types", None) or ())
-
-    def mask(layer_type: str | None) -> torch.Tensor:
-        allowed = with_images if both_ways is ALL_LAYERS or layer_type in both_ways else causal
-        slides = layer_type == "sliding_attention" or not types
-        return _additive(allowed, position, window if slides else None, dtype)
-
-    if "sliding_attention" in types or both_ways not in (ALL_LAYERS, none):
-        return {t: mask(t) for t in types}
-    return mask(None)
+def decoder_masks(model, length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | dict:
+    """What the decoder takes as its mask for a packed row: a stand-in the packed attention ignores, one per
+    layer type where layers differ (as the family's forward expects)."""
+    mask = packing.placeholder_mask(length, dtype, device)
+    types = set(getattr(model.config.get_text_config(), "layer_types", None) or ())
+    return {t: mask for t in types} if len(types) > 1 or "sliding_attention" in types else mask
 
 
 def position_ids(model, batch: dict) -> torch.Tensor:
-    """1-D positions, or for M-RoPE models the prompt's own 3-D positions (`get_rope_index`) with every
-    continuation going on as text after the prompt's largest position."""
-    position, segment = batch["packing"]["position"], batch["packing"]["segment"]
+    """1-D positions, or for M-RoPE models each document's prompt with its own 3-D positions
+    (`get_rope_index`) and its continuations going on as text after the prompt's largest position."""
+    p = batch["packing"]
+    position = p["position"]
     rope_index = getattr(_inner(model), "get_rope_index", None)
     if rope_index is None or "image_grid_thw" not in batch:
         return position
-    prompt = (segment == 0).long()
-    rope, _ = rope_index(batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
-                         image_grid_thw=batch["image_grid_thw"], attention_mask=prompt)
-    ends = prompt.sum(-1) - 1
-    rows = torch.arange(len(ends), device=ends.device)
-    last = rope[:, rows, ends].amax(0)  # text goes on from the largest position so far (as after an image)
-    text = (last[:, None] + position - ends[:, None])[None]
-    return torch.where(segment[None] == 0, rope, torch.where(segment[None] > 0, text, 0))
+    out = position[None].repeat(3, 1, 1)
+    grids = batch["image_grid_thw"]
+    first = 0
+    for (r, s, e_prompt, e), n in zip(p["spans"].tolist(), p["grids"].tolist(), strict=True):
+        ids = batch["input_ids"][r:r + 1, s:e_prompt]
+        rope, _ = rope_index(ids, mm_token_type_ids=batch["mm_token_type_ids"][r:r + 1, s:e_prompt],
+                             image_grid_thw=grids[first:first + n], attention_mask=torch.ones_like(ids))
+        first += n
+        out[:, r, s:e_prompt] = rope[:, 0]
+        last = rope[:, 0, -1].amax()  # text goes on from the largest position so far (as after an image)
+        out[:, r, e_prompt:e] = last + position[r, e_prompt:e] - (e_prompt - s - 1)
+    return out
 
 
 def _model_inputs(batch: dict) -> dict:
@@ -345,15 +345,23 @@ def forward_at(model, batch: dict, rows: torch.Tensor, index: torch.Tensor) -> t
     keep = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
     keep[rows, index] = True
     inputs = _model_inputs(batch)
-    if shares_prefix(model):
+    layout = None
+    if is_packed(batch):
+        if not shares_prefix(model):
+            raise ValueError(f"{type(model).__name__} cannot take shared-prefix rows; collate with shared=False")
+        packing.install(model)
+        layout = packed_rows(model, batch)
         dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
-        inputs.update(attention_mask=attention_masks(model, batch, dtype), position_ids=position_ids(model, batch))
-    elif int(batch["packing"]["segment"].max()) > 1:
-        raise ValueError(f"{type(model).__name__} cannot take shared-prefix rows; collate with shared=False")
+        inputs.update(attention_mask=decoder_masks(model, keep.shape[1], dtype, keep.device),
+                      position_ids=position_ids(model, batch), **{packing.KWARG: layout})
     try:
         logits = model(**inputs, logits_to_keep=keep).logits
     except TypeError:  # a model without logits_to_keep: the full logits, then the positions
         logits = model(**inputs).logits[keep]
+    layers = model.config.get_text_config().num_hidden_layers
+    if layout is not None and layout.calls < layers:
+        raise RuntimeError(f"{type(model).__name__}: only {layout.calls} of {layers} decoder layers took the packed "
+                           f"rows (the family's forward drops `{packing.KWARG}`); take it out of SHARED_FAMILIES")
     rank = keep.flatten().cumsum(0) - 1
     return logits[rank.view_as(keep)[rows, index]]
 
@@ -390,10 +398,12 @@ def continuation_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 def token_weights(batch: dict) -> torch.Tensor:
     """(B, L): how many plain rows [prompt | continuation] hold each token: a prompt token one per continuation
-    of its row, a continuation token one, padding none."""
+    of its document, a continuation token one, padding none."""
     segment = batch["packing"]["segment"]
-    readers = segment.amax(-1, keepdim=True).clamp(min=1)
-    return torch.where(segment == 0, readers, (segment > 0).long())
+    weights = (segment > 0).long()
+    for r, s, prompt_end, e in batch["packing"]["spans"].tolist():
+        weights[r, s:prompt_end] = segment[r, s:e].amax().clamp(min=1)
+    return weights
 
 
 def continuation_logps_and_router(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

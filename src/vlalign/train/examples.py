@@ -144,7 +144,12 @@ class StagePairs(Sequence[PreferenceExample]):
             if first >= stop or self._starts[k + 1] <= start:
                 continue
             rows = shard.rows[max(start - first, 0):stop - first]
-            parts.append(read_shard(shard.path, TEXT).take(list(rows)))
+            table = read_shard(shard.path, TEXT)
+            # a run of rows is a slice; `take` builds an index array, which makes pyarrow import pandas
+            if isinstance(rows, range) and rows.step == 1:
+                parts.append(table.slice(rows.start, len(rows)))
+            else:
+                parts.append(table.take(list(rows)))
             stores.append((len(rows), shard.images))
         table = pa.concat_tables(parts, promote_options="permissive")
         return _Window({c: table.column(c).combine_chunks() for c in TEXT}, stores)

@@ -25,12 +25,13 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from safetensors.torch import load_file, save_file
-from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+from torch.optim.lr_scheduler import LambdaLR
 
 from vlalign import ranks
 from vlalign.checksums import differences, read_sums, sums, sums_json
 from vlalign.models.batching import to_device
 from vlalign.progress import progress, warn
+from vlalign.train.memory import return_freed_buffers
 from vlalign.train.settings import OptimConfig
 
 LossFn = Callable[[Any, dict], tuple[torch.Tensor, dict[str, float]]]  # (the model, or `Prepared`, a batch)
@@ -254,13 +255,12 @@ def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, los
     and loss. `model` is trained in place (the caller saves it, unwrapped). With `carried`, the optimizer
     starts from the state an earlier training left, and leaves its own."""
     tracked = tracking is not None and tracking.report_to != "none" and accelerator is None
+    return_freed_buffers()
     accelerator = accelerator or make_accelerator(config, tracking if tracked else None)
     if tracked and tracking is not None:
         tracking.start(accelerator)
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=config.lr, weight_decay=config.weight_decay)
-    warmup = math.ceil(config.warmup_ratio * steps)
-    scheduler = (get_constant_schedule_with_warmup(optimizer, warmup) if config.schedule == "constant"
-                 else get_cosine_schedule_with_warmup(optimizer, warmup, steps))
+    scheduler = warmup_schedule(optimizer, math.ceil(config.warmup_ratio * steps), steps, config.schedule)
     wrapped, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     start, history, running = (checkpoints.resume(model, optimizer, scheduler) if checkpoints is not None
                                else (0, [], {}))
@@ -320,6 +320,23 @@ def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, los
     if tracked:
         finish_tracking(accelerator)
     return history
+
+
+def warmup_schedule(optimizer: torch.optim.Optimizer, warmup: int, steps: int, shape: str = "cosine") -> LambdaLR:
+    """The learning rate rises linearly over `warmup` steps, then stays (`constant`) or falls along half a cosine
+    to 0 at `steps` (`cosine`): transformers' `get_constant_schedule_with_warmup` and
+    `get_cosine_schedule_with_warmup` (a test holds them equal), written out because importing them loads the
+    Trainer's utilities and peft before the first step."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        if shape == "constant":
+            return 1.0
+        done = (step - warmup) / max(1, steps - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * done)))
+
+    return LambdaLR(optimizer, factor)
 
 
 def make_accelerator(config: OptimConfig, tracking: Tracking | None = None) -> Accelerator:
