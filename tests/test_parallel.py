@@ -207,3 +207,11 @@ def test_a_round_whose_rank_is_killed_mid_stage_resumes_on_one_process(tmp_path,
     assert not Stage(out / "round1" / "feedback").is_complete and ids_on_disk(out / "round1" / "feedback")
     run_alone(out)
     check_same_round(out, one)
+
+
+def test_main_process_work_inside_main_process_work_does_not_hang():
+    """A stage annotated from inside main-process bookkeeping (Silkie's missing-ratings count notes a shortfall)
+    asked for a broadcast the other processes never joined: the demo hung on two processes."""
+    job = launch(2, str(TESTS / "_nested_worker.py"), timeout=60)
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert "rank 0: inner+outer [0, 1]" in job.stdout and "rank 1: inner+outer [0, 1]" in job.stdout

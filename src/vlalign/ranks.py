@@ -105,13 +105,25 @@ def broadcast(value: T) -> T:
     return box[0]
 
 
+_inside_main = 0  # how deep the main process is in `on_main` work, which the other processes never enter
+
+
 def on_main(work: Callable[[], T]) -> T:
     """`work()` run by the main process alone, its result on every process; when it fails there, every other
-    process raises `MainFailed` with its message instead of waiting for a result that never comes."""
-    if not launched():
+    process raises `MainFailed` with its message instead of waiting for a result that never comes. Inside such
+    work (an `on_main` nested in another) it simply runs: the other processes are not there to receive it."""
+    global _inside_main
+    if not launched() or _inside_main:
         return work()
     try:
-        result = ("ok", work()) if is_main() else None
+        if is_main():
+            _inside_main += 1
+            try:
+                result = ("ok", work())
+            finally:
+                _inside_main -= 1
+        else:
+            result = None
     except Exception as e:
         broadcast(("failed", f"{type(e).__name__}: {e}"))
         raise
