@@ -110,7 +110,10 @@ def test_a_finished_run_asks_its_failed_labels_again(tmp_path, monkeypatch, caps
         still, err = resume(start({"heart": [BROKEN], "square": [NO]}, default=[YES]))
         assert "round 1: asking again for the items that failed in round1/feedback" in err
         assert {e["id"] for e in feedback.errors()} == failed and pairs.fingerprint() == first["pairs_fingerprint"]
-        assert arm.stat().st_mtime_ns == trained and still == first, "nothing changed, so nothing trained again"
+        def same(record):  # each start serves the labeler on a new port, which the round's config records
+            return {k: v for k, v in record.items() if k != "config"}
+
+        assert arm.stat().st_mtime_ns == trained and same(still) == same(first), "nothing changed, so nothing trained again"
 
         fixed = start({"heart": [NO], "square": [NO]}, default=[YES])
         again, err = resume(fixed)

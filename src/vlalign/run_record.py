@@ -25,6 +25,7 @@ from vlalign.config import to_dict
 from vlalign.data.store import Stage, stage_dirs, write_atomic
 from vlalign.progress import log, warn
 from vlalign.ranks import is_main
+from vlalign.redaction import redact
 
 FREE = ("report", "hub", "api", "runtime.device", "runtime.device_map", "train.report_to")  # change no trained model
 EVAL = ("eval", "eval_base")  # decide the metrics only
@@ -75,6 +76,18 @@ def _started(folder: Path) -> bool:
     return folder.exists() and any(folder.iterdir())
 
 
+def _served(data: Any) -> Any:
+    """`data` with every `api:MODEL@URL` spec as `api:MODEL`: where a backend is served (a restarted server's
+    new port) is no setting of the run; the model it serves is."""
+    if isinstance(data, dict):
+        return {k: _served(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_served(v) for v in data]
+    if isinstance(data, str) and data.startswith("api:"):
+        return data.split("@", 1)[0]
+    return data
+
+
 def check_config(root: Path, config: Any) -> dict[str, tuple[Any, Any]]:
     """The recipe keys that differ from the run's recorded config (see the module notes); `ValueError` naming
     them when the change is refused. A run without a recorded config (new, or made before configs were
@@ -82,7 +95,8 @@ def check_config(root: Path, config: Any) -> dict[str, tuple[Any, Any]]:
     recorded = _read(root / "run.json").get("config")
     if recorded is None:
         return {}
-    diffs = {k: v for k, v in differences(recorded, to_dict(config)).items() if not _under(k, FREE)}
+    diffs = {k: v for k, v in differences(_served(recorded), _served(redact(to_dict(config)))).items()
+             if not _under(k, FREE)}
     if not diffs:
         return {}
     done, rounds = finished_rounds(root), config.rounds
@@ -118,7 +132,7 @@ def record_start(root: Path, config: Any) -> None:
     if not is_main():
         return
     marker = root / "run.json"
-    text = json.dumps({**_read(marker), "config": to_dict(config)}, indent=1, default=str)
+    text = json.dumps({**_read(marker), "config": redact(to_dict(config))}, indent=1, default=str)
     write_atomic(marker, lambda tmp: Path(tmp).write_text(text))
 
 

@@ -128,8 +128,10 @@ class RunInfo:
             if isinstance(m, dict) and m.get("model"):
                 roles.setdefault(m["model"], []).append("pool" + (f" ({m['name']})" if m.get("name") else ""))
         for stage in self.stages:
-            if stage.model:
-                roles.setdefault(stage.model, []).append(stage.path)
+            models = stage.model.values() if isinstance(stage.model, dict) else [stage.model]  # one, or by role
+            for model in models:
+                if isinstance(model, str) and model:
+                    roles.setdefault(model, []).append(stage.path)
         if self.summary and self.summary.get("final"):
             roles.setdefault(self.summary["final"], []).append("final policy")
         return [(model, list(dict.fromkeys(r))) for model, r in roles.items()]
