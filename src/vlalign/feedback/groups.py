@@ -12,10 +12,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from vlalign.train.settings import PolicyGradientConfig
+from typing import Protocol
 
 EPSILON = 1e-4  # added to the standard deviation, as TRL adds it
+
+
+class AdvantageSettings(Protocol):
+    """What `advantages` reads of the objective's settings (`train.settings.PolicyGradientConfig`, a layer
+    feedback does not import)."""
+
+    @property
+    def baseline(self) -> str: ...
+
+    @property
+    def scale(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -38,7 +48,7 @@ def std(values: Sequence[float]) -> float:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def advantages(rewards: Sequence[Sequence[float]], config: PolicyGradientConfig) -> list[list[float]]:
+def advantages(rewards: Sequence[Sequence[float]], config: AdvantageSettings) -> list[list[float]]:
     """Every answer's advantage, group by group (each group at least two answers)."""
     everyone = std([r for group in rewards for r in group]) if config.scale == "batch" else 0.0
     out = []
