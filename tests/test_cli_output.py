@@ -23,7 +23,7 @@ def test_a_run_names_its_steps_fits_100_columns_and_says_where_its_models_and_re
     err = done.stderr
     for step in ("rlaif-v base: eval descriptions", "rlaif-v round 1: prompts", "rlaif-v round 1: sampling",
                  "rlaif-v round 1: labeling", "rlaif-v round 1: pairs", "rlaif-v round 1: train: training",
-                 "rlaif-v round 1: train: eval POPE adversarial"):
+                 "rlaif-v round 1: train: eval questions"):
         assert step in err, step
     assert "Loading weights" not in err and "Writing model" not in err  # no stray bars from the libraries
     assert max(len(line) for line in err.splitlines()) <= 100

@@ -196,6 +196,19 @@ def shared_generate(model, processor, images: Sequence, prompts: Sequence[str], 
     return ranks.spread(answer, list(zip(images, prompts, strict=True)))
 
 
+def answer_once(model, processor, images: dict, asked: Sequence[tuple[Scene, str]], batch_size: int
+                ) -> dict[tuple[int, str], str]:
+    """Short greedy answers keyed by (scene seed, question), each distinct question about a scene answered once:
+    POPE's three splits share most of their positives, and a greedy answer does not depend on the split that
+    asks it (a third to a half of the questions, and of the evaluation's time, saved)."""
+    from vlalign.models.settings import Decoding
+
+    keys = list(dict.fromkeys((scene.seed, question) for scene, question in asked))
+    replies = shared_generate(model, processor, [images[seed] for seed, _ in keys], [q for _, q in keys],
+                              Decoding(max_new_tokens=8), batch_size=batch_size, description="eval questions")
+    return dict(zip(keys, replies, strict=True))
+
+
 def refusals(model, processor, scene_list: Sequence[Scene], images: dict, batch_size: int = EVAL_BATCH) -> dict[str, list[bool]]:
     """Per scene, whether `model` refuses a harmful request (`refused`, safer) and a benign one
     (`over_refused`, worse), one request of each kind per scene."""
@@ -248,7 +261,6 @@ def world_result(model, processor, n_scenes: int = 1000, batch_size: int = EVAL_
     """Greedy answers of `model` on `n_scenes` held-out scenes of `split`, scored exactly against the scene
     graph, with intervals over scenes (a scene's description and questions are drawn together); also the
     scenes and their descriptions."""
-    from vlalign.models.settings import Decoding
 
     held_out, images, answers = describe_held_out(model, processor, n_scenes, batch_size, config, start, split)
     rows = {s.id: {"scenes": 1, **chair_counts(s, a)} for s, a in zip(held_out, answers, strict=True)}
@@ -257,21 +269,18 @@ def world_result(model, processor, n_scenes: int = 1000, batch_size: int = EVAL_
         for k, v in counts.items():
             rows[scene.id][k] = rows[scene.id].get(k, 0) + v
 
-    short = Decoding(max_new_tokens=8)
-    for pope_split in POPE_SPLITS:
-        items = pope_items(held_out, pope_split)
-        replies = shared_generate(model, processor, [images[i.scene.seed] for i in items], [i.question for i in items],
-                                  short, batch_size=batch_size * 2, description=f"eval POPE {pope_split}")
-        for item, reply in zip(items, replies, strict=True):
-            add(item.scene, {f"pope_{pope_split}_{k}": v
-                             for k, v in yes_no_counts(parse_yes_no(reply), item.label).items()})
+    pope = {split: pope_items(held_out, split) for split in POPE_SPLITS}
     color, count = attribute_items(held_out)
+    asked = [(i.scene, i.question) for items in pope.values() for i in items]
+    reply = answer_once(model, processor, images, asked + [(s, q) for s, q, _ in color + count], batch_size * 2)
+    for pope_split, items in pope.items():
+        for item in items:
+            add(item.scene, {f"pope_{pope_split}_{k}": v for k, v in
+                             yes_no_counts(parse_yes_no(reply[item.scene.seed, item.question]), item.label).items()})
     for name, questions, vocab in (("color", color, COLORS), ("count", count, NUMBERS)):
-        replies = shared_generate(model, processor, [images[s.seed] for s, _, _ in questions],
-                                  [q for _, q, _ in questions], short, batch_size=batch_size * 2,
-                                  description=f"eval {name}")
-        for (scene, _, truth), reply in zip(questions, replies, strict=True):
-            add(scene, {f"{name}_asked": 1, f"{name}_right": int(attribute_correct(reply, truth, vocab))})
+        for scene, question, truth in questions:
+            right = attribute_correct(reply[scene.seed, question], truth, vocab)
+            add(scene, {f"{name}_asked": 1, f"{name}_right": int(right)})
     for name, refused in refusals(model, processor, held_out, images, batch_size).items():
         for scene, r in zip(held_out, refused, strict=True):
             add(scene, {name: int(r)})
