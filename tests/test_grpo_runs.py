@@ -105,6 +105,7 @@ def test_two_rollouts_carry_the_optimizer_and_evaluate_the_last(tmp_path):
     logps = Stage(tmp_path / "round1" / "logps").rows()
     assert logps and all(len(r["ref"]) == len(r["old"]) > 0 for r in logps)
     rollout = first["rollout"]
+    assert first["arms"]["policy"]["unit"] == "groups", "the run's messages count groups, not pairs"
     assert rollout["groups"] == first["pairs"] and set(rollout["components"]) == {"rejected_claims",
                                                                                    "accepted_claims", "length"}
     history = json.loads((tmp_path / "round1" / "training" / "train_history.json").read_text())["history"]

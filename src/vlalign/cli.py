@@ -81,7 +81,7 @@ def print_summary(summary: dict, out: Path) -> None:
     run_tables(summary)
     for r in summary["rounds"]:
         for arm, record in r["arms"].items():
-            console.print(f"round {r['round']} {arm}: {record['pairs']} pairs, model at {record['checkpoint']}")
+            console.print(f"round {r['round']} {arm}: {record['pairs']} {record.get('unit', 'pairs')}, model at {record['checkpoint']}")
     from vlalign.run_record import summary_notes
 
     for note in summary_notes(summary):

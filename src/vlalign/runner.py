@@ -252,7 +252,7 @@ def fit_arm(arm: Arm, model: Model, processor: Processor, folder: Path, config: 
                              description="training", carried=carried)
     # the next round starts from (and refers to) the merged policy; a LoRA arm's adapter is kept beside it
     model = save_trained(model, processor, folder, config.runtime, adapter[1] if adapter else None)
-    return model, {"arm": arm.name, "pairs": len(examples), "checkpoint": str(folder / "policy"),
+    return model, {"arm": arm.name, "pairs": len(examples), "unit": arm.objective.unit, "checkpoint": str(folder / "policy"),
                    "final_loss": history[-1]["loss"], "final_reward_accuracy": history[-1].get("reward_accuracy"),
                    "pairs_fingerprint": pairs, **arm.stats}
 

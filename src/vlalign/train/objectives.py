@@ -39,6 +39,11 @@ class Objective(Protocol):
         """The loss reads a reference model at every step (a frozen copy, or the adapters switched off)."""
         ...
 
+    @property
+    def unit(self) -> str:
+        """What one example is, in plural, for the run's record and messages ("pairs", "groups")."""
+        ...
+
     def columns(self, config: TrainConfig) -> Columns:
         """The answer columns every example's rows hold."""
         ...
@@ -66,6 +71,7 @@ class Preference:
     key: str = ""
     name: str = "preference"
     live_reference: bool = False
+    unit: str = "pairs"
 
     def columns(self, config: TrainConfig) -> Columns:
         from vlalign.train.losses import columns_of
@@ -138,6 +144,7 @@ class POVIDNoise:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     name: str = "povid"
     live_reference: bool = True
+    unit: str = "pairs"
 
     def columns(self, config: TrainConfig) -> Columns:
         return Columns()
@@ -167,6 +174,7 @@ class GroupPolicyGradient:
     temperature: float = 1.0  # the answers' sampling temperature: their log-probs are read under it
     name: str = "policy gradient"
     live_reference: bool = False
+    unit: str = "groups"
 
     def columns(self, config: TrainConfig) -> Columns:
         return Columns()
