@@ -387,3 +387,44 @@ def test_the_labeler_is_gone_before_the_policy_trains(tmp_path, monkeypatch):
         runner.run(METHODS.get("rlaif-v"), _rlaif_v("rounds=1", f"labeler={labeler}"), tmp_path / label)
     assert seen["separate"][1] == seen["self"][1] == [], "no model but the policy is held while it trains"
     assert seen["separate"][0] == seen["self"][0] > 0
+
+
+@pytest.mark.parametrize("cycle", [False, True])
+def test_a_scoped_model_is_gone_before_the_next_load(monkeypatch, cycle):
+    """A model whose last block has ended is gone by the next load (or training), with a full collection (a
+    third of a second with the libraries loaded) only when a reference cycle keeps it alive."""
+    import gc
+    import weakref
+
+    import torch
+
+    collections: list[int] = []
+    real_collect = gc.collect
+
+    def counted(*args):
+        collections.append(1)
+        return real_collect(*args)
+
+    def made(spec, runtime):
+        model = torch.nn.Linear(4, 4)
+        if cycle:
+            model.__dict__["loop"] = [model]
+        return model, None
+
+    monkeypatch.setattr(runner, "load", made)
+    monkeypatch.setattr(gc, "collect", counted)
+    models = runner.ScopedModels(runner.Runtime())
+    gc.disable()
+    try:
+        with models.using("labeler") as (model, _):
+            with models.using("labeler") as (again, _):
+                assert again is model, "a model held by two blocks is loaded once"
+            assert models.held() == ["labeler"], "held until its last block ends"
+            alive = weakref.ref(model)
+        del model, again
+        assert models.held() == []
+        with models.using("judge"):
+            assert alive() is None, "the labeler is gone before the judge loads"
+        assert len(collections) == int(cycle)
+    finally:
+        gc.enable()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import gc
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -85,19 +86,21 @@ def finished(folder: Path, marker: str) -> Any | None:
 
 class ScopedModels:
     """The `Models` of a run: each model other than the policy is loaded when a stage's `with` block asks for it
-    (under its own runtime settings, or the policy's) and freed when the last block holding it ends, so
-    nothing but the policy is in memory while it trains. API backends hold no weights: each is made once and
-    kept, so its token use adds up over the run."""
+    (under its own runtime settings, or the policy's) and dropped when the last block holding it ends, so
+    nothing but the policy is in memory while it trains (`release` before training and before each load).
+    API backends hold no weights: each is made once and kept, so its token use adds up over the run."""
 
     def __init__(self, runtime: Runtime, api: ApiSettings | None = None):
         self.runtime, self.api = runtime, api or ApiSettings()
         self._held: dict[tuple[str, Runtime], list] = {}  # key -> [(model, processor), blocks holding it]
         self._endpoints: dict[str, Judge] = {}
+        self._dropped: list[weakref.ref] = []  # models whose last block has ended
 
     @contextmanager
     def using(self, spec: str, runtime: Runtime | None = None) -> Iterator[tuple[Model, Processor]]:
         key = (spec, runtime or self.runtime)
         if key not in self._held:
+            self.release()
             self._held[key] = [load(spec, key[1]), 0]
         entry = self._held[key]
         entry[1] += 1
@@ -107,8 +110,8 @@ class ScopedModels:
             entry[1] -= 1
             if entry[1] == 0:
                 del self._held[key]
+                self._dropped.append(weakref.ref(entry[0][0]))
                 entry.clear()
-                free_memory()
 
     @contextmanager
     def chat(self, spec: str, runtime: Runtime | None = None) -> Iterator[Judge]:
@@ -125,16 +128,21 @@ class ScopedModels:
             self._endpoints[spec] = make_judge(spec, a.concurrency, timeout=a.timeout, max_retries=a.max_retries)
         return self._endpoints[spec]
 
+    def release(self) -> None:
+        """Give the memory of the models dropped since the last call back (CUDA's cache to the device), before
+        more is needed. A model nothing holds any more went with its last reference (a stage's `as` names hold
+        it until the stage's function returns, so this waits for the next load or training); a full
+        collection, a third of a second with the libraries loaded and due every GRPO rollout, runs only when a
+        reference cycle keeps one alive."""
+        if any(model() is not None for model in self._dropped):
+            gc.collect()
+        self._dropped.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def held(self) -> list[str]:
         """The specs of the models in memory now (besides the policy)."""
         return [spec for spec, _ in self._held]
-
-
-def free_memory() -> None:
-    """Give the memory of models just dropped back: to the allocator now, and CUDA's cache to the device."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def check_backends(specs: list[str], models: ScopedModels) -> None:
@@ -246,6 +254,7 @@ def fit_arm(arm: Arm, model: Model, processor: Processor, folder: Path, config: 
     pairs = pairs_fingerprint(arm)
     examples = _examples(arm.pairs)
     reference = arm.train.reference  # a model of its own, held for the training only (null: the policy)
+    models.release()
     with models.using(reference) if reference else nullcontext((None, None)) as (reference_model, _):
         model, history = fit(model, processor, examples, arm.train, arm.objective, out=folder / "training",
                              reference=reference_model, gradient_checkpointing=config.runtime.gradient_checkpointing,
