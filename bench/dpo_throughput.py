@@ -52,6 +52,7 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=2, help="A B rounds of whole-process runs (A B A B for 2)")
     ap.add_argument("--no-live", action="store_true", help="skip the two extra runs that measure live tensors")
     ap.add_argument("--gc", action="store_true", help="gradient checkpointing in both (TRL's default, not vlalign's)")
+    ap.add_argument("--row-tokens", type=int, help="vlalign's optim.row_tokens: rows of at most this many tokens")
     ap.add_argument("--run", choices=("vlalign", "trl"), help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--live", action="store_true", help=argparse.SUPPRESS)
@@ -109,7 +110,8 @@ def run_vlalign(args, data: Path, out: Path) -> dict:
                 "--dtype", "fp32" if shapes.dtype_of(args) == torch.float32 else "bf16",
                 *(["--gradient-checkpointing"] if args.gc else []),
                 "loss={sigmoid: 1.0, sft: 1.0}", f"beta={BETA}", f"batch_size={args.batch}", "epochs=1",
-                f"optim.lr={LR}", "optim.warmup_ratio=0", "optim.log_every=1", "optim.max_grad_norm=1.0"]
+                f"optim.lr={LR}", "optim.warmup_ratio=0", "optim.log_every=1", "optim.max_grad_norm=1.0",
+                *([f"optim.row_tokens={args.row_tokens}"] if args.row_tokens else [])]
     try:
         main()
     except SystemExit as e:
@@ -242,7 +244,8 @@ def main() -> None:
     print(f"{args.shape}{' real size' if args.real_size else ''}, {args.device}, {shapes.dtype_of(args)}, "
           f"{args.pairs} pairs, {steps} steps of {args.batch}, gradient checkpointing {'on' if args.gc else 'off'} "
           f"in both; P = {prompt:.0f} prompt tokens, A = {answer:.0f} answer tokens (mean"
-          f"{f', drawn from {args.answers}' if args.shape == 'llava7b' else ''})")
+          f"{f', drawn from {args.answers}' if args.shape == 'llava7b' else ''})"
+          f"{f'; vlalign rows of at most {args.row_tokens} tokens' if args.row_tokens else ''}")
     print("whole process (/usr/bin/time -v, glibc's default allocator), in the order run:")
     for name, r in runs:
         print(f"  {name:8} wall {r['wall_s']:6.1f} s, peak RSS {r['rss_gib']:.2f} GiB, steady {r['steady_pairs_s']:.3f} "

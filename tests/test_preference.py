@@ -274,3 +274,34 @@ def test_the_schedule_is_transformers_with_warmup(warmup, steps, shape):
     ours = warmup_schedule(optimizer(), warmup, steps, shape).lr_lambdas[0]
     theirs = reference(optimizer(), warmup).lr_lambdas[0]
     assert [ours(s) for s in range(steps + 2)] == pytest.approx([theirs(s) for s in range(steps + 2)], abs=1e-12)
+
+
+def test_a_batch_longer_than_row_tokens_trains_in_parts_to_the_same_weights(examples, tiny_world_model_dir,
+                                                                             monkeypatch):
+    """optim.row_tokens bounds the tokens of one forward: a batch of 8 pairs trains as several rows (each
+    within the limit), and since the parts' losses are weighted by their share of the pairs, the weights after
+    two steps are those of one row per batch."""
+    import vlalign.train.loop as loop
+
+    config = _config(steps_epochs=2, lr=1e-3, loss={"sigmoid": 1.0, "ipo": 0.5})
+
+    def fresh():
+        return load(tiny_world_model_dir, dtype="float32", device="cpu")
+
+    whole, whole_history = fit(*fresh(), examples, config)
+    seen: list[list[int]] = []
+    real = loop.rows_of
+
+    def watched(*args):
+        parts = real(*args)
+        seen.append([loop._tokens(p) for p, _ in parts])
+        return parts
+
+    monkeypatch.setattr(loop, "rows_of", watched)
+    limit = 100  # a batch's row is 272 tokens
+    cut = replace(config, optim=replace(config.optim, row_tokens=limit))
+    parts, parts_history = fit(*fresh(), examples, cut)
+    assert seen and all(len(s) > 1 and max(s) <= limit for s in seen), seen
+    assert [h["loss"] for h in parts_history] == pytest.approx([h["loss"] for h in whole_history], abs=1e-5)
+    for (name, a), (_, b) in zip(whole.named_parameters(), parts.named_parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5), name

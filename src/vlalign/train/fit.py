@@ -24,7 +24,6 @@ from vlalign.train.columns import Columns
 from vlalign.train.examples import PreferenceExample, Shuffled
 from vlalign.train.heldout import held_out_split
 from vlalign.train.loop import Carried, Checkpoints, Collate, Tracking, train
-from vlalign.train.memory import return_freed_buffers
 from vlalign.train.objectives import Objective, Preference
 from vlalign.train.preference import Reference, reference_logps
 from vlalign.train.settings import TrainConfig
@@ -87,7 +86,6 @@ def fit(model: Model, processor: Processor, examples: Sequence[PreferenceExample
                          f"multiple of the {ranks.world_size()} processes, which each train on an equal share")
     if objective is None:
         objective = Preference()
-    return_freed_buffers()  # before the reference pass, whose activations are freed too
     columns = objective.columns(config)
     tracking = tracking_for(config, out)
     torch.manual_seed(config.seed)

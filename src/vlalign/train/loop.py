@@ -31,7 +31,6 @@ from vlalign import ranks
 from vlalign.checksums import differences, read_sums, sums, sums_json
 from vlalign.models.batching import to_device
 from vlalign.progress import progress, warn
-from vlalign.train.memory import return_freed_buffers
 from vlalign.train.settings import OptimConfig
 
 LossFn = Callable[[Any, dict], tuple[torch.Tensor, dict[str, float]]]  # (the model, or `Prepared`, a batch)
@@ -255,7 +254,6 @@ def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, los
     and loss. `model` is trained in place (the caller saves it, unwrapped). With `carried`, the optimizer
     starts from the state an earlier training left, and leaves its own."""
     tracked = tracking is not None and tracking.report_to != "none" and accelerator is None
-    return_freed_buffers()
     accelerator = accelerator or make_accelerator(config, tracking if tracked else None)
     if tracked and tracking is not None:
         tracking.start(accelerator)
@@ -279,18 +277,20 @@ def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, los
         for step in range(start + 1, steps + 1):
             for _ in range(config.grad_accum):
                 items, weight = share_of(next(stream), accelerator.num_processes, accelerator.process_index)
-                batch = to_device(collate(items, number), accelerator.device, dtype)
+                parts = rows_of(items, collate, number, config.row_tokens)
                 number += 1
                 with accelerator.accumulate(wrapped):
-                    loss, metrics = loss_fn(forward, batch)
-                    accelerator.backward(loss * weight)
+                    for part, share in parts:
+                        loss, metrics = loss_fn(forward, to_device(part, accelerator.device, dtype))
+                        accelerator.backward(loss * (weight * share))
+                        for k, v in {"loss": float(loss.detach()), **metrics}.items():
+                            running[k] = running.get(k, 0.0) + v * share / (config.grad_accum * config.log_every)
+                        del loss
                     if accelerator.sync_gradients and config.max_grad_norm:
                         accelerator.clip_grad_norm_(wrapped.parameters(), config.max_grad_norm)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
-                for k, v in {"loss": float(loss.detach()), **metrics}.items():
-                    running[k] = running.get(k, 0.0) + v / (config.grad_accum * config.log_every)
             bar.advance(1)
             if step % config.log_every == 0 or step == steps:
                 scale = config.log_every / (step % config.log_every or config.log_every)
@@ -374,6 +374,39 @@ def share_of(items: Any, processes: int, index: int) -> tuple[Any, float]:
     if not part:
         return items[:1], 0.0
     return part, len(part) * processes / len(items)
+
+
+def rows_of(items: Any, collate: Callable[[Any, int], dict], number: int, limit: int | None
+            ) -> list[tuple[dict, float]]:
+    """A process's share of a batch as collated parts whose rows hold at most `limit` tokens each (a single
+    example longer than that is a part of its own), with each part's share of the examples: its loss weight,
+    so that the parts' gradients add up to the batch's. Terms normalised over the batch's tokens (the sft
+    term, GRPO's token mean) become per-part means weighted by examples, as under gradient accumulation.
+    Every process trains on as many parts as the one that needs most (a loss that reduces across processes
+    must be called equally often); without a limit, or a list to split, the batch is one part."""
+    whole = collate(items, number)
+    if limit is None or not isinstance(items, list) or len(items) < 2:
+        return [(whole, 1.0)]
+
+    def split(k: int) -> list[tuple[dict, float]]:
+        out = []
+        for j in range(k):
+            block = ranks.block(len(items), k, j)
+            part = items[block.start:block.stop]
+            out.append((collate(part, number), len(part) / len(items)) if part else (collate(items[:1], number), 0.0))
+        return out
+
+    k, parts = 1, [(whole, 1.0)]
+    while k < len(items) and max(_tokens(p) for p, _ in parts) > limit:
+        k = min(len(items), max(k + 1, math.ceil(_tokens(whole) / limit)))
+        parts = split(k)
+    agreed = max(ranks.gather([k])) if ranks.launched() else k
+    return parts if agreed == k else split(agreed)
+
+
+def _tokens(batch: dict) -> int:
+    """The tokens a collated batch forwards (its packed row's length, or every padded row's)."""
+    return int(batch["input_ids"].numel())
 
 
 def mean_over_processes(accelerator: Accelerator, values: dict[str, float]) -> dict[str, float]:

@@ -46,6 +46,7 @@ class OptimConfig:
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # clip the gradient norm (0: no clipping)
     grad_accum: int = 1  # batches per optimizer step
+    row_tokens: int | None = None  # the most tokens one forward reads: a batch whose packed row is longer trains as several rows (a forward and backward each, gradients added before the step), which bounds activation memory by the row; null: one row per batch
     log_every: int = 10  # steps per logged history entry
     schedule: str = "cosine"  # the learning rate after warmup: cosine (decays to 0 at the last step) or constant
 
@@ -58,6 +59,8 @@ class OptimConfig:
             raise ValueError(f"need lr > 0 and 0 <= warmup_ratio < 1, got {self.lr}, {self.warmup_ratio}")
         if self.grad_accum < 1 or self.log_every < 1:
             raise ValueError(f"grad_accum and log_every must be at least 1, got {self.grad_accum}, {self.log_every}")
+        if self.row_tokens is not None and self.row_tokens < 1:
+            raise ValueError(f"optim.row_tokens must be at least 1 (or null), got {self.row_tokens}")
 
 
 def _terms(value: Any, current: Any) -> dict[str, float]:
