@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from vlalign import runner
 from vlalign.config import load_config
-from vlalign.data.records import ResponseRecord
+from vlalign.data.records import FeedbackRecord, ResponseRecord
 from vlalign.data.store import Stage
 from vlalign.feedback.judge import JudgeUnavailable
 from vlalign.feedback.judge_local import ModelJudge
@@ -279,3 +279,39 @@ def test_a_restart_hook_gets_the_rounds_policy(serve, world_base, tmp_path):
     sampler = server_sampler(r, make_judge(config.sampler))
     assert sampler.model is None  # the restarted servers serve the new policy under their own name
     assert seen.read_text().strip() == str((tmp_path / "run" / "round1" / "policy").absolute())
+
+
+def test_grpo_samples_and_scores_on_servers_with_the_rounds_adapter(serve, world_base, world_labeler, tmp_path):
+    """GRPO's rollouts on servers: round 2 samples with round 1's adapter loaded into the policy's server, and
+    its claim rewards come from a served labeler, which gives the local labeler's verdict on every yes/no claim
+    (a server cannot score a count claim's given answers: those are left out, with a warning)."""
+    server, url = serve(*world_base, "base", lora_dirs=[tmp_path])
+    labeler_server, labeler_url = serve(*world_labeler, "labeler")
+    claims = "{splitter: world-implied}"
+
+    def config(labeler: str):
+        return load_config(METHODS.get("grpo").config, None, [
+            "policy=world:base", "runtime.dtype=fp32", f"sampler=api:base@{url}", "rounds=2", "prompts.source=world",
+            "prompts.per_round=3", "samples=4", "decoding.max_new_tokens=24", "decoding.temperature=1.0",
+            f"rewards=[{{kind: rejected_claims, model: {labeler}, options: {claims}}}]", "groups.drop_equal=false",
+            "batch_size=12", "train.batch_size=3", "train.optim.lr=1e-2", "train.lora={r: 4, alpha: 8}", "report=false"])
+
+    runner.run(METHODS.get("grpo"), config(f"api:labeler@{labeler_url}"), tmp_path / "a")
+    loaded = [name for name in server.served.counts if name != "base"]
+    assert len(loaded) == 1 and loaded[0].endswith("-round1"), server.served.counts
+    round2 = list(map(ResponseRecord.from_row, Stage(tmp_path / "a" / "round2" / "responses").rows()))
+    assert len(round2) == 12 and {r.meta["served_as"] for r in round2} == {loaded[0]}
+    assert labeler_server.served.counts["labeler"] > 0
+    runner.run(METHODS.get("grpo"), config("world:labeler"), tmp_path / "b")
+
+    def verdicts(run: str, k: int) -> dict[tuple[str, str], tuple[float, bool]]:
+        rows = Stage(tmp_path / run / f"round{k}" / "rewards" / "rejected_claims").rows()
+        assert len(rows) == 12
+        return {(f.response_id, c["question"]): (c["p_yes"], c["rejected"]) for f in map(FeedbackRecord.from_row, rows)
+                for c in f.details["claims"] if not c.get("answers")}
+
+    # round 1: the same answers (the base on the same server), the same verdicts; the rounds after differ, as the
+    # local labeler's count claims change the rewards, and so what round 1 trains
+    served, local = verdicts("a", 1), verdicts("b", 1)
+    assert served and served.keys() == local.keys()
+    assert all(served[q][1] == local[q][1] and served[q][0] == pytest.approx(local[q][0], abs=1e-4) for q in served)
