@@ -305,3 +305,21 @@ def test_a_batch_longer_than_row_tokens_trains_in_parts_to_the_same_weights(exam
     assert [h["loss"] for h in parts_history] == pytest.approx([h["loss"] for h in whole_history], abs=1e-5)
     for (name, a), (_, b) in zip(whole.named_parameters(), parts.named_parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-5), name
+
+
+def test_every_process_trains_on_as_many_row_parts_as_the_one_that_needs_most(monkeypatch):
+    """A loss that reduces across processes is called once per part, so a process whose share fits in fewer
+    parts splits into as many as the others (an empty part weighs 0)."""
+    import vlalign.train.loop as loop
+    from vlalign import ranks
+
+    def collate(items, number):
+        return {"input_ids": torch.zeros(1, 10 * len(items))}
+
+    assert [s for _, s in loop.rows_of(list(range(4)), collate, 0, 25)] == [0.5, 0.5]
+    assert [s for _, s in loop.rows_of(list(range(4)), collate, 0, None)] == [1.0]
+    monkeypatch.setattr(ranks, "launched", lambda: True)
+    monkeypatch.setattr(ranks, "gather", lambda values: [*values, 5])  # another process needs 5 parts
+    parts = loop.rows_of(list(range(4)), collate, 0, 25)
+    assert sorted(s for _, s in parts) == [0.0, 0.25, 0.25, 0.25, 0.25]
+    assert sum(s for _, s in parts) == 1.0
