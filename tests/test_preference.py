@@ -323,3 +323,21 @@ def test_every_process_trains_on_as_many_row_parts_as_the_one_that_needs_most(mo
     parts = loop.rows_of(list(range(4)), collate, 0, 25)
     assert sorted(s for _, s in parts) == [0.0, 0.25, 0.25, 0.25, 0.25]
     assert sum(s for _, s in parts) == 1.0
+
+
+def test_a_share_of_one_example_still_agrees_on_the_parts(monkeypatch):
+    """The last batch of an epoch can leave a process one example: it still joins the processes' count of
+    parts (else the others would wait for it), and trains on its example with weight 1 in one of them."""
+    import vlalign.train.loop as loop
+    from vlalign import ranks
+
+    asked: list[list[int]] = []
+
+    def gathered(values):
+        asked.append(values)
+        return [*values, 3]
+
+    monkeypatch.setattr(ranks, "launched", lambda: True)
+    monkeypatch.setattr(ranks, "gather", gathered)
+    parts = loop.rows_of([7], lambda items, number: {"input_ids": torch.zeros(1, 40 * len(items))}, 0, 25)
+    assert asked == [[1]] and sorted(s for _, s in parts) == [0.0, 0.0, 1.0]

@@ -383,9 +383,10 @@ def rows_of(items: Any, collate: Callable[[Any, int], dict], number: int, limit:
     so that the parts' gradients add up to the batch's. Terms normalised over the batch's tokens (the sft
     term, GRPO's token mean) become per-part means weighted by examples, as under gradient accumulation.
     Every process trains on as many parts as the one that needs most (a loss that reduces across processes
-    must be called equally often); without a limit, or a list to split, the batch is one part."""
+    must be called equally often, and a share of one example takes part too); without a limit, or a list to
+    split, the batch is one part."""
     whole = collate(items, number)
-    if limit is None or not isinstance(items, list) or len(items) < 2:
+    if limit is None or not isinstance(items, list):
         return [(whole, 1.0)]
 
     def split(k: int) -> list[tuple[dict, float]]:
