@@ -134,6 +134,8 @@ class ScopedModels:
         it until the stage's function returns, so this waits for the next load or training); a full
         collection, a third of a second with the libraries loaded and due every GRPO rollout, runs only when a
         reference cycle keeps one alive."""
+        if not self._dropped:
+            return
         if any(model() is not None for model in self._dropped):
             gc.collect()
         self._dropped.clear()

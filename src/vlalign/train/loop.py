@@ -285,7 +285,6 @@ def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, los
                         accelerator.backward(loss * (weight * share))
                         for k, v in {"loss": float(loss.detach()), **metrics}.items():
                             running[k] = running.get(k, 0.0) + v * share / (config.grad_accum * config.log_every)
-                        del loss
                     if accelerator.sync_gradients and config.max_grad_norm:
                         accelerator.clip_grad_norm_(wrapped.parameters(), config.max_grad_norm)
                     optimizer.step()
@@ -389,13 +388,8 @@ def rows_of(items: Any, collate: Callable[[Any, int], dict], number: int, limit:
     if limit is None or not isinstance(items, list):
         return [(whole, 1.0)]
 
-    def split(k: int) -> list[tuple[dict, float]]:
-        out = []
-        for j in range(k):
-            block = ranks.block(len(items), k, j)
-            part = items[block.start:block.stop]
-            out.append((collate(part, number), len(part) / len(items)) if part else (collate(items[:1], number), 0.0))
-        return out
+    def split(k: int) -> list[tuple[dict, float]]:  # k shares as `share_of` cuts them among processes
+        return [(collate(part, number), weight / k) for part, weight in (share_of(items, k, j) for j in range(k))]
 
     k, parts = 1, [(whole, 1.0)]
     while k < len(items) and max(_tokens(p) for p, _ in parts) > limit:
