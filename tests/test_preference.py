@@ -341,3 +341,23 @@ def test_a_share_of_one_example_still_agrees_on_the_parts(monkeypatch):
     monkeypatch.setattr(ranks, "gather", gathered)
     parts = loop.rows_of([7], lambda items, number: {"input_ids": torch.zeros(1, 40 * len(items))}, 0, 25)
     assert asked == [[1]] and sorted(s for _, s in parts) == [0.0, 0.0, 1.0]
+
+
+def test_adamw_is_fused_where_the_parameters_allow_and_steps_as_the_unfused_one():
+    from vlalign.train.loop import adamw
+
+    torch.manual_seed(0)
+    plain = [torch.nn.Parameter(torch.randn(3, 5)), torch.nn.Parameter(torch.randn(7))]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in plain]
+    config = OptimConfig(lr=1e-2, weight_decay=0.1)
+    fused, unfused = adamw(plain, config), torch.optim.AdamW(twins, lr=1e-2, weight_decay=0.1)
+    assert fused.defaults["fused"] is True
+    for _ in range(3):
+        for a, b in zip(plain, twins, strict=True):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        fused.step()
+        unfused.step()
+    for a, b in zip(plain, twins, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert not adamw([torch.nn.Parameter(torch.empty(2, device="meta"))], config).defaults["fused"]

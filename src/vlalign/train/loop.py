@@ -45,6 +45,16 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return params
 
 
+def adamw(params: list[torch.nn.Parameter], config: OptimConfig) -> torch.optim.AdamW:
+    """AdamW, fused into one kernel where every parameter's device and dtype allow it (as transformers'
+    default `adamw_torch_fused`): on a CPU the unfused step loops over the tensors one by one."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    fusable = all(p.device.type in _get_fused_kernels_supported_devices() and p.is_floating_point()
+                  and type(p.data) is torch.Tensor for p in params)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fusable or None)
+
+
 class DamagedCheckpoint(ValueError):
     """A mid-training checkpoint whose files no longer read (they are written whole, so changed since)."""
 
@@ -257,7 +267,7 @@ def train(model: torch.nn.Module, batches: Iterable[list], collate: Collate, los
     accelerator = accelerator or make_accelerator(config, tracking if tracked else None)
     if tracked and tracking is not None:
         tracking.start(accelerator)
-    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = adamw(trainable_parameters(model), config)
     scheduler = warmup_schedule(optimizer, math.ceil(config.warmup_ratio * steps), steps, config.schedule)
     wrapped, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     start, history, running = (checkpoints.resume(model, optimizer, scheduler) if checkpoints is not None
