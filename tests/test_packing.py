@@ -186,8 +186,9 @@ def test_packed_rows_are_exact_in_float64(arch):
 
 
 def test_the_attention_builds_no_mask_of_the_row():
-    """The decoder gets a stand-in mask that is one number; the attention's own masks span one document's keys
-    (the longest document's length, never the row's); every decoder layer reads the packed row."""
+    """The decoder gets a stand-in mask that is one number; the attention's own masks span a document's prompt
+    and first answer (call A) or a prompt and one later answer (call B), never the row; every decoder layer reads
+    the packed row."""
     model, processor = ARCHS["gemma3"](seed=7)
     batch = prefix.collate(_groups(processor, _images()), pad_id(processor))
     length = batch["input_ids"].shape[1]
@@ -208,9 +209,13 @@ def test_the_attention_builds_no_mask_of_the_row():
     plan = rows.plan(torch.device("cpu"))
     longest = max(e - s for s, _, e in rows.spans)
     assert plan.length == longest < length
-    masks = [m for v in rows._cache.values() if isinstance(v, tuple) for m in v if m is not None]
-    assert masks and all(m.shape[0] == len(rows.spans) and m.shape[-1] <= longest for m in masks)
-    assert len(masks) == 4  # both calls of the sliding and the full layers: Gemma's images read both ways
+    calls = [v for v in rows._cache.values() if isinstance(v, tuple)]
+    assert len(calls) == 2 and all(a is not None and b is not None for a, b in calls)  # sliding and full layers
+    for a, b in calls:  # Gemma's images read both ways: call A has a mask too
+        assert a.shape == (len(rows.spans), 1, plan.first, plan.first) and plan.first <= longest
+        # call B: each later continuation against its prompt and itself, not its document's other answers
+        assert b.shape == (len(plan.later), 1, plan.rest, plan.prompt + plan.rest) == (4, 1, plan.rest, b.shape[-1])
+        assert plan.prompt + plan.rest < longest
 
 
 def test_calls_without_packed_rows_are_unchanged():

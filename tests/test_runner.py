@@ -428,3 +428,46 @@ def test_a_scoped_model_is_gone_before_the_next_load(monkeypatch, cycle):
         assert len(collections) == int(cycle)
     finally:
         gc.enable()
+
+
+def test_a_parked_model_waits_in_host_memory_and_comes_back_without_a_load(monkeypatch):
+    """GRPO's reference, used every rollout, is parked: loaded once, kept off the accelerator between its blocks
+    (in host memory), and handed back to the next block on the device it was loaded on; a model that is not
+    parked is loaded again."""
+    import torch
+
+    loads: list[str] = []
+    moves: list[str] = []
+
+    class Tracked(torch.nn.Module):
+        def __init__(self, device: str):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.empty(4, 4, device=device))
+
+        def to(self, device):
+            moves.append(str(device))
+            self.weight = torch.nn.Parameter(torch.empty(4, 4, device=device))
+            return self
+
+    def made(spec, runtime):  # "meta" stands for an accelerator, as far as the parking can tell
+        loads.append(spec)
+        return Tracked("meta" if spec == "on accelerator" else "cpu"), None
+
+    monkeypatch.setattr(runner, "load", made)
+    models = runner.ScopedModels(runner.Runtime())
+    seen = []
+    for _ in range(3):
+        with models.using("reference", park=True) as (model, _):
+            seen.append(model)
+        assert models.held() == [], "a parked model is not held: training may begin"
+    assert loads == ["reference"] and all(m is seen[0] for m in seen)
+    assert moves == [], "a model already in host memory is not moved"
+    for _ in range(2):
+        with models.using("labeler"):
+            pass
+    assert loads == ["reference", "labeler", "labeler"], "a model not parked is loaded for each block"
+    for _ in range(2):
+        with models.using("on accelerator", park=True) as (model, _):
+            assert model.weight.device.type == "meta"
+    assert loads.count("on accelerator") == 1
+    assert moves == ["cpu", "meta", "cpu"], "off the accelerator after each block, back on it for the next"

@@ -88,6 +88,8 @@ class ScopedModels:
     """The `Models` of a run: each model other than the policy is loaded when a stage's `with` block asks for it
     (under its own runtime settings, or the policy's) and dropped when the last block holding it ends, so
     nothing but the policy is in memory while it trains (`release` before training and before each load).
+    A model used every round (GRPO's reference) may be parked instead: kept in host memory, off the
+    accelerator, and moved back for its next block, which costs a copy rather than a load from disk.
     API backends hold no weights: each is made once and kept, so its token use adds up over the run."""
 
     def __init__(self, runtime: Runtime, api: ApiSettings | None = None):
@@ -95,13 +97,16 @@ class ScopedModels:
         self._held: dict[tuple[str, Runtime], list] = {}  # key -> [(model, processor), blocks holding it]
         self._endpoints: dict[str, Judge] = {}
         self._dropped: list[weakref.ref] = []  # models whose last block has ended
+        self._parked: dict[tuple[str, Runtime], tuple[tuple[Model, Processor], torch.device]] = {}
 
     @contextmanager
-    def using(self, spec: str, runtime: Runtime | None = None) -> Iterator[tuple[Model, Processor]]:
+    def using(self, spec: str, runtime: Runtime | None = None, park: bool = False
+              ) -> Iterator[tuple[Model, Processor]]:
         key = (spec, runtime or self.runtime)
         if key not in self._held:
             self.release()
-            self._held[key] = [load(spec, key[1]), 0]
+            parked = self._parked.pop(key, None)
+            self._held[key] = [load(spec, key[1]) if parked is None else _moved(*parked), 0]
         entry = self._held[key]
         entry[1] += 1
         try:
@@ -110,7 +115,12 @@ class ScopedModels:
             entry[1] -= 1
             if entry[1] == 0:
                 del self._held[key]
-                self._dropped.append(weakref.ref(entry[0][0]))
+                model = entry[0][0]
+                if park and _movable(model):
+                    self._parked[key] = (entry[0], next(model.parameters()).device)
+                    _moved(entry[0], torch.device("cpu"))
+                else:
+                    self._dropped.append(weakref.ref(model))
                 entry.clear()
 
     @contextmanager
@@ -145,6 +155,21 @@ class ScopedModels:
     def held(self) -> list[str]:
         """The specs of the models in memory now (besides the policy)."""
         return [spec for spec, _ in self._held]
+
+
+def _movable(model: Model) -> bool:
+    """Whether `model` can go to host memory and back whole: not spread over devices, not quantized."""
+    return len(set(getattr(model, "hf_device_map", {}).values())) <= 1 and getattr(model, "hf_quantizer", None) is None
+
+
+def _moved(held: tuple[Model, Processor], device: torch.device) -> tuple[Model, Processor]:
+    """`held` with its model on `device` (moved in place; the accelerator's cache emptied after leaving it)."""
+    model: torch.nn.Module = held[0]
+    if next(model.parameters()).device != device:
+        model.to(device)
+        if device.type == "cpu" and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return held
 
 
 def check_backends(specs: list[str], models: ScopedModels) -> None:

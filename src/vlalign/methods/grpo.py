@@ -8,7 +8,8 @@ rewards make each group's advantages, and the policy trains on the groups (each 
 for its n answers), its optimizer's state going on from the round before. The next round samples from
 the result. The KL term's reference is the run's starting policy (or `reference`), whose per-token
 log-probs a stage computes before training, with the sampling policy's when a rollout trains over
-several steps (the clipped ratio's denominator).
+several steps (the clipped ratio's denominator); it waits in host memory between rollouts rather than being
+loaded again for each (`keep_reference`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class GRPOConfig(SampledConfig):
     objective: PolicyGradientConfig = field(default_factory=PolicyGradientConfig)  # the policy gradient's variant: baseline, scale, aggregate, clipping, KL
     groups: GroupRules = field(default_factory=GroupRules)  # which groups train
     reference: str | None = None  # the KL term's reference (null: the run's starting policy)
+    keep_reference: bool = True  # keep the reference in host memory between rollouts (off the accelerator while the policy trains) instead of loading it again for each
     eval_every: int = 10  # evaluate after every k-th rollout (and the last)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(  # groups per optimizer step (batch_size); epochs > 1 reuses a rollout (the clipped ratio then applies)
         batch_size=64, epochs=1, optim=OptimConfig(lr=1e-6, warmup_ratio=0.0, schedule="constant", log_every=1)))
@@ -78,7 +80,8 @@ def logps(r: Round[GRPOConfig], groups, several_steps: bool):
     from contextlib import nullcontext
 
     same = r.k == 1 and reference == c.policy  # round 1 starts from the reference itself
-    held = nullcontext((r.policy, r.processor)) if same or not c.objective.kl else r.models.using(reference)
+    held = nullcontext((r.policy, r.processor)) if same or not c.objective.kl else \
+        r.models.using(reference, park=c.keep_reference)
     with held as (ref, _):
         models = {**({"ref": ref} if c.objective.kl else {}), **({"old": r.policy} if several_steps else {})}
         names = {**({"ref": reference} if c.objective.kl else {}), **({"old": r.policy_name} if several_steps else {})}

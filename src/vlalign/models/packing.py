@@ -30,19 +30,22 @@ KWARG = "vlalign_rows"
 
 @dataclass(frozen=True)
 class Plan:
-    """Where the row's tokens go in the two batched attention calls of `Rows.attend`. Documents are laid
-    side by side, `length` slots each (the longest document): call A takes each document's prompt and first
-    continuation (`first` slots, causal), call B its other continuations (`rest` slots) against all its
-    keys. Every index points into the row; the slots past a document's end point anywhere (their queries'
-    outputs are dropped and no real query reads their keys)."""
+    """Where the row's tokens go in the two batched attention calls of `Rows.attend`. Call A lays the documents
+    side by side, `first` slots each: a document's prompt and first continuation, causal. Call B takes every
+    later continuation (`rest` query slots each) against its own keys only: its document's prompt (`prompt`
+    slots) and itself, never another continuation, so its work is that of a row of prompt and answer. Every
+    index points into the row; the slots past a text's end point at its document's first token (their
+    queries' outputs are dropped and their keys are masked)."""
 
-    length: int
+    length: int  # the longest document
     first: int
     rest: int
-    uniform: bool  # every document `length` long: the key slots are the row itself
-    keys: torch.Tensor  # (documents * length,): the row's token in each key slot
-    queries_a: torch.Tensor  # (documents * first,)
-    queries_b: torch.Tensor  # (documents * rest,)
+    prompt: int
+    uniform: bool  # every document `length` long: call A reads the row itself, without a gather
+    queries_a: torch.Tensor  # (documents * first,): call A's queries, and its keys
+    queries_b: torch.Tensor  # (continuations * rest,)
+    keys_b: torch.Tensor  # (continuations * (prompt + rest),)
+    later: list[tuple[int, int, int]]  # each later continuation's (document, start, end) in the row
     out: torch.Tensor  # (L,): each token's output among [call A's slots, call B's slots]
 
 
@@ -69,22 +72,44 @@ class Rows:
         second = (self.segment >= 2).tolist()
         return [next((i - s for i in range(p, e) if second[i]), e - s) for s, p, e in self.spans]
 
+    def _later(self, firsts: list[int]) -> list[tuple[int, int, int]]:
+        """Every continuation after a document's first: (document, start, end) in the row, in row order."""
+        segment = self.segment.tolist()
+        out = []
+        for d, ((s, _, e), f) in enumerate(zip(self.spans, firsts, strict=True)):
+            start = s + f
+            for i in range(s + f + 1, e + 1):
+                if i == e or segment[i] != segment[start]:
+                    out.append((d, start, i))
+                    start = i
+        return out
+
     def plan(self, device: torch.device) -> Plan:
         if device not in self._cache:
             firsts = self._firsts()
+            later = self._later(firsts)
             length = max(e - s for s, _, e in self.spans)
             first = max(firsts)
-            rest = max(e - s - f for (s, _, e), f in zip(self.spans, firsts, strict=True))
-            keys, queries_a, queries_b, out = [], [], [], []
+            rest = max((e - s for _, s, e in later), default=0)
+            prompt = max(p - s for s, p, _ in self.spans)
+            queries_a, queries_b, keys_b, out = [], [], [], []
+            continuing = iter(enumerate(later))  # in row order, so a document's come after its call-A tokens
             for d, ((s, _, e), f) in enumerate(zip(self.spans, firsts, strict=True)):
-                keys += [s + o if o < e - s else s for o in range(length)]
                 queries_a += [s + o if o < f else s for o in range(first)]
-                queries_b += [s + f + o if o < e - s - f else s for o in range(rest)]
                 out += [d * first + o for o in range(f)]
-                out += [len(self.spans) * first + d * rest + o for o in range(e - s - f)]
+                while len(out) < e:
+                    c, (_, cs, ce) = next(continuing)
+                    out += [len(self.spans) * first + c * rest + o for o in range(ce - cs)]
+            for d, cs, ce in later:
+                s, p, _ = self.spans[d]
+                queries_b += [cs + o if o < ce - cs else s for o in range(rest)]
+                keys_b += [s + j if j < p - s else s for j in range(prompt)]
+                keys_b += [cs + o if o < ce - cs else s for o in range(rest)]
             uniform = all(e - s == length for s, _, e in self.spans)
-            self._cache[device] = Plan(length, first, rest, uniform, *(torch.tensor(i, dtype=torch.long, device=device)
-                                                                       for i in (keys, queries_a, queries_b, out)))
+            self._cache[device] = Plan(length, first, rest, prompt, uniform,
+                                       *(torch.tensor(i, dtype=torch.long, device=device)
+                                         for i in (queries_a, queries_b, keys_b)), later,
+                                       torch.tensor(out, dtype=torch.long, device=device))
         return self._cache[device]
 
     def masks(self, window: int | None, dtype: torch.dtype, device: torch.device
@@ -102,19 +127,17 @@ class Rows:
     def _masks(self, plan: Plan, window: int | None, images: bool, dtype: torch.dtype, device: torch.device
                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         n = len(self.spans)
-        ends = torch.tensor([e - s for s, _, e in self.spans], device=device)
-        prompts = torch.tensor([p - s for s, p, _ in self.spans], device=device)
-        keys = plan.keys.view(n, plan.length)
-        real = torch.arange(plan.length, device=device) < ends[:, None]  # (n, length): key slots in the document
-        segment, position = self.segment.to(device), self.position.to(device)
-        slot = torch.arange(plan.length, device=device)
+        position = self.position.to(device)
+        slot = torch.arange(max(plan.first, plan.prompt + plan.rest), device=device)
         mask_a = None
         blocks = None
-        if images and self.blocks is not None:  # slots past a document's end hold no image
-            blocks = torch.where(real[:, :plan.first], self.blocks.to(device)[keys[:, :plan.first]], -1)
+        keys_a = plan.queries_a.view(n, plan.first)
+        if images and self.blocks is not None:  # slots past a document's first continuation hold no image
+            real = slot[:plan.first] < torch.tensor(self._firsts(), device=device)[:, None]
+            blocks = torch.where(real, self.blocks.to(device)[keys_a], -1)
         bidirectional = blocks is not None and bool((blocks >= 0).any())
         if bidirectional or (window is not None and plan.first > window):
-            pa = position[keys[:, :plan.first]]
+            pa = position[keys_a]
             ok = (slot[:plan.first, None] >= slot[None, :plan.first]).expand(n, -1, -1)
             if bidirectional:
                 ok = ok | ((blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0))
@@ -123,16 +146,18 @@ class Rows:
             mask_a = _additive(ok | torch.eye(plan.first, dtype=torch.bool, device=device), dtype)
         if plan.rest == 0:
             return mask_a, None
-        queries = plan.queries_b.view(n, plan.rest)
-        firsts = torch.tensor(self._firsts(), device=device)
-        offset = firsts[:, None] + slot[None, :plan.rest]  # each call-B query's slot in its document
-        live = offset < ends[:, None]
-        same = segment[queries][:, :, None] == segment[keys][:, None, :]
-        ok = (slot[None, None, :] < prompts[:, None, None]) | (same & (slot[None, None, :] <= offset[:, :, None]))
-        ok = ok & real[:, None, :]
+        m = len(plan.later)
+        prompts = torch.tensor([self.spans[d][1] - self.spans[d][0] for d, _, _ in plan.later], device=device)
+        lengths = torch.tensor([e - s for _, s, e in plan.later], device=device)
+        query = slot[:plan.rest]
+        live = query[None, :] < lengths[:, None]  # (m, rest)
+        in_prompt = slot[None, :plan.prompt] < prompts[:, None]  # (m, prompt)
+        own = (query[None, None, :] <= query[None, :, None]) & (query[None, None, :] < lengths[:, None, None])
+        ok = torch.cat([in_prompt[:, None, :].expand(m, plan.rest, plan.prompt), own], dim=-1)
         if window is not None:
+            queries, keys = plan.queries_b.view(m, plan.rest), plan.keys_b.view(m, plan.prompt + plan.rest)
             ok = ok & ((position[queries][:, :, None] - position[keys][:, None, :]) < window)
-        ok = ok | (~live[:, :, None] & (slot == 0))  # a padding query reads one key, so no row is empty
+        ok = ok | (~live[:, :, None] & (slot[:plan.prompt + plan.rest] == 0))  # a padding query reads one key
         return mask_a, _additive(ok, dtype)
 
     def attend(self, module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float | None = None,
@@ -150,27 +175,27 @@ class Rows:
         mask_a, mask_b = self.masks(window, query.dtype, query.device)
         n, heads, dim = len(self.spans), query.shape[1], query.shape[-1]
 
-        def slots(x: torch.Tensor, index: torch.Tensor | None, size: int) -> torch.Tensor:
-            """(1, H, L, D) -> (n, H, size, D), gathered token-major (the layout the kernels read and write)."""
+        def slots(x: torch.Tensor, index: torch.Tensor | None, count: int, size: int) -> torch.Tensor:
+            """(1, H, L, D) -> (count, H, size, D), gathered token-major (the layout the kernels read and write)."""
             x = x.transpose(1, 2)
             x = x if index is None else x.index_select(1, index)
-            return x.reshape(n, size, heads, dim).transpose(1, 2)
+            return x.reshape(count, size, heads, dim).transpose(1, 2)
 
-        def tokens(out: torch.Tensor) -> torch.Tensor:  # (n, H, size, D) -> (1, n * size, H, D)
+        def tokens(out: torch.Tensor) -> torch.Tensor:  # (count, H, size, D) -> (1, count * size, H, D)
             return out.transpose(1, 2).reshape(1, -1, heads, dim)
 
-        keys = None if plan.uniform else plan.keys  # documents of one length already lie side by side
-        k, v = slots(key, keys, plan.length), slots(value, keys, plan.length)
-        # call A's queries are the first slots of each document's (a later continuation's queries there
-        # read the wrong keys, and their outputs are dropped: call B makes theirs)
-        q = slots(query, None, plan.length)[:, :, :plan.first] if plan.uniform else \
-            slots(query, plan.queries_a, plan.first)
-        first = F.scaled_dot_product_attention(q, k[:, :, :plan.first], v[:, :, :plan.first], attn_mask=mask_a,
-                                               dropout_p=dropout, is_causal=mask_a is None, scale=scaling)
+        if plan.uniform:  # documents of one length already lie side by side: views of the row
+            q, k, v = (slots(x, None, n, plan.length)[:, :, :plan.first] for x in (query, key, value))
+        else:
+            q, k, v = (slots(x, plan.queries_a, n, plan.first) for x in (query, key, value))
+        first = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_a, dropout_p=dropout,
+                                               is_causal=mask_a is None, scale=scaling)
         if mask_b is None:
             return tokens(first).index_select(1, plan.out), None
-        rest = F.scaled_dot_product_attention(slots(query, plan.queries_b, plan.rest), k, v, attn_mask=mask_b,
-                                              dropout_p=dropout, scale=scaling)
+        m, width = len(plan.later), plan.prompt + plan.rest
+        rest = F.scaled_dot_product_attention(slots(query, plan.queries_b, m, plan.rest),
+                                              slots(key, plan.keys_b, m, width), slots(value, plan.keys_b, m, width),
+                                              attn_mask=mask_b, dropout_p=dropout, scale=scaling)
         return torch.cat([tokens(first), tokens(rest)], dim=1).index_select(1, plan.out), None
 
 

@@ -26,9 +26,11 @@ C = TypeVar("C", bound=RunConfig, covariant=True)
 class Models(Protocol):
     """The models a run uses besides the policy, each held for one stage."""
 
-    def using(self, spec: str, runtime: Runtime | None = None) -> AbstractContextManager[tuple[Model, Processor]]:
+    def using(self, spec: str, runtime: Runtime | None = None, park: bool = False
+              ) -> AbstractContextManager[tuple[Model, Processor]]:
         """(model, processor) of a model directory or world:<name>, loaded under `runtime` (default: the
-        policy's) and freed when the block ends."""
+        policy's) and freed when the block ends; with `park`, kept in host memory instead (off the
+        accelerator) for the next block that asks for it, as an online run's reference every rollout."""
         ...
 
     def chat(self, spec: str, runtime: Runtime | None = None) -> AbstractContextManager[Judge]:
