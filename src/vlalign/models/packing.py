@@ -5,9 +5,11 @@ A document's prompt attends to itself causally (Gemma 3's image tokens to their 
 within their window), and each continuation to the whole prompt and causally to itself, never to another
 continuation or document. The decoder's attention (the text config's implementation) is routed through
 `attention`, registered with transformers' `AttentionInterface`: when a forward passes `vlalign_rows` (a
-`Rows`), every document is attended with `scaled_dot_product_attention` on views of the row, the prompt with
-`is_causal` and the continuations against the document's keys under a mask of their own queries only; any
-other call goes to the implementation the model had (sdpa or eager), unchanged. So no (L x L) mask of the row
+`Rows`), every document is attended with `scaled_dot_product_attention` on views of the row, the prompt and
+its first continuation with `is_causal`, and each later continuation against the keys of its prompt and its
+own, gathered for it (the memory of one more prompt's keys per continuation, for the work of a row of prompt
+and answer rather than of the whole document); any other call goes to the implementation the model had (sdpa
+or eager), unchanged. So no (L x L) mask of the row
 and no attention matrix is ever made, no padding token is computed, and the same code runs on a CPU (the
 fused flash kernel) and on CUDA (flash for the prompts, memory-efficient kernels for the masked parts).
 FlexAttention would do the same on CUDA, but it has no backward on a CPU.
