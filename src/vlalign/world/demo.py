@@ -79,9 +79,9 @@ class Recipe:
 # The default demo's sizes: fewer prompts than the recipes, batches of 256 (a world model's sampling step costs
 # about the same for 256 rows as for 64); POVID's small rounds train at RLAIF-V's learning rate.
 FAST = ("batch_size=256",)
-# GRPO's small sizes: a few short rollouts. The default demo's, chosen on 500 dev scenes (CHAIR_i 0.179 -> 0.126,
-# the paired difference's interval [-0.068, -0.039], in a minute on 2 cores); the variants that start from the
-# policy or from RLAIF-V run in the quick demo (every path) and the full one.
+# GRPO's small sizes: a few short rollouts. The default demo's was chosen on 500 dev scenes, a minute and a half on
+# 2 cores (the README gives its dev figures); the variants that start from the policy or from RLAIF-V run in the
+# quick demo (every path) and the full one.
 GRPO_QUICK = ("rounds=3", "prompts.per_round=32", "samples=6", "eval_every=3")
 GRPO_STANDARD = (*FAST, "rounds=4", "prompts.per_round=48", "samples=6", "eval_every=4")
 RECIPES: tuple[Recipe, ...] = (
