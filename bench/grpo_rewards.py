@@ -6,7 +6,9 @@ no reward reads; here it only grades).
 Among the answers that name no false object, the mean reward (and answers, words) by how many of the scene's
 objects they leave out: a reward that pays for completeness falls as more are left out; and the answers that
 name a false object, which a reward against hallucination pays less. Then the claims the labeler rejected in complete, faithful answers, by claim kind (an
-object's existence, or a count): each is a verdict against a true claim.
+object's existence, or a count): each is a verdict against a true claim. Last, the existence claims of every
+description answer that name a shape the scene lacks (what CHAIR counts): the share the labeler lets through is
+what a reward from it cannot see.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 
 from vlalign.data.records import PromptRecord
 from vlalign.data.store import Stage
-from vlalign.world.metrics import chair_counts
+from vlalign.world.metrics import chair_counts, mentioned_shapes
 from vlalign.world.scene import Scene
 
 
@@ -38,12 +40,18 @@ def main() -> None:
     by_missing: dict[int, list[tuple[float, int]]] = defaultdict(list)
     false_named: list[tuple[float, int]] = []
     rejected_true: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # kind -> [rejected, all]
+    absent_shapes = [0, 0]  # existence claims of a shape the scene lacks: [rejected, all]
     for group in Stage(folder / "groups").rows():
         if group["prompt_id"] not in scenes:
             continue
         scene = scenes[group["prompt_id"]]
         details = json.loads(group["details"]) if isinstance(group["details"], str) else group["details"]
         for answer, reward, detail in zip(group["answers"], group["rewards"], details, strict=True):
+            for claim, rejected in detail["claims"]:
+                shapes = mentioned_shapes(claim) if claim.startswith("there is a ") else []
+                if shapes and shapes[0] not in scene.shapes:
+                    absent_shapes[0] += bool(rejected)
+                    absent_shapes[1] += 1
             counts = chair_counts(scene, answer)
             if counts["hallucinated"]:
                 false_named.append((reward, counts["words"]))
@@ -67,6 +75,9 @@ def main() -> None:
     print("claims of complete, faithful answers the labeler rejected:")
     for kind, (bad, total) in sorted(rejected_true.items()):
         print(f"  {kind}: {bad} of {total} ({bad / max(total, 1):.0%})")
+    bad, total = absent_shapes
+    print(f"existence claims of a shape the scene lacks the labeler rejected: {bad} of {total} "
+          f"({bad / max(total, 1):.0%})")
     print(json.dumps({"run": str(folder), "answers": {k: len(v) for k, v in sorted(by_missing.items())}}))
 
 
